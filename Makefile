@@ -1,0 +1,44 @@
+# bayeslmm: two commands on a fresh machine: `make demo` and `make test`.
+# The venv must come from Python >= 3.12: the machine's default python3 (3.11) silently gets PyMC 5.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# First Python >= 3.12 found: $PYTHON, then 3.12, then 3.13 (on PATH or in pyenv).
+FIND_PY = pyenv_bins() { ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$1*/bin/python3 2>/dev/null | sort -V; }; \
+	for c in "$$PYTHON" python3.12 $$(pyenv_bins 3.12) python3.13 $$(pyenv_bins 3.13) python3; do \
+	  [ -n "$$c" ] || continue; p=$$(command -v "$$c" 2>/dev/null) || continue; \
+	  "$$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo "$$p"; break; }; \
+	done
+
+.PHONY: demo test test-fast bench validate install clean
+
+$(STAMP): pyproject.toml
+	@py=$$($(FIND_PY)); \
+	if [ -z "$$py" ]; then echo "error: bayeslmm needs Python >= 3.12 (PyMC 6 / ArviZ 1). None found on PATH or in pyenv; install one (e.g. 'pyenv install 3.12') or run 'make PYTHON=/path/to/python3.12 demo'." >&2; exit 1; fi; \
+	echo "Creating $(VENV) with $$py ($$($$py --version))"; \
+	rm -rf $(VENV) && "$$py" -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m bayeslmm.demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) bench/run.py --out bench/results
+
+validate: $(STAMP)
+	$(PY) -m bayeslmm.validation --out validation/results
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

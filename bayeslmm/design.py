@@ -1,0 +1,340 @@
+"""Turn a ModelSpec and a DataFrame into arrays.
+
+Stage 3 of the pipeline. The fixed part and each random term's left-hand side become model
+matrices via formulaic (treatment contrasts, baseline = first level in sorted or categorical order);
+each grouping factor becomes **integer codes** plus level labels: never a dense n x J indicator.
+
+Random terms on the same grouping factor are merged into one :class:`FactorDesign` whose columns
+are split into covariance *blocks*: ``(1 + x | g)`` is one correlated block of two columns,
+``(1 + x || g)`` two blocks of one column, ``(1 | g) + (0 + x | g)`` likewise.
+
+The caller's DataFrame is never modified: we work on a copy of the used columns.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass, field
+
+import formulaic
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, FormulaError
+from .formula import RandomTerm
+from .spec import ModelSpec
+
+__all__ = ["FactorDesign", "Design", "make_design", "MISSING_ACTIONS"]
+
+MISSING_ACTIONS = ("drop", "raise")
+
+
+@dataclass(frozen=True, slots=True)
+class FactorDesign:
+    """One grouping factor: its levels, integer codes and random-effect columns.
+
+    Attributes
+    ----------
+    name : str
+        Factor label (``"Subject"``, ``"school:class"``).
+    levels : tuple of str
+        Level labels, in code order.
+    codes : ndarray of int64, shape (n,)
+        Level index of each row.
+    terms : tuple of str
+        Names of the random-effect columns (``("Intercept", "Days")``).
+    Z : ndarray, shape (n, q)
+        Random-effect design columns.
+    blocks : tuple of tuple of int
+        Column indices of each covariance block; blocks partition ``range(q)`` in order.
+    correlated : tuple of bool
+        Whether each block has a full (LKJ) correlation matrix.
+    term_specs : tuple
+        formulaic model specs of the left-hand sides (to build Z for new data).
+    texts : tuple of str
+        The random terms as written.
+    """
+
+    name: str
+    levels: tuple[str, ...]
+    codes: np.ndarray
+    terms: tuple[str, ...]
+    Z: np.ndarray
+    blocks: tuple[tuple[int, ...], ...]
+    correlated: tuple[bool, ...]
+    term_specs: tuple = field(repr=False, default=())
+    texts: tuple[str, ...] = ()
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def q(self) -> int:
+        return len(self.terms)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.name.split(":"))
+
+    @property
+    def has_correlation(self) -> bool:
+        return any(c and len(b) > 1 for b, c in zip(self.blocks, self.correlated))
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.bincount(self.codes, minlength=self.n_levels)
+
+    @property
+    def correlation_pairs(self) -> list[tuple[int, int]]:
+        """(i, j) column pairs with a free correlation, i < j."""
+        out = []
+        for b, c in zip(self.blocks, self.correlated):
+            if c:
+                out += [(b[i], b[j]) for i in range(len(b)) for j in range(i + 1, len(b))]
+        return out
+
+    def parent(self, factors: "tuple[FactorDesign, ...]") -> "FactorDesign | None":
+        """The factor this one is nested in (``a`` for ``a:b``), if present."""
+        if ":" not in self.name:
+            return None
+        head = self.name.rsplit(":", 1)[0]
+        return next((f for f in factors if f.name == head), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Design:
+    """Arrays for one model and data set.
+
+    Attributes
+    ----------
+    y : ndarray (n,)
+    X : ndarray (n, p)
+        Fixed-effect design, column names in ``fixed_terms``.
+    factors : tuple of FactorDesign
+    frame : DataFrame
+        Copy of the used columns of the rows that were kept (for shrinkage, predictions, saving).
+    n_dropped : int
+        Rows dropped for missing values.
+    notes : tuple of str
+        Everything the design did that a user should know (dropped rows, baselines).
+    """
+
+    response: str
+    y: np.ndarray
+    X: np.ndarray
+    fixed_terms: tuple[str, ...]
+    factors: tuple[FactorDesign, ...]
+    frame: pd.DataFrame = field(repr=False)
+    fixed_spec: object = field(repr=False, default=None)
+    n_dropped: int = 0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def has_intercept(self) -> bool:
+        return "Intercept" in self.fixed_terms
+
+    def factor(self, name: str) -> FactorDesign:
+        for f in self.factors:
+            if f.name == name:
+                return f
+        raise KeyError(f"no grouping factor {name!r}; factors are {[f.name for f in self.factors]}")
+
+    @property
+    def nested(self) -> bool:
+        return any(f.parent(self.factors) is not None for f in self.factors)
+
+
+def _required_columns(formula_text: str, where: str) -> set[str]:
+    try:
+        return set(formulaic.Formula(formula_text).required_variables)
+    except Exception as exc:  # formulaic raises several types
+        raise FormulaError(f"cannot read {where} {formula_text!r}: {exc}") from exc
+
+
+def _check_columns(data: pd.DataFrame, needed: dict[str, str]) -> None:
+    missing = [c for c in needed if c not in data.columns]
+    if missing:
+        lines = []
+        for c in missing:
+            close = difflib.get_close_matches(c, [str(x) for x in data.columns], n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            lines.append(f"column {c!r} used in {needed[c]} is not in the data{hint}")
+        raise DataError("; ".join(lines) + f". Available columns: {list(map(str, data.columns))}")
+
+
+def _model_matrix(text: str, frame: pd.DataFrame, where: str):
+    try:
+        return formulaic.model_matrix(text, frame, na_action="raise", ensure_full_rank=True)
+    except Exception as exc:
+        raise FormulaError(f"cannot build the model matrix of {where} {text!r}: {exc}") from exc
+
+
+def _encode_groups(frame: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer codes and labels for one factor (observed levels only, sorted)."""
+    if len(cols) == 1:
+        codes, uniques = pd.factorize(frame[cols[0]], sort=True)
+        labels = tuple(str(u) for u in uniques)
+    else:
+        idx = pd.MultiIndex.from_frame(frame[list(cols)])
+        codes, uniques = pd.factorize(idx, sort=True)
+        labels = tuple(":".join(str(v) for v in u) for u in uniques)
+    return codes.astype(np.int64), labels
+
+
+def _baseline_notes(frame: pd.DataFrame, cols: set[str]) -> list[str]:
+    notes = []
+    for c in sorted(cols):
+        s = frame[c]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            levels = [lv for lv in s.cat.categories if (s == lv).any()]
+        elif s.dtype == object or pd.api.types.is_string_dtype(s) or pd.api.types.is_bool_dtype(s):
+            levels = sorted(s.unique(), key=str)
+        else:
+            continue
+        notes.append(f"{c}: treatment contrasts, baseline level {levels[0]!r} "
+                     f"(levels: {', '.join(map(str, levels[:8]))}{', ...' if len(levels) > 8 else ''})")
+    return notes
+
+
+def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
+                warn: bool = True) -> Design:
+    """Build the arrays for ``spec`` from ``data``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    data : pandas.DataFrame
+        Never modified.
+    missing : {"drop", "raise"}
+        Rows with a missing value in a used column are dropped with a printed count (``"drop"``),
+        or raise :class:`DataError` (``"raise"``).
+    warn : bool
+        Emit a warning when rows are dropped.
+
+    Raises
+    ------
+    DataError
+        Missing columns, empty data, non-numeric response, inf values, a grouping factor with one
+        level, a constant or collinear fixed predictor.
+
+    Examples
+    --------
+    >>> import bayeslmm as blmm
+    >>> d = make_design(blmm.build_spec("Reaction ~ Days + (Days | Subject)"),
+    ...                 blmm.load_dataset("sleepstudy"))
+    >>> d.X.shape, d.factors[0].name, d.factors[0].n_levels, d.factors[0].terms
+    ((180, 2), 'Subject', 18, ('Intercept', 'Days'))
+    """
+    if missing not in MISSING_ACTIONS:
+        raise DataError(f"the 'missing' parameter must be one of {MISSING_ACTIONS}. Got {missing!r} instead.")
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if len(data) == 0:
+        raise DataError("data has no rows; pass a DataFrame with observations")
+    f = spec.formula
+    needed: dict[str, str] = {f.response: "the response (left of '~')"}
+    for c in _required_columns(f.fixed, "the fixed part"):
+        needed.setdefault(c, f"the fixed part {f.fixed!r}")
+    for t in f.random:
+        for c in _required_columns(t.expr, f"random term {t.text}"):
+            needed.setdefault(c, f"random term {t.text!r}")
+        for c in t.group_columns:
+            needed.setdefault(c, f"the grouping factor of {t.text!r}")
+    _check_columns(data, needed)
+
+    frame = data.loc[:, list(needed)].copy()
+    y_raw = frame[f.response]
+    if not (pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)):
+        raise DataError(f"response {f.response!r} must be numeric; it has dtype {y_raw.dtype}. "
+                        "Convert it (e.g. pd.to_numeric) or choose a numeric column.")
+    for c in needed:
+        s = frame[c]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            n_inf = int(np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).sum())
+            if n_inf:
+                raise DataError(f"column {c!r} ({needed[c]}) has {n_inf} infinite value(s); "
+                                "replace or remove them before fitting.")
+    na = frame.isna()
+    n_dropped = int(na.any(axis=1).sum())
+    notes: list[str] = []
+    if n_dropped:
+        per_col = {c: int(k) for c, k in na.sum().items() if k}
+        msg = (f"{n_dropped} of {len(frame)} rows have missing values in used columns "
+               f"({', '.join(f'{c}: {k}' for c, k in per_col.items())})")
+        if missing == "raise":
+            raise DataError(msg + "; remove or impute them, or pass missing='drop'.")
+        notes.append(msg + "; they were dropped.")
+        if warn:
+            warnings.warn(notes[-1] + " Pass missing='raise' to make this an error.", UserWarning,
+                          stacklevel=3)
+        frame = frame.loc[~na.any(axis=1)]
+        if len(frame) == 0:
+            raise DataError("no rows left after dropping missing values")
+    frame = frame.reset_index(drop=True)
+    y = frame[f.response].to_numpy(dtype=float)
+
+    fixed_cols = _required_columns(f.fixed, "the fixed part")
+    mm = _model_matrix(f.fixed, frame, "the fixed part")
+    X = np.asarray(mm, dtype=float)
+    fixed_terms = tuple(str(c) for c in mm.columns)
+    for j, name in enumerate(fixed_terms):
+        if name != "Intercept" and np.ptp(X[:, j]) == 0:
+            raise DataError(f"fixed-effect column {name!r} is constant ({X[0, j]:g} in every row); "
+                            "drop it from the formula, it cannot be estimated beside the intercept.")
+    if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
+        raise DataError(f"the fixed-effect columns {list(fixed_terms)} are collinear (rank "
+                        f"{np.linalg.matrix_rank(X)} < {X.shape[1]}); remove redundant predictors.")
+    notes += _baseline_notes(frame, fixed_cols)
+
+    factors = _make_factors(f.random, frame)
+    return Design(response=f.response, y=y, X=X, fixed_terms=fixed_terms, factors=factors,
+                  frame=frame, fixed_spec=mm.model_spec, n_dropped=n_dropped, notes=tuple(notes))
+
+
+def _make_factors(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[FactorDesign, ...]:
+    by_group: dict[str, list[RandomTerm]] = {}
+    for t in terms:
+        by_group.setdefault(t.group, []).append(t)
+    out = []
+    for group, gterms in by_group.items():
+        codes, levels = _encode_groups(frame, gterms[0].group_columns)
+        if len(levels) < 2:
+            raise DataError(f"grouping factor {group!r} in {gterms[0].text!r} has {len(levels)} level; "
+                            "need >= 2. Remove the term, or check the column.")
+        Zs, names, blocks, corr, specs = [], [], [], [], []
+        for t in gterms:
+            mm = _model_matrix(t.expr, frame, f"random term {t.text}")
+            cols = [str(c) for c in mm.columns]
+            if not cols:
+                raise FormulaError(f"random term {t.text!r} has no columns")
+            for c in cols:
+                if c in names:
+                    raise FormulaError(f"column {c!r} appears in two random terms for {group!r} "
+                                       f"({t.text!r}); each effect may appear once per factor.")
+            Zt = np.asarray(mm, dtype=float)
+            start = len(names)
+            idx = tuple(range(start, start + len(cols)))
+            if t.correlated:
+                blocks.append(idx)
+                corr.append(len(idx) > 1)
+            else:
+                blocks += [(i,) for i in idx]
+                corr += [False] * len(idx)
+            names += cols
+            Zs.append(Zt)
+            specs.append(mm.model_spec)
+        Z = np.concatenate(Zs, axis=1)
+        for j, name in enumerate(names):
+            if name != "Intercept" and np.ptp(Z[:, j]) == 0:
+                raise DataError(f"random-effect column {name!r} for {group!r} is constant; a random "
+                                "slope on it is the same as a random intercept. Remove it.")
+        out.append(FactorDesign(name=group, levels=levels, codes=codes, terms=tuple(names), Z=Z,
+                                blocks=tuple(blocks), correlated=tuple(corr), term_specs=tuple(specs),
+                                texts=tuple(dict.fromkeys(t.text for t in gterms))))
+    return tuple(out)

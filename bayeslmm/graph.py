@@ -1,0 +1,179 @@
+"""Build the PyMC model: non-centred random effects, LKJ correlations.
+
+Stage 5. The only place a ``pm.Model`` is built for the full (non-collapsed) graph.
+
+Posterior variables (stable names, documented in the README):
+
+================  =======================================  ===================================
+variable          dims                                     meaning
+================  =======================================  ===================================
+``b``             ``term``                                 fixed effects (original scale)
+``sd_{g}``        ``{g}__term``                            group-level SDs of factor g
+``cor_{g}``       ``{g}__term``, ``{g}__term2``            correlation matrix (correlated blocks)
+``r_{g}``         ``{g}__level``, ``{g}__term``            group-level effects (deviations)
+``sigma``         --                                       residual SD
+================  =======================================  ===================================
+
+Internals that are sampled but not stored: ``Intercept_c`` (intercept at centred predictors, which
+is what the Intercept prior is on), ``beta`` (slopes), ``z_{g}`` (standard-normal offsets,
+``r = z * sd`` or ``z @ L.T * sd``) and ``L_{g}`` (Cholesky factors of the correlations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from .design import Design, FactorDesign
+from .priors import PriorTable, ResolvedPrior
+
+__all__ = ["build_model", "stored_var_names", "coords_of", "term_dim", "level_dim", "term2_dim"]
+
+
+def level_dim(g: str) -> str:
+    return f"{g}__level"
+
+
+def term_dim(g: str) -> str:
+    return f"{g}__term"
+
+
+def term2_dim(g: str) -> str:
+    return f"{g}__term2"
+
+
+def coords_of(design: Design) -> dict[str, list[str]]:
+    coords: dict[str, list[str]] = {"term": list(design.fixed_terms)}
+    for f in design.factors:
+        coords[level_dim(f.name)] = list(f.levels)
+        coords[term_dim(f.name)] = list(f.terms)
+        if f.has_correlation:
+            coords[term2_dim(f.name)] = list(f.terms)
+    return coords
+
+
+def stored_var_names(design: Design) -> list[str]:
+    """Variables kept in the posterior (the z offsets are not: they can be huge)."""
+    names = ["b"]
+    for f in design.factors:
+        names.append(f"sd_{f.name}")
+        if f.has_correlation:
+            names.append(f"cor_{f.name}")
+        names.append(f"r_{f.name}")
+    names.append("sigma")
+    return names
+
+
+_PM = {"normal": pm.Normal, "studentt": pm.StudentT, "halfnormal": pm.HalfNormal,
+       "halfstudentt": pm.HalfStudentT, "halfcauchy": pm.HalfCauchy, "exponential": pm.Exponential}
+
+
+def prior_rv(name: str, entries: list[ResolvedPrior], dims: str | None = None):
+    """One RV for ``entries`` (vector-valued when they share a distribution), else stacked scalars."""
+    dists = {e.prior.dist for e in entries}
+    if len(dists) == 1:
+        dist = _PM[entries[0].prior.dist]
+        if dims is None:
+            return dist(name, **entries[0].prior.kwargs)
+        params = {k: np.array([e.prior.kwargs[k] for e in entries]) for k in entries[0].prior.kwargs}
+        return dist(name, **params, dims=dims)
+    parts = [_PM[e.prior.dist](f"{name}[{e.term}]", **e.prior.kwargs) for e in entries]
+    return pm.Deterministic(name, pt.stack(parts), dims=dims)
+
+
+def group_effects(f: FactorDesign, sd, priors: PriorTable):
+    """Non-centred r (J x q) for one factor: r = z * sd, or (z @ L.T) * sd within a correlated block."""
+    z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=(level_dim(f.name), term_dim(f.name)))
+    parts, Ls = [], []
+    n_corr = sum(1 for b, c in zip(f.blocks, f.correlated) if c and len(b) > 1)
+    for k, (block, corr) in enumerate(zip(f.blocks, f.correlated)):
+        idx = list(block)
+        if corr and len(block) > 1:
+            eta = priors[f"cor({f.name})"].prior.kwargs["eta"]
+            L = pm.LKJCorr(f"L_{f.name}" + (f"_{k}" if n_corr > 1 else ""), n=len(block), eta=eta)
+            parts.append(pt.dot(z[:, idx], L.T) * sd[idx])
+            Ls.append((block, L))
+        else:
+            parts.append(z[:, idx] * sd[idx])
+    r = pm.Deterministic(f"r_{f.name}", pt.concatenate(parts, axis=1) if len(parts) > 1 else parts[0],
+                         dims=(level_dim(f.name), term_dim(f.name)))
+    if Ls:
+        C = pt.eye(f.q)
+        for block, L in Ls:
+            C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], pt.dot(L, L.T))
+        pm.Deterministic(f"cor_{f.name}", C, dims=(term_dim(f.name), term2_dim(f.name)))
+    return r
+
+
+def fixed_part(design: Design, priors: PriorTable):
+    """Linear predictor of the fixed effects, on centred predictors when there is an intercept.
+
+    Returns ``(eta_fixed, b)`` where ``b`` is the Deterministic on the original scale.
+    """
+    X = design.X
+    terms = design.fixed_terms
+    slope_idx = [j for j, t in enumerate(terms) if t != "Intercept"]
+    eta = 0.0
+    b_parts = {}
+    if slope_idx:
+        slope_entries = [priors[terms[j]] for j in slope_idx]
+        beta = prior_rv("beta", slope_entries, dims="slope")
+    if design.has_intercept:
+        intercept_c = prior_rv("Intercept_c", [priors["Intercept"]])
+        eta = intercept_c
+        if slope_idx:
+            xm = X[:, slope_idx].mean(axis=0)
+            Xc = pm.Data("Xc", X[:, slope_idx] - xm, dims=("obs", "slope"))
+            eta = eta + pt.dot(Xc, beta)
+            b_parts["Intercept"] = intercept_c - pt.dot(xm, beta)
+        else:
+            b_parts["Intercept"] = intercept_c
+    elif slope_idx:
+        Xd = pm.Data("X", X[:, slope_idx], dims=("obs", "slope"))
+        eta = pt.dot(Xd, beta)
+    for k, j in enumerate(slope_idx):
+        b_parts[terms[j]] = beta[k]
+    b = pm.Deterministic("b", pt.stack([b_parts[t] for t in terms]), dims="term")
+    return eta, b
+
+
+def random_part(design: Design, priors: PriorTable):
+    """Sum over factors of Z_i . r[g_i] (gathered by integer codes, never a dense indicator)."""
+    eta = 0.0
+    for f in design.factors:
+        sd = prior_rv(f"sd_{f.name}", priors.of_class("sd", f.name), dims=term_dim(f.name))
+        r = group_effects(f, sd, priors)
+        codes = pm.Data(f"codes_{f.name}", f.codes, dims="obs")
+        for k, term in enumerate(f.terms):
+            col = r[codes, k]
+            if np.all(f.Z[:, k] == 1.0):
+                eta = eta + col
+            else:
+                Zk = pm.Data(f"Z_{f.name}_{k}", f.Z[:, k], dims="obs")
+                eta = eta + col * Zk
+    return eta
+
+
+def build_model(design: Design, priors: PriorTable) -> pm.Model:
+    """The non-centred Gaussian LMM as a ``pm.Model``.
+
+    Examples
+    --------
+    >>> import bayeslmm as blmm
+    >>> m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
+    >>> sorted(v.name for v in build_model(m.design, m.prior_table).free_RVs)
+    ['Intercept_c', 'L_Subject', 'beta', 'sd_Subject', 'sigma', 'z_Subject']
+    """
+    coords = coords_of(design)
+    coords["obs"] = np.arange(design.n)
+    slope_terms = [t for t in design.fixed_terms if t != "Intercept"]
+    if slope_terms:
+        coords["slope"] = slope_terms
+    with pm.Model(coords=coords) as model:
+        eta_fixed, _ = fixed_part(design, priors)
+        eta = eta_fixed + random_part(design, priors)
+        sigma = prior_rv("sigma", [priors["sigma"]])
+        y = pm.Data("y_obs", design.y, dims="obs")
+        pm.Normal("y", mu=eta, sigma=sigma, observed=y, dims="obs")
+    return model

@@ -1,0 +1,165 @@
+"""The user-facing entry point: ``Model(formula, data).fit()``.
+
+Chains the stages: formula -> spec -> design -> priors -> graph -> sampling -> Fit.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from .design import Design, make_design
+from .errors import SpecError
+from .graph import build_model, stored_var_names
+from .priors import PriorTable, resolve_priors
+from .results import Fit
+from .sampling import resolve_seed, sample
+from .spec import METHODS, ModelSpec, SamplerSpec, build_spec
+
+__all__ = ["Model", "fit"]
+
+
+class Model:
+    """A Bayesian linear mixed model: formula + data + priors, ready to sample.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``; see :func:`parse_formula`.
+    data : pandas.DataFrame
+        Never modified.
+    family : str
+        ``"gaussian"``.
+    priors : dict, optional
+        Overrides keyed by parameter label or class, values like ``"normal(0, 10)"``; see
+        :attr:`priors` for the labels and defaults.
+    method : {"auto", "noncentred", "marginal"}
+        ``"auto"`` uses the exact marginal path where it applies, else the non-centred graph.
+    missing : {"drop", "raise"}
+        What to do with rows that have missing values in used columns (dropping prints a count).
+
+    Examples
+    --------
+    >>> import bayeslmm as blmm
+    >>> m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
+    >>> m.priors["parameter"].tolist()
+    ['Intercept', 'Days', 'sd(Subject, Intercept)', 'sd(Subject, Days)', 'cor(Subject)', 'sigma']
+    >>> fit = m.fit(chains=2, draws=300, seed=1, progressbar=False)   # doctest: +SKIP
+    """
+
+    def __init__(self, formula: str | ModelSpec, data: pd.DataFrame, *, family: str = "gaussian",
+                 priors: dict | None = None, method: str = "auto", missing: str = "drop"):
+        if isinstance(formula, ModelSpec):
+            self.spec = formula
+        else:
+            self.spec = build_spec(formula, family=family, priors=priors, method=method)
+        self.design: Design = make_design(self.spec, data, missing=missing)
+        self.prior_table: PriorTable = resolve_priors(self.spec, self.design)
+
+    @property
+    def priors(self) -> pd.DataFrame:
+        """Every prior, with its source (default scaled to the data, or user)."""
+        return self.prior_table.to_frame()
+
+    def __repr__(self) -> str:
+        d = self.design
+        facs = ", ".join(f"{f.name} ({f.n_levels} levels: {', '.join(f.terms)})" for f in d.factors)
+        return (f"<bayeslmm.Model {self.spec.formula.text!r}\n  family={self.spec.family}, n={d.n}"
+                f"{f' ({d.n_dropped} dropped)' if d.n_dropped else ''}\n  fixed: {', '.join(d.fixed_terms)}"
+                f"\n  groups: {facs or 'none'}\n{self.prior_table!r}>")
+
+    def choose_method(self, method: str | None = None) -> tuple[str, str]:
+        """The sampling path that ``fit`` will use, and why."""
+        method = method or self.spec.method
+        if method not in METHODS:
+            raise SpecError(f"the 'method' parameter must be one of {METHODS}. Got {method!r} instead.")
+        try:
+            from . import marginal
+        except ImportError:  # pragma: no cover - marginal path not built
+            marginal = None
+        if method == "noncentred":
+            return "noncentred", "requested"
+        ok, why = (marginal.applicable(self.spec, self.design) if marginal is not None
+                   else (False, "the marginal path is not available"))
+        if method == "marginal" and not ok:
+            raise SpecError(f"method='marginal' does not apply: {why}. Use method='noncentred'.")
+        if ok:
+            return "marginal", why
+        return "noncentred", why
+
+    def build(self, method: str = "noncentred"):
+        """The PyMC model for ``method`` (for inspection, or to sample yourself)."""
+        if method == "marginal":
+            from .marginal import build_marginal_model
+            return build_marginal_model(self.design, self.prior_table)
+        return build_model(self.design, self.prior_table)
+
+    def fit(self, *, chains: int = 4, draws: int = 1000, tune: int = 1000, seed: int | None = None,
+            target_accept: float = 0.9, sampler: str = "pymc", cores: int | None = None,
+            progressbar: bool = True, method: str | None = None, verbose: bool = True) -> Fit:
+        """Sample the posterior with NUTS.
+
+        Parameters
+        ----------
+        chains, draws, tune : int
+            Defaults 4 x 1000 draws after 1000 tuning steps.
+        seed : int, optional
+            Same seed, same draws. If None a seed is drawn and recorded in ``fit.info["seed"]``.
+        target_accept : float
+            Raise towards 0.99 if the diagnostics report divergences.
+        sampler : {"pymc", "nutpie", "numpyro"}
+        cores : int, optional
+            Default ``min(chains, CPUs)``.
+        method : str, optional
+            Override the spec's method.
+        verbose : bool
+            Print the settings used.
+
+        Returns
+        -------
+        Fit
+        """
+        settings = SamplerSpec(chains=chains, draws=draws, tune=tune, seed=seed,
+                               target_accept=target_accept, sampler=sampler, cores=cores,
+                               progressbar=progressbar)
+        chosen, why = self.choose_method(method)
+        seed_used = resolve_seed(settings.seed)
+        if verbose:
+            print(f"bayeslmm: method={chosen} ({why}); NUTS sampler={settings.sampler}, "
+                  f"{settings.chains} chains x {settings.draws} draws ({settings.tune} tune), "
+                  f"cores={settings.n_cores}, target_accept={settings.target_accept}, seed={seed_used}")
+        t0 = time.perf_counter()
+        if chosen == "marginal":
+            from .marginal import sample_marginal
+            idata, info = sample_marginal(self.design, self.prior_table, settings, seed=seed_used)
+        else:
+            model = build_model(self.design, self.prior_table)
+            idata, info = sample(model, settings, var_names=stored_var_names(self.design), seed=seed_used)
+        info["total_s"] = time.perf_counter() - t0
+        info["method"] = chosen
+        info["method_reason"] = why
+        fit = Fit(idata, self.spec, self.design, self.prior_table, settings, info)
+        _post_fit_checks(fit, verbose)
+        return fit
+
+
+def _post_fit_checks(fit: Fit, verbose: bool) -> None:
+    """Warn loudly when convergence checks fail (diagnostics module, when present)."""
+    try:
+        from .diagnostics import warn_if_problems
+    except ImportError:
+        return
+    warn_if_problems(fit)
+
+
+def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
+    """One call: ``Model(formula, data, ...)`` then ``.fit(...)``.
+
+    Model options (family, priors, method, missing) and fit options (chains, draws, seed, ...)
+    are routed to the right place.
+    """
+    model_keys = {"family", "priors", "method", "missing"}
+    mk = {k: v for k, v in kwargs.items() if k in model_keys}
+    fk = {k: v for k, v in kwargs.items() if k not in model_keys}
+    return Model(formula, data, **mk).fit(**fk)

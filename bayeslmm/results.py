@@ -1,0 +1,215 @@
+"""The fitted model: posterior (an ArviZ DataTree) + spec + design + priors.
+
+Stage 7. Pure xarray/ArviZ: this module never imports PyMC. ``Fit`` holds everything later stages
+need (ICC, shrinkage, predictions, reports), so they work from the fit alone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .design import Design, make_design
+from .errors import BayesLMMError
+from .priors import PriorTable, resolve_priors
+from .spec import ModelSpec, SamplerSpec
+
+__all__ = ["Fit", "load_fit", "summarize_draws", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+def summarize_draws(draws: dict[str, xr.DataArray], prob: float = 0.95) -> pd.DataFrame:
+    """ArviZ summary (mean, sd, HDI, ESS, R-hat, MCSE) of scalar draws keyed by label.
+
+    Each value has dims ``(chain, draw)``. HDI columns are named ``hdi_lower`` / ``hdi_upper``;
+    the probability is in ``df.attrs["ci_prob"]``.
+    """
+    ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")])
+                     for k, v in draws.items()})
+    tab = az.summary(ds, ci_kind="hdi", ci_prob=prob, round_to="none")
+    lo, hi = [c for c in tab.columns if c.startswith("hdi")]
+    tab = tab.rename(columns={lo: "hdi_lower", hi: "hdi_upper"})
+    tab.attrs["ci_prob"] = prob
+    return tab
+
+
+class Fit:
+    """A fitted Bayesian linear mixed model.
+
+    Attributes
+    ----------
+    idata : xarray.DataTree
+        The ArviZ-native posterior (groups ``posterior``, ``sample_stats``, ``observed_data``).
+    spec : ModelSpec
+    design : Design
+    prior_table : PriorTable
+    sampler : SamplerSpec
+    info : dict
+        Seed actually used, cores, sampler, method, timings.
+
+    Examples
+    --------
+    >>> import bayeslmm as blmm
+    >>> fit = blmm.Model("Yield ~ 1 + (1 | Batch)", blmm.load_dataset("Dyestuff")).fit(
+    ...     chains=2, draws=200, tune=200, seed=1, progressbar=False)   # doctest: +SKIP
+    >>> fit.summary().loc["Intercept", "mean"]                            # doctest: +SKIP
+    1527.4...
+    """
+
+    def __init__(self, idata: xr.DataTree, spec: ModelSpec, design: Design, prior_table: PriorTable,
+                 sampler: SamplerSpec, info: dict):
+        self.idata = idata
+        self.spec = spec
+        self.design = design
+        self.prior_table = prior_table
+        self.sampler = sampler
+        self.info = dict(info)
+
+    # -- access ---------------------------------------------------------------------------
+    @property
+    def posterior(self) -> xr.Dataset:
+        """The posterior draws as an xarray Dataset (dims chain, draw, ...)."""
+        return self.idata["posterior"].to_dataset()
+
+    @property
+    def n_draws(self) -> int:
+        p = self.posterior
+        return p.sizes["chain"] * p.sizes["draw"]
+
+    def draws(self, name: str) -> np.ndarray:
+        """Posterior draws of variable ``name`` stacked over chains: shape (chains*draws, ...)."""
+        v = self.posterior[name]
+        return v.stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
+
+    def __repr__(self) -> str:
+        s = self.sampler
+        return (f"<bayeslmm.Fit {self.spec.formula.text!r}: {self.design.n} rows, "
+                f"{s.chains} chains x {s.draws} draws, method={self.info.get('method')}, "
+                f"seed={self.info.get('seed')}>")
+
+    # -- tables ---------------------------------------------------------------------------
+    def summary(self, prob: float = 0.95) -> pd.DataFrame:
+        """Fixed effects: mean, sd, HDI, bulk/tail ESS, R-hat, MCSE, one row per term.
+
+        The intercept is on the original (uncentred) scale.
+        """
+        b = self.posterior["b"]
+        return summarize_draws({t: b.sel(term=t) for t in self.design.fixed_terms}, prob)
+
+    def variance_components(self, prob: float = 0.95) -> pd.DataFrame:
+        """Group-level SDs, variances and correlations per grouping factor, plus sigma.
+
+        Rows use lme4/brms labels: ``sd(Subject, Days)``, ``var(Subject, Days)``,
+        ``cor(Subject, Intercept, Days)``, ``sigma``, ``var(Residual)``. Columns ``group``,
+        ``term``, ``kind`` (sd/var/cor) and the posterior summary.
+        """
+        post = self.posterior
+        draws, meta = {}, []
+        for f in self.design.factors:
+            sd = post[f"sd_{f.name}"]
+            for t in f.terms:
+                draws[f"sd({f.name}, {t})"] = sd.sel({f"{f.name}__term": t})
+                meta.append((f.name, t, "sd"))
+            for i, j in f.correlation_pairs:
+                c = post[f"cor_{f.name}"].isel({f"{f.name}__term": i, f"{f.name}__term2": j})
+                draws[f"cor({f.name}, {f.terms[i]}, {f.terms[j]})"] = c
+                meta.append((f.name, f"{f.terms[i]}, {f.terms[j]}", "cor"))
+        draws["sigma"] = post["sigma"]
+        meta.append(("Residual", "", "sd"))
+        for f in self.design.factors:
+            sd = post[f"sd_{f.name}"]
+            for t in f.terms:
+                draws[f"var({f.name}, {t})"] = sd.sel({f"{f.name}__term": t}) ** 2
+                meta.append((f.name, t, "var"))
+        draws["var(Residual)"] = post["sigma"] ** 2
+        meta.append(("Residual", "", "var"))
+        tab = summarize_draws(draws, prob)
+        tab.insert(0, "kind", [m[2] for m in meta])
+        tab.insert(0, "term", [m[1] for m in meta])
+        tab.insert(0, "group", [m[0] for m in meta])
+        return tab
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path) -> str:
+        """Write the fit to a NetCDF file that :func:`load_fit` reads back.
+
+        The file holds the posterior and sample stats, the used data columns (group
+        ``bayeslmm_data``) and the spec, priors and sampler settings as JSON attributes, so the
+        reloaded fit has the same design and every method works on it.
+        """
+        path = str(path)
+        tree = self.idata.copy()
+        frame = self.design.frame
+        cats = {c: [str(v) for v in frame[c].cat.categories] for c in frame.columns
+                if isinstance(frame[c].dtype, pd.CategoricalDtype)}
+        data = xr.Dataset({c: ("row", _to_storable(frame[c])) for c in frame.columns})
+        data.attrs["categories"] = json.dumps(cats)
+        data.attrs["dtypes"] = json.dumps({c: str(frame[c].dtype) for c in frame.columns})
+        tree["bayeslmm_data"] = xr.DataTree(data)
+        tree.attrs = dict(tree.attrs)
+        tree.attrs.update({
+            "bayeslmm_format": FORMAT_VERSION,
+            "bayeslmm_spec": json.dumps(self.spec.to_dict()),
+            "bayeslmm_priors": json.dumps(self.prior_table.to_dict()),
+            "bayeslmm_sampler": json.dumps(self.sampler.to_dict()),
+            "bayeslmm_info": json.dumps(self.info, default=_jsonable),
+            "bayeslmm_n_dropped": self.design.n_dropped,
+        })
+        tree.to_netcdf(path, engine="h5netcdf")
+        return path
+
+
+def _to_storable(s: pd.Series) -> np.ndarray:
+    if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s):
+        return s.astype(str).to_numpy(dtype=object)
+    return s.to_numpy()
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)
+
+
+def load_fit(path) -> Fit:
+    """Read a fit written by :meth:`Fit.save`.
+
+    The design is rebuilt from the stored data with the stored formula, and the priors from the
+    stored prior table, so the result behaves exactly like the saved fit.
+    """
+    tree = xr.open_datatree(str(path), engine="h5netcdf").load()
+    if "bayeslmm_spec" not in tree.attrs or "bayeslmm_data" not in tree.children:
+        raise BayesLMMError(f"{path} is not a bayeslmm fit (no bayeslmm metadata); it may be a plain "
+                            "ArviZ file: open it with arviz.from_netcdf instead.")
+    data = tree["bayeslmm_data"].to_dataset()
+    cats = json.loads(data.attrs.get("categories", "{}"))
+    dtypes = json.loads(data.attrs.get("dtypes", "{}"))
+    frame = pd.DataFrame({c: data[c].to_numpy() for c in data.data_vars})
+    for c in frame.columns:
+        if c in cats:
+            frame[c] = pd.Categorical(frame[c].astype(str), categories=cats[c])
+        elif dtypes.get(c) in ("object", "str", "string"):
+            frame[c] = frame[c].astype(str)
+    spec = ModelSpec.from_dict(json.loads(tree.attrs["bayeslmm_spec"]))
+    design = make_design(spec, frame, missing="raise")
+    design = _with_dropped(design, int(tree.attrs.get("bayeslmm_n_dropped", 0)))
+    priors = resolve_priors(spec, design)
+    sampler = SamplerSpec.from_dict(json.loads(tree.attrs["bayeslmm_sampler"]))
+    info = json.loads(tree.attrs["bayeslmm_info"])
+    del tree["bayeslmm_data"]
+    if priors.to_dict() != json.loads(tree.attrs["bayeslmm_priors"]):
+        raise BayesLMMError(f"{path}: the priors rebuilt from the stored data differ from the stored "
+                            "prior table; the file was written by an incompatible bayeslmm version.")
+    return Fit(tree, spec, design, priors, sampler, info)
+
+
+def _with_dropped(design: Design, n_dropped: int) -> Design:
+    from dataclasses import replace
+    return replace(design, n_dropped=n_dropped) if n_dropped else design
