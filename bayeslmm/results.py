@@ -134,6 +134,82 @@ class Fit:
         tab.insert(0, "group", [m[0] for m in meta])
         return tab
 
+    # -- derived quantities, checks, plots, report (thin delegations; see the modules) -----
+    def icc(self, **kwargs):
+        """ICC posterior per grouping factor; see :func:`bayeslmm.icc.icc`."""
+        from .icc import icc
+        return icc(self, **kwargs)
+
+    def shrinkage(self, **kwargs):
+        """No/complete/partial pooling per group and shrinkage; see :func:`bayeslmm.shrinkage.shrinkage`."""
+        from .shrinkage import shrinkage
+        return shrinkage(self, **kwargs)
+
+    def pooling_factor(self, **kwargs) -> pd.DataFrame:
+        """Gelman-Pardoe pooling factor; see :func:`bayeslmm.shrinkage.pooling_factor`."""
+        from .shrinkage import pooling_factor
+        return pooling_factor(self, **kwargs)
+
+    def diagnostics(self, **kwargs):
+        """Convergence checks with advice; see :func:`bayeslmm.diagnostics.diagnostics`."""
+        from .diagnostics import diagnostics
+        return diagnostics(self, **kwargs)
+
+    def log_likelihood(self) -> xr.DataArray:
+        """Pointwise log-likelihood (also stored in ``idata`` as group ``log_likelihood``, var ``y``)."""
+        from .diagnostics import add_log_likelihood
+        return add_log_likelihood(self)["log_likelihood"]["y"]
+
+    def loo(self, **kwargs):
+        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`."""
+        from .diagnostics import loo
+        return loo(self, **kwargs)
+
+    def posterior_predictive(self, **kwargs) -> xr.DataTree:
+        """Replicated data for PPCs; see :func:`bayeslmm.diagnostics.posterior_predictive`."""
+        from .diagnostics import posterior_predictive
+        return posterior_predictive(self, **kwargs)
+
+    def plot_caterpillar(self, **kwargs):
+        """Caterpillar plot of the group effects; see :func:`bayeslmm.plots.plot_caterpillar`."""
+        from .plots import plot_caterpillar
+        return plot_caterpillar(self, **kwargs)
+
+    def plot_shrinkage(self, **kwargs):
+        """No pooling -> partial pooling arrows; see :func:`bayeslmm.plots.plot_shrinkage`."""
+        from .plots import plot_shrinkage
+        return plot_shrinkage(self, **kwargs)
+
+    def plot_shrinkage_vs_size(self, **kwargs):
+        """Estimates and shrinkage against group size; see :func:`bayeslmm.plots.plot_shrinkage_vs_size`."""
+        from .plots import plot_shrinkage_vs_size
+        return plot_shrinkage_vs_size(self, **kwargs)
+
+    def plot_variance_components(self, **kwargs):
+        """Posteriors of the SDs and correlations; see :func:`bayeslmm.plots.plot_variance_components`."""
+        from .plots import plot_variance_components
+        return plot_variance_components(self, **kwargs)
+
+    def plot_icc(self, **kwargs):
+        """ICC posteriors (and the ICC curve over x); see :func:`bayeslmm.plots.plot_icc`."""
+        from .plots import plot_icc
+        return plot_icc(self, **kwargs)
+
+    def plot_trace(self, **kwargs):
+        """Trace or rank plots; see :func:`bayeslmm.plots.plot_trace`."""
+        from .plots import plot_trace
+        return plot_trace(self, **kwargs)
+
+    def plot_ppc(self, **kwargs):
+        """Posterior predictive check; see :func:`bayeslmm.plots.plot_ppc`."""
+        from .plots import plot_ppc
+        return plot_ppc(self, **kwargs)
+
+    def report(self, out_dir, **kwargs) -> str:
+        """Standalone HTML report plus tables, figures and fit.nc; see :func:`bayeslmm.report.write_report`."""
+        from .report import write_report
+        return write_report(self, out_dir, **kwargs)
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, path) -> str:
         """Write the fit to a NetCDF file that :func:`load_fit` reads back.

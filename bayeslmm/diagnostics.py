@@ -1,0 +1,424 @@
+"""Convergence diagnostics with advice, pointwise log-likelihood (LOO, model comparison), and
+posterior predictive draws for checks.
+
+Pure numpy/xarray/ArviZ (no PyMC), so it works on fits from either sampling path and on plain
+ArviZ DataTrees.
+
+Checks and thresholds (Vehtari, Gelman, Simpson, Carpenter & Buerkner 2021, "Rank-normalization,
+folding, and localization: an improved R-hat"; Betancourt 2016 for E-BFMI):
+
+=================  ==========================================  =====================================
+check id           problem when                                advice
+=================  ==========================================  =====================================
+``rhat``           rank-normalised split R-hat > 1.01          more tuning/draws; check multimodality
+``ess_bulk``       bulk ESS < 100 per chain                    more draws, or reparameterise
+``ess_tail``       tail ESS < 100 per chain                    more draws (intervals unreliable)
+``divergences``    any divergent transition                    raise target_accept; reparameterise
+``treedepth``      > 1% of draws hit the maximum tree depth    raise max_treedepth; rescale
+``ebfmi``          E-BFMI < 0.3 in some chain                  reparameterise (heavy-tailed energy)
+=================  ==========================================  =====================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .errors import BayesLMMError
+
+__all__ = ["ConvergenceWarning", "Problem", "Diagnostics", "diagnostics", "warn_if_problems",
+           "pointwise_log_likelihood", "add_log_likelihood", "loo", "compare", "posterior_predictive",
+           "RHAT_MAX", "ESS_PER_CHAIN_MIN", "EBFMI_MIN", "TREEDEPTH_FRAC_MAX"]
+
+RHAT_MAX = 1.01
+ESS_PER_CHAIN_MIN = 100
+EBFMI_MIN = 0.3
+TREEDEPTH_FRAC_MAX = 0.01
+
+
+class ConvergenceWarning(UserWarning):
+    """The sampler's output fails a convergence check; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check: ``check`` id, what was found, and what to do."""
+
+    check: str
+    message: str
+    advice: str
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.message} -> {self.advice}"
+
+
+@dataclass
+class Diagnostics:
+    """Convergence diagnostics of a fit.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per posterior variable: worst element's ``rhat`` (max), ``ess_bulk`` and
+        ``ess_tail`` (min), and ``n_elements``.
+    parameters : DataFrame
+        One row per scalar element (``parameter`` like ``sd_Subject[Days]``).
+    sampler : dict
+        ``chains``, ``draws``, ``divergences``, ``divergences_per_chain``, ``treedepth_hits``,
+        ``ebfmi`` (list per chain), ``target_accept`` when known.
+    problems : list of Problem
+    thresholds : dict
+    """
+
+    table: pd.DataFrame
+    parameters: pd.DataFrame
+    sampler: dict
+    problems: list[Problem] = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return not self.problems
+
+    def message(self) -> str:
+        """A readable summary; lists each problem with its advice."""
+        s = self.sampler
+        head = (f"{s['chains']} chains x {s['draws']} draws; max R-hat "
+                f"{_fmt(self.table['rhat'].max())}, min bulk ESS {_fmt(self.table['ess_bulk'].min())}, "
+                f"min tail ESS {_fmt(self.table['ess_tail'].min())}, divergences {s['divergences']}, "
+                f"tree-depth hits {s['treedepth_hits']}, E-BFMI "
+                f"{', '.join(_fmt(v) for v in s['ebfmi']) or 'n/a'}")
+        if self.ok:
+            return "All convergence checks passed: " + head
+        lines = [f"{len(self.problems)} convergence problem(s): " + head]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The checks as a table: ``check``, ``value``, ``threshold``, ``ok``, ``advice``."""
+        t, s = self.thresholds, self.sampler
+        failed = {p.check: p for p in self.problems}
+        rows = [("rhat", self.table["rhat"].max(), f"<= {t['rhat_max']}"),
+                ("ess_bulk", self.table["ess_bulk"].min(), f">= {t['ess_min']:g}"),
+                ("ess_tail", self.table["ess_tail"].min(), f">= {t['ess_min']:g}"),
+                ("divergences", s["divergences"], "0"),
+                ("treedepth", s["treedepth_hits"], f"<= {t['treedepth_frac_max']:.0%} of draws"),
+                ("ebfmi", min(s["ebfmi"]) if s["ebfmi"] else np.nan, f">= {t['ebfmi_min']}")]
+        return pd.DataFrame([{"check": c, "value": v, "threshold": th, "ok": c not in failed,
+                              "advice": failed[c].advice if c in failed else ""}
+                             for c, v, th in rows])
+
+    def __repr__(self) -> str:
+        return self.message()
+
+
+def _fmt(v) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.4g}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def _tree_and_target(fit_or_tree):
+    if isinstance(fit_or_tree, xr.DataTree):
+        return fit_or_tree, None
+    if hasattr(fit_or_tree, "idata"):
+        return fit_or_tree.idata, getattr(getattr(fit_or_tree, "sampler", None), "target_accept", None)
+    raise BayesLMMError(f"diagnostics needs a bayeslmm Fit or an ArviZ DataTree, got "
+                        f"{type(fit_or_tree).__name__}.")
+
+
+def _element_label(name: str, da: xr.DataArray, idx: tuple) -> str:
+    dims = [d for d in da.dims if d not in ("chain", "draw")]
+    if not dims:
+        return name
+    parts = [str(da.coords[d].values[i]) if d in da.coords else str(i) for d, i in zip(dims, idx)]
+    return f"{name}[{', '.join(parts)}]"
+
+
+def _parameter_table(post: xr.Dataset) -> pd.DataFrame:
+    rhat = az.rhat(post)
+    ess_b = az.ess(post, method="bulk")
+    ess_t = az.ess(post, method="tail")
+    rows = []
+    for name, da in post.data_vars.items():
+        arr = da.transpose("chain", "draw", ...).to_numpy()
+        const = np.ptp(arr, axis=(0, 1)) == 0          # e.g. the unit diagonal of cor_{g}
+        rh = np.asarray(rhat[name].transpose(*[d for d in da.dims if d not in ("chain", "draw")]))
+        eb = np.asarray(ess_b[name].transpose(*[d for d in da.dims if d not in ("chain", "draw")]))
+        et = np.asarray(ess_t[name].transpose(*[d for d in da.dims if d not in ("chain", "draw")]))
+        for idx in np.ndindex(const.shape):
+            if const[idx]:
+                continue
+            rows.append({"variable": name, "parameter": _element_label(name, da, idx),
+                         "rhat": float(rh[idx]), "ess_bulk": float(eb[idx]), "ess_tail": float(et[idx])})
+    return pd.DataFrame(rows, columns=["variable", "parameter", "rhat", "ess_bulk", "ess_tail"])
+
+
+def _sampler_stats(tree: xr.DataTree, chains: int, draws: int) -> dict:
+    out = {"chains": chains, "draws": draws, "divergences": 0, "divergences_per_chain": [],
+           "treedepth_hits": 0, "ebfmi": []}
+    if "sample_stats" not in tree.children:
+        out["missing"] = True
+        return out
+    ss = tree["sample_stats"].to_dataset()
+    div = next((ss[k] for k in ("diverging", "divergences") if k in ss), None)
+    if div is not None:
+        d = (div.to_numpy() != 0).reshape(chains, -1)
+        out["divergences"] = int(d.sum())
+        out["divergences_per_chain"] = [int(x) for x in d.sum(axis=1)]
+    td = next((ss[k] for k in ("reached_max_treedepth", "maxdepth_reached") if k in ss), None)
+    if td is not None:
+        out["treedepth_hits"] = int((td.to_numpy() != 0).sum())
+    if "energy" in ss:
+        e = ss["energy"].transpose("chain", "draw").to_numpy()
+        num = np.mean(np.diff(e, axis=1) ** 2, axis=1)
+        den = np.var(e, axis=1)
+        out["ebfmi"] = [float(x) for x in num / den]
+    return out
+
+
+def diagnostics(fit, *, var_names: list[str] | None = None, rhat_max: float = RHAT_MAX,
+                ess_per_chain_min: float = ESS_PER_CHAIN_MIN, ebfmi_min: float = EBFMI_MIN,
+                treedepth_frac_max: float = TREEDEPTH_FRAC_MAX) -> Diagnostics:
+    """Convergence checks: R-hat, bulk/tail ESS, divergences, tree depth, E-BFMI.
+
+    Parameters
+    ----------
+    fit : Fit or xarray.DataTree
+        A bayeslmm fit, or any ArviZ DataTree with ``posterior`` (and ``sample_stats``) groups.
+    var_names : list of str, optional
+        Posterior variables to check (default: all stored ones, group effects included).
+    rhat_max, ess_per_chain_min, ebfmi_min, treedepth_frac_max : float
+        Thresholds (defaults from Vehtari et al. 2021 and Betancourt 2016, see the module doc).
+
+    Returns
+    -------
+    Diagnostics
+        ``.ok``, ``.problems`` (each with advice), ``.table``, ``.parameters``, ``.sampler``.
+
+    Examples
+    --------
+    >>> d = fit.diagnostics()                                          # doctest: +SKIP
+    >>> d.ok, d.to_frame()                                             # doctest: +SKIP
+    """
+    tree, target = _tree_and_target(fit)
+    post = tree["posterior"].to_dataset()
+    if var_names is not None:
+        missing = [v for v in var_names if v not in post]
+        if missing:
+            raise BayesLMMError(f"diagnostics(var_names=...) names {missing}, not in the posterior; "
+                                f"variables are {list(post.data_vars)}.")
+        post = post[var_names]
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    params = _parameter_table(post)
+    table = (params.groupby("variable", sort=False)
+             .agg(rhat=("rhat", "max"), ess_bulk=("ess_bulk", "min"), ess_tail=("ess_tail", "min"),
+                  n_elements=("parameter", "size"))
+             .reset_index())
+    stats = _sampler_stats(tree, chains, draws)
+    stats["target_accept"] = target
+    ess_min = ess_per_chain_min * chains
+    thresholds = {"rhat_max": rhat_max, "ess_min": ess_min, "ebfmi_min": ebfmi_min,
+                  "treedepth_frac_max": treedepth_frac_max}
+    problems: list[Problem] = []
+
+    def worst(col, largest):
+        p = params.dropna(subset=[col])
+        if p.empty:
+            return ""
+        p = p.nlargest(3, col) if largest else p.nsmallest(3, col)
+        return ", ".join(f"{r.parameter} ({_fmt(getattr(r, col))})" for r in p.itertuples())
+
+    n_rhat = int((params["rhat"] > rhat_max).sum())
+    if n_rhat:
+        problems.append(Problem(
+            "rhat", f"R-hat > {rhat_max} for {n_rhat} of {len(params)} parameters (worst: "
+            f"{worst('rhat', True)}): the chains do not agree",
+            f"run longer (more tune and draws, e.g. tune=2000, draws=2000) and check for "
+            f"multimodality in plot_trace(); if it persists, reparameterise or use stronger priors"))
+    for col, what, adv in (
+            ("ess_bulk", "bulk ESS", "posterior means and medians are unreliable"),
+            ("ess_tail", "tail ESS", "interval endpoints (HDIs, quantiles) are unreliable")):
+        n_low = int((params[col] < ess_min).sum())
+        if n_low:
+            problems.append(Problem(
+                col, f"{what} < {ess_min:g} ({ess_per_chain_min:g} per chain) for {n_low} of "
+                f"{len(params)} parameters (worst: {worst(col, False)}): {adv}",
+                "draw more (e.g. draws=2000 or more chains); if ESS stays low relative to draws, the "
+                "sampler mixes badly: raise target_accept or reparameterise"))
+    if stats["divergences"]:
+        ta = f" (now {target})" if target is not None else ""
+        problems.append(Problem(
+            "divergences", f"{stats['divergences']} divergent transitions after tuning "
+            f"({stats['divergences'] / (chains * draws):.1%} of draws; per chain "
+            f"{stats['divergences_per_chain']}): the posterior may be biased",
+            f"raise target_accept{ta} towards 0.95-0.99; if divergences remain, the geometry is a "
+            "funnel: use the non-centred parameterisation (bayeslmm's default) or the marginal "
+            "method, or give the group SDs tighter priors"))
+    if stats["treedepth_hits"] > treedepth_frac_max * chains * draws:
+        problems.append(Problem(
+            "treedepth", f"{stats['treedepth_hits']} draws ({stats['treedepth_hits'] / (chains * draws):.1%}) "
+            "hit the maximum tree depth: NUTS trajectories were cut short (inefficient, not biased)",
+            "raise the maximum tree depth (e.g. nuts={'max_treedepth': 12}), or rescale predictors "
+            "and reparameterise so the posterior is less correlated"))
+    low_bfmi = [i for i, v in enumerate(stats["ebfmi"]) if v < ebfmi_min]
+    if low_bfmi:
+        problems.append(Problem(
+            "ebfmi", f"E-BFMI < {ebfmi_min} in chain(s) {low_bfmi} "
+            f"({', '.join(_fmt(stats['ebfmi'][i]) for i in low_bfmi)}): momentum resampling cannot "
+            "explore the energy distribution (heavy tails / funnel)",
+            "reparameterise (non-centred random effects, marginal method) or use more informative "
+            "priors on the variance parameters; more tuning can help"))
+    return Diagnostics(table=table, parameters=params, sampler=stats, problems=problems,
+                       thresholds=thresholds)
+
+
+def warn_if_problems(fit) -> Diagnostics | None:
+    """Run :func:`diagnostics` and emit one loud :class:`ConvergenceWarning` listing each problem.
+
+    Called after every ``Model.fit``. Returns the diagnostics (None if they could not be computed,
+    which itself warns).
+    """
+    try:
+        d = diagnostics(fit)
+    except Exception as exc:  # never lose a fit because a check failed to run
+        warnings.warn(f"bayeslmm could not compute convergence diagnostics ({type(exc).__name__}: "
+                      f"{exc}); check the fit with arviz (az.summary, az.plot_trace).",
+                      ConvergenceWarning, stacklevel=3)
+        return None
+    if not d.ok:
+        warnings.warn("\n" + "!" * 72 + "\nbayeslmm: THE FIT HAS CONVERGENCE PROBLEMS; do not trust "
+                      "its results yet.\n" + d.message() + "\n" + "!" * 72,
+                      ConvergenceWarning, stacklevel=3)
+    return d
+
+
+# -- log-likelihood, LOO and model comparison --------------------------------------------------
+
+def _mu_chunks(fit, max_elems: int = 20_000_000):
+    """Yield (chain, draw slice, mu) with mu of shape (draws_in_chunk, n): X b + sum Z r[codes]."""
+    design = fit.design
+    post = fit.posterior
+    b = post["b"].transpose("chain", "draw", "term").to_numpy()
+    rs = [(f, post[f"r_{f.name}"].transpose("chain", "draw", f"{f.name}__level",
+                                            f"{f.name}__term").to_numpy()) for f in design.factors]
+    n = design.n
+    step = max(1, max_elems // max(n * max([1] + [f.q for f in design.factors]), 1))
+    C, D = b.shape[:2]
+    for c in range(C):
+        for d0 in range(0, D, step):
+            sl = slice(d0, min(D, d0 + step))
+            mu = b[c, sl] @ design.X.T                                     # (d, n)
+            for f, r in rs:
+                mu += np.einsum("nq,dnq->dn", f.Z, r[c, sl][:, f.codes, :])
+            yield c, sl, mu
+
+
+def pointwise_log_likelihood(fit) -> xr.DataArray:
+    """Conditional log-likelihood of each observation given each draw: dims (chain, draw, obs).
+
+    ``log N(y_i | X_i b + sum_g Z_gi r_g[g_i], sigma)``, computed in numpy from the posterior
+    draws, so it works on fits from either sampling path. Memory: chains x draws x n floats.
+
+    Examples
+    --------
+    >>> ll = pointwise_log_likelihood(fit)                             # doctest: +SKIP
+    >>> ll.dims                                                         # doctest: +SKIP
+    ('chain', 'draw', 'obs')
+    """
+    if getattr(fit.spec, "family", "gaussian") != "gaussian":
+        raise BayesLMMError("the pointwise log-likelihood is implemented for family='gaussian' only.")
+    post = fit.posterior
+    sigma = post["sigma"].transpose("chain", "draw").to_numpy()
+    y = fit.design.y
+    C, D = sigma.shape
+    out = np.empty((C, D, len(y)))
+    for c, sl, mu in _mu_chunks(fit):
+        s = sigma[c, sl][:, None]
+        out[c, sl] = -0.5 * np.log(2 * np.pi) - np.log(s) - 0.5 * ((y - mu) / s) ** 2
+    return xr.DataArray(out, dims=("chain", "draw", "obs"),
+                        coords={"chain": post["chain"].values, "draw": post["draw"].values,
+                                "obs": np.arange(len(y))}, name="y")
+
+
+def add_log_likelihood(fit, *, overwrite: bool = False) -> xr.DataTree:
+    """Store the pointwise log-likelihood as group ``log_likelihood`` (variable ``y``) in ``fit.idata``.
+
+    Returns the DataTree, which ``az.loo`` / ``az.compare`` accept.
+    """
+    if "log_likelihood" not in fit.idata.children or overwrite:
+        ll = pointwise_log_likelihood(fit)
+        fit.idata["log_likelihood"] = xr.DataTree(xr.Dataset({"y": ll}))
+    return fit.idata
+
+
+def loo(fit, **kwargs):
+    """PSIS-LOO of a fit (``az.loo`` on the conditional pointwise log-likelihood).
+
+    Conditional LOO leaves out one observation but keeps its group's effect; Pareto k values above
+    0.7 are common for small groups. Keyword arguments go to ``arviz.loo``.
+
+    Examples
+    --------
+    >>> fit.loo().elpd                                                  # doctest: +SKIP
+    """
+    add_log_likelihood(fit)
+    return az.loo(fit.idata, var_name="y", **kwargs)
+
+
+def compare(fits: dict, **kwargs) -> pd.DataFrame:
+    """Rank fits by expected log predictive density (``az.compare`` on their PSIS-LOO).
+
+    Parameters
+    ----------
+    fits : dict
+        ``{name: Fit}``; all fitted to the same observations.
+
+    Examples
+    --------
+    >>> compare({"intercept": fit1, "slope": fit2})                    # doctest: +SKIP
+    """
+    if len(fits) < 2:
+        raise BayesLMMError(f"compare needs at least two fits in a dict {{name: fit}}; got {len(fits)}.")
+    ns = {k: f.design.n for k, f in fits.items()}
+    if len(set(ns.values())) != 1:
+        raise BayesLMMError(f"compare needs fits to the same observations; the numbers of rows differ: {ns}.")
+    return az.compare({k: add_log_likelihood(f) for k, f in fits.items()}, var_name="y", **kwargs)
+
+
+def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.DataTree:
+    """Replicated data sets from the posterior, for posterior predictive checks.
+
+    Returns a DataTree with ``posterior_predictive`` (variable ``y``, dims chain=1, draw, obs) and
+    ``observed_data``, the layout ``arviz.plot_ppc_dist`` expects. ``num_draws`` posterior draws
+    are chosen at random (seeded).
+    """
+    if getattr(fit.spec, "family", "gaussian") != "gaussian":
+        raise BayesLMMError("posterior_predictive is implemented for family='gaussian' only.")
+    rng = np.random.default_rng(seed)
+    post = fit.posterior
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    pick = rng.choice(C * D, size=min(num_draws, C * D), replace=False)
+    sigma = post["sigma"].transpose("chain", "draw").to_numpy().reshape(-1)
+    wanted, mus = set(int(i) for i in pick), {}
+    for c, sl, mu in _mu_chunks(fit):
+        for k, d in enumerate(range(sl.start, sl.stop)):
+            if c * D + d in wanted:
+                mus[c * D + d] = mu[k]
+    mu = np.stack([mus[i] for i in pick])
+    yrep = mu + sigma[pick][:, None] * rng.standard_normal(mu.shape)
+    obs = np.arange(fit.design.n)
+    pp = xr.Dataset({"y": (("chain", "draw", "obs"), yrep[None])},
+                    coords={"chain": [0], "draw": np.arange(len(pick)), "obs": obs})
+    od = xr.Dataset({"y": (("obs",), fit.design.y)}, coords={"obs": obs})
+    return xr.DataTree.from_dict({"posterior_predictive": pp, "observed_data": od})
