@@ -1,0 +1,295 @@
+"""The ``bayeslmm`` command line.
+
+::
+
+    bayeslmm fit MODEL.toml --out DIR [--strict] [--draws N] [--tune N] [--chains N] [--seed N]
+    bayeslmm priors MODEL.toml [--csv]
+    bayeslmm report FIT.nc --out DIR [--model MODEL.toml]
+    bayeslmm check MODEL.toml
+    bayeslmm datasets
+
+Exit codes: 0 success; 1 an error (bad model file, data, formula or prior; the message names the
+file and the key); 2 bad command-line usage; 3 ``--strict`` and a convergence check failed.
+
+The module is imported by nothing else in the package; :func:`main` is the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import itertools
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_NOT_CONVERGED"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_CONVERGED = 0, 1, 2, 3
+
+_EPILOG = """\
+model files: see the [model], [data], [priors], [sampler] and [report] tables documented in
+bayeslmm.specfile (and the examples in models/*.toml). Data is a bundled data set
+(`bayeslmm datasets`) or a CSV/Parquet path relative to the model file.
+
+exit codes: 0 ok; 1 error (the message names the file and the key to fix); 2 usage;
+3 convergence checks failed and --strict was given.
+
+examples:
+  bayeslmm datasets
+  bayeslmm priors models/sleepstudy_slopes.toml
+  bayeslmm fit models/sleepstudy_slopes.toml --out out/sleepstudy
+  bayeslmm fit models/dyestuff_icc.toml --out out/dyestuff --draws 500 --chains 2 --strict
+  bayeslmm report out/sleepstudy/fit.nc --out out/sleepstudy_report
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bayeslmm`` command (all subcommands)."""
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="bayeslmm",
+        description="Bayesian linear mixed models on PyMC: fit a model file, print its priors, "
+                    "write a posterior report, list the bundled data sets.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"bayeslmm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    f = sub.add_parser("fit", help="fit a TOML model file and write the report",
+                       description="Fit MODEL.toml with NUTS, print fixed effects, variance components "
+                                   "and diagnostics, and write the report (report.html, tables, figures, "
+                                   "fit.nc, model.toml) to --out.")
+    f.add_argument("model", metavar="MODEL.toml", help="the model file")
+    f.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
+    f.add_argument("--strict", action="store_true",
+                   help="exit with code 3 when a convergence check fails (R-hat, ESS, divergences)")
+    g = f.add_argument_group("sampler overrides (default: the model file's [sampler] table)")
+    g.add_argument("--draws", type=int, metavar="N", help="draws per chain")
+    g.add_argument("--tune", type=int, metavar="N", help="tuning steps per chain")
+    g.add_argument("--chains", type=int, metavar="N", help="number of chains")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed")
+    g.add_argument("--cores", type=int, metavar="N", help="parallel chains")
+    g.add_argument("--target-accept", type=float, metavar="X", help="NUTS target acceptance, e.g. 0.95")
+    g.add_argument("--sampler", choices=("pymc", "nutpie", "numpyro"), help="NUTS implementation")
+    g.add_argument("--method", choices=("auto", "marginal", "noncentred"), help="sampling path")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument("--no-report", action="store_true",
+                   help="skip report.html and the figures; write only the tables and fit.nc")
+
+    pr = sub.add_parser("priors", help="print every prior of a model file (no sampling)",
+                        description="Print the prior table of MODEL.toml: every parameter, its prior, and "
+                                    "whether it is a data-scaled default or set in [priors].")
+    pr.add_argument("model", metavar="MODEL.toml")
+    pr.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+
+    ck = sub.add_parser("check", help="validate a model file and its data (no sampling)")
+    ck.add_argument("model", metavar="MODEL.toml")
+
+    r = sub.add_parser("report", help="write the report of a saved fit",
+                       description="Load FIT.nc (written by `bayeslmm fit` or Fit.save) and write its report.")
+    r.add_argument("fit", metavar="FIT.nc")
+    r.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    r.add_argument("--model", metavar="MODEL.toml",
+                   help="take report options (title, plots, ICC points) from this model file's [report]")
+
+    sub.add_parser("datasets", help="list the bundled data sets")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    from .errors import BayesLMMError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {"fit": _cmd_fit, "priors": _cmd_priors, "check": _cmd_check, "report": _cmd_report,
+               "datasets": _cmd_datasets}[args.command]
+    try:
+        return handler(args)
+    except BayesLMMError as e:
+        print(f"bayeslmm {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("bayeslmm: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+
+
+def _cmd_datasets(args) -> int:
+    import pandas as pd
+
+    from .datasets import list_datasets
+
+    tab = list_datasets()
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(tab.to_string(index=False))
+    print("\nuse one in a model file with:  [data]  dataset = \"NAME\"")
+    return EXIT_OK
+
+
+def _cmd_priors(args) -> int:
+    from .specfile import load_model_file
+
+    mf = load_model_file(args.model)
+    model = mf.build_model()
+    tab = model.priors
+    if args.csv:
+        print(tab.to_csv(index=False), end="")
+    else:
+        print(f"{mf.source}: {mf.spec.formula.text}  ({model.design.n} rows, {mf.data.describe()})")
+        print(tab.to_string(index=False))
+    return EXIT_OK
+
+
+def _cmd_check(args) -> int:
+    from .specfile import load_model_file
+
+    mf = load_model_file(args.model)
+    model = mf.build_model()
+    print(f"{mf.source}: ok")
+    print(repr(model))
+    return EXIT_OK
+
+
+def _cmd_fit(args) -> int:
+    from .specfile import load_model_file, save_model_file
+
+    t0 = time.perf_counter()
+    mf = load_model_file(args.model)
+    mf = mf.with_sampler(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+                         cores=args.cores, target_accept=args.target_accept, sampler=args.sampler,
+                         progressbar=False if args.no_progress else None)
+    out = Path(args.out)
+    _say(f"bayeslmm fit: {mf.source} ({mf.name})")
+    _say(f"  formula: {mf.spec.formula.text}")
+    model = mf.build_model()
+    _say(f"  data:    {mf.data.describe()}, {model.design.n} rows used"
+         + (f" ({model.design.n_dropped} dropped: missing values)" if model.design.n_dropped else ""))
+    _say("")
+    _say(model.prior_table.to_frame().to_string(index=False))
+    _say("")
+    kw = mf.fit_kwargs()
+    if args.method:
+        kw["method"] = args.method
+    fit = model.fit(**kw)
+    _say(f"\nsampled in {fit.info.get('total_s', float('nan')):.1f} s")
+
+    prob = mf.report.prob
+    _say("\nFixed effects")
+    _say(_fmt_table(fit.summary(prob=prob)))
+    _say("\nVariance components")
+    _say(_fmt_table(fit.variance_components(prob=prob).drop(columns=["group", "term", "kind"])))
+    if hasattr(fit, "icc") and fit.design.factors:
+        try:
+            icc = fit.icc(**_icc_kwargs(mf.report, prob))
+            _say("\nICC")
+            _say(icc.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        except Exception as e:  # noqa: BLE001 - the ICC is a summary, never a reason to lose the fit
+            _say(f"\n(ICC not computed: {type(e).__name__}: {e})")
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_file(mf, out / "model.toml")
+    report_path = _write_outputs(fit, out, mf.report, with_report=not args.no_report)
+    problems = _convergence_problems(fit)
+    if problems:
+        _say("\nConvergence checks FAILED:")
+        for msg in problems:
+            _say(f"  - {msg}")
+    else:
+        _say("\nConvergence checks passed.")
+    _say(f"\noutputs in {out}/ ({time.perf_counter() - t0:.1f} s in all)")
+    _say(f"report: {report_path}")
+    if problems and args.strict:
+        print(f"bayeslmm fit: {len(problems)} convergence check(s) failed (--strict); exit code "
+              f"{EXIT_NOT_CONVERGED}. Run longer chains (--draws, --tune) or raise --target-accept.",
+              file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def _cmd_report(args) -> int:
+    from .errors import BayesLMMError
+    from .results import load_fit
+    from .specfile import ReportOptions, load_model_file
+
+    p = Path(args.fit)
+    if not p.is_file():
+        raise BayesLMMError(f"fit file {str(p)!r} does not exist; `bayeslmm fit MODEL.toml --out DIR` "
+                            "writes DIR/fit.nc.")
+    fit = load_fit(p)
+    opts = load_model_file(args.model).report if args.model else ReportOptions()
+    _say(f"bayeslmm report: {p} ({fit.spec.formula.text}, {fit.n_draws} draws)")
+    path = _write_outputs(fit, Path(args.out), opts, with_report=True)
+    _say(f"report: {path}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _fmt_table(tab) -> str:
+    cols = [c for c in ("mean", "sd", "hdi_lower", "hdi_upper", "ess_bulk", "r_hat") if c in tab.columns]
+    return tab[cols].to_string(float_format=lambda v: f"{v:.4g}")
+
+
+def icc_points(report) -> list[dict[str, float]]:
+    """The ICC points of ``[report] icc_at``: every combination of the listed covariate values."""
+    if not report.icc_at:
+        return []
+    keys = [k for k, _ in report.icc_at]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in report.icc_at))]
+
+
+def _icc_kwargs(report, prob: float) -> dict:
+    pts = icc_points(report)
+    return {"prob": prob, **({"at": pts} if pts else {})}
+
+
+def _write_outputs(fit, out: Path, report, *, with_report: bool) -> str:
+    """Write the report (``fit.report``) or, without it, tables + fit.nc; return the main path."""
+    out.mkdir(parents=True, exist_ok=True)
+    if with_report and importlib.util.find_spec("bayeslmm.report") is not None:
+        wanted = {"title": report.title, "prob": report.prob, "plots": list(report.plots),
+                  "icc_at": icc_points(report) or None}
+        params = inspect.signature(fit.report).parameters
+        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        kw, skipped = {}, []
+        for k, v in wanted.items():
+            if v is None:
+                continue
+            if takes_all or k in params:
+                kw[k] = v
+            elif k == "icc_at" and "at" in params:
+                kw["at"] = v
+            else:
+                skipped.append(k)
+        if skipped:
+            _say(f"note: this version's report does not take the [report] option(s) {skipped}; "
+                 "they were not applied.")
+        return str(fit.report(str(out), **kw))
+    fit.summary(prob=report.prob).to_csv(out / "summary.csv")
+    fit.variance_components(prob=report.prob).to_csv(out / "variance_components.csv")
+    fit.save(out / "fit.nc")
+    return str(out / "fit.nc")
+
+
+def _convergence_problems(fit) -> list[str]:
+    """Messages of the failed convergence checks of ``fit.diagnostics()`` (empty when all pass)."""
+    return [str(p) for p in fit.diagnostics().problems]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
