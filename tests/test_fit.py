@@ -1,0 +1,88 @@
+"""Fitting end to end: same seed same draws, the caller's data untouched, tables, save/load round trip."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeslmm as blmm
+
+DYE = "Yield ~ 1 + (1 | Batch)"
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def sleep_fit(get_fit, sleepstudy):
+    return get_fit("sleep_nc", SLEEP, sleepstudy, method="noncentred")
+
+
+def test_same_seed_same_draws_and_data_untouched(dyestuff):
+    df = dyestuff.copy()
+    df["Batch"] = pd.Categorical(df["Batch"])
+    before = df.copy(deep=True)
+    kw = dict(chains=2, draws=100, tune=100, progressbar=False, verbose=False, method="noncentred")
+    a = blmm.Model(DYE, df).fit(seed=11, **kw)
+    b = blmm.Model(DYE, df).fit(seed=11, **kw)
+    c = blmm.Model(DYE, df).fit(seed=12, **kw)
+    pd.testing.assert_frame_equal(df, before)
+    for v in ("b", "sd_Batch", "r_Batch", "sigma"):
+        np.testing.assert_array_equal(a.draws(v), b.draws(v))
+    assert not np.array_equal(a.draws("sigma"), c.draws("sigma"))
+    assert a.info["seed"] == 11
+
+
+def test_unseeded_fit_records_its_seed(dyestuff):
+    kw = dict(chains=1, draws=50, tune=50, progressbar=False, verbose=False, method="noncentred")
+    a = blmm.Model(DYE, dyestuff).fit(**kw)
+    b = blmm.Model(DYE, dyestuff).fit(seed=a.info["seed"], **kw)
+    np.testing.assert_array_equal(a.draws("sigma"), b.draws("sigma"))
+
+
+def test_posterior_names_dims_and_tables(sleep_fit):
+    post = sleep_fit.posterior
+    assert set(post.data_vars) == {"b", "sd_Subject", "cor_Subject", "r_Subject", "sigma"}
+    assert post["r_Subject"].dims == ("chain", "draw", "Subject__level", "Subject__term")
+    assert list(post["Subject__level"].values[:2]) == ["308", "309"]
+    s = sleep_fit.summary()
+    assert list(s.index) == ["Intercept", "Days"]
+    assert {"mean", "sd", "hdi_lower", "hdi_upper", "ess_bulk", "ess_tail", "r_hat"} <= set(s.columns)
+    vc = sleep_fit.variance_components()
+    assert list(vc.index) == ["sd(Subject, Intercept)", "sd(Subject, Days)", "cor(Subject, Intercept, Days)",
+                              "sigma", "var(Subject, Intercept)", "var(Subject, Days)", "var(Residual)"]
+    # exact identities between rows: var = sd^2 draw by draw, so mean(var) = mean(sd^2)
+    sd = sleep_fit.draws("sd_Subject")
+    np.testing.assert_allclose(vc.loc["var(Subject, Days)", "mean"], np.mean(sd[:, 1] ** 2), rtol=1e-12)
+    np.testing.assert_allclose(vc.loc["cor(Subject, Intercept, Days)", "mean"],
+                               sleep_fit.draws("cor_Subject")[:, 0, 1].mean(), rtol=1e-12)
+    # ArviZ works on the DataTree directly
+    import arviz as az
+    assert float(az.rhat(sleep_fit.idata, var_names=["sigma"])["sigma"]) < 1.05
+
+
+def test_save_load_round_trip(sleep_fit, tmp_path):
+    path = sleep_fit.save(tmp_path / "fit.nc")
+    back = blmm.load_fit(path)
+    for v in sleep_fit.posterior.data_vars:
+        np.testing.assert_array_equal(back.draws(v), sleep_fit.draws(v))
+    assert back.spec == sleep_fit.spec and back.prior_table == sleep_fit.prior_table
+    assert back.design.factors[0].levels == sleep_fit.design.factors[0].levels
+    np.testing.assert_array_equal(back.design.X, sleep_fit.design.X)
+    pd.testing.assert_frame_equal(back.summary(), sleep_fit.summary())
+    assert back.info["seed"] == sleep_fit.info["seed"] and back.sampler == sleep_fit.sampler
+
+
+def test_load_rejects_foreign_file(tmp_path, sleep_fit):
+    p = tmp_path / "plain.nc"
+    sleep_fit.idata.to_netcdf(p, engine="h5netcdf")
+    with pytest.raises(blmm.BayesLMMError, match="not a bayeslmm fit"):
+        blmm.load_fit(p)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(chains=0), "'chains' parameter must be a positive integer"),
+    (dict(target_accept=1.5), "'target_accept' parameter must be in \\(0, 1\\)"),
+    (dict(sampler="stan"), "'sampler' parameter must be one of"),
+    (dict(method="laplace"), "'method' parameter must be one of"),
+])
+def test_bad_fit_options(dyestuff, kw, match):
+    with pytest.raises(blmm.SpecError, match=match):
+        blmm.Model(DYE, dyestuff).fit(progressbar=False, verbose=False, **kw)
