@@ -1,0 +1,273 @@
+"""Standalone HTML report and exports of a fit.
+
+``write_report(fit, out_dir)`` writes::
+
+    out_dir/report.html          standalone: opens offline, every figure embedded as base64 PNG
+    out_dir/tables/*.csv, *.json fixed effects, variance components, ICC, shrinkage, pooling,
+                                 diagnostics (checks and per parameter), priors, group sizes
+    out_dir/figures/*.png        the same figures as files
+    out_dir/fit.nc               the fit (Fit.save; blmm.load_fit reads it back)
+    out_dir/summary.json         model, sampler settings, diagnostics verdict, file list
+
+The report draws results computed by icc, shrinkage and diagnostics and figures from plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+__all__ = ["write_report", "export_tables"]
+
+_TEMPLATES = Path(__file__).with_name("templates")
+
+
+def _fmt_num(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "" if np.isnan(v) else str(v)
+        a = abs(v)
+        if a != 0 and (a >= 1e5 or a < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.4g}" if a < 1000 else f"{v:.1f}"
+    return html.escape(str(v))
+
+
+def _html_table(df: pd.DataFrame, index: bool = True) -> Markup:
+    d = df.copy()
+    return Markup(d.to_html(index=index, classes="tbl", border=0, escape=True,
+                            formatters={c: _fmt_num for c in d.columns}, na_rep=""))
+
+
+def _save_fig(fig, path: Path, dpi: int) -> dict:
+    fig.savefig(path, dpi=dpi, format="png")
+    return {"name": path.stem, "path": str(path), "b64": base64.b64encode(path.read_bytes()).decode("ascii")}
+
+
+def export_tables(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
+    """Write each table as ``name.csv`` and ``name.json`` (records) under ``out``; return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, df in tables.items():
+        csv, js = out / f"{name}.csv", out / f"{name}.json"
+        df.to_csv(csv)
+        df.reset_index().to_json(js, orient="records", indent=1, default_handler=str)
+        paths += [str(csv), str(js)]
+    return paths
+
+
+def _factors_table(design) -> pd.DataFrame:
+    rows = []
+    for f in design.factors:
+        n = f.group_sizes
+        blocks = "; ".join(("correlated " if c and len(b) > 1 else "") + ", ".join(f.terms[i] for i in b)
+                           for b, c in zip(f.blocks, f.correlated))
+        parent = f.parent(design.factors)
+        rows.append({"factor": f.name, "levels": f.n_levels, "terms": ", ".join(f.terms),
+                     "covariance blocks": blocks, "nested in": parent.name if parent else "",
+                     "rows per level (min)": int(n.min()), "median": float(np.median(n)),
+                     "max": int(n.max())})
+    return pd.DataFrame(rows)
+
+
+def _data_table(design) -> pd.DataFrame:
+    frame = design.frame
+    rows = []
+    for c in frame.columns:
+        s = frame[c]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            rows.append({"column": c, "type": "numeric", "n": int(s.notna().sum()), "mean": float(s.mean()),
+                         "sd": float(s.std()), "min": float(s.min()), "max": float(s.max()),
+                         "levels": np.nan})
+        else:
+            rows.append({"column": c, "type": "categorical", "n": int(s.notna().sum()), "mean": np.nan,
+                         "sd": np.nan, "min": np.nan, "max": np.nan, "levels": int(s.nunique())})
+    t = pd.DataFrame(rows)
+    t.loc[t["column"] == design.response, "type"] += " (response)"
+    return t
+
+
+def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool = True,
+                 max_shrinkage_rows: int = 60, verbose: bool = True) -> str:
+    """Write a standalone HTML report of ``fit`` plus CSV/JSON tables, PNG figures and fit.nc.
+
+    Parameters
+    ----------
+    fit : Fit
+    out_dir : str or Path
+        Created if needed; existing report files are overwritten.
+    prob : float
+        Probability of every HDI.
+    dpi : int
+        Resolution of the figures.
+    loo : bool
+        Include PSIS-LOO (skipped automatically when chains x draws x rows exceeds 5e7).
+    max_shrinkage_rows : int
+        Rows of the per-group shrinkage table shown in the HTML (all of them are in the CSV).
+    verbose : bool
+        Print the path of report.html.
+
+    Returns
+    -------
+    str
+        Path of ``report.html``.
+
+    Examples
+    --------
+    >>> import bayeslmm as blmm
+    >>> fit = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy")).fit(
+    ...     chains=2, draws=500, seed=1, progressbar=False)               # doctest: +SKIP
+    >>> fit.report("out/sleepstudy")                                    # doctest: +SKIP
+    'out/sleepstudy/report.html'
+    """
+    from .. import __version__
+    from ..diagnostics import diagnostics
+    from ..plots import (plot_caterpillar, plot_icc, plot_ppc, plot_shrinkage, plot_shrinkage_vs_size,
+                         plot_trace, plot_variance_components)
+
+    out = Path(out_dir)
+    fig_dir, tab_dir = out / "figures", out / "tables"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    design = fit.design
+    has_groups = bool(design.factors)
+
+    fixed = fit.summary(prob=prob)
+    vc = fit.variance_components(prob=prob)
+    diag = diagnostics(fit)
+    icc_res = fit.icc(prob=prob) if has_groups else None
+    shr = fit.shrinkage(prob=prob) if has_groups else None
+    sizes = pd.DataFrame([{"factor": f.name, "level": lv, "n": int(n)} for f in design.factors
+                          for lv, n in zip(f.levels, f.group_sizes)])
+    tables = {"fixed_effects": fixed, "variance_components": vc,
+              "priors": fit.prior_table.to_frame().set_index("parameter"),
+              "diagnostics_checks": diag.to_frame().set_index("check"),
+              "diagnostics_parameters": diag.parameters.set_index("parameter"),
+              "group_sizes": sizes}
+    if has_groups:
+        tables["icc"] = icc_res.table
+        tables["shrinkage"] = shr.table
+        tables["pooling_factors"] = shr.pooling
+        for term, cur in icc_res.curves.items():
+            tables[f"icc_curve_{_safe(term)}"] = cur
+    loo_text = ""
+    if loo and fit.n_draws * design.n <= 5e7:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lo = fit.loo()
+            loo_text = str(lo)
+            tables["loo"] = pd.DataFrame({"elpd_loo": [float(lo.elpd)], "se": [float(lo.se)],
+                                          "p_loo": [float(lo.p)],
+                                          "n_pareto_k_gt_0.7": [int((np.asarray(lo.pareto_k) > 0.7).sum())]})
+        except Exception as exc:  # LOO is optional in the report
+            loo_text = f"PSIS-LOO could not be computed: {type(exc).__name__}: {exc}"
+    files = export_tables(tables, tab_dir)
+
+    figs_vc, figs_icc, figs_shr, figs_chk = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figs_vc.append(_save_fig(plot_variance_components(fit, prob=prob, table=vc),
+                                 fig_dir / "variance_components.png", dpi)
+                       | {"caption": "Posterior of each group-level SD, correlation and sigma "
+                                     f"(median line, {prob:.0%} HDI bar)."})
+        if has_groups:
+            figs_icc.append(_save_fig(plot_icc(fit, result=icc_res), fig_dir / "icc.png", dpi)
+                            | {"caption": "ICC posterior per grouping factor"
+                                          + (" and the ICC over each random-slope covariate."
+                                             if icc_res.curves else ".")})
+            for f in design.factors:
+                s = _safe(f.name)
+                figs_shr.append(_save_fig(plot_shrinkage(fit, factor=f.name, result=shr),
+                                          fig_dir / f"shrinkage_{s}.png", dpi)
+                                | {"caption": f"{f.name}: no pooling -> partial pooling"
+                                              + (" in 2-D (intercept, slope)." if "Intercept" in f.terms
+                                                 and f.q >= 2 else ".")})
+                if f.q >= 2:
+                    for t in f.terms:
+                        figs_shr.append(_save_fig(plot_shrinkage(fit, factor=f.name, term=t, kind="1d",
+                                                                 result=shr),
+                                                  fig_dir / f"shrinkage_{s}_{_safe(t)}.png", dpi)
+                                        | {"caption": f"{f.name}, {t}: 1-D shrinkage."})
+                figs_shr.append(_save_fig(plot_shrinkage_vs_size(fit, factor=f.name, result=shr),
+                                          fig_dir / f"shrinkage_vs_size_{s}.png", dpi)
+                                | {"caption": f"{f.name}: estimates and shrinkage factors by group size."})
+            figs_shr.append(_save_fig(plot_caterpillar(fit, result=shr), fig_dir / "caterpillar.png", dpi)
+                            | {"caption": f"Group effects, sorted (posterior mean, {prob:.0%} HDI)."})
+        figs_chk.append(_save_fig(plot_trace(fit, kind="trace"), fig_dir / "trace.png", dpi)
+                        | {"caption": "Trace plots and marginal posteriors per chain."})
+        figs_chk.append(_save_fig(plot_trace(fit, kind="rank"), fig_dir / "rank.png", dpi)
+                        | {"caption": "Rank plots (uniform when the chains mix)."})
+        figs_chk.append(_save_fig(plot_ppc(fit), fig_dir / "ppc.png", dpi)
+                        | {"caption": "Posterior predictive check: observed y against 100 replicated data sets."})
+    all_figs = figs_vc + figs_icc + figs_shr + figs_chk
+    files += [f["path"] for f in all_figs]
+
+    nc = out / "fit.nc"
+    fit.save(nc)
+    files.append(str(nc))
+
+    shr_tab = None
+    if has_groups:
+        cols = ["group", "level", "term", "n", "no_pooling", "complete_pooling", "partial_mean",
+                "partial_lower", "partial_upper", "shrinkage"] + \
+               [c for c in ("shrinkage_model",) if c in shr.table]
+        shr_tab = shr.table[cols].head(max_shrinkage_rows)
+    s = fit.sampler
+    info = fit.info
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in info.items()
+                       if k.endswith("_s") and isinstance(v, (int, float)))
+    ctx = dict(
+        formula=fit.spec.formula.text, family=fit.spec.family, method=info.get("method", "?"),
+        method_reason=info.get("method_reason", ""), n=design.n, n_dropped=design.n_dropped,
+        chains=s.chains, draws=s.draws, tune=s.tune, seed=info.get("seed"), sampler=info.get("sampler", s.sampler),
+        target_accept=s.target_accept, timing=timing or "n/a", version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        prob_pct=f"{prob:.0%}",
+        diag_ok=diag.ok, diag_message=diag.message(), problems=diag.problems,
+        checks_table=_html_table(diag.to_frame(), index=False),
+        diag_table=_html_table(diag.table, index=False),
+        factors_table=_html_table(_factors_table(design), index=False) if has_groups else Markup("<p>No grouping factors.</p>"),
+        notes=list(design.notes),
+        priors_table=_html_table(fit.prior_table.to_frame(), index=False),
+        data_table=_html_table(_data_table(design), index=False),
+        group_size_table=Markup(""),
+        fixed_table=_html_table(fixed),
+        vc_table=_html_table(vc),
+        icc_table=_html_table(icc_res.table, index=False) if has_groups else Markup(""),
+        pooling_table=_html_table(shr.pooling, index=False) if has_groups else Markup(""),
+        shrinkage_table=_html_table(shr_tab, index=False) if has_groups else Markup(""),
+        shrink_truncated=has_groups and len(shr.table) > max_shrinkage_rows,
+        shrink_rows=max_shrinkage_rows, shrink_total=len(shr.table) if has_groups else 0,
+        loo_text=loo_text,
+        figures_vc=figs_vc, figures_icc=figs_icc, figures_shrinkage=figs_shr, figures_checks=figs_chk,
+        files=[str(Path(p).relative_to(out)) for p in files] + ["report.html", "summary.json"],
+    )
+    env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html", "j2"]))
+    page = env.get_template("report.html.j2").render(**ctx)
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    summary = {"formula": ctx["formula"], "family": ctx["family"], "method": ctx["method"], "n": design.n,
+               "sampler": s.to_dict(), "info": info, "diagnostics_ok": diag.ok,
+               "problems": [str(p) for p in diag.problems], "files": ctx["files"],
+               "bayeslmm_version": __version__}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    if verbose:
+        print(f"bayeslmm report: {path}")
+    return str(path)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
