@@ -170,6 +170,11 @@ class Fit:
         from .diagnostics import posterior_predictive
         return posterior_predictive(self, **kwargs)
 
+    def predict(self, data=None, **kwargs):
+        """Predictions for new data, for known and new groups; see :func:`bayeslmm.predict.predict`."""
+        from .predict import predict
+        return predict(self, data, **kwargs)
+
     def plot_caterpillar(self, **kwargs):
         """Caterpillar plot of the group effects; see :func:`bayeslmm.plots.plot_caterpillar`."""
         from .plots import plot_caterpillar
@@ -204,6 +209,16 @@ class Fit:
         """Posterior predictive check; see :func:`bayeslmm.plots.plot_ppc`."""
         from .plots import plot_ppc
         return plot_ppc(self, **kwargs)
+
+    def prior_sensitivity(self, scales=(0.5, 2.0), **kwargs) -> pd.DataFrame:
+        """Refit with narrower/wider SD priors; see :func:`bayeslmm.sensitivity.prior_sensitivity`."""
+        from .sensitivity import prior_sensitivity
+        return prior_sensitivity(self, scales, **kwargs)
+
+    def weakly_identified(self, **kwargs) -> pd.DataFrame:
+        """Variance components the data do not identify; see :func:`bayeslmm.identifiability.weakly_identified`."""
+        from .identifiability import weakly_identified
+        return weakly_identified(self, **kwargs)
 
     def report(self, out_dir, **kwargs) -> str:
         """Standalone HTML report plus tables, figures and fit.nc; see :func:`bayeslmm.report.write_report`."""
