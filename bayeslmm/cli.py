@@ -264,7 +264,9 @@ def _write_outputs(fit, out: Path, report, *, with_report: bool) -> str:
     if with_report and importlib.util.find_spec("bayeslmm.report") is not None:
         wanted = {"title": report.title, "prob": report.prob, "plots": list(report.plots),
                   "icc_at": icc_points(report) or None}
-        params = inspect.signature(fit.report).parameters
+        from .report import write_report
+
+        params = inspect.signature(write_report).parameters
         takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
         kw, skipped = {}, []
         for k, v in wanted.items():
