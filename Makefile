@@ -12,7 +12,7 @@ FIND_PY = pyenv_bins() { ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$1*/bin/p
 	  "$$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo "$$p"; break; }; \
 	done
 
-.PHONY: demo test test-fast bench validate install clean
+.PHONY: chromium demo test test-fast bench validate install clean
 
 $(STAMP): pyproject.toml
 	@py=$$($(FIND_PY)); \
@@ -28,7 +28,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m bayeslmm.demo --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP)
@@ -42,3 +42,8 @@ validate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# Headless Chromium renders the HTML report in tests/test_report.py (Debian package; idempotent, quiet).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; tests/test_report.py will skip its rendering check" >&2

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import json
 import warnings
 from pathlib import Path
@@ -43,7 +42,7 @@ def _fmt_num(v) -> str:
         if a != 0 and (a >= 1e5 or a < 1e-3):
             return f"{v:.3e}"
         return f"{v:.4g}" if a < 1000 else f"{v:.1f}"
-    return html.escape(str(v))
+    return str(v)      # DataFrame.to_html(escape=True) escapes it
 
 
 def _html_table(df: pd.DataFrame, index: bool = True) -> Markup:
@@ -237,7 +236,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         prob_pct=f"{prob:.0%}",
         diag_ok=diag.ok, diag_message=diag.message(), problems=diag.problems,
-        checks_table=_html_table(diag.to_frame(), index=False),
+        checks_table=_html_table(diag.to_frame().drop(columns="advice"), index=False),
         diag_table=_html_table(diag.table, index=False),
         factors_table=_html_table(_factors_table(design), index=False) if has_groups else Markup("<p>No grouping factors.</p>"),
         notes=list(design.notes),
