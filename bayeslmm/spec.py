@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .errors import PriorError, SpecError
 from .formula import ParsedFormula, parse_formula

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 
 import bayeslmm as blmm
 
-os.environ.setdefault("PYTENSOR_FLAGS", "")
 warnings.filterwarnings("ignore", message=".*BLAS.*")
 
 
