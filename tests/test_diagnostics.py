@@ -11,7 +11,7 @@ import scipy.stats as st
 import xarray as xr
 
 import bayeslmm as blmm
-from bayeslmm.diagnostics import ConvergenceWarning, diagnostics, warn_if_problems
+from bayeslmm.diagnostics import ConvergenceWarning, compare, diagnostics, warn_if_problems
 
 
 def _tree(post: dict, stats: dict | None = None, chains=4, draws=1000):
@@ -153,7 +153,7 @@ def test_loo_and_compare_rank_two_fits(get_fit, sim_ri):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lo = good.loo()
-        cmp = blmm.diagnostics.compare({"with x": good, "without x": worse})
+        cmp = compare({"with x": good, "without x": worse})
     assert np.isfinite(lo.elpd) and lo.se > 0
     # x explains var 1 of 3.45 in y: the expected elpd gain is ~ n/2 log(3.1/2.1) ~ 230, many SEs.
     assert list(cmp.index) == ["with x", "without x"]

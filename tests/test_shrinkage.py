@@ -22,8 +22,8 @@ def sim_fit(get_fit, sim_ri):
 
 @pytest.fixture(scope="session")
 def radon_fit(get_fit, radon):
-    return get_fit("radon_floor", RADON, radon, chains=2, draws=500, tune=500, seed=2,
-                   method="noncentred")
+    # default method: the exact marginal path where it applies (effects drawn afterwards)
+    return get_fit("radon_floor", RADON, radon, chains=2, draws=500, tune=500, seed=2)
 
 
 def test_no_pooling_is_group_mean_for_intercept_only(fake_fit, dyestuff):

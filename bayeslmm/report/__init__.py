@@ -226,7 +226,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         shr_tab = shr.table[cols].head(max_shrinkage_rows)
     s = fit.sampler
     info = fit.info
-    timing = ", ".join(f"{k} {v:.1f} s" for k, v in info.items()
+    timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in info.items()
                        if k.endswith("_s") and isinstance(v, (int, float)))
     ctx = dict(
         formula=fit.spec.formula.text, family=fit.spec.family, method=info.get("method", "?"),
