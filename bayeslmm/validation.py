@@ -158,6 +158,71 @@ class _NutpieRefitter:
         return post, div
 
 
+class _MarginalNutpieRefitter:
+    """The exact marginal path (:mod:`bayeslmm.marginal`), compiled once with nutpie.
+
+    The collapsed graph reads the sufficient statistics from named shared variables; a new ``y``
+    changes ``b0``, ``Z'e``, ``X'e`` and ``e'e``, which are recomputed in numpy and swapped in with
+    ``with_data``. The random effects are then drawn exactly from their conditional with
+    :func:`bayeslmm.marginal.draw_group_effects`, as :func:`bayeslmm.marginal.sample_marginal` does.
+    """
+
+    def __init__(self, design, prior_table, target_accept: float):
+        import nutpie
+
+        from . import marginal
+        self._nutpie, self._marginal = nutpie, marginal
+        self.design = design
+        self.chain, why = marginal.nesting_chain(design)
+        if self.chain is None:
+            raise ValueError(f"the marginal path does not apply: {why}")
+        stats = marginal.marginal_stats(design, self.chain)
+        self.compiled = nutpie.compile_pymc_model(marginal.build_marginal_model(design, prior_table, stats))
+        self.known = {v.name for v in self.compiled.shared_var_keys}
+        self.target_accept = target_accept
+
+    def _updates(self, stats) -> dict:
+        out = {}
+
+        def walk(x):
+            if isinstance(x, dict):
+                for v in x.values():
+                    walk(v)
+            elif isinstance(x, (list, tuple)):
+                for v in x:
+                    walk(v)
+            elif getattr(x, "name", None) in self.known:
+                out[x.name] = x.get_value()
+        walk(self._marginal._stats_inputs(stats))
+        return out
+
+    def __call__(self, y, *, seed, chains, draws, tune):
+        import xarray as xr
+        from dataclasses import replace
+
+        from .graph import level_dim, term_dim
+        m = self._marginal
+        stats = m.marginal_stats(replace(self.design, y=np.asarray(y, dtype=float)), self.chain)
+        c = self.compiled.with_data(**self._updates(stats))
+        tr = self._nutpie.sample(c, draws=draws, tune=tune, chains=chains, cores=1, seed=seed,
+                                 progress_bar=False, target_accept=self.target_accept)
+        post = tr["posterior"].to_dataset()
+        flat = {v: post[v].stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
+                for v in post.data_vars}
+        sds, cors = [], []
+        for name, q in zip(stats.names, stats.q):
+            sds.append(flat[f"sd_{name}"])
+            cors.append(flat[f"cor_{name}"] if f"cor_{name}" in flat
+                        else np.broadcast_to(np.eye(q), (len(flat["sigma"]), q, q)))
+        effects = m.draw_group_effects(stats, flat["b"], sds, cors, flat["sigma"], seed)
+        nc, nd = post.sizes["chain"], post.sizes["draw"]
+        new = {f"r_{f.name}": xr.DataArray(eff.reshape(nc, nd, f.n_levels, f.q),
+                                           dims=("chain", "draw", level_dim(f.name), term_dim(f.name)))
+               for f, eff in zip(self.chain, effects)}
+        post = post.assign(new)
+        return post, int(np.asarray(tr["sample_stats"]["diverging"]).sum())
+
+
 class _PymcRefitter:
     """PyMC's NUTS with ``pm.set_data`` (recompiles each call from a warm cache: seconds)."""
 
@@ -210,11 +275,9 @@ def make_refitter(model, method: str, *, engine: str = "auto", target_accept: fl
     if engine == "model":
         return _ModelRefitter(model, method, target_accept), engine
     if method == "marginal":
-        from . import marginal
-        maker = getattr(marginal, "sbc_refitter", None)
-        if maker is None:  # no data-swapping hook: use the public path
-            return _ModelRefitter(model, method, target_accept), "model"
-        return maker(model.design, model.prior_table, engine=engine, target_accept=target_accept), engine
+        if engine == "nutpie":
+            return _MarginalNutpieRefitter(model.design, model.prior_table, target_accept), engine
+        return _ModelRefitter(model, method, target_accept), "model"
     from .graph import build_model, stored_var_names
     pm_model = build_model(model.design, model.prior_table)
     if engine == "nutpie":
@@ -533,7 +596,19 @@ def statsmodels_fit(data: pd.DataFrame, formula: str, reml: bool = True) -> dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         md = smf.mixedlm(f"{f.response} ~ {f.fixed}", data, groups=data[term.group], re_formula=re_formula)
-        res = md.fit(reml=reml, method=["lbfgs"])
+        # statsmodels' gradient optimisers can stop short of a boundary (a zero SD) without
+        # converging; try several and keep the best converged optimum
+        fits = []
+        for method in ("bfgs", "lbfgs", "powell", "nm"):
+            try:
+                r = md.fit(reml=reml, method=method)
+            except (np.linalg.LinAlgError, ValueError):
+                continue
+            if np.isfinite(r.llf):
+                fits.append((bool(r.converged), float(r.llf), method, r))
+        if not fits:
+            raise RuntimeError(f"statsmodels MixedLM failed on {formula!r} with every optimiser")
+        res = max(fits, key=lambda t: (t[0], t[1]))[3]
     out = {("Intercept" if k == "Intercept" else k): float(v) for k, v in res.fe_params.items()}
     cov = np.asarray(res.cov_re)
     names = ["Intercept" if n in ("Group", "Intercept") else n for n in res.cov_re.index]
