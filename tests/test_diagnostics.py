@@ -167,3 +167,22 @@ def test_posterior_predictive_layout(fake_fit, dyestuff):
     np.testing.assert_array_equal(pp["observed_data"]["y"].to_numpy(), fit.design.y)
     again = fit.posterior_predictive(num_draws=40, seed=1)
     np.testing.assert_array_equal(pp["posterior_predictive"]["y"], again["posterior_predictive"]["y"])
+
+
+@pytest.mark.parametrize("module", ["icc", "shrinkage", "diagnostics", "plots", "report/__init__"])
+def test_derived_modules_do_not_import_pymc(module):
+    """ICC, shrinkage, diagnostics, plots and report work from the posterior alone (either path)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(blmm.__file__).parent / f"{module}.py"
+    tree = ast.parse(src.read_text())
+    banned = {"pymc", "pytensor"}
+    banned_rel = {"graph", "sampling", "model", "marginal"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not {a.name.split(".")[0] for a in node.names} & banned, (module, ast.dump(node))
+        elif isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] not in banned, (module, node.module)
+            if node.level:
+                assert (node.module or "").split(".")[0] not in banned_rel, (module, node.module)
