@@ -122,3 +122,24 @@ def test_report_renders_in_chromium_with_all_images(report_dir, chromium):
     shot = out / "screenshot.png"
     _chromium(chromium, "--window-size=1280,2000", f"--screenshot={shot}", (out / "report.html").as_uri())
     assert shot.exists() and shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("formula, n_icc_rows", [
+    ("y ~ x + (1 | school/cls)", 3),                 # nested: two ICCs + the cumulative one
+    ("y ~ x + (x || school)", 2),                    # uncorrelated slope: ICC at x = 0 and mean x
+    ("y ~ x + (0 + x | school) + (1 | cls)", 4),     # slope-only and crossed factors
+])
+def test_report_handles_other_structures(fake_fit, tmp_path, formula, n_icc_rows):
+    import numpy as np
+
+    r = np.random.default_rng(5)
+    a, b = np.repeat(np.arange(6), 12), np.tile(np.repeat(np.arange(3), 4), 6)
+    df = pd.DataFrame({"y": r.normal(size=72), "x": r.normal(size=72),
+                       "school": [f"s{i}" for i in a], "cls": [f"c{i}" for i in b]})
+    fit = fake_fit(formula, df, seed=1, draws=60)
+    path = fit.report(tmp_path, verbose=False, loo=False)
+    page = Path(path).read_text()
+    assert len(re.findall(r"<img ", page)) >= 6
+    icc = pd.read_csv(tmp_path / "tables" / "icc.csv", index_col=0)
+    assert len(icc) == n_icc_rows and icc["median"].between(0, 1).all()
+    assert (tmp_path / "tables" / "shrinkage.csv").exists()
