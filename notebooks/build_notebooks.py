@@ -300,6 +300,7 @@ NB2 = [
     county_level = post["b"].sel(term="Intercept") + post["r_county_idx"].sel(county_idx__term="Intercept")
     partial = county_level.mean(("chain", "draw")).to_series()
     partial.index = partial.index.astype(str)
+    mu = float(post["b"].sel(term="Intercept").mean())      # mean of the county distribution
     est = pd.DataFrame({"n": sizes, "no_pooling": no_pool, "partial_pooling": partial.reindex(sizes.index)})
     est["complete_pooling"] = state_mean
     est.sort_values("n").head(8)
@@ -312,8 +313,10 @@ NB2 = [
         a.scatter(est["n"] * jitter, est[col], s=18)
         a.axhline(state_mean, color="k", ls="--", label="complete pooling")
         a.set(xscale="log", xlabel="homes measured in the county (log scale)", title=title)
+    ax[1].axhline(mu, color="C3", ls=":", label="mu: mean of the county distribution")
     ax[0].set_ylabel("county intercept (log radon, basement)")
     ax[0].legend()
+    ax[1].legend()
     plt.show()
     """),
     md("""
@@ -323,8 +326,7 @@ NB2 = [
     as arrows from each county's own estimate to its partial-pooling estimate:
     """),
     code("""
-    fit.plot_shrinkage()
-    plt.show()
+    display(fit.plot_shrinkage())
     """),
     md("""
     ## How much does each county shrink?
@@ -341,7 +343,6 @@ NB2 = [
     code("""
     tau = float(post["sd_county_idx"].sel(county_idx__term="Intercept").mean())
     sigma = float(post["sigma"].mean())
-    mu = float(post["b"].sel(term="Intercept").mean())
     est["shrinkage"] = sigma**2 / (est["n"] * tau**2 + sigma**2)
     formula = mu + (1 - est["shrinkage"]) * (est["no_pooling"] - mu)
     print(f"tau = {tau:.3f}, sigma = {sigma:.3f}")
@@ -629,6 +630,12 @@ NB4 = [
     * **Unbalanced and missing data.** RM-ANOVA needs every subject on every day; the mixed model
       uses whatever observations there are.
     * **Prediction** for a new subject (with the uncertainty of a new person's slope).
+
+    The shrinkage plot shows each subject's own least-squares line (intercept, slope) and where the
+    model puts it: extreme subjects, in both intercept and slope, are pulled towards the average.
+    """),
+    code("""
+    display(fit.plot_shrinkage())
     """),
     code("""
     slopes = (post["b"].sel(term="Days") + post["r_Subject"].sel(Subject__term="Days"))
