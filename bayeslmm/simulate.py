@@ -70,18 +70,26 @@ class TrueParameters:
     cor: dict = field(default_factory=dict)
     sigma: float = 1.0
 
-    def covariance(self, factor: FactorDesign) -> np.ndarray:
-        """Covariance matrix ``D C D`` of the random effects of ``factor`` (q x q)."""
+    def sds(self, factor: FactorDesign) -> np.ndarray:
+        """Group-level SDs of ``factor`` in term order (q,)."""
         try:
-            sds = np.array([float(self.sd[factor.name][t]) for t in factor.terms])
+            return np.array([float(self.sd[factor.name][t]) for t in factor.terms])
         except KeyError as exc:
             raise SpecError(f"TrueParameters.sd has no value for {exc} of factor {factor.name!r}; "
                             f"give sd[{factor.name!r}] = {{term: value}} for terms {factor.terms}") from None
+
+    def correlation(self, factor: FactorDesign) -> np.ndarray:
+        """Correlation matrix of ``factor`` (q x q; identity when not given)."""
         C = np.asarray(self.cor.get(factor.name, np.eye(factor.q)), dtype=float)
         if C.shape != (factor.q, factor.q):
             raise SpecError(f"correlation of {factor.name!r} must be {factor.q}x{factor.q} "
                             f"(terms {factor.terms}); got shape {C.shape}")
-        return C * np.outer(sds, sds)
+        return C
+
+    def covariance(self, factor: FactorDesign) -> np.ndarray:
+        """Covariance matrix ``D C D`` of the random effects of ``factor`` (q x q)."""
+        sds = self.sds(factor)
+        return self.correlation(factor) * np.outer(sds, sds)
 
     def flat(self, design: Design) -> dict[str, float]:
         """Scalar values keyed by the labels of :func:`parameter_labels`."""
@@ -188,11 +196,12 @@ def random_effects(design: Design, params: TrueParameters, rng: np.random.Genera
     """Draw the group-level effects: factor name -> (J, q) array ``r_g`` (deviations)."""
     out = {}
     for f in design.factors:
-        cov = params.covariance(f)
-        # Cholesky with a tiny jitter only for exactly singular covariances (an SD of zero)
-        scale = np.sqrt(np.clip(np.diag(cov), 0, None))
-        C = cov / np.where(scale > 0, np.outer(scale, scale), 1.0) + np.diag((scale == 0) * 1.0)
-        L = np.linalg.cholesky(C + 1e-12 * np.eye(f.q))
+        scale = params.sds(f)
+        if np.any(scale < 0):
+            raise SpecError(f"group-level SDs of {f.name!r} must be >= 0, got {scale}")
+        # r = (z @ L.T) * sd, as in the non-centred graph; a tiny jitter keeps a correlation of
+        # exactly +-1 factorisable
+        L = np.linalg.cholesky(params.correlation(f) + 1e-12 * np.eye(f.q))
         z = rng.normal(size=(f.n_levels, f.q))
         out[f.name] = (z @ L.T) * scale
     return out

@@ -63,6 +63,9 @@ class SBCCase:
     priors : tuple of (label, prior text)
     design_seed : int
         Seed of the (fixed) predictor values.
+    simulate_priors : tuple of (label, prior text)
+        Overrides of ``priors`` used only to *draw the truth* (empty: the fitted priors). A
+        mismatch makes a deliberately miscalibrated case: a negative control that SBC must flag.
     """
 
     name: str
@@ -72,12 +75,19 @@ class SBCCase:
     method: str = "noncentred"
     priors: tuple = SBC_PRIORS
     design_seed: int = 20261126
+    simulate_priors: tuple = ()
 
-    def model(self):
-        """The :class:`bayeslmm.Model` on the case's fixed synthetic design (y is a placeholder)."""
+    def model(self, *, simulator: bool = False):
+        """The :class:`bayeslmm.Model` on the case's fixed synthetic design (y is a placeholder).
+
+        ``simulator=True`` applies ``simulate_priors`` (the priors the truth is drawn from).
+        """
         from .model import Model
         df = grouped_frame(self.n_groups, self.n_per_group, np.random.default_rng(self.design_seed))
-        return Model(self.formula, df, priors=dict(self.priors), method=self.method)
+        priors = dict(self.priors)
+        if simulator:
+            priors.update(dict(self.simulate_priors))
+        return Model(self.formula, df, priors=priors, method=self.method)
 
 
 def sbc_cases(methods=("noncentred", "marginal"), *, quick: bool = False) -> list[SBCCase]:
@@ -363,7 +373,8 @@ def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2,
     if chains * draws < n_ranks:
         raise ValueError(f"chains * draws = {chains * draws} must be >= n_ranks = {n_ranks}")
     model = case.model()
-    design, priors = model.design, model.prior_table
+    design = model.design
+    priors = case.model(simulator=True).prior_table if case.simulate_priors else model.prior_table
     labels = tracked_labels(design)
     t0 = time.perf_counter()
     refit, engine_used = make_refitter(model, case.method, engine=engine, target_accept=target_accept)
