@@ -100,7 +100,8 @@ def _data_table(design) -> pd.DataFrame:
 
 
 def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool = True,
-                 max_shrinkage_rows: int = 60, verbose: bool = True) -> str:
+                 max_shrinkage_rows: int = 60, verbose: bool = True, title: str | None = None,
+                 plots=None, icc_at=None) -> str:
     """Write a standalone HTML report of ``fit`` plus CSV/JSON tables, PNG figures and fit.nc.
 
     Parameters
@@ -118,6 +119,13 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         Rows of the per-group shrinkage table shown in the HTML (all of them are in the CSV).
     verbose : bool
         Print the path of report.html.
+    title : str, optional
+        Report heading (default "bayeslmm report").
+    plots : list of str, optional
+        Figures to draw, any of ``caterpillar``, ``shrinkage`` (with shrinkage vs group size),
+        ``icc``, ``variance_components``, ``trace`` (trace and rank plots), ``ppc``. Default: all.
+    icc_at : dict or list of dict, optional
+        Covariate points for the ICC table (``at`` of :meth:`Fit.icc`); default x = 0 and mean x.
 
     Returns
     -------
@@ -146,7 +154,12 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     fixed = fit.summary(prob=prob)
     vc = fit.variance_components(prob=prob)
     diag = diagnostics(fit)
-    icc_res = fit.icc(prob=prob) if has_groups else None
+    icc_res = fit.icc(prob=prob, **({"at": icc_at} if icc_at else {})) if has_groups else None
+    known = ("caterpillar", "shrinkage", "icc", "variance_components", "trace", "ppc")
+    want = set(known if plots is None else plots)
+    if want - set(known):
+        raise ValueError(f"unknown plot(s) {sorted(want - set(known))} in the 'plots' parameter of "
+                         f"write_report; choose from {', '.join(known)}.")
     shr = fit.shrinkage(prob=prob) if has_groups else None
     sizes = pd.DataFrame([{"factor": f.name, "level": lv, "n": int(n)} for f in design.factors
                           for lv, n in zip(f.levels, f.group_sizes)])
@@ -178,39 +191,43 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     figs_vc, figs_icc, figs_shr, figs_chk = [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        figs_vc.append(_save_fig(plot_variance_components(fit, prob=prob, table=vc),
-                                 fig_dir / "variance_components.png", dpi)
-                       | {"caption": "Posterior of each group-level SD, correlation and sigma "
-                                     f"(median line, {prob:.0%} HDI bar)."})
-        if has_groups:
+        if "variance_components" in want:
+            figs_vc.append(_save_fig(plot_variance_components(fit, prob=prob, table=vc),
+                                     fig_dir / "variance_components.png", dpi)
+                           | {"caption": "Posterior of each group-level SD, correlation and sigma "
+                                         f"(median line, {prob:.0%} HDI bar)."})
+        if has_groups and "icc" in want:
             figs_icc.append(_save_fig(plot_icc(fit, result=icc_res), fig_dir / "icc.png", dpi)
                             | {"caption": "ICC posterior per grouping factor"
                                           + (" and the ICC over each random-slope covariate."
                                              if icc_res.curves else ".")})
-            for f in design.factors:
-                s = _safe(f.name)
-                figs_shr.append(_save_fig(plot_shrinkage(fit, factor=f.name, result=shr),
-                                          fig_dir / f"shrinkage_{s}.png", dpi)
-                                | {"caption": f"{f.name}: no pooling -> partial pooling"
-                                              + (" in 2-D (intercept, slope)." if "Intercept" in f.terms
-                                                 and f.q >= 2 else ".")})
-                if f.q >= 2:
-                    for t in f.terms:
-                        figs_shr.append(_save_fig(plot_shrinkage(fit, factor=f.name, term=t, kind="1d",
-                                                                 result=shr),
-                                                  fig_dir / f"shrinkage_{s}_{_safe(t)}.png", dpi)
-                                        | {"caption": f"{f.name}, {t}: 1-D shrinkage."})
-                figs_shr.append(_save_fig(plot_shrinkage_vs_size(fit, factor=f.name, result=shr),
-                                          fig_dir / f"shrinkage_vs_size_{s}.png", dpi)
-                                | {"caption": f"{f.name}: estimates and shrinkage factors by group size."})
+        for f in design.factors if has_groups and "shrinkage" in want else ():
+            s = _safe(f.name)
+            figs_shr.append(_save_fig(plot_shrinkage(fit, factor=f.name, result=shr),
+                                      fig_dir / f"shrinkage_{s}.png", dpi)
+                            | {"caption": f"{f.name}: no pooling -> partial pooling"
+                                          + (" in 2-D (intercept, slope)." if "Intercept" in f.terms
+                                             and f.q >= 2 else ".")})
+            if f.q >= 2:
+                for t in f.terms:
+                    figs_shr.append(_save_fig(plot_shrinkage(fit, factor=f.name, term=t, kind="1d",
+                                                             result=shr),
+                                              fig_dir / f"shrinkage_{s}_{_safe(t)}.png", dpi)
+                                    | {"caption": f"{f.name}, {t}: 1-D shrinkage."})
+            figs_shr.append(_save_fig(plot_shrinkage_vs_size(fit, factor=f.name, result=shr),
+                                      fig_dir / f"shrinkage_vs_size_{s}.png", dpi)
+                            | {"caption": f"{f.name}: estimates and shrinkage factors by group size."})
+        if has_groups and "caterpillar" in want:
             figs_shr.append(_save_fig(plot_caterpillar(fit, result=shr), fig_dir / "caterpillar.png", dpi)
                             | {"caption": f"Group effects, sorted (posterior mean, {prob:.0%} HDI)."})
-        figs_chk.append(_save_fig(plot_trace(fit, kind="trace"), fig_dir / "trace.png", dpi)
-                        | {"caption": "Trace plots and marginal posteriors per chain."})
-        figs_chk.append(_save_fig(plot_trace(fit, kind="rank"), fig_dir / "rank.png", dpi)
-                        | {"caption": "Rank plots (uniform when the chains mix)."})
-        figs_chk.append(_save_fig(plot_ppc(fit), fig_dir / "ppc.png", dpi)
-                        | {"caption": "Posterior predictive check: observed y against 100 replicated data sets."})
+        if "trace" in want:
+            figs_chk.append(_save_fig(plot_trace(fit, kind="trace"), fig_dir / "trace.png", dpi)
+                            | {"caption": "Trace plots and marginal posteriors per chain."})
+            figs_chk.append(_save_fig(plot_trace(fit, kind="rank"), fig_dir / "rank.png", dpi)
+                            | {"caption": "Rank plots (uniform when the chains mix)."})
+        if "ppc" in want:
+            figs_chk.append(_save_fig(plot_ppc(fit), fig_dir / "ppc.png", dpi)
+                            | {"caption": "Posterior predictive check: observed y against 100 replicated data sets."})
     all_figs = figs_vc + figs_icc + figs_shr + figs_chk
     files += [f["path"] for f in all_figs]
 
@@ -229,6 +246,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in info.items()
                        if k.endswith("_s") and isinstance(v, (int, float)))
     ctx = dict(
+        title=title or "bayeslmm report",
         formula=fit.spec.formula.text, family=fit.spec.family, method=info.get("method", "?"),
         method_reason=info.get("method_reason", ""), n=design.n, n_dropped=design.n_dropped,
         chains=s.chains, draws=s.draws, tune=s.tune, seed=info.get("seed"), sampler=info.get("sampler", s.sampler),
