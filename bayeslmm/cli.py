@@ -17,8 +17,6 @@ The module is imported by nothing else in the package; :func:`main` is the conso
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import itertools
 import sys
 import time
@@ -259,28 +257,12 @@ def _icc_kwargs(report, prob: float) -> dict:
 
 
 def _write_outputs(fit, out: Path, report, *, with_report: bool) -> str:
-    """Write the report (``fit.report``) or, without it, tables + fit.nc; return the main path."""
+    """Write the report (``fit.report``: report.html, tables, figures, fit.nc) or, with
+    ``with_report=False``, only the summary tables and fit.nc; return the main path."""
     out.mkdir(parents=True, exist_ok=True)
-    if with_report and importlib.util.find_spec("bayeslmm.report") is not None:
-        wanted = {"title": report.title, "prob": report.prob, "plots": list(report.plots),
-                  "icc_at": icc_points(report) or None}
-        from .report import write_report
-
-        params = inspect.signature(write_report).parameters
-        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        kw, skipped = {}, []
-        for k, v in wanted.items():
-            if v is None:
-                continue
-            if takes_all or k in params:
-                kw[k] = v
-            elif k == "icc_at" and "at" in params:
-                kw["at"] = v
-            else:
-                skipped.append(k)
-        if skipped:
-            _say(f"note: this version's report does not take the [report] option(s) {skipped}; "
-                 "they were not applied.")
+    if with_report:
+        kw = {"prob": report.prob, "plots": list(report.plots), "title": report.title,
+              "icc_at": icc_points(report) or None, "verbose": False}
         return str(fit.report(str(out), **kw))
     fit.summary(prob=report.prob).to_csv(out / "summary.csv")
     fit.variance_components(prob=report.prob).to_csv(out / "variance_components.csv")

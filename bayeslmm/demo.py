@@ -16,7 +16,6 @@ are close to these, with somewhat larger SDs (the posterior averages over the va
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -63,18 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     diag = fit.diagnostics()
     print(f"\nconvergence: {'all checks passed' if diag.ok else f'{len(diag.problems)} problem(s), see above'}")
-    if importlib.util.find_spec("bayeslmm.report") is not None:
-        report = fit.report(str(out))
-        nc = out / "fit.nc"
-        if not nc.exists():
-            fit.save(nc)
-        print(f"\nposterior: {nc}\nreport:    {report}")
-    else:
-        nc = fit.save(out / "fit.nc")
-        fit.summary().to_csv(out / "summary.csv")
-        fit.variance_components().to_csv(out / "variance_components.csv")
-        print(f"\nposterior: {nc}\ntables:    {out / 'summary.csv'}, {out / 'variance_components.csv'}"
-              "\n(report.html: this version has no bayeslmm.report module)")
+    report = fit.report(str(out), verbose=False)     # report.html, tables/, figures/, fit.nc
+    print(f"\nposterior: {out / 'fit.nc'}\nreport:    {report}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -7,7 +7,6 @@ exit codes are checked.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from bayeslmm.specfile import load_model_file
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted((ROOT / "models").glob("*.toml"))
 SHORT = ["--draws", "150", "--tune", "150", "--chains", "2", "--no-progress"]
-HAS_REPORT = importlib.util.find_spec("bayeslmm.report") is not None
 
 # short test chains fail the convergence checks on purpose; the CLI prints them, the warning is noise here
 pytestmark = pytest.mark.filterwarnings("ignore::bayeslmm.diagnostics.ConvergenceWarning")
@@ -59,13 +57,17 @@ def test_every_model_file_fits_through_the_cli(cli_fits, path):
     assert f"report: {out}" in stdout
     for name in ("fit.nc", "model.toml"):
         assert (out / name).is_file(), name
-    if HAS_REPORT:
-        assert (out / "report.html").is_file()
-    else:
-        assert (out / "summary.csv").is_file() and (out / "variance_components.csv").is_file()
+    for name in ("report.html", "tables/fixed_effects.csv", "tables/variance_components.csv",
+                 "tables/icc.csv", "figures/icc.png"):
+        assert (out / name).is_file(), name
+    mf = load_model_file(path)
+    html = (out / "report.html").read_text()
+    assert f"<h1>{mf.report.title}</h1>" in html          # [report] title
+    drawn = {p.stem for p in (out / "figures").glob("*.png")}
+    assert ("caterpillar" in drawn) == ("caterpillar" in mf.report.plots)   # [report] plots
+    assert any(d.startswith("shrinkage") for d in drawn) == ("shrinkage" in mf.report.plots)
     # the saved posterior reloads with the file's formula and the overridden sampler settings
     fit = blmm.load_fit(out / "fit.nc")
-    mf = load_model_file(path)
     assert fit.spec.formula.text == mf.spec.formula.text
     assert fit.spec.priors == mf.spec.priors
     assert (fit.sampler.chains, fit.sampler.draws, fit.sampler.seed) == (2, 150, mf.sampler.seed)
@@ -95,7 +97,17 @@ def test_report_command_writes_a_report_from_a_saved_fit(cli_fits, tmp_path, cap
     assert rc == 0
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'rep'}" in out
-    assert (tmp_path / "rep" / ("report.html" if HAS_REPORT else "fit.nc")).is_file()
+    assert (tmp_path / "rep" / "report.html").is_file()
+    assert "<h1>Dyestuff: between-batch variance and ICC</h1>" in (tmp_path / "rep" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_report_icc_points_come_from_the_model_file(cli_fits):
+    # sleepstudy_slopes.toml: icc_at = { Days = [0, 4.5, 9] }
+    out = cli_fits["sleepstudy_slopes"][1]
+    icc = pd.read_csv(out / "tables" / "icc.csv")
+    assert icc["at"].tolist() == ["Days = 0", "Days = 4.5", "Days = 9"]
+    assert icc["median"].is_monotonic_increasing      # subjects fan out: the ICC grows with Days
 
 
 def test_strict_exits_3_when_convergence_checks_fail(tmp_path, capsys):
