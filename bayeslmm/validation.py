@@ -344,7 +344,7 @@ def _thin(x: np.ndarray, n_keep: int) -> np.ndarray:
 
 def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2, draws: int = 1000,
             tune: int = 500, n_ranks: int = 99, engine: str = "auto", target_accept: float = 0.9,
-            progress: bool = False) -> SBCResult:
+            progress: bool = False, refitter=None) -> SBCResult:
     """Simulation-based calibration of one case.
 
     Parameters
@@ -363,6 +363,9 @@ def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2,
         ``L``; ranks take values ``0..L``.
     engine : str
         See :func:`make_refitter`.
+    refitter : tuple, optional
+        ``(callable, engine name)`` from :func:`make_refitter` for the same case structure and
+        fitted priors, to reuse one compiled model across calls.
 
     Returns
     -------
@@ -377,7 +380,8 @@ def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2,
     priors = case.model(simulator=True).prior_table if case.simulate_priors else model.prior_table
     labels = tracked_labels(design)
     t0 = time.perf_counter()
-    refit, engine_used = make_refitter(model, case.method, engine=engine, target_accept=target_accept)
+    refit, engine_used = refitter or make_refitter(model, case.method, engine=engine,
+                                                   target_accept=target_accept)
     setup_s = time.perf_counter() - t0
     ranks, diag, truths = [], [], []
     for i in range(n_replicates):
