@@ -511,12 +511,14 @@ def draw_group_effects(stats: MarginalStats, b, sds, cors, sigma, seed: int, chu
     Returns a list over levels of arrays (S, J_l, q_l). Processes ``chunk`` draws at a time.
     """
     S = len(sigma)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 6]))
+    # one stream per factor, drawn in draw-major order: the result does not depend on ``chunk``
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 6]).spawn(stats.L)]
     out = [np.empty((S, J, q)) for J, q in zip(stats.J, stats.q)]
     for s0 in range(0, S, chunk):
         sl = slice(s0, min(S, s0 + chunk))
         k = sl.stop - sl.start
-        noise = [rng.standard_normal((J, q, k)) for J, q in zip(stats.J, stats.q)]
+        noise = [rng.standard_normal((k, J, q)).transpose(1, 2, 0)
+                 for rng, J, q in zip(rngs, stats.J, stats.q)]
         parts = conditional_effects(stats, b[sl], [x[sl] for x in sds], [x[sl] for x in cors],
                                     sigma[sl], noise)
         for l in range(stats.L):
