@@ -17,7 +17,6 @@ The module is imported by nothing else in the package; :func:`main` is the conso
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -243,16 +242,8 @@ def _fmt_table(tab) -> str:
     return tab[cols].to_string(float_format=lambda v: f"{v:.4g}")
 
 
-def icc_points(report) -> list[dict[str, float]]:
-    """The ICC points of ``[report] icc_at``: every combination of the listed covariate values."""
-    if not report.icc_at:
-        return []
-    keys = [k for k, _ in report.icc_at]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in report.icc_at))]
-
-
 def _icc_kwargs(report, prob: float) -> dict:
-    pts = icc_points(report)
+    pts = report.icc_points()
     return {"prob": prob, **({"at": pts} if pts else {})}
 
 
@@ -261,9 +252,7 @@ def _write_outputs(fit, out: Path, report, *, with_report: bool) -> str:
     ``with_report=False``, only the summary tables and fit.nc; return the main path."""
     out.mkdir(parents=True, exist_ok=True)
     if with_report:
-        kw = {"prob": report.prob, "plots": list(report.plots), "title": report.title,
-              "icc_at": icc_points(report) or None, "verbose": False}
-        return str(fit.report(str(out), **kw))
+        return str(fit.report(str(out), **report.kwargs(), verbose=False))
     fit.summary(prob=report.prob).to_csv(out / "summary.csv")
     fit.variance_components(prob=report.prob).to_csv(out / "variance_components.csv")
     fit.save(out / "fit.nc")

@@ -34,7 +34,8 @@ A model file has up to five tables; only ``[model]`` (with ``formula``) and ``[d
     title = "Sleep deprivation: random slopes"
     prob = 0.95                                 # interval probability in the tables
     plots = ["caterpillar", "shrinkage", "icc", "variance_components", "trace", "ppc"]
-    icc_at = { Days = [0, 4.5, 9] }             # covariate values at which to report the ICC
+    icc_at = { Days = [0, 4.5, 9] }             # ICC at these covariate values (every combination
+                                                # when several covariates are listed)
 
 Every key is checked: an unknown key, a value of the wrong type, a data file that does not exist,
 a formula that does not parse or a prior that cannot be read raises :class:`ModelFileError` with
@@ -47,6 +48,7 @@ writes one back (``loads(dumps(m)) == m``).
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
 import os
@@ -201,7 +203,8 @@ class ReportOptions:
     plots : tuple of str
         Plots to draw, from :data:`REPORT_PLOTS`.
     icc_at : tuple of (covariate, tuple of float)
-        Covariate values at which to report the ICC of random-slope models.
+        Covariate values at which to report the ICC of random-slope models; with several
+        covariates, every combination (:meth:`icc_points`).
     """
 
     title: str | None = None
@@ -209,14 +212,23 @@ class ReportOptions:
     plots: tuple[str, ...] = REPORT_PLOTS
     icc_at: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
+    def icc_points(self) -> list[dict[str, float]]:
+        """The ICC points of ``icc_at``: every combination of the listed covariate values.
+
+        Examples
+        --------
+        >>> ReportOptions(icc_at=(("Days", (0.0, 9.0)), ("x", (1.0,)))).icc_points()
+        [{'Days': 0.0, 'x': 1.0}, {'Days': 9.0, 'x': 1.0}]
+        """
+        if not self.icc_at:
+            return []
+        keys = [k for k, _ in self.icc_at]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in self.icc_at))]
+
     def kwargs(self) -> dict:
-        """Keyword arguments for :meth:`bayeslmm.Fit.report`."""
-        kw: dict = {"prob": self.prob, "plots": list(self.plots)}
-        if self.title is not None:
-            kw["title"] = self.title
-        if self.icc_at:
-            kw["icc_at"] = {k: list(v) for k, v in self.icc_at}
-        return kw
+        """Keyword arguments for :meth:`bayeslmm.Fit.report` (``title``, ``prob``, ``plots``, ``icc_at``)."""
+        return {"title": self.title, "prob": self.prob, "plots": list(self.plots),
+                "icc_at": self.icc_points() or None}
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,8 +192,16 @@ def test_report_of_missing_fit_file_exits_1(tmp_path, capsys):
     assert "none.nc" in capsys.readouterr().err
 
 
-def test_icc_points_are_every_combination():
-    from bayeslmm.specfile import ReportOptions
-    opts = ReportOptions(icc_at=(("Days", (0.0, 9.0)), ("x", (1.0,))))
-    assert cli.icc_points(opts) == [{"Days": 0.0, "x": 1.0}, {"Days": 9.0, "x": 1.0}]
-    assert cli.icc_points(ReportOptions()) == []
+def test_demo_writes_posterior_and_report(tmp_path, capsys):
+    from bayeslmm import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--draws", "150", "--tune", "150", "--chains", "2",
+                      "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for text in ("Fixed effects", "Variance components", "sd(Subject, Days)", f"report:    {out}"):
+        assert text in printed, text
+    assert (out / "fit.nc").is_file() and (out / "report.html").is_file()
+    fit = blmm.load_fit(out / "fit.nc")
+    assert fit.spec.formula.text == demo.FORMULA
+    assert 5 < fit.summary().loc["Days", "mean"] < 16      # lme4: 10.47 ms/day

@@ -236,3 +236,12 @@ def test_model_file_is_frozen_and_hashable():
     with pytest.raises(AttributeError):
         mf.name = "other"  # type: ignore[misc]
     assert isinstance(mf, ModelFile)
+
+
+def test_report_options_icc_points_and_report_kwargs():
+    mf = loads_model_file(MINIMAL + "[report]\ntitle = \"T\"\nplots = [\"icc\"]\n"
+                          "icc_at = { Days = [0, 9], x = 1 }\n", source="m.toml")
+    assert mf.report.icc_points() == [{"Days": 0.0, "x": 1.0}, {"Days": 9.0, "x": 1.0}]
+    assert mf.report.kwargs() == {"title": "T", "prob": 0.95, "plots": ["icc"],
+                                  "icc_at": [{"Days": 0.0, "x": 1.0}, {"Days": 9.0, "x": 1.0}]}
+    assert loads_model_file(MINIMAL, source="m.toml").report.kwargs()["icc_at"] is None
