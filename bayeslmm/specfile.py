@@ -276,11 +276,20 @@ class ModelFile:
 
         df = self.load_data() if data is None else data
         try:
-            return Model(self.spec, df, missing=self.missing)
+            model = Model(self.spec, df, missing=self.missing)
         except BayesLMMError as e:
             key = {"PriorError": "table [priors]", "DataError": "keys 'model.formula' / 'data'",
                    "FormulaError": "key 'model.formula'"}.get(type(e).__name__, "table [model]")
             raise ModelFileError(f"{self.source}: {key}: {e}") from e
+        slopes = sorted({t for f in model.design.factors for t in f.terms if t != "Intercept"})
+        bad = [k for k, _ in self.report.icc_at if k not in slopes]
+        if bad:
+            raise ModelFileError(
+                f"{self.source}: key 'report.icc_at' names {bad}, which "
+                + (f"are not random-slope terms of the model; its random-slope terms are {slopes}."
+                   if slopes else "the model does not have: it has no random slopes, so its ICC does "
+                   "not depend on covariates. Remove icc_at."))
+        return model
 
     def with_sampler(self, **overrides) -> "ModelFile":
         """A copy with some sampler settings replaced (None values are ignored)."""

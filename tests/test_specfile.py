@@ -245,3 +245,13 @@ def test_report_options_icc_points_and_report_kwargs():
     assert mf.report.kwargs() == {"title": "T", "prob": 0.95, "plots": ["icc"],
                                   "icc_at": [{"Days": 0.0, "x": 1.0}, {"Days": 9.0, "x": 1.0}]}
     assert loads_model_file(MINIMAL, source="m.toml").report.kwargs()["icc_at"] is None
+
+
+def test_icc_points_must_be_random_slope_terms(tmp_path):
+    p = write(tmp_path, MINIMAL + "[report]\nicc_at = { Dayz = [0, 9] }\n", "icc.toml")
+    with pytest.raises(ModelFileError, match=r"icc\.toml: key 'report\.icc_at' names \['Dayz'\].*\['Days'\]"):
+        load_model_file(p).build_model()
+    p = write(tmp_path, MINIMAL.replace("(Days | Subject)", "(1 | Subject)")
+              + "[report]\nicc_at = { Days = [0, 9] }\n", "icc2.toml")
+    with pytest.raises(ModelFileError, match=r"icc2\.toml: key 'report\.icc_at'.*no random slopes"):
+        load_model_file(p).build_model()
