@@ -75,7 +75,7 @@ class PriorTable:
                              "source": [e.source for e in self.entries]})
 
     def to_dict(self) -> dict[str, str]:
-        return {e.label: str(e.prior) for e in self.entries}
+        return {e.label: e.prior.text for e in self.entries}
 
     def __repr__(self) -> str:
         return "Priors\n" + self.to_frame().to_string(index=False)

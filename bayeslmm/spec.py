@@ -69,7 +69,13 @@ class Prior:
         return dict(self.params)
 
     def __str__(self) -> str:
+        """Display text, 4 significant digits (use :attr:`text` to store a prior)."""
         return f"{self.dist}({', '.join(f'{k}={_fmt(v)}' for k, v in self.params)})"
+
+    @property
+    def text(self) -> str:
+        """Full-precision text that :func:`parse_prior` reads back to an equal Prior."""
+        return f"{self.dist}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
 
     def __repr__(self) -> str:
         return f"Prior({str(self)!r})"
@@ -146,7 +152,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return {"formula": self.formula.text, "family": self.family, "method": self.method,
-                "priors": {k: str(p) for k, p in self.priors}}
+                "priors": {k: p.text for k, p in self.priors}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":

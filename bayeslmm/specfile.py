@@ -328,15 +328,10 @@ class ModelFile:
             report["icc_at"] = {k: list(v) for k, v in self.report.icc_at}
         out = {"model": model, "data": data}
         if self.spec.priors:
-            out["priors"] = {k: _prior_text(p) for k, p in self.spec.priors}
+            out["priors"] = {k: p.text for k, p in self.spec.priors}
         out["sampler"] = {k: v for k, v in self.sampler.to_dict().items() if v is not None}
         out["report"] = report
         return out
-
-
-def _prior_text(p: Prior) -> str:
-    """Full-precision prior text (``str(Prior)`` rounds to 4 significant digits)."""
-    return f"{p.dist}({', '.join(f'{k}={v!r}' for k, v in p.params)})"
 
 
 # ------------------------------------------------------------------------------------------------

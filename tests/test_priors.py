@@ -101,3 +101,12 @@ def test_class_prior_and_precedence(sleepstudy):
 def test_bad_priors(sleepstudy, priors, match):
     with pytest.raises(PriorError, match=match):
         blmm.Model(FORMULA, sleepstudy, priors=priors)
+
+
+def test_prior_text_round_trips_full_precision(sleepstudy):
+    """Saved specs keep priors exactly (display text rounds to 4 digits; storage must not)."""
+    p = blmm.parse_prior("normal(251.41234567, 10.000001)")
+    assert str(p) == "normal(mu=251.4, sigma=10)"
+    assert blmm.parse_prior(p.text) == p
+    spec = blmm.build_spec("Reaction ~ Days + (1 | Subject)", priors={"Intercept": p})
+    assert blmm.ModelSpec.from_dict(spec.to_dict()) == spec
