@@ -403,6 +403,8 @@ def compare(fits: dict, **kwargs) -> pd.DataFrame:
     ----------
     fits : dict
         ``{name: Fit}``; all fitted to the same observations.
+    **kwargs
+        Passed to ``az.compare``; ``round_to`` defaults to ``"none"`` (unrounded ELPDs).
 
     Examples
     --------
@@ -413,6 +415,7 @@ def compare(fits: dict, **kwargs) -> pd.DataFrame:
     ns = {k: f.design.n for k, f in fits.items()}
     if len(set(ns.values())) != 1:
         raise BayesLMMError(f"compare needs fits to the same observations; the numbers of rows differ: {ns}.")
+    kwargs.setdefault("round_to", "none")  # ArviZ rounds to 2 significant digits by default
     return az.compare({k: add_log_likelihood(f) for k, f in fits.items()}, var_name="y", **kwargs)
 
 

@@ -60,7 +60,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BayesLMMError, ModelFileError
-from .spec import FAMILIES, METHODS, SAMPLERS, ModelSpec, Prior, SamplerSpec, build_spec
+from .spec import FAMILIES, METHODS, SAMPLERS, ModelSpec, SamplerSpec, build_spec
 
 __all__ = ["ModelFile", "DataSource", "ReportOptions", "load_model_file", "loads_model_file",
            "dumps_model_file", "save_model_file", "REPORT_PLOTS", "SCHEMA"]
