@@ -1,0 +1,231 @@
+"""Benchmark: bambi vs bayeslmm (non-centred graph) vs bayeslmm (exact marginal path).
+
+Usage::
+
+    python bench/run.py --out bench/results            # full run (about 15-25 min on 2 cores)
+    python bench/run.py --out bench/results --quick    # small sizes, fewer draws (a few minutes)
+
+Every fit runs in its own Python process (so the timings include PyTensor compilation as a user
+sees it) with the same settings: ``chains`` chains on ``cores`` cores, ``tune`` + ``draws``
+iterations, PyMC's NUTS. Uncorrelated random slopes everywhere, because bambi's ``(x|g)`` is
+uncorrelated: bambi ``y ~ x + (x|g)`` is compared with bayeslmm ``y ~ x + (x || g)``; bambi uses
+its default priors, bayeslmm its own defaults.
+
+Columns (per case and engine):
+
+* ``setup_s``: from building the model to the first NUTS iteration (design matrices, sufficient
+  statistics, PyTensor compilation), i.e. ``total_s - sampling_s``;
+* ``sampling_s``: PyMC's own sampling-loop time (``posterior.attrs["sampling_time"]``);
+* ``total_s``: model construction + fit (+ the exact random-effect draws for the marginal path),
+  not counting the Python imports (``import_s``, reported separately);
+* ``min_ess``: minimum bulk ESS over the variance parameters (group SDs and sigma);
+  ``ess_per_s`` = min_ess / total_s;
+* ``divergences``, ``max_rhat`` (over fixed effects and variance parameters);
+* ``x_bambi``: ESS/s relative to bambi's in the same run.
+
+sleepstudy is run twice per engine: with an empty PyTensor compile cache ("cold") and again with
+that cache ("warm"). The other cases use one shared warm cache directory. Results go to
+``OUT/bench.json`` and ``OUT/bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# case -> (bambi formula, bayeslmm formula, data builder key)
+CASES = {
+    "sleepstudy": ("Reaction ~ Days + (Days|Subject)", "Reaction ~ Days + (Days || Subject)"),
+    "radon": ("log_radon ~ floor_measure + (floor_measure|county)",
+              "log_radon ~ floor_measure + (floor_measure || county)"),
+    "sim": ("y ~ x + (x|g)", "y ~ x + (x || g)"),
+}
+
+
+def _data(case: str, groups: int = 0, rows: int = 0):
+    import numpy as np
+    import pandas as pd
+
+    import bayeslmm as blmm
+    if case == "sleepstudy":
+        df = blmm.load_dataset("sleepstudy")
+        df["Subject"] = df["Subject"].astype(str)
+        return df
+    if case == "radon":
+        df = blmm.load_dataset("radon_mn")
+        df["county"] = df["county_idx"].astype(str)
+        return df[["log_radon", "floor_measure", "county"]]
+    rng = np.random.default_rng(2024)
+    g = rng.integers(0, groups, rows)
+    g[:groups] = np.arange(groups)              # every group present
+    x = rng.normal(size=rows)
+    u0 = rng.normal(0, 1.0, groups)
+    u1 = rng.normal(0, 0.5, groups)
+    y = 1.0 + 0.5 * x + u0[g] + u1[g] * x + rng.normal(0, 1.0, rows)
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical([f"g{k:05d}" for k in g])})
+
+
+def _summaries(post, stats, variance_vars, other_vars):
+    import arviz as az
+    import numpy as np
+    ess = az.ess(post[variance_vars], method="bulk")
+    min_ess = float(min(float(np.min(ess[v].values)) for v in variance_vars))
+    rh = az.rhat(post[variance_vars + other_vars])
+    max_rhat = float(max(float(np.max(rh[v].values)) for v in variance_vars + other_vars))
+    div = int(stats["diverging"].values.sum())
+    return min_ess, max_rhat, div
+
+
+def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: int, tune: int,
+            seed: int) -> dict:
+    """One fit in this process; returns the measurements."""
+    t_import = time.perf_counter()
+    import warnings
+    warnings.filterwarnings("ignore")
+    if engine == "bambi":
+        import bambi as bmb
+    import bayeslmm as blmm
+    import_s = time.perf_counter() - t_import
+    df = _data(case, groups, rows)
+    bambi_f, ours_f = CASES[case]
+    t0 = time.perf_counter()
+    if engine == "bambi":
+        model = bmb.Model(bambi_f, df)
+        idata = model.fit(draws=draws, tune=tune, chains=chains, cores=min(chains, 2),
+                          random_seed=seed, progressbar=False)
+        total = time.perf_counter() - t0
+        post = idata["posterior"].to_dataset()
+        variance = [v for v in post.data_vars if v == "sigma" or v.endswith("_sigma")]
+        fixed = [v for v in post.data_vars if "|" not in v and v not in variance]
+        stats = idata["sample_stats"].to_dataset()
+    else:
+        method = "noncentred" if engine == "bayeslmm-noncentred" else "marginal"
+        m = blmm.Model(ours_f, df)
+        fit = m.fit(chains=chains, draws=draws, tune=tune, seed=seed, cores=min(chains, 2),
+                    progressbar=False, verbose=False, method=method)
+        total = time.perf_counter() - t0
+        post = fit.posterior
+        variance = [v for v in post.data_vars if v.startswith("sd_")] + ["sigma"]
+        fixed = ["b"]
+        stats = fit.idata["sample_stats"].to_dataset()
+    sampling = float(post.attrs.get("sampling_time", float("nan")))
+    min_ess, max_rhat, div = _summaries(post, stats, variance, fixed)
+    return {"engine": engine, "case": case, "groups": groups, "rows": int(len(df)),
+            "chains": chains, "draws": draws, "tune": tune, "import_s": import_s,
+            "setup_s": total - sampling, "sampling_s": sampling, "total_s": total,
+            "min_ess": min_ess, "ess_per_s": min_ess / total, "divergences": div,
+            "max_rhat": max_rhat}
+
+
+def _spawn(args, engine, case, groups, rows, compiledir, label, timeout):
+    cmd = [sys.executable, __file__, "--one", engine, case, str(groups), str(rows),
+           "--chains", str(args.chains), "--draws", str(args.draws), "--tune", str(args.tune)]
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}")
+    t0 = time.perf_counter()
+    print(f"[bench] {case} ({rows or 'data'} rows) {engine} {label} ...", flush=True)
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"engine": engine, "case": case, "cache": label, "error": f"timed out after {timeout} s"}
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        return {"engine": engine, "case": case, "cache": label,
+                "error": (out.stderr or out.stdout).strip().splitlines()[-1][:300]}
+    res = json.loads(lines[-1][7:])
+    res["cache"] = label
+    res["process_wall_s"] = wall
+    print(f"[bench]   total {res['total_s']:.1f}s (setup {res['setup_s']:.1f}s, sampling "
+          f"{res['sampling_s']:.1f}s), min ESS {res['min_ess']:.0f}, {res['ess_per_s']:.1f} ESS/s",
+          flush=True)
+    return res
+
+
+def _markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"Benchmark ({meta['date']}, {meta['machine']}; {meta['settings']}).",
+             "", meta["note"], "",
+             "| case | rows / groups | engine | cache | setup+compile s | sampling s | total s "
+             "| min bulk ESS (variance) | ESS/s | x bambi | divergences | max R-hat |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        size = f"{r.get('rows', '')} / {r.get('groups') or r.get('n_groups', '')}"
+        if "error" in r:
+            lines.append(f"| {r['case']} | {size} | {r['engine']} | {r['cache']} | error: {r['error']} "
+                         "| | | | | | | |")
+            continue
+        xb = f"{r['x_bambi']:.1f}" if r.get("x_bambi") is not None else "-"
+        lines.append(f"| {r['case']} | {size} | {r['engine']} | {r['cache']} | {r['setup_s']:.1f} | "
+                     f"{r['sampling_s']:.1f} | {r['total_s']:.1f} | {r['min_ess']:.0f} | "
+                     f"{r['ess_per_s']:.1f} | {xb} | {r['divergences']} | {r['max_rhat']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--quick", action="store_true", help="small sizes and fewer draws (smoke run)")
+    ap.add_argument("--chains", type=int, default=2)
+    ap.add_argument("--draws", type=int, default=None)
+    ap.add_argument("--tune", type=int, default=None)
+    ap.add_argument("--one", nargs=4, metavar=("ENGINE", "CASE", "GROUPS", "ROWS"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.draws is None:
+        args.draws = 300 if args.quick else 1000
+    if args.tune is None:
+        args.tune = 300 if args.quick else 1000
+    if args.one:
+        engine, case, groups, rows = args.one
+        res = run_one(engine, case, int(groups), int(rows), args.chains, args.draws, args.tune, seed=1)
+        print("RESULT " + json.dumps(res))
+        return 0
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    engines = ["bambi", "bayeslmm-noncentred", "bayeslmm-marginal"]
+    big = (200, 10_000) if args.quick else (2_000, 100_000)
+    huge = (1_000, 100_000) if args.quick else (10_000, 1_000_000)
+    results = []
+    warm_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-warm-")
+    for engine in engines:                                   # sleepstudy: cold, then warm
+        cold_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-cold-")
+        results.append(_spawn(args, engine, "sleepstudy", 0, 0, cold_dir, "cold", 1800))
+        results.append(_spawn(args, engine, "sleepstudy", 0, 0, cold_dir, "warm", 1800))
+    for engine in engines:
+        results.append(_spawn(args, engine, "radon", 0, 0, warm_dir, "shared", 1800))
+    for engine in engines:
+        results.append(_spawn(args, engine, "sim", *big, warm_dir, "shared", 3600))
+    results.append(_spawn(args, "bayeslmm-marginal", "sim", *huge, warm_dir, "shared", 3600))
+
+    for r in results:                                        # ratios to bambi, same run
+        ref = next((b for b in results if b.get("engine") == "bambi" and b.get("case") == r.get("case")
+                    and b.get("cache") == r.get("cache") and b.get("rows") == r.get("rows")
+                    and "error" not in b), None)
+        r["x_bambi"] = (r["ess_per_s"] / ref["ess_per_s"]) if ref and "error" not in r else None
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+                       f"Python {platform.python_version()}",
+            "settings": f"{args.chains} chains x ({args.tune} tune + {args.draws} draws), PyMC NUTS, "
+                        f"cores={min(args.chains, 2)}" + (", --quick" if args.quick else ""),
+            "note": "ESS/s = min bulk ESS over the variance parameters / total wall time (model "
+                    "construction + compile + sampling, imports excluded). bambi's (x|g) is "
+                    "uncorrelated, so bayeslmm fits (x || g). x bambi = ESS/s ratio to bambi in "
+                    "the same run (sim 1M: bayeslmm marginal only)."}
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = _markdown(results, meta)
+    (out / "bench.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
