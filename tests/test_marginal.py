@@ -12,14 +12,15 @@ The slow test compares posteriors of the marginal and non-centred paths on three
 
 from __future__ import annotations
 
+import arviz as az
 import numpy as np
 import pandas as pd
-import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import pytest
 import scipy.linalg as sla
 import scipy.stats as st
+import xarray as xr
 
 import bayeslmm as blmm
 from bayeslmm import marginal as mg
@@ -351,3 +352,8 @@ def test_marginal_fit_saves_loads_and_has_group_loglik(path_fits, tmp_path):
                               {"Subject": p["cor_Subject"].values}, float(p["sigma"]))
     np.testing.assert_allclose(ll.isel(chain=1, draw=17).values, ref, rtol=1e-8)
     assert np.isfinite(mg.group_log_likelihood(fn).values).all()
+    # leave-one-group-out LOO with ArviZ from that log-likelihood
+    tree = fm.idata.copy()
+    tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": ll}))
+    loo = az.loo(tree)
+    assert np.isfinite(loo.elpd) and loo.pareto_k.shape == (18,)
