@@ -545,6 +545,9 @@ def _grid(n: int):
 def plot_rank_histograms(result: SBCResult, path=None, bins: int | None = None):
     """Rank histogram per parameter with the central 99% band of a uniform bin count."""
     n = result.n_replicates
+    if bins is None:  # >= 10 expected ranks per bin, so the 99% band is informative
+        cands = [b for b in range(2, 21) if (result.n_ranks + 1) % b == 0 and n / b >= 10]
+        bins = max(cands) if cands else 2
     fig, axes = _grid(result.ranks.shape[1])
     for ax, col in zip(axes, result.ranks.columns):
         _, p, b = chisq_uniform(result.ranks[col], result.n_ranks, bins)
@@ -553,7 +556,7 @@ def plot_rank_histograms(result: SBCResult, path=None, bins: int | None = None):
         ax.axhline(n / b, color="0.5", lw=0.8)
         ax.hist(result.ranks[col], bins=np.linspace(0, result.n_ranks + 1, b + 1), color="C0",
                 edgecolor="white")
-        ax.set_title(f"{col}\nchi-square p={p:.2g}", fontsize=8)
+        ax.set_title(f"{col}\nchi-square p={p:.2g} ({b} bins)", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"SBC rank histograms: {result.case.name} ({result.case.formula}), "
                  f"{n} replicates, L={result.n_ranks}; grey: 99% band per bin", fontsize=9)
@@ -790,6 +793,7 @@ def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = 
         print(st.round(4).to_string(), flush=True)
     if peers:
         md += _peer_section(out, summary, quick=quick)
+        md += _sensitivity_section(out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json))
     (out / "summary.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / 'summary.md'}, {out / 'summary.json'} and plots in {out}")
@@ -833,6 +837,24 @@ def _peer_section(out: Path, summary: dict, quick: bool) -> list[str]:
            "| parameter | bayeslmm mean (MCSE) | bambi mean (MCSE) | difference | z |", "| --- | --- | --- | --- | --- |"]
     md += [f"| {p} | {r.bayeslmm_mean:.4g} ({r.bayeslmm_mcse:.2g}) | {r.bambi_mean:.4g} ({r.bambi_mcse:.2g}) | "
            f"{r['diff']:+.3g} | {r.z:+.2f} |" for p, r in tab.iterrows()]
+    md.append("")
+    return md
+
+
+def _sensitivity_section(out: Path, summary: dict) -> list[str]:
+    """Dyestuff (6 batches): how the variance components move when the SD prior is halved/doubled."""
+    from .datasets import load_dataset
+    from .model import Model
+    fit = Model("Yield ~ 1 + (1 | Batch)", load_dataset("Dyestuff")).fit(
+        chains=4, draws=1000, tune=1000, seed=1, progressbar=False, verbose=False)
+    tab = fit.prior_sensitivity(scales=(0.5, 2.0))
+    tab.to_csv(out / "sensitivity_dyestuff.csv")
+    summary["sensitivity_dyestuff"] = tab.reset_index().to_dict(orient="records")
+    md = ["## Prior sensitivity: Dyestuff `Yield ~ 1 + (1 | Batch)`, SD prior scale x 0.5 / x 2", "",
+          "| parameter | scale | prior | posterior mean (sd) | shift / posterior sd | sensitive |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    md += [f"| {p} | {r.scale:g} | {r.prior} | {r['mean']:.4g} ({r.sd:.3g}) | {r.shift_sd:+.2f} | "
+           f"{'yes' if r.sensitive else 'no'} |" for p, r in tab.sort_values("scale").iterrows()]
     md.append("")
     return md
 

@@ -34,7 +34,7 @@ def _methods():
 
 
 CASES = {c.name: c for c in sbc_cases(_methods())}
-REPLICATES = {"intercept": 120, "slope": 60}
+REPLICATES = {"intercept": 100, "slope": 60}
 
 
 @pytest.fixture(scope="module")
