@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import bayeslmm as blmm
 from bayeslmm.identifiability import weakly_identified
 from bayeslmm.simulate import grouped_frame, prior_quantile
 from bayeslmm.validation import statsmodels_fit
@@ -39,7 +38,6 @@ def test_reml_estimate_is_on_the_boundary(boundary_data):
 
 
 def _methods():
-    from bayeslmm.model import Model  # noqa: F401
     try:
         import bayeslmm.marginal  # noqa: F401
     except ImportError:
