@@ -60,9 +60,12 @@ def scale_prior(prior: Prior, factor: float) -> Prior:
     return Prior(prior.dist, tuple((n, float(k[n])) for n, _ in prior.params))
 
 
-def sensitivity_priors(prior_table, factor: float, classes=("sd",)) -> dict[str, str]:
-    """Every prior of ``prior_table`` as text, with those of ``classes`` scaled by ``factor``."""
-    return {e.label: str(scale_prior(e.prior, factor) if e.cls in classes else e.prior)
+def sensitivity_priors(prior_table, factor: float, classes=("sd",)) -> dict[str, Prior]:
+    """Every prior of ``prior_table`` (full precision), with those of ``classes`` scaled by ``factor``.
+
+    The result can be passed as ``priors=`` to :class:`bayeslmm.Model` / :func:`bayeslmm.build_spec`.
+    """
+    return {e.label: scale_prior(e.prior, factor) if e.cls in classes else e.prior
             for e in prior_table.entries}
 
 

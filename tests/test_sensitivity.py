@@ -31,17 +31,17 @@ def test_scale_prior_rejects_bad_input():
 
 def test_sensitivity_priors_touch_only_the_sds(sleepstudy):
     m = blmm.Model("Reaction ~ Days + (Days | Subject)", sleepstudy)
-    base = m.prior_table.to_dict()
     new = sensitivity_priors(m.prior_table, 2.0)
-    assert set(new) == set(base)
-    for label in base:
-        if label.startswith("sd("):
-            assert new[label] == str(scale_prior(m.prior_table[label].prior, 2.0))
+    assert set(new) == {e.label for e in m.prior_table.entries}
+    for e in m.prior_table.entries:
+        if e.cls == "sd":
+            assert new[e.label] == scale_prior(e.prior, 2.0)
+            assert new[e.label].kwargs["sigma"] == 2.0 * e.prior.kwargs["sigma"]   # exact, no rounding
         else:
-            assert new[label] == base[label]
-    # the rescaled table is accepted as user priors and reproduces itself
+            assert new[e.label] == e.prior
+    # the rescaled table is accepted as user priors and reproduces itself exactly
     m2 = blmm.Model("Reaction ~ Days + (Days | Subject)", sleepstudy, priors=new)
-    assert m2.prior_table.to_dict() == new
+    assert {e.label: e.prior for e in m2.prior_table.entries} == new
 
 
 @pytest.mark.slow
