@@ -3,7 +3,9 @@
 ``python -m bayeslmm.validation --out DIR`` (``make validate``) runs the full study; ``--quick``
 runs a small version in a few minutes. Results: ``DIR/summary.json``, ``DIR/summary.md``, rank
 histograms and ECDF-difference plots (``DIR/sbc_<case>_hist.png``, ``DIR/sbc_<case>_ecdf.png``)
-and, unless ``--no-peers``, the peer table ``DIR/peers.md`` / ``peers.csv``.
+and, unless ``--no-peers``, the peer comparisons (``DIR/peers.csv``, ``DIR/bambi.csv``) and the
+Dyestuff prior-sensitivity example (``DIR/sensitivity_dyestuff.csv``), also as sections of
+``summary.md``.
 
 SBC (Talts, Betancourt, Simpson, Vehtari & Gelman 2018, arXiv:1804.06788): for each replicate,
 draw parameters from the prior, simulate data with :mod:`bayeslmm.simulate`, sample the posterior,
@@ -878,7 +880,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--methods", default=None, help="comma-separated: noncentred,marginal (default: all available)")
     p.add_argument("--engine", default="auto", choices=["auto", "nutpie", "pymc", "model"])
-    p.add_argument("--no-peers", action="store_true", help="skip the statsmodels / bambi comparisons")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip the statsmodels / bambi comparisons and the prior-sensitivity example")
     a = p.parse_args(argv)
     methods = tuple(a.methods.split(",")) if a.methods else None
     s = run_study(a.out, quick=a.quick, replicates=a.replicates, seed=a.seed, methods=methods,

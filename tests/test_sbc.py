@@ -13,7 +13,7 @@ parameter, Holm-corrected to a family-wise level # nutpie compiles once and swap
 pytest.importorskip("nutpie", reason="the small SBC needs nutpie (pip install bayeslmm[nutpie])")
 
 ALPHA = 1e-3, so a correctly calibrated case fails
-with probability <= 1e-3 and the whole file (4 cases) with <= 4e-3. Few replicates (60-120) give
+with probability <= 1e-3 and the whole file (4 cases) with <= 4e-3. Few replicates (60-100) give
 power only against gross errors (a prior on the wrong scale, a wrong centring or LKJ convention);
 the negative control below proves the test has that power on this very setup.
 """
