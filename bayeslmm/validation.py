@@ -68,6 +68,9 @@ class SBCCase:
     simulate_priors : tuple of (label, prior text)
         Overrides of ``priors`` used only to *draw the truth* (empty: the fitted priors). A
         mismatch makes a deliberately miscalibrated case: a negative control that SBC must flag.
+    x_mean : float
+        Added to the standard-normal predictor ``x``. Non-zero, it makes the convention of the
+        Intercept prior (at centred predictors) matter, so SBC checks it.
     """
 
     name: str
@@ -78,6 +81,7 @@ class SBCCase:
     priors: tuple = SBC_PRIORS
     design_seed: int = 20261126
     simulate_priors: tuple = ()
+    x_mean: float = 0.0
 
     def model(self, *, simulator: bool = False):
         """The :class:`bayeslmm.Model` on the case's fixed synthetic design (y is a placeholder).
@@ -86,6 +90,7 @@ class SBCCase:
         """
         from .model import Model
         df = grouped_frame(self.n_groups, self.n_per_group, np.random.default_rng(self.design_seed))
+        df["x"] = df["x"] + self.x_mean
         priors = dict(self.priors)
         if simulator:
             priors.update(dict(self.simulate_priors))
@@ -96,12 +101,14 @@ def sbc_cases(methods=("noncentred", "marginal"), *, quick: bool = False) -> lis
     """The standard study: random intercept and correlated intercept + slope, per method.
 
     Small designs on purpose: with 8-10 groups the posterior of the group SDs is far from normal
-    and prior-sensitive, which is where calibration errors show.
+    and prior-sensitive, which is where calibration errors show. In the slope case ``x`` has mean
+    about 1, so the Intercept (at x = 0) differs from the centred intercept its prior is on.
     """
     out = []
     for m in methods:
         out.append(SBCCase(f"intercept_{m}", "y ~ x + (1 | g)", n_groups=8, n_per_group=5, method=m))
-        out.append(SBCCase(f"slope_{m}", "y ~ x + (1 + x | g)", n_groups=10, n_per_group=6, method=m))
+        out.append(SBCCase(f"slope_{m}", "y ~ x + (1 + x | g)", n_groups=10, n_per_group=6, method=m,
+                           x_mean=1.0))
     return out
 
 
