@@ -78,6 +78,16 @@ def test_boundary_component_reported_as_weakly_identified(boundary_fit):
     assert boundary_fit.weakly_identified().loc["sd(g, Intercept)", "weakly_identified"]
 
 
+def test_report_says_the_component_is_weakly_identified(boundary_fit, tmp_path):
+    import json
+    path = boundary_fit.report(tmp_path, loo=False, plots=[])
+    html = open(path, encoding="utf-8").read()
+    assert "Weakly identified component(s)" in html and "sd(g, Intercept)</b>: weakly identified" in html
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["weakly_identified"] == ["sd(g, Intercept)"]
+    assert (tmp_path / "tables" / "identification.csv").exists()
+
+
 def test_identified_component_is_not_flagged(get_fit, sleepstudy):
     """Control: sleepstudy's intercept SD (REML 24.7, far from 0) is identified by the data."""
     fit = get_fit("sleep_nc", "Reaction ~ Days + (Days | Subject)", sleepstudy, method="noncentred")

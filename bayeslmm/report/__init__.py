@@ -142,6 +142,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     """
     from .. import __version__
     from ..diagnostics import diagnostics
+    from ..identifiability import weakly_identified
     from ..plots import (plot_caterpillar, plot_icc, plot_ppc, plot_shrinkage, plot_shrinkage_vs_size,
                          plot_trace, plot_variance_components)
 
@@ -154,6 +155,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     fixed = fit.summary(prob=prob)
     vc = fit.variance_components(prob=prob)
     diag = diagnostics(fit)
+    ident = weakly_identified(fit, prob=prob) if design.factors else None
     icc_res = fit.icc(prob=prob, **({"at": icc_at} if icc_at else {})) if has_groups else None
     known = ("caterpillar", "shrinkage", "icc", "variance_components", "trace", "ppc")
     want = set(known if plots is None else plots)
@@ -169,6 +171,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
               "diagnostics_parameters": diag.parameters.set_index("parameter"),
               "group_sizes": sizes}
     if has_groups:
+        tables["identification"] = ident
         tables["icc"] = icc_res.table
         tables["shrinkage"] = shr.table
         tables["pooling_factors"] = shr.pooling
@@ -263,6 +266,9 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         group_size_table=Markup(""),
         fixed_table=_html_table(fixed),
         vc_table=_html_table(vc),
+        weak=[(k, r["message"]) for k, r in ident.iterrows() if r["weakly_identified"]] if has_groups else [],
+        identification_table=_html_table(ident[["median", "lower", "upper", "prior", "width_ratio",
+                                                "message"]]) if has_groups else Markup(""),
         icc_table=_html_table(icc_res.table, index=False) if has_groups else Markup(""),
         pooling_table=_html_table(shr.pooling, index=False) if has_groups else Markup(""),
         shrinkage_table=_html_table(shr_tab, index=False) if has_groups else Markup(""),
@@ -279,6 +285,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     summary = {"formula": ctx["formula"], "family": ctx["family"], "method": ctx["method"], "n": design.n,
                "sampler": s.to_dict(), "info": info, "diagnostics_ok": diag.ok,
                "problems": [str(p) for p in diag.problems], "files": ctx["files"],
+               "weakly_identified": [k for k, _ in ctx["weak"]],
                "bayeslmm_version": __version__}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     if verbose:
