@@ -146,7 +146,9 @@ def random_part(design: Design, priors: PriorTable):
         r = group_effects(f, sd, priors)
         codes = pm.Data(f"codes_{f.name}", f.codes, dims="obs")
         for k, term in enumerate(f.terms):
-            col = r[codes, k]
+            # r[:, k][codes] is a 1-D gather (AdvancedSubtensor1), whose gradient is a fast scatter-add;
+            # r[codes, k] is a general AdvancedSubtensor and made each gradient ~50x slower at 100k rows.
+            col = r[:, k][codes]
             if np.all(f.Z[:, k] == 1.0):
                 eta = eta + col
             else:
