@@ -186,3 +186,30 @@ def test_derived_modules_do_not_import_pymc(module):
             assert (node.module or "").split(".")[0] not in banned, (module, node.module)
             if node.level:
                 assert (node.module or "").split(".")[0] not in banned_rel, (module, node.module)
+
+
+def test_many_group_levels_are_checked_on_a_seeded_subset():
+    """A group-effect variable with more levels than max_group_levels is checked on a random
+    subset (ArviZ is ~2 ms per element). With 20% of 3,000 levels badly mixed, a subset of 500
+    contains ~100 of them (binomial SD 9), far above the 5% rule, so the check still fails."""
+    rng = np.random.default_rng(5)
+    post, stats = _good(rng, chains=2, draws=500)
+    r = rng.standard_normal((2, 500, 3000, 1))
+
+    def tree_with(r):
+        t = _tree(post, stats, chains=2, draws=500)
+        p = t["posterior"].to_dataset()
+        p["r_g"] = (("chain", "draw", "g__level", "g__term"), r)
+        t["posterior"] = xr.DataTree(p)
+        return t
+
+    ok = diagnostics(tree_with(r), max_group_levels=500)
+    assert ok.ok, ok.message()
+    assert "r_g checked on a random subset of 500 of 3000 levels" in ok.message()
+    assert ok.table.set_index("variable").loc["r_g", "n_elements"] == 500
+    r[0, :, :600] += 1.0                                            # chain 0 elsewhere: R-hat ~ 1.1
+    tree = tree_with(r)
+    bad = diagnostics(tree, max_group_levels=500)
+    assert "rhat" in _checks(bad)
+    again = diagnostics(tree, max_group_levels=500)                 # seeded: the same subset
+    assert list(again.parameters["parameter"]) == list(bad.parameters["parameter"])
