@@ -9,7 +9,9 @@ import time
 
 import pandas as pd
 
+from . import marginal
 from .design import Design, make_design
+from .diagnostics import warn_if_problems
 from .errors import SpecError
 from .graph import build_model, stored_var_names
 from .priors import PriorTable, resolve_priors
@@ -74,14 +76,9 @@ class Model:
         method = method or self.spec.method
         if method not in METHODS:
             raise SpecError(f"the 'method' parameter must be one of {METHODS}. Got {method!r} instead.")
-        try:
-            from . import marginal
-        except ImportError:  # pragma: no cover - marginal path not built
-            marginal = None
         if method == "noncentred":
             return "noncentred", "requested"
-        ok, why = (marginal.applicable(self.spec, self.design) if marginal is not None
-                   else (False, "the marginal path is not available"))
+        ok, why = marginal.applicable(self.spec, self.design)
         if method == "marginal" and not ok:
             raise SpecError(f"method='marginal' does not apply: {why}. Use method='noncentred'.")
         if ok:
@@ -91,8 +88,7 @@ class Model:
     def build(self, method: str = "noncentred"):
         """The PyMC model for ``method`` (for inspection, or to sample yourself)."""
         if method == "marginal":
-            from .marginal import build_marginal_model
-            return build_marginal_model(self.design, self.prior_table)
+            return marginal.build_marginal_model(self.design, self.prior_table)
         return build_model(self.design, self.prior_table)
 
     def fit(self, *, chains: int = 4, draws: int = 1000, tune: int = 1000, seed: int | None = None,
@@ -131,8 +127,7 @@ class Model:
                   f"cores={settings.n_cores}, target_accept={settings.target_accept}, seed={seed_used}")
         t0 = time.perf_counter()
         if chosen == "marginal":
-            from .marginal import sample_marginal
-            idata, info = sample_marginal(self.design, self.prior_table, settings, seed=seed_used)
+            idata, info = marginal.sample_marginal(self.design, self.prior_table, settings, seed=seed_used)
         else:
             model = build_model(self.design, self.prior_table)
             idata, info = sample(model, settings, var_names=stored_var_names(self.design), seed=seed_used)
@@ -140,17 +135,10 @@ class Model:
         info["method"] = chosen
         info["method_reason"] = why
         fit = Fit(idata, self.spec, self.design, self.prior_table, settings, info)
-        _post_fit_checks(fit, verbose)
+        warn_if_problems(fit)   # a fit with problems says so loudly when it returns
         return fit
 
 
-def _post_fit_checks(fit: Fit, verbose: bool) -> None:
-    """Warn loudly when convergence checks fail (diagnostics module, when present)."""
-    try:
-        from .diagnostics import warn_if_problems
-    except ImportError:
-        return
-    warn_if_problems(fit)
 
 
 def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
