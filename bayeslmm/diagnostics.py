@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
+from .predict import linear_predictor
 
 __all__ = ["ConvergenceWarning", "Problem", "Diagnostics", "diagnostics", "warn_if_problems",
            "pointwise_log_likelihood", "add_log_likelihood", "loo", "compare", "posterior_predictive",
@@ -356,10 +357,7 @@ def _mu_chunks(fit, max_elems: int = 20_000_000):
     for c in range(C):
         for d0 in range(0, D, step):
             sl = slice(d0, min(D, d0 + step))
-            mu = b[c, sl] @ design.X.T                                     # (d, n)
-            for f, r in rs:
-                mu += np.einsum("nq,dnq->dn", f.Z, r[c, sl][:, f.codes, :])
-            yield c, sl, mu
+            yield c, sl, linear_predictor(design.X, b[c, sl], [(f.Z, f.codes, r[c, sl]) for f, r in rs])
 
 
 def pointwise_log_likelihood(fit) -> xr.DataArray:

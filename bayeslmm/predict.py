@@ -26,7 +26,7 @@ import xarray as xr
 
 from .errors import DataError
 
-__all__ = ["predict", "new_data_arrays"]
+__all__ = ["predict", "new_data_arrays", "linear_predictor"]
 
 KINDS = ("mean", "response")
 
@@ -66,6 +66,17 @@ def new_data_arrays(design, data: pd.DataFrame):
         codes = np.array([index.get(lv, -1) for lv in labels], dtype=np.int64)
         parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
     return X, parts
+
+
+def linear_predictor(X: np.ndarray, b: np.ndarray, effects) -> np.ndarray:
+    """``X b + sum_g Z_g . r_g[codes_g]`` for S draws at once: shape (S, n).
+
+    ``b`` is (S, p); ``effects`` is an iterable of ``(Z (n, q), codes (n,), r (S, J, q))``.
+    """
+    mu = b @ X.T
+    for Z, codes, r in effects:
+        mu = mu + np.einsum("nq,snq->sn", Z, r[:, codes, :])
+    return mu
 
 
 def _sample_cov(fit, f):
@@ -114,8 +125,7 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
     rng = np.random.default_rng(fit.info.get("seed", 0) if seed is None else seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
-    b = fit.draws("b")
-    mu = b @ X.T
+    effects = []
     if include_random:
         for f, Z, codes, labels in parts:
             r = fit.draws(f"r_{f.name}")                                   # (S, J, q)
@@ -134,7 +144,8 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
                 extra = {lv: f.n_levels + k for k, lv in enumerate(new_levels)}
                 codes = codes.copy()
                 codes[new] = [extra[lv] for lv in labels[new]]
-            mu = mu + np.einsum("nq,snq->sn", Z, r[:, codes, :])
+            effects.append((Z, codes, r))
+    mu = linear_predictor(X, fit.draws("b"), effects)
     if kind == "response":
         mu = mu + fit.draws("sigma")[:, None] * rng.standard_normal(mu.shape)
     da = xr.DataArray(mu.reshape(C, D, -1), dims=("chain", "draw", "obs"),

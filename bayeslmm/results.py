@@ -7,6 +7,7 @@ need (ICC, shrinkage, predictions, reports), so they work from the fit alone.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import arviz as az
 import numpy as np
@@ -289,8 +290,8 @@ def load_fit(path) -> Fit:
         elif dtypes.get(c) in ("object", "str", "string"):
             frame[c] = frame[c].astype(str)
     spec = ModelSpec.from_dict(json.loads(tree.attrs["bayeslmm_spec"]))
-    design = make_design(spec, frame, missing="raise")
-    design = _with_dropped(design, int(tree.attrs.get("bayeslmm_n_dropped", 0)))
+    design = replace(make_design(spec, frame, missing="raise"),
+                     n_dropped=int(tree.attrs.get("bayeslmm_n_dropped", 0)))
     priors = resolve_priors(spec, design)
     sampler = SamplerSpec.from_dict(json.loads(tree.attrs["bayeslmm_sampler"]))
     info = json.loads(tree.attrs["bayeslmm_info"])
@@ -300,7 +301,3 @@ def load_fit(path) -> Fit:
                             "prior table; the file was written by an incompatible bayeslmm version.")
     return Fit(tree, spec, design, priors, sampler, info)
 
-
-def _with_dropped(design: Design, n_dropped: int) -> Design:
-    from dataclasses import replace
-    return replace(design, n_dropped=n_dropped) if n_dropped else design
