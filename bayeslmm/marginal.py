@@ -68,6 +68,7 @@ import xarray as xr
 from .design import Design, FactorDesign
 from .errors import SpecError
 from .graph import coords_of, level_dim, prior_rv, term2_dim, term_dim
+from .marginal_kernel import kernel_data, one_factor_logp
 from .priors import PriorTable
 from .sampling import resolve_seed, sample
 from .spec import ModelSpec, SamplerSpec
@@ -588,11 +589,11 @@ def _fixed_effects(design: Design, priors: PriorTable):
 
 
 def _covariance_tensors(f: FactorDesign, priors: PriorTable):
-    """sd_{g}, the LKJ factors (same names as graph.py), S^-1 entries and log|S| as tensors."""
+    """``sd_{g}``, the LKJ Cholesky factors (same names as graph.py) and ``cor_{g}``.
+
+    Returns ``(sd, [(block, L), ...])`` with one entry per correlated block.
+    """
     sd = prior_rv(f"sd_{f.name}", priors.of_class("sd", f.name), dims=term_dim(f.name))
-    q = f.q
-    Cinv = [[pt.constant(1.0 if i == j else 0.0) for j in range(q)] for i in range(q)]
-    logC = 0.0
     n_corr = sum(1 for b, c in zip(f.blocks, f.correlated) if c and len(b) > 1)
     Ls = []
     for k, (block, corr) in enumerate(zip(f.blocks, f.correlated)):
@@ -600,18 +601,39 @@ def _covariance_tensors(f: FactorDesign, priors: PriorTable):
             continue
         eta = priors[f"cor({f.name})"].prior.kwargs["eta"]
         L = pm.LKJCorr(f"L_{f.name}" + (f"_{k}" if n_corr > 1 else ""), n=len(block), eta=eta)
+        Ls.append((block, L))
+    if Ls:
+        C = pt.eye(f.q)
+        for block, L in Ls:
+            C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], pt.dot(L, L.T))
+        pm.Deterministic(f"cor_{f.name}", C, dims=(term_dim(f.name), term2_dim(f.name)))
+    return sd, Ls
+
+
+def _cor_cholesky(q: int, Ls: list):
+    """The block-diagonal Cholesky factor of a factor's correlation matrix (q x q)."""
+    if not Ls:
+        return pt.constant(np.eye(q))
+    if len(Ls) == 1 and len(Ls[0][0]) == q:
+        return Ls[0][1]
+    C = pt.eye(q)
+    for block, L in Ls:
+        C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], L)
+    return C
+
+
+def _precision_entries(f: FactorDesign, sd, Ls: list):
+    """S^-1 entries (nested lists of scalars) and log|S| for the graph path."""
+    q = f.q
+    Cinv = [[pt.constant(1.0 if i == j else 0.0) for j in range(q)] for i in range(q)]
+    logC = 0.0
+    for block, L in Ls:
         Linv = pt.linalg.solve_triangular(L, pt.eye(len(block)), lower=True)
         Ci = pt.dot(Linv.T, Linv)
         for a, i in enumerate(block):
             for bb, j in enumerate(block):
                 Cinv[i][j] = Ci[a, bb]
         logC = logC + 2.0 * pt.sum(pt.log(pt.diag(L)))
-        Ls.append((block, L))
-    if Ls:
-        C = pt.eye(q)
-        for block, L in Ls:
-            C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], pt.dot(L, L.T))
-        pm.Deterministic(f"cor_{f.name}", C, dims=(term_dim(f.name), term2_dim(f.name)))
     isd = 1.0 / sd
     Sinv = [[Cinv[i][j] * isd[i] * isd[j] if (i == j or _same_block(f, i, j)) else pt.constant(0.0)
              for j in range(q)] for i in range(q)]
@@ -696,34 +718,45 @@ def build_marginal_model(design: Design, prior_table: PriorTable,
     slope_terms = [t for t in design.fixed_terms if t != "Intercept"]
     if slope_terms:
         coords["slope"] = slope_terms
-    data = _stats_inputs(stats)
+    if stats.L == 1:
+        kdata = [_shared(f"m_{name}", x) for name, x in zip(
+            ("b0", "ZtZ", "ZtX", "Zte", "XtX", "Xte", "ete", "n_obs"), kernel_data(stats))]
+    else:
+        data = _stats_inputs(stats)
     with pm.Model(coords=coords) as model:
         b = _fixed_effects(design, prior_table)
-        by_name = {}
-        for f in design.factors:               # design order, as in graph.py
-            by_name[f.name] = _covariance_tensors(f, prior_table)
+        cov = {f.name: _covariance_tensors(f, prior_table) for f in design.factors}   # design order
         sigma = prior_rv("sigma", [prior_table["sigma"]])
-        Sinv = [by_name[f.name][0] for f in chain]
-        logS = [by_name[f.name][1] for f in chain]
         top = chain[0].name
-        params = [b, sigma] + logS + [Sinv[l][i][j] for l in range(stats.L)
-                                      for i in range(stats.q[l]) for j in range(stats.q[l])]
+        if stats.L == 1:
+            sd, Ls = cov[top]
+            params = [b, sd, _cor_cholesky(stats.q[0], Ls), sigma]
+            signature = "(p),(q),(q,q),()->()"
+            shapes = [(stats.p,), (stats.q[0],), (stats.q[0], stats.q[0]), ()]
+
+            def logp(value, *par):
+                # PyMC hands the parameters over with a leading length-1 batch axis: drop it
+                par = [x.reshape(shape) for x, shape in zip(par, shapes)]
+                return one_factor_logp(*par, *kdata)
+        else:
+            prec = [_precision_entries(f, *cov[f.name]) for f in chain]
+            params = [b, sigma] + [lS for _, lS in prec] + [
+                Sinv[i][j] for (Sinv, _), q in zip(prec, stats.q) for i in range(q) for j in range(q)]
+            signature = "(p)" + ",()" * (len(params) - 1) + "->()"
+
+            def logp(value, b_, sigma_, *rest):
+                b_ = b_.reshape((stats.p,))
+                sigma_ = sigma_.reshape(())
+                rest = [x.reshape(()) for x in rest]
+                logS_ = list(rest[:stats.L])
+                flat = list(rest[stats.L:])
+                Sinv_ = []
+                for l in range(stats.L):
+                    q = stats.q[l]
+                    Sinv_.append([[flat.pop(0) for _ in range(q)] for _ in range(q)])
+                return marginal_logp_graph(stats, data, b_, Sinv_, logS_, sigma_)
+
         params = [pt.as_tensor_variable(x) for x in params]
-
-        def logp(value, b_, sigma_, *rest):
-            # PyMC hands the parameters over with a leading length-1 batch axis: drop it
-            b_ = b_.reshape((stats.p,))
-            sigma_ = sigma_.reshape(())
-            rest = [x.reshape(()) for x in rest]
-            logS_ = list(rest[:stats.L])
-            flat = list(rest[stats.L:])
-            Sinv_ = []
-            for l in range(stats.L):
-                q = stats.q[l]
-                Sinv_.append([[flat.pop(0) for _ in range(q)] for _ in range(q)])
-            return marginal_logp_graph(stats, data, b_, Sinv_, logS_, sigma_)
-
-        signature = "(p)" + ",()" * (len(params) - 1) + "->()"
         pm.CustomDist("y_marginal", *params, logp=logp, observed=np.zeros(stats.J[0]),
                       signature=signature, dims=level_dim(top))
     return model

@@ -130,7 +130,10 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
 def _spawn(args, engine, case, groups, rows, compiledir, label, timeout):
     cmd = [sys.executable, __file__, "--one", engine, case, str(groups), str(rows),
            "--chains", str(args.chains), "--draws", str(args.draws), "--tune", str(args.tune)]
-    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}")
+    # both compile caches live in the per-run directory: PyTensor's and numba's own on-disk cache
+    # (bayeslmm's marginal kernel is a cached numba function), so "cold" means cold for both
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}",
+               NUMBA_CACHE_DIR=os.path.join(compiledir, "numba"))
     t0 = time.perf_counter()
     print(f"[bench] {case} ({rows or 'data'} rows) {engine} {label} ...", flush=True)
     try:
