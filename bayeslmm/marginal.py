@@ -47,6 +47,13 @@ per-observation log-likelihood conditional on the random effects is the other op
 computed from ``b``, ``r`` and ``sigma`` elsewhere (``Fit.log_likelihood``); it does not depend on
 how the fit was sampled.
 
+**Two implementations of the likelihood**: with one grouping factor (the common case) NUTS
+evaluates :mod:`bayeslmm.marginal_kernel`, one numba function for the per-group log-densities and
+their gradient (hand-derived, checked against finite differences); it compiles once per machine
+and keeps the model's PyTensor graph small, which is what makes a cold first fit fast. Nested
+factors use the elimination above as a PyTensor graph (automatic gradient). Both are tested
+against the dense multivariate-normal density.
+
 **Compiled-function reuse**: the data enter the graph as shape-agnostic shared variables (no static
 shapes), so the graph of a model depends only on its *structure* (number of fixed effects, the
 factors' q and blocks, nesting depth), not on n or the number of groups; PyTensor's on-disk cache
@@ -73,7 +80,7 @@ from .priors import PriorTable
 from .sampling import resolve_seed, sample
 from .spec import ModelSpec, SamplerSpec
 
-__all__ = ["applicable", "nesting_chain", "MarginalStats", "marginal_stats", "build_marginal_model",
+__all__ = ["applicable", "nesting_chain", "MarginalStats", "marginal_stats", "build_marginal_model", "data_values",
            "sample_marginal", "group_log_likelihood", "draw_group_effects", "conditional_effects"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -678,6 +685,32 @@ def marginal_logp_graph(stats: MarginalStats, data: dict, b, Sinv, logS, sigma):
     return -0.5 * (n * LOG_2PI + (n - Q) * pt.log(s2) + logG + ld + (rr - qd) / s2)
 
 
+def kernel_inputs(stats: MarginalStats) -> dict[str, np.ndarray]:
+    """The one-factor kernel's data arrays by the names of the model's shared variables."""
+    return dict(zip(("m_b0", "m_ZtZ", "m_ZtX", "m_Zte", "m_XtX", "m_Xte", "m_ete", "m_n_obs"),
+                    kernel_data(stats)))
+
+
+def data_values(stats: MarginalStats) -> dict[str, np.ndarray]:
+    """Every shared variable of :func:`build_marginal_model` by name, for swapping in new data
+    (same structure) without rebuilding the model."""
+    if stats.L == 1:
+        return kernel_inputs(stats)
+    out = {}
+
+    def walk(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        else:
+            out[x.name] = x.get_value()
+    walk(_stats_inputs(stats))
+    return out
+
+
 def _stats_inputs(stats: MarginalStats) -> dict:
     return {
         "b0": _shared("m_b0", stats.b0),
@@ -694,13 +727,18 @@ def _stats_inputs(stats: MarginalStats) -> dict:
 
 
 def build_marginal_model(design: Design, prior_table: PriorTable,
-                         stats: MarginalStats | None = None) -> pm.Model:
+                         stats: MarginalStats | None = None, *, sampler: str = "pymc") -> pm.Model:
     """The collapsed Gaussian LMM as a ``pm.Model``: random effects integrated out.
 
     Free variables and priors are those of :func:`bayeslmm.graph.build_model` without the
     offsets ``z_{g}``: ``Intercept_c``, ``beta``, ``sd_{g}``, ``L_{g}`` (LKJ), ``sigma``. The
     likelihood is a ``pm.CustomDist`` ``y_marginal`` with one element per top-level group (its
     marginal log-density), so ``pm.compute_log_likelihood`` gives leave-one-group-out terms.
+
+    With one grouping factor the likelihood is the compiled kernel of
+    :mod:`bayeslmm.marginal_kernel`; with nested factors, the elimination graph of
+    :func:`marginal_logp_graph`. ``sampler`` (``"pymc"`` or ``"nutpie"``) is the NUTS the model
+    will be sampled by: it decides how the kernel is called (see ``OneFactorMarginal``).
 
     Examples
     --------
@@ -719,8 +757,7 @@ def build_marginal_model(design: Design, prior_table: PriorTable,
     if slope_terms:
         coords["slope"] = slope_terms
     if stats.L == 1:
-        kdata = [_shared(f"m_{name}", x) for name, x in zip(
-            ("b0", "ZtZ", "ZtX", "Zte", "XtX", "Xte", "ete", "n_obs"), kernel_data(stats))]
+        kdata = [_shared(name, x) for name, x in kernel_inputs(stats).items()]
     else:
         data = _stats_inputs(stats)
     with pm.Model(coords=coords) as model:
@@ -737,7 +774,7 @@ def build_marginal_model(design: Design, prior_table: PriorTable,
             def logp(value, *par):
                 # PyMC hands the parameters over with a leading length-1 batch axis: drop it
                 par = [x.reshape(shape) for x, shape in zip(par, shapes)]
-                return one_factor_logp(*par, *kdata)
+                return one_factor_logp(*par, *kdata, linked=sampler != "pymc")
         else:
             prec = [_precision_entries(f, *cov[f.name]) for f in chain]
             params = [b, sigma] + [lS for _, lS in prec] + [
@@ -783,7 +820,7 @@ def sample_marginal(design: Design, prior_table: PriorTable, settings: SamplerSp
     if chain is None:
         raise SpecError(f"the marginal path does not apply: {why}. Use method='noncentred'.")
     stats = marginal_stats(design, chain)
-    model = build_marginal_model(design, prior_table, stats)
+    model = build_marginal_model(design, prior_table, stats, sampler=settings.sampler)
     setup_s = time.perf_counter() - t0
     keep = ["b"] + [v for f in design.factors for v in (f"sd_{f.name}", f"cor_{f.name}")] + ["sigma"]
     keep = [v for v in keep if v in model.named_vars]

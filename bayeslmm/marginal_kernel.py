@@ -238,11 +238,18 @@ class OneFactorMarginal(Op):
 
     The log-density is output 0 of an application with ``grad = 0``; its gradient is outputs 1-4 of
     a second application of the same Op with ``grad = 1`` and ``w`` = the incoming output gradient.
-    One Op type for both means one compiled numba wrapper (each wrapper level re-links the
-    kernel's machine code, ~0.7 s with a cold cache).
+    One Op type for both means one compiled numba wrapper.
+
+    ``linked``: False (for PyMC's NUTS) calls the kernel through numba's object mode, so that it
+    is not re-linked into every enclosing compiled function (seconds with a cold cache); True
+    (for nutpie) links it, because nutpie evaluates the model from Rust threads, which would wait
+    for the GIL at every object-mode call.
     """
 
-    __props__ = ()
+    __props__ = ("linked",)
+
+    def __init__(self, linked: bool = False):
+        self.linked = bool(linked)
 
     def make_node(self, *inputs):
         inputs = [pt.as_tensor_variable(x) for x in inputs]
@@ -250,7 +257,7 @@ class OneFactorMarginal(Op):
         return Apply(self, inputs, outs)
 
     def perform(self, node, inputs, output_storage):
-        res = one_factor_kernel(np.asarray(inputs[0], dtype=np.int64), *[np.asarray(x, dtype=float) for x in inputs[1:]])
+        res = _call_kernel(np.asarray(inputs[0], dtype=np.int64), *[np.asarray(x, dtype=float) for x in inputs[1:]])
         for k, out in enumerate(res):
             output_storage[k][0] = out
 
@@ -272,8 +279,28 @@ _F64 = [numba.types.Array(numba.types.float64, nd, "C") for nd in range(3)]
 _OUT_TYPE = numba.types.Tuple([_F64[1], _F64[1], _F64[1], _F64[2], _F64[0]])
 
 
+def _writable(args) -> list[np.ndarray]:
+    """Read-only arrays (PyTensor constants) would be a second numba specialisation: copy them."""
+    return [a if a.flags.writeable else a.copy() for a in args]
+
+
 def _call_kernel(*args):
-    return one_factor_kernel(*args)
+    return one_factor_kernel(*_writable(args))
+
+
+def compile_kernel() -> float:
+    """Compile the kernel now (numba caches it on disk with the package); returns the seconds.
+
+    ``make install`` runs this once, as building a compiled extension would, so the first fit
+    does not wait for it. The arguments have the types every later call has.
+    """
+    import time
+    t0 = time.perf_counter()
+    J, q, p = 2, 1, 1
+    one_factor_kernel(np.array(1), np.ones(J), np.zeros(p), np.ones(q), np.eye(q), np.array(1.0),
+                      np.zeros(p), np.ones((q, q, J)), np.zeros((q, p, J)), np.zeros((q, J)),
+                      np.ones((p, p, J)), np.zeros((p, J)), np.ones(J), np.ones(J))
+    return time.perf_counter() - t0
 
 
 @numba.njit(cache=True)
@@ -294,10 +321,7 @@ _SOURCE_KEY = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:15], 
 
 @register_funcify_default_op_cache_key(OneFactorMarginal)
 def _numba_one_factor(op, node, **kwargs):
-    return _op_impl, _SOURCE_KEY
-
-
-_OP = OneFactorMarginal()
+    return (one_factor_kernel if op.linked else _op_impl), _SOURCE_KEY
 
 
 def kernel_data(stats) -> list[np.ndarray]:
@@ -309,11 +333,13 @@ def kernel_data(stats) -> list[np.ndarray]:
             last(stats.Xte), stats.ete, stats.n_obs]
 
 
-def one_factor_logp(b, sd, Cc, sigma, *data):
+def one_factor_logp(b, sd, Cc, sigma, *data, linked: bool = False):
     """Per-group marginal log-densities (J,) as a PyTensor expression (differentiable once).
 
-    ``data`` are the arrays of :func:`kernel_data` (as constants or shared variables).
+    ``data`` are the arrays of :func:`kernel_data` (as constants or shared variables); ``linked``
+    see :class:`OneFactorMarginal`.
     """
     # w is ignored without the gradient; n_obs (data[-1]) stands in because it has the argument type
     # of the real weights (numba then compiles the kernel once for both uses)
-    return _OP(pt.constant(np.array(0)), data[-1], b, sd, Cc, sigma, *data)[0]
+    return OneFactorMarginal(linked)(pt.constant(np.array(0)), data[-1], b, sd, Cc, sigma, *data)[0]
+

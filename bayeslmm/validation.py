@@ -196,24 +196,17 @@ class _MarginalNutpieRefitter:
         if self.chain is None:
             raise ValueError(f"the marginal path does not apply: {why}")
         stats = marginal.marginal_stats(design, self.chain)
-        self.compiled = nutpie.compile_pymc_model(marginal.build_marginal_model(design, prior_table, stats))
+        self.compiled = nutpie.compile_pymc_model(
+            marginal.build_marginal_model(design, prior_table, stats, sampler="nutpie"))
         self.known = {v.name for v in self.compiled.shared_var_keys}
         self.target_accept = target_accept
 
     def _updates(self, stats) -> dict:
-        out = {}
-
-        def walk(x):
-            if isinstance(x, dict):
-                for v in x.values():
-                    walk(v)
-            elif isinstance(x, (list, tuple)):
-                for v in x:
-                    walk(v)
-            elif getattr(x, "name", None) in self.known:
-                out[x.name] = x.get_value()
-        walk(self._marginal._stats_inputs(stats))
-        return out
+        values = self._marginal.data_values(stats)
+        missing = self.known - set(values)
+        if missing:
+            raise RuntimeError(f"no new values for the model's data {sorted(missing)}")
+        return {k: v for k, v in values.items() if k in self.known}
 
     def __call__(self, y, *, seed, chains, draws, tune):
         import xarray as xr
