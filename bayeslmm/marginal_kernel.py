@@ -256,6 +256,10 @@ class OneFactorMarginal(Op):
         outs = [pt.vector(dtype="float64", shape=(None,))] + [inputs[FIRST + k].type() for k in range(N_PARAMS)]
         return Apply(self, inputs, outs)
 
+    def infer_shape(self, fgraph, node, shapes):
+        # one log-density per group (the length of n_obs, the last input); gradients as parameters
+        return [(shapes[-1][0],)] + [shapes[FIRST + k] for k in range(N_PARAMS)]
+
     def perform(self, node, inputs, output_storage):
         res = _call_kernel(np.asarray(inputs[0], dtype=np.int64), *[np.asarray(x, dtype=float) for x in inputs[1:]])
         for k, out in enumerate(res):
@@ -339,7 +343,9 @@ def one_factor_logp(b, sd, Cc, sigma, *data, linked: bool = False):
     ``data`` are the arrays of :func:`kernel_data` (as constants or shared variables); ``linked``
     see :class:`OneFactorMarginal`.
     """
-    # w is ignored without the gradient; n_obs (data[-1]) stands in because it has the argument type
-    # of the real weights (numba then compiles the kernel once for both uses)
-    return OneFactorMarginal(linked)(pt.constant(np.array(0)), data[-1], b, sd, Cc, sigma, *data)[0]
+    # Computed with the gradient for unit weights: when the log-density is summed (as in a model's
+    # logp), the pullback's application below has the same inputs (its cotangent is ones of the
+    # same shape) and PyTensor merges the two, so NUTS pays one kernel call per evaluation.
+    w = pt.ones_like(data[-1])
+    return OneFactorMarginal(linked)(pt.constant(np.array(1)), w, b, sd, Cc, sigma, *data)[0]
 

@@ -465,3 +465,14 @@ def test_value_trace_draws_equal_pymcs_trace_and_are_seeded(monkeypatch):
         # reaches r (values up to ~50) as ~1e-14 absolute
         np.testing.assert_allclose(a.draws(v), c.draws(v), rtol=1e-12, atol=1e-10)
     assert not np.array_equal(a.draws("sigma")[0], a.draws("sigma")[1])    # chains are distinct
+
+
+def test_nuts_evaluates_the_kernel_once_per_step():
+    """The log-density's application and its pullback's have identical inputs when the density is
+    summed, so the compiled logp+gradient holds a single kernel node (one call per NUTS step)."""
+    m = blmm.Model("Reaction ~ Days + (Days || Subject)", blmm.load_dataset("sleepstudy"))
+    model = mg.build_marginal_model(m.design, m.prior_table)
+    f = model.logp_dlogp_function(ravel_inputs=True)
+    nodes = [n for n in f._pytensor_function.maker.fgraph.toposort()
+             if isinstance(n.op, mk.OneFactorMarginal)]
+    assert len(nodes) == 1
