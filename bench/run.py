@@ -240,9 +240,9 @@ def main(argv=None) -> int:
     cold_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-cold-")
     results.append(_spawn(args, "bayeslmm-marginal", "sleepstudy", 0, 0, cold_dir, "cold+kernel", 1800,
                           numba_dir=os.path.join(cold_dir, "numba")))
+    corr_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-cold-")
     for cache in ("cold", "warm"):
-        results.append(_spawn(args, "bayeslmm-marginal", "sleepstudy_corr", 0, 0, cold_dir if cache == "warm"
-                              else tempfile.mkdtemp(prefix="bayeslmm-bench-cold-"), cache, 1800))
+        results.append(_spawn(args, "bayeslmm-marginal", "sleepstudy_corr", 0, 0, corr_dir, cache, 1800))
     for engine in engines:
         results.append(_spawn(args, engine, "radon", 0, 0, warm_dir, "shared", 1800))
     for engine in engines:
