@@ -74,7 +74,7 @@ import xarray as xr
 
 from .design import Design, FactorDesign
 from .errors import SpecError
-from .graph import coords_of, level_dim, prior_rv, term2_dim, term_dim
+from .graph import coords_of, level_dim, lkj_cholesky, prior_rv, term2_dim, term_dim
 from .marginal_kernel import kernel_data, one_factor_logp
 from .priors import PriorTable
 from .sampling import resolve_seed, sample
@@ -607,7 +607,7 @@ def _covariance_tensors(f: FactorDesign, priors: PriorTable):
         if not (corr and len(block) > 1):
             continue
         eta = priors[f"cor({f.name})"].prior.kwargs["eta"]
-        L = pm.LKJCorr(f"L_{f.name}" + (f"_{k}" if n_corr > 1 else ""), n=len(block), eta=eta)
+        L = lkj_cholesky(f"cpc_{f.name}" + (f"_{k}" if n_corr > 1 else ""), len(block), eta)
         Ls.append((block, L))
     if Ls:
         C = pt.eye(f.q)
@@ -731,7 +731,7 @@ def build_marginal_model(design: Design, prior_table: PriorTable,
     """The collapsed Gaussian LMM as a ``pm.Model``: random effects integrated out.
 
     Free variables and priors are those of :func:`bayeslmm.graph.build_model` without the
-    offsets ``z_{g}``: ``Intercept_c``, ``beta``, ``sd_{g}``, ``L_{g}`` (LKJ), ``sigma``. The
+    offsets ``z_{g}``: ``Intercept_c``, ``beta``, ``sd_{g}``, ``cpc_{g}`` (LKJ), ``sigma``. The
     likelihood is a ``pm.CustomDist`` ``y_marginal`` with one element per top-level group (its
     marginal log-density), so ``pm.compute_log_likelihood`` gives leave-one-group-out terms.
 
@@ -745,7 +745,7 @@ def build_marginal_model(design: Design, prior_table: PriorTable,
     >>> import bayeslmm as blmm
     >>> m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
     >>> sorted(v.name for v in build_marginal_model(m.design, m.prior_table).free_RVs)
-    ['Intercept_c', 'L_Subject', 'beta', 'sd_Subject', 'sigma']
+    ['Intercept_c', 'beta', 'cpc_Subject', 'sd_Subject', 'sigma']
     """
     chain, why = nesting_chain(design)
     if chain is None:

@@ -256,7 +256,7 @@ class OneFactorMarginal(Op):
         outs = [pt.vector(dtype="float64", shape=(None,))] + [inputs[FIRST + k].type() for k in range(N_PARAMS)]
         return Apply(self, inputs, outs)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, node, shapes):
         # one log-density per group (the length of n_obs, the last input); gradients as parameters
         return [(shapes[-1][0],)] + [shapes[FIRST + k] for k in range(N_PARAMS)]
 

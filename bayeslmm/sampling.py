@@ -64,15 +64,21 @@ def value_trace(model: pm.Model) -> _ValueTrace | None:
     (``b``, ``sd_*``, ...): ~1.4 s of numba compilation with a cold cache, a tenth of a small
     model's time to first result. Recording the values as they are and mapping them afterwards
     with :func:`constrained_posterior` (one vectorised pass, no compilation) avoids it. Only for
-    models whose transforms are all ``log`` or none (so not with an LKJ factor, whose backward
-    transform would loop over draws); returns None otherwise.
+    models whose transforms are all ``log`` or none, and whose free variables' shapes are known
+    before sampling; returns None otherwise.
     """
     if any(t is not None and not isinstance(t, LogTransform) for t in model.rvs_to_transforms.values()):
         return None
     shapes, dtypes = {}, {}
     for rv in model.free_RVs:
         v = model.rvs_to_values[rv]
-        shapes[v.name] = tuple(len(model.coords[d]) for d in model.named_vars_to_dims.get(rv.name, ()))
+        dims = model.named_vars_to_dims.get(rv.name)
+        if dims:
+            shapes[v.name] = tuple(len(model.coords[d]) for d in dims)
+        elif all(isinstance(k, int) for k in rv.type.shape):
+            shapes[v.name] = tuple(rv.type.shape)
+        else:
+            return None                 # shape unknown before sampling: PyMC's own trace
         dtypes[v.name] = np.dtype(v.dtype)
     return _ValueTrace(model=model, vars=model.value_vars, fn=_identity, var_shapes=shapes, var_dtypes=dtypes)
 

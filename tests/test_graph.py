@@ -15,7 +15,7 @@ def built(formula, data):
 
 def test_correlated_block(sleepstudy):
     m, pmm = built("Reaction ~ Days + (Days | Subject)", sleepstudy)
-    assert sorted(v.name for v in pmm.free_RVs) == ["Intercept_c", "L_Subject", "beta", "sd_Subject",
+    assert sorted(v.name for v in pmm.free_RVs) == ["Intercept_c", "beta", "cpc_Subject", "sd_Subject",
                                                      "sigma", "z_Subject"]
     assert pmm.named_vars_to_dims["r_Subject"] == ("Subject__level", "Subject__term")
     assert pmm.named_vars_to_dims["cor_Subject"] == ("Subject__term", "Subject__term2")
@@ -32,9 +32,9 @@ def test_non_centred_identity(sleepstudy):
     rho = 0.3
     L = np.array([[1.0, 0.0], [rho, np.sqrt(1 - rho**2)]])
     f = pmm.compile_fn([pmm["r_Subject"], pmm["cor_Subject"], pmm["b"]],
-                       inputs=[pmm["z_Subject"], pmm["sd_Subject"], pmm["L_Subject"], pmm["Intercept_c"],
+                       inputs=[pmm["z_Subject"], pmm["sd_Subject"], pmm["cpc_Subject"], pmm["Intercept_c"],
                                pmm["beta"]], point_fn=False)
-    r, cor, b = f(z, sd, L, 300.0, np.array([10.0]))
+    r, cor, b = f(z, sd, np.array([np.arctanh(rho)]), 300.0, np.array([10.0]))   # cpc = atanh(rho) for n = 2
     np.testing.assert_allclose(r, (z @ L.T) * sd, rtol=1e-12)
     np.testing.assert_allclose(cor, L @ L.T, rtol=1e-12)
     xbar = sleepstudy.Days.mean()
@@ -43,7 +43,7 @@ def test_non_centred_identity(sleepstudy):
 
 def test_uncorrelated_has_no_lkj(sleepstudy):
     m, pmm = built("Reaction ~ Days + (Days || Subject)", sleepstudy)
-    assert not any(v.name.startswith("L_") for v in pmm.free_RVs)
+    assert not any(v.name.startswith("cpc_") for v in pmm.free_RVs)
     assert "cor_Subject" not in pmm.named_vars
 
 
@@ -52,7 +52,7 @@ def test_two_correlated_blocks_on_one_factor():
     df = pd.DataFrame({"y": rng.normal(size=60), "x": rng.normal(size=60), "w": rng.normal(size=60),
                        "v": rng.normal(size=60), "g": np.repeat(list("abcdef"), 10)})
     m, pmm = built("y ~ x + (1 + x | g) + (0 + w + v | g)", df)
-    assert {"L_g_0", "L_g_1"} <= {v.name for v in pmm.free_RVs}
+    assert {"cpc_g_0", "cpc_g_1"} <= {v.name for v in pmm.free_RVs}
     f = m.design.factors[0]
     assert f.blocks == ((0, 1), (2, 3)) and f.correlation_pairs == [(0, 1), (2, 3)]
 

@@ -159,7 +159,7 @@ def test_built_model_likelihood_equals_dense_mvn(cases):
     """The pm.Model wiring: priors' RVs (LKJ factor, sd, centred intercept) reach the likelihood."""
     m, chain, *_ = cases["nested_slopes"]
     model = mg.build_marginal_model(m.design, m.prior_table)
-    assert {v.name for v in model.free_RVs} == {"Intercept_c", "beta", "sd_a", "sd_a:b", "L_a", "sigma"}
+    assert {v.name for v in model.free_RVs} == {"Intercept_c", "beta", "sd_a", "sd_a:b", "cpc_a", "sigma"}
     y_rv = model["y_marginal"]
     outs = model.replace_rvs_by_values(
         [model.logp(vars=[y_rv], sum=False)[0], model["b"], model["sd_a"], model["sd_a:b"],
