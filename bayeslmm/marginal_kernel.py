@@ -44,6 +44,18 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _minus_product(base, M, d):
+    """base[k, j] - sum_m M[k, m, j] d[m]: a per-group matrix-vector product, group axis last."""
+    out = base.copy()
+    for k in range(M.shape[0]):
+        for m in range(M.shape[1]):
+            dm = d[m]
+            for j in range(M.shape[2]):
+                out[k, j] -= M[k, m, j] * dm
+    return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def one_factor_kernel(grad, w, b, sd, Cc, sigma, b0, ZtZ, ZtX, Zte, XtX, Xte, ete, n_obs):
     """Per-group log-densities and the w-weighted gradient (numba; see the module docstring).
 
@@ -67,24 +79,13 @@ def one_factor_kernel(grad, w, b, sd, Cc, sigma, b0, ZtZ, ZtX, Zte, XtX, Xte, et
         for k in range(q):
             T[i, k] = sd[i] * Cc[i, k]
     # r'r, X'r and Z'r per group, around the least-squares offset b0 (r = e0 - X d)
-    Xr = np.empty((p, J))
+    Xr = _minus_product(Xte, XtX, d)
+    Ztr = _minus_product(Zte, ZtX, d)
     rtr = ete.copy()
     for k in range(p):
-        Xr[k] = Xte[k]
-        for m in range(p):
-            dm = d[m]
-            for j in range(J):
-                Xr[k, j] -= XtX[k, m, j] * dm
         dk = d[k]
         for j in range(J):
             rtr[j] -= dk * (Xte[k, j] + Xr[k, j])
-    Ztr = np.empty((q, J))
-    for i in range(q):
-        Ztr[i] = Zte[i]
-        for m in range(p):
-            dm = d[m]
-            for j in range(J):
-                Ztr[i, j] -= ZtX[i, m, j] * dm
     # A = I + T'Z'Z T / s2 = R R' (lower triangle only), log|A|
     ZT = np.zeros((q, q, J))
     for i in range(q):
