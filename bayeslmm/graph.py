@@ -29,7 +29,7 @@ import pytensor.tensor as pt
 from .design import Design, FactorDesign
 from .priors import PriorTable, ResolvedPrior
 
-__all__ = ["build_model", "lkj_cholesky", "stored_var_names", "coords_of", "term_dim", "level_dim", "term2_dim"]
+__all__ = ["build_model", "lkj_cholesky", "correlation_factors", "cor_cholesky", "correlation_matrix", "stored_var_names", "coords_of", "term_dim", "level_dim", "term2_dim"]
 
 
 def level_dim(g: str) -> str:
@@ -141,27 +141,55 @@ def prior_rv(name: str, entries: list[ResolvedPrior], dims: str | None = None):
     return pm.Deterministic(name, pt.stack(parts), dims=dims)
 
 
+def correlation_factors(f: FactorDesign, priors: PriorTable) -> list[tuple[tuple[int, ...], object]]:
+    """One LKJ Cholesky factor per correlated block of ``f``: ``[(block, L), ...]``.
+
+    The free variables are ``cpc_{g}`` (``cpc_{g}_{k}`` when g has several correlated blocks), the
+    same on both sampling paths.
+    """
+    n_corr = sum(1 for b, c in zip(f.blocks, f.correlated) if c and len(b) > 1)
+    out = []
+    for k, (block, corr) in enumerate(zip(f.blocks, f.correlated)):
+        if corr and len(block) > 1:
+            eta = priors[f"cor({f.name})"].prior.kwargs["eta"]
+            out.append((block, lkj_cholesky(f"cpc_{f.name}" + (f"_{k}" if n_corr > 1 else ""), len(block), eta)))
+    return out
+
+
+def cor_cholesky(q: int, Ls: list):
+    """The block-diagonal Cholesky factor (q x q) of a factor's correlation matrix."""
+    if not Ls:
+        return pt.constant(np.eye(q))
+    if len(Ls) == 1 and len(Ls[0][0]) == q:
+        return Ls[0][1]
+    C = pt.eye(q)
+    for block, L in Ls:
+        C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], L)
+    return C
+
+
+def correlation_matrix(f: FactorDesign, Ls: list) -> None:
+    """Register ``cor_{g}`` (identity outside the correlated blocks) when g has any."""
+    if Ls:
+        C = cor_cholesky(f.q, Ls)
+        pm.Deterministic(f"cor_{f.name}", pt.dot(C, C.T), dims=(term_dim(f.name), term2_dim(f.name)))
+
+
 def group_effects(f: FactorDesign, sd, priors: PriorTable):
     """Non-centred r (J x q) for one factor: r = z * sd, or (z @ L.T) * sd within a correlated block."""
     z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=(level_dim(f.name), term_dim(f.name)))
-    parts, Ls = [], []
-    n_corr = sum(1 for b, c in zip(f.blocks, f.correlated) if c and len(b) > 1)
-    for k, (block, corr) in enumerate(zip(f.blocks, f.correlated)):
+    Ls = correlation_factors(f, priors)
+    by_block = dict(Ls)
+    parts = []
+    for block in f.blocks:
         idx = list(block)
-        if corr and len(block) > 1:
-            eta = priors[f"cor({f.name})"].prior.kwargs["eta"]
-            L = lkj_cholesky(f"cpc_{f.name}" + (f"_{k}" if n_corr > 1 else ""), len(block), eta)
-            parts.append(pt.dot(z[:, idx], L.T) * sd[idx])
-            Ls.append((block, L))
+        if block in by_block:
+            parts.append(pt.dot(z[:, idx], by_block[block].T) * sd[idx])
         else:
             parts.append(z[:, idx] * sd[idx])
     r = pm.Deterministic(f"r_{f.name}", pt.concatenate(parts, axis=1) if len(parts) > 1 else parts[0],
                          dims=(level_dim(f.name), term_dim(f.name)))
-    if Ls:
-        C = pt.eye(f.q)
-        for block, L in Ls:
-            C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], pt.dot(L, L.T))
-        pm.Deterministic(f"cor_{f.name}", C, dims=(term_dim(f.name), term2_dim(f.name)))
+    correlation_matrix(f, Ls)
     return r
 
 

@@ -74,7 +74,8 @@ import xarray as xr
 
 from .design import Design, FactorDesign
 from .errors import SpecError
-from .graph import coords_of, level_dim, lkj_cholesky, prior_rv, term2_dim, term_dim
+from .graph import (coords_of, cor_cholesky, correlation_factors, correlation_matrix, level_dim, prior_rv,
+                    term_dim)
 from .marginal_kernel import kernel_data, one_factor_logp
 from .priors import PriorTable
 from .sampling import resolve_seed, sample
@@ -601,32 +602,9 @@ def _covariance_tensors(f: FactorDesign, priors: PriorTable):
     Returns ``(sd, [(block, L), ...])`` with one entry per correlated block.
     """
     sd = prior_rv(f"sd_{f.name}", priors.of_class("sd", f.name), dims=term_dim(f.name))
-    n_corr = sum(1 for b, c in zip(f.blocks, f.correlated) if c and len(b) > 1)
-    Ls = []
-    for k, (block, corr) in enumerate(zip(f.blocks, f.correlated)):
-        if not (corr and len(block) > 1):
-            continue
-        eta = priors[f"cor({f.name})"].prior.kwargs["eta"]
-        L = lkj_cholesky(f"cpc_{f.name}" + (f"_{k}" if n_corr > 1 else ""), len(block), eta)
-        Ls.append((block, L))
-    if Ls:
-        C = pt.eye(f.q)
-        for block, L in Ls:
-            C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], pt.dot(L, L.T))
-        pm.Deterministic(f"cor_{f.name}", C, dims=(term_dim(f.name), term2_dim(f.name)))
+    Ls = correlation_factors(f, priors)
+    correlation_matrix(f, Ls)
     return sd, Ls
-
-
-def _cor_cholesky(q: int, Ls: list):
-    """The block-diagonal Cholesky factor of a factor's correlation matrix (q x q)."""
-    if not Ls:
-        return pt.constant(np.eye(q))
-    if len(Ls) == 1 and len(Ls[0][0]) == q:
-        return Ls[0][1]
-    C = pt.eye(q)
-    for block, L in Ls:
-        C = pt.set_subtensor(C[block[0]:block[-1] + 1, block[0]:block[-1] + 1], L)
-    return C
 
 
 def _precision_entries(f: FactorDesign, sd, Ls: list):
@@ -767,7 +745,7 @@ def build_marginal_model(design: Design, prior_table: PriorTable,
         top = chain[0].name
         if stats.L == 1:
             sd, Ls = cov[top]
-            params = [b, sd, _cor_cholesky(stats.q[0], Ls), sigma]
+            params = [b, sd, cor_cholesky(stats.q[0], Ls), sigma]
             signature = "(p),(q),(q,q),()->()"
             shapes = [(stats.p,), (stats.q[0],), (stats.q[0], stats.q[0]), ()]
 
