@@ -15,9 +15,9 @@ from .design import Design, FactorDesign, make_design
 from .errors import BayesLMMError, DataError, FormulaError, ModelFileError, PriorError, SpecError
 from .formula import ParsedFormula, RandomTerm, parse_formula
 from .model import Model, fit
-from .priors import PriorTable, resolve_priors
+from .priors import Prior, PriorTable, parse_prior, resolve_priors
 from .results import Fit, load_fit
-from .spec import ModelSpec, Prior, SamplerSpec, build_spec, parse_prior
+from .spec import ModelSpec, SamplerSpec, build_spec
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .design import Design, FactorDesign
-from .priors import PriorTable, ResolvedPrior
+from .priors import PriorTable, ResolvedPrior, pymc_prior
 
 __all__ = ["build_model", "lkj_cholesky", "correlation_factors", "cor_cholesky", "correlation_matrix", "stored_var_names", "coords_of", "term_dim", "level_dim", "term2_dim"]
 
@@ -124,20 +124,16 @@ def lkj_cholesky(name: str, n: int, eta: float):
     return pt.stack([pt.stack(r) for r in rows])
 
 
-_PM = {"normal": pm.Normal, "studentt": pm.StudentT, "halfnormal": pm.HalfNormal,
-       "halfstudentt": pm.HalfStudentT, "halfcauchy": pm.HalfCauchy, "exponential": pm.Exponential}
-
-
 def prior_rv(name: str, entries: list[ResolvedPrior], dims: str | None = None):
     """One RV for ``entries`` (vector-valued when they share a distribution), else stacked scalars."""
     dists = {e.prior.dist for e in entries}
     if len(dists) == 1:
-        dist = _PM[entries[0].prior.dist]
+        dist = entries[0].prior.dist
         if dims is None:
-            return dist(name, **entries[0].prior.kwargs)
+            return pymc_prior(dist, name, entries[0].prior.kwargs)
         params = {k: np.array([e.prior.kwargs[k] for e in entries]) for k in entries[0].prior.kwargs}
-        return dist(name, **params, dims=dims)
-    parts = [_PM[e.prior.dist](f"{name}[{e.term}]", **e.prior.kwargs) for e in entries]
+        return pymc_prior(dist, name, params, dims=dims)
+    parts = [pymc_prior(e.prior.dist, f"{name}[{e.term}]", e.prior.kwargs) for e in entries]
     return pm.Deterministic(name, pt.stack(parts), dims=dims)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .simulate import prior_quantile
+from .priors import prior_quantile
 
 __all__ = ["weakly_identified", "BOUNDARY_RATIO", "WIDTH_RATIO"]
 

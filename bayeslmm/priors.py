@@ -1,7 +1,13 @@
-"""Default priors scaled to the data, merged with user overrides.
+"""Every prior distribution in one place, and the prior table of a model.
 
-Stage 4. Every parameter gets an explicit prior and a note saying where its scale came from.
-Defaults (weakly informative, as in brms/rstanarm; ``s_y`` = sample SD of the response):
+**Distributions** (:data:`PRIOR_DISTS`): parsing (:func:`parse_prior`), the PyMC constructor
+(:func:`pymc_prior`, PyMC imported inside), scipy/numpy quantiles and draws
+(:func:`prior_quantile`, :func:`draw_prior`) and rescaling for sensitivity analysis
+(:func:`scale_prior`). No other module names a distribution.
+
+**The prior table** (:func:`resolve_priors`): every parameter gets an explicit prior and a note
+saying where its scale came from. Defaults (weakly informative, as in brms/rstanarm; ``s_y`` =
+sample SD of the response):
 
 =====================  ==========================================  ==============================
 parameter              default                                     note
@@ -11,7 +17,7 @@ slope ``x``            normal(0, 2.5 s_y / sd(x))
 ``sd(g, Intercept)``   halfstudentt(3, s_y)
 ``sd(g, x)``           halfstudentt(3, s_y / sd(x))
 ``cor(g)``             lkj(2)                                      each correlated block of g
-``sigma``              halfstudentt(3, s_y)
+auxiliary (``sigma``)  the family's rule (gaussian: halfstudentt(3, s_y))
 =====================  ==========================================  ==============================
 
 User priors are keyed by the labels in the table (``"Days"``, ``"sd(Subject, Days)"``,
@@ -21,29 +27,225 @@ over a class. A key that matches no parameter is an error, never ignored.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .design import Design
-from .errors import DataError, PriorError
-from .spec import POSITIVE_DISTS, ModelSpec, Prior
+from .errors import DataError, PriorError, SpecError
+from .families import get_family
 
-__all__ = ["ResolvedPrior", "PriorTable", "resolve_priors"]
+if TYPE_CHECKING:
+    from .design import Design
+    from .spec import ModelSpec
 
+__all__ = ["PRIOR_DISTS", "POSITIVE_DISTS", "ALLOWED", "Prior", "parse_prior", "pymc_prior",
+           "draw_prior", "prior_quantile", "scale_prior", "ResolvedPrior", "PriorTable", "resolve_priors"]
+
+# distribution name -> parameter names, in positional order
+PRIOR_DISTS: dict[str, tuple[str, ...]] = {
+    "normal": ("mu", "sigma"),
+    "studentt": ("nu", "mu", "sigma"),
+    "halfnormal": ("sigma",),
+    "halfstudentt": ("nu", "sigma"),
+    "halfcauchy": ("beta",),
+    "exponential": ("lam",),
+    "lkj": ("eta",),
+}
+POSITIVE_DISTS = ("halfnormal", "halfstudentt", "halfcauchy", "exponential")
+#: distributions allowed per parameter class; an auxiliary parameter of the family gets those of
+#: its support (see :func:`allowed`)
 ALLOWED = {
     "Intercept": ("normal", "studentt"),
     "b": ("normal", "studentt"),
     "sd": POSITIVE_DISTS,
-    "sigma": POSITIVE_DISTS,
     "cor": ("lkj",),
 }
+_SUPPORT = {"positive": POSITIVE_DISTS}
+# PyMC class names of the scalar distributions
+_PYMC = {"normal": "Normal", "studentt": "StudentT", "halfnormal": "HalfNormal",
+         "halfstudentt": "HalfStudentT", "halfcauchy": "HalfCauchy", "exponential": "Exponential"}
 
 
+# --------------------------------------------------------------------------------------------
+# one distribution
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """A prior distribution: a name from ``PRIOR_DISTS`` and its parameters.
+
+    Examples
+    --------
+    >>> Prior("normal", (("mu", 0.0), ("sigma", 10.0)))
+    Prior('normal(mu=0, sigma=10)')
+    >>> parse_prior("halfstudentt(3, 20)").kwargs
+    {'nu': 3.0, 'sigma': 20.0}
+    """
+
+    dist: str
+    params: tuple[tuple[str, float], ...]
+
+    def __post_init__(self):
+        if self.dist not in PRIOR_DISTS:
+            raise PriorError(f"unknown prior distribution {self.dist!r}; use one of "
+                             f"{', '.join(PRIOR_DISTS)}")
+        names = PRIOR_DISTS[self.dist]
+        got = tuple(k for k, _ in self.params)
+        if got != names:
+            raise PriorError(f"prior {self.dist!r} takes parameters {names}, got {got}")
+        for k, v in self.params:
+            if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                raise PriorError(f"prior {self.dist}: parameter {k}={v!r} must be a finite number")
+            if k in ("sigma", "beta", "lam", "eta", "nu") and v <= 0:
+                raise PriorError(f"prior {self.dist}: parameter {k}={v!r} must be > 0")
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        return dict(self.params)
+
+    def __str__(self) -> str:
+        """Display text, 4 significant digits (use :attr:`text` to store a prior)."""
+        return f"{self.dist}({', '.join(f'{k}={_fmt(v)}' for k, v in self.params)})"
+
+    @property
+    def text(self) -> str:
+        """Full-precision text that :func:`parse_prior` reads back to an equal Prior."""
+        return f"{self.dist}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
+
+    def __repr__(self) -> str:
+        return f"Prior({str(self)!r})"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+_PRIOR_RE = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$")
+
+
+def parse_prior(text: str | Prior, *, where: str = "prior") -> Prior:
+    """Parse ``"normal(0, 10)"``, ``"halfstudentt(nu=3, sigma=20)"``, ``"lkj(2)"`` into a Prior."""
+    if isinstance(text, Prior):
+        return text
+    if not isinstance(text, str):
+        raise PriorError(f"{where}: expected a string like 'normal(0, 10)', got {text!r}")
+    m = _PRIOR_RE.match(text)
+    dist = m.group(1).replace("_", "").lower() if m else None
+    if not m or dist not in PRIOR_DISTS:
+        raise PriorError(f"{where}: cannot read prior {text!r}; write e.g. 'normal(0, 10)', "
+                         f"'halfstudentt(3, 20)', 'exponential(0.1)' or 'lkj(2)' "
+                         f"(distributions: {', '.join(PRIOR_DISTS)})")
+    names = PRIOR_DISTS[dist]
+    args = [a.strip() for a in m.group(2).split(",") if a.strip()]
+    values: dict[str, float] = {}
+    for pos, a in enumerate(args):
+        if "=" in a:
+            k, v = (s.strip() for s in a.split("=", 1))
+        else:
+            if pos >= len(names):
+                raise PriorError(f"{where}: {dist} takes {len(names)} parameters {names}, got {text!r}")
+            k, v = names[pos], a
+        if k not in names:
+            raise PriorError(f"{where}: {dist} has no parameter {k!r}; its parameters are {names}")
+        try:
+            values[k] = float(v)
+        except ValueError:
+            raise PriorError(f"{where}: parameter {k}={v!r} of {text!r} is not a number") from None
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise PriorError(f"{where}: {text!r} is missing {', '.join(missing)} (parameters {names})")
+    return Prior(dist, tuple((n, values[n]) for n in names))
+
+
+def pymc_prior(dist: str, name: str, params: dict, dims=None):
+    """The PyMC random variable ``name`` with prior ``dist`` (scalar distributions; PyMC imported here).
+
+    ``params`` values may be arrays (one entry per element of a vector variable with ``dims``).
+    """
+    import pymc as pm
+    if dist not in _PYMC:
+        raise PriorError(f"a {dist!r} prior is not a scalar distribution; use one of {tuple(_PYMC)}")
+    cls = getattr(pm, _PYMC[dist])
+    return cls(name, **params) if dims is None else cls(name, **params, dims=dims)
+
+
+def draw_prior(prior: Prior, rng: np.random.Generator, size=None) -> np.ndarray | float:
+    """Draw from one scalar prior (normal, studentt, halfnormal, halfstudentt, halfcauchy, exponential)."""
+    k = prior.kwargs
+    d = prior.dist
+    if d == "normal":
+        return rng.normal(k["mu"], k["sigma"], size)
+    if d == "studentt":
+        return k["mu"] + k["sigma"] * rng.standard_t(k["nu"], size)
+    if d == "halfnormal":
+        return np.abs(rng.normal(0.0, k["sigma"], size))
+    if d == "halfstudentt":
+        return k["sigma"] * np.abs(rng.standard_t(k["nu"], size))
+    if d == "halfcauchy":
+        return k["beta"] * np.abs(rng.standard_cauchy(size))
+    if d == "exponential":
+        return rng.exponential(1.0 / k["lam"], size)
+    raise SpecError(f"cannot draw from a {d!r} prior as a scalar")
+
+
+def prior_quantile(prior: Prior, q) -> np.ndarray:
+    """Quantiles of a scalar prior (used to judge how much the data moved a posterior)."""
+    from scipy import stats
+    k = prior.kwargs
+    q = np.asarray(q, dtype=float)
+    d = prior.dist
+    if d == "normal":
+        return stats.norm.ppf(q, k["mu"], k["sigma"])
+    if d == "studentt":
+        return stats.t.ppf(q, k["nu"], k["mu"], k["sigma"])
+    if d == "halfnormal":
+        return stats.halfnorm.ppf(q, scale=k["sigma"])
+    if d == "halfstudentt":
+        return k["sigma"] * stats.t.ppf((1 + q) / 2, k["nu"])
+    if d == "halfcauchy":
+        return stats.halfcauchy.ppf(q, scale=k["beta"])
+    if d == "exponential":
+        return stats.expon.ppf(q, scale=1.0 / k["lam"])
+    raise SpecError(f"no scalar quantiles for a {d!r} prior")
+
+
+def scale_prior(prior: Prior, factor: float) -> Prior:
+    """The same prior with its scale multiplied by ``factor`` (for prior-sensitivity analysis).
+
+    ``normal``/``studentt``/``halfnormal``/``halfstudentt`` scale ``sigma``; ``halfcauchy`` scales
+    ``beta``; ``exponential`` divides ``lam`` (its mean ``1/lam`` is the scale). Shapes (``nu``)
+    are kept.
+
+    Examples
+    --------
+    >>> scale_prior(parse_prior("halfstudentt(3, 20)"), 0.5)
+    Prior('halfstudentt(nu=3, sigma=10)')
+    >>> scale_prior(parse_prior("exponential(0.1)"), 2.0)
+    Prior('exponential(lam=0.05)')
+    """
+    if not factor > 0:
+        raise SpecError(f"a prior scale factor must be > 0. Got {factor!r} instead.")
+    k = dict(prior.params)
+    if prior.dist in ("halfnormal", "halfstudentt", "normal", "studentt"):
+        k["sigma"] = k["sigma"] * factor
+    elif prior.dist == "halfcauchy":
+        k["beta"] = k["beta"] * factor
+    elif prior.dist == "exponential":
+        k["lam"] = k["lam"] / factor
+    else:
+        raise SpecError(f"cannot scale a {prior.dist!r} prior; sensitivity scales SD priors only")
+    return Prior(prior.dist, tuple((n, float(k[n])) for n, _ in prior.params))
+
+
+# --------------------------------------------------------------------------------------------
+# the prior table of a model
+# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ResolvedPrior:
-    """One parameter's prior. ``cls`` is Intercept, b, sd, cor or sigma."""
+    """One parameter's prior. ``cls`` is Intercept, b, sd, cor or the name of an auxiliary
+    parameter of the family (``sigma``)."""
 
     label: str
     cls: str
@@ -84,11 +286,19 @@ class PriorTable:
         return self.to_frame().to_html(index=False)
 
 
+def allowed(cls: str, family) -> tuple[str, ...]:
+    """Distributions allowed for a parameter of class ``cls`` (an auxiliary one: by its support)."""
+    if cls in ALLOWED:
+        return ALLOWED[cls]
+    aux = {a.name: a for a in family.aux}
+    return _SUPPORT[aux[cls].support]
+
+
 def _sd(v: np.ndarray) -> float:
     return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
-def resolve_priors(spec: ModelSpec, design: Design) -> PriorTable:
+def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     """Build the full prior table: data-scaled defaults plus the spec's overrides.
 
     Raises
@@ -131,8 +341,10 @@ def resolve_priors(spec: ModelSpec, design: Design) -> PriorTable:
         if fac.has_correlation:
             entries.append(ResolvedPrior(f"cor({fac.name})", "cor", Prior("lkj", (("eta", 2.0),)),
                                          "default", factor=fac.name))
-    entries.append(ResolvedPrior("sigma", "sigma", Prior("halfstudentt", (("nu", 3.0), ("sigma", s_y))),
-                                 f"default: sd(y)={sy}"))
+    family = get_family(spec.family)
+    for aux in family.aux:
+        dist, params, src = family.default_aux_prior(aux.name, s_y)
+        entries.append(ResolvedPrior(aux.name, aux.name, Prior(dist, params), src))
 
     overrides = dict(spec.priors)
     labels = {e.label for e in entries}
@@ -149,8 +361,9 @@ def resolve_priors(spec: ModelSpec, design: Design) -> PriorTable:
             out.append(e)
             continue
         p = overrides[key]
-        if p.dist not in ALLOWED[e.cls]:
+        ok = allowed(e.cls, family)
+        if p.dist not in ok:
             raise PriorError(f"prior {p} for {key!r} is not allowed for a {e.cls} parameter; use one of "
-                             f"{ALLOWED[e.cls]}")
+                             f"{ok}")
         out.append(ResolvedPrior(e.label, e.cls, p, f"user ({key!r})", e.factor, e.term))
     return PriorTable(tuple(out))

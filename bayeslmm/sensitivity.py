@@ -11,7 +11,7 @@ posterior SD. A component whose posterior mean moves by more than ``threshold`` 
 posterior SDs when its prior scale is halved or doubled is flagged ``sensitive``: report it with
 its prior, and prefer a prior you can defend on substantive grounds.
 
-Scaling rule per distribution: ``halfnormal(sigma)`` and ``halfstudentt(nu, sigma)`` scale
+Scaling rule per distribution (:func:`bayeslmm.priors.scale_prior`): ``halfnormal(sigma)`` and ``halfstudentt(nu, sigma)`` scale
 ``sigma``; ``halfcauchy(beta)`` scales ``beta``; ``exponential(lam)`` divides ``lam`` (its mean
 ``1/lam`` is the scale). The shape (``nu``) is kept.
 
@@ -30,34 +30,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpecError
-from .spec import Prior
+from .priors import Prior, scale_prior
 
-__all__ = ["scale_prior", "sensitivity_priors", "prior_sensitivity"]
-
-
-def scale_prior(prior: Prior, factor: float) -> Prior:
-    """The same prior with its scale multiplied by ``factor`` (see the module docstring).
-
-    Examples
-    --------
-    >>> from bayeslmm.spec import parse_prior
-    >>> scale_prior(parse_prior("halfstudentt(3, 20)"), 0.5)
-    Prior('halfstudentt(nu=3, sigma=10)')
-    >>> scale_prior(parse_prior("exponential(0.1)"), 2.0)
-    Prior('exponential(lam=0.05)')
-    """
-    if not factor > 0:
-        raise SpecError(f"a prior scale factor must be > 0. Got {factor!r} instead.")
-    k = dict(prior.params)
-    if prior.dist in ("halfnormal", "halfstudentt", "normal", "studentt"):
-        k["sigma"] = k["sigma"] * factor
-    elif prior.dist == "halfcauchy":
-        k["beta"] = k["beta"] * factor
-    elif prior.dist == "exponential":
-        k["lam"] = k["lam"] / factor
-    else:
-        raise SpecError(f"cannot scale a {prior.dist!r} prior; sensitivity scales SD priors only")
-    return Prior(prior.dist, tuple((n, float(k[n])) for n, _ in prior.params))
+__all__ = ["sensitivity_priors", "prior_sensitivity"]
 
 
 def sensitivity_priors(prior_table, factor: float, classes=("sd",)) -> dict[str, Prior]:

@@ -36,15 +36,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .design import Design, FactorDesign
 from .errors import SpecError
-from .priors import PriorTable
-from .spec import Prior
+from .priors import PriorTable, draw_prior
 
-__all__ = ["TrueParameters", "draw_parameters", "draw_prior", "draw_lkj_corr", "random_effects",
-           "simulate_response", "simulate", "grouped_frame", "parameter_labels", "prior_quantile"]
+__all__ = ["TrueParameters", "draw_parameters", "draw_lkj_corr", "random_effects",
+           "simulate_response", "simulate", "grouped_frame", "parameter_labels"]
 
 
 @dataclass(frozen=True)
@@ -114,29 +112,6 @@ def parameter_labels(design: Design) -> list[str]:
         labels += [f"sd({f.name}, {t})" for t in f.terms]
         labels += [f"cor({f.name}, {f.terms[i]}, {f.terms[j]})" for i, j in f.correlation_pairs]
     return labels + ["sigma"]
-
-
-def draw_prior(prior: Prior, rng: np.random.Generator, size=None) -> np.ndarray | float:
-    """Draw from one scalar prior (normal, studentt, halfnormal, halfstudentt, halfcauchy, exponential).
-
-    Parameterisations match PyMC: ``exponential(lam)`` has mean ``1/lam``; half-distributions are
-    the absolute value of the zero-centred distribution times the scale.
-    """
-    k = prior.kwargs
-    d = prior.dist
-    if d == "normal":
-        return rng.normal(k["mu"], k["sigma"], size)
-    if d == "studentt":
-        return k["mu"] + k["sigma"] * rng.standard_t(k["nu"], size)
-    if d == "halfnormal":
-        return np.abs(rng.normal(0.0, k["sigma"], size))
-    if d == "halfstudentt":
-        return k["sigma"] * np.abs(rng.standard_t(k["nu"], size))
-    if d == "halfcauchy":
-        return k["beta"] * np.abs(rng.standard_cauchy(size))
-    if d == "exponential":
-        return rng.exponential(1.0 / k["lam"], size)
-    raise SpecError(f"cannot draw from a {d!r} prior as a scalar")
 
 
 def draw_lkj_corr(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
@@ -275,23 +250,3 @@ def grouped_frame(n_groups: int, n_per_group: int | np.ndarray, rng: np.random.G
         data[s] = rng.normal(size=n)
     data[group] = labels
     return pd.DataFrame(data)
-
-
-def prior_quantile(prior: Prior, q) -> np.ndarray:
-    """Quantiles of a scalar prior (used to judge how much the data moved a posterior)."""
-    k = prior.kwargs
-    q = np.asarray(q, dtype=float)
-    d = prior.dist
-    if d == "normal":
-        return stats.norm.ppf(q, k["mu"], k["sigma"])
-    if d == "studentt":
-        return stats.t.ppf(q, k["nu"], k["mu"], k["sigma"])
-    if d == "halfnormal":
-        return stats.halfnorm.ppf(q, scale=k["sigma"])
-    if d == "halfstudentt":
-        return k["sigma"] * stats.t.ppf((1 + q) / 2, k["nu"])
-    if d == "halfcauchy":
-        return stats.halfcauchy.ppf(q, scale=k["beta"])
-    if d == "exponential":
-        return stats.expon.ppf(q, scale=1.0 / k["lam"])
-    raise SpecError(f"no scalar quantiles for a {d!r} prior")

@@ -9,118 +9,26 @@ saved fits.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, fields
 
 from .errors import PriorError, SpecError
+from .families import FAMILIES
 from .formula import ParsedFormula, parse_formula
+from .priors import Prior, parse_prior
 
-__all__ = ["Prior", "ModelSpec", "SamplerSpec", "build_spec", "parse_prior", "FAMILIES", "METHODS",
-           "SAMPLERS"]
+__all__ = ["ModelSpec", "SamplerSpec", "build_spec", "METHODS", "METHOD_ALIASES", "SAMPLERS"]
 
-FAMILIES = ("gaussian",)
-METHODS = ("auto", "noncentred", "marginal")
+METHODS = ("auto", "noncentred", "collapsed", "marginal")
+#: accepted spellings of a method -> the name used everywhere else
+METHOD_ALIASES = {"marginal": "collapsed"}
 SAMPLERS = ("pymc", "nutpie", "numpyro")
 
-# distribution name -> parameter names, in positional order
-PRIOR_DISTS: dict[str, tuple[str, ...]] = {
-    "normal": ("mu", "sigma"),
-    "studentt": ("nu", "mu", "sigma"),
-    "halfnormal": ("sigma",),
-    "halfstudentt": ("nu", "sigma"),
-    "halfcauchy": ("beta",),
-    "exponential": ("lam",),
-    "lkj": ("eta",),
-}
-POSITIVE_DISTS = ("halfnormal", "halfstudentt", "halfcauchy", "exponential")
 
-
-@dataclass(frozen=True, slots=True)
-class Prior:
-    """A prior distribution: a name from ``PRIOR_DISTS`` and its parameters.
-
-    Examples
-    --------
-    >>> Prior("normal", (("mu", 0.0), ("sigma", 10.0)))
-    Prior('normal(mu=0, sigma=10)')
-    >>> parse_prior("halfstudentt(3, 20)").kwargs
-    {'nu': 3.0, 'sigma': 20.0}
-    """
-
-    dist: str
-    params: tuple[tuple[str, float], ...]
-
-    def __post_init__(self):
-        if self.dist not in PRIOR_DISTS:
-            raise PriorError(f"unknown prior distribution {self.dist!r}; use one of "
-                             f"{', '.join(PRIOR_DISTS)}")
-        names = PRIOR_DISTS[self.dist]
-        got = tuple(k for k, _ in self.params)
-        if got != names:
-            raise PriorError(f"prior {self.dist!r} takes parameters {names}, got {got}")
-        for k, v in self.params:
-            if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
-                raise PriorError(f"prior {self.dist}: parameter {k}={v!r} must be a finite number")
-            if k in ("sigma", "beta", "lam", "eta", "nu") and v <= 0:
-                raise PriorError(f"prior {self.dist}: parameter {k}={v!r} must be > 0")
-
-    @property
-    def kwargs(self) -> dict[str, float]:
-        return dict(self.params)
-
-    def __str__(self) -> str:
-        """Display text, 4 significant digits (use :attr:`text` to store a prior)."""
-        return f"{self.dist}({', '.join(f'{k}={_fmt(v)}' for k, v in self.params)})"
-
-    @property
-    def text(self) -> str:
-        """Full-precision text that :func:`parse_prior` reads back to an equal Prior."""
-        return f"{self.dist}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
-
-    def __repr__(self) -> str:
-        return f"Prior({str(self)!r})"
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-_PRIOR_RE = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$")
-
-
-def parse_prior(text: str | Prior, *, where: str = "prior") -> Prior:
-    """Parse ``"normal(0, 10)"``, ``"halfstudentt(nu=3, sigma=20)"``, ``"lkj(2)"`` into a Prior."""
-    if isinstance(text, Prior):
-        return text
-    if not isinstance(text, str):
-        raise PriorError(f"{where}: expected a string like 'normal(0, 10)', got {text!r}")
-    m = _PRIOR_RE.match(text)
-    dist = m.group(1).replace("_", "").lower() if m else None
-    if not m or dist not in PRIOR_DISTS:
-        raise PriorError(f"{where}: cannot read prior {text!r}; write e.g. 'normal(0, 10)', "
-                         f"'halfstudentt(3, 20)', 'exponential(0.1)' or 'lkj(2)' "
-                         f"(distributions: {', '.join(PRIOR_DISTS)})")
-    names = PRIOR_DISTS[dist]
-    args = [a.strip() for a in m.group(2).split(",") if a.strip()]
-    values: dict[str, float] = {}
-    for pos, a in enumerate(args):
-        if "=" in a:
-            k, v = (s.strip() for s in a.split("=", 1))
-        else:
-            if pos >= len(names):
-                raise PriorError(f"{where}: {dist} takes {len(names)} parameters {names}, got {text!r}")
-            k, v = names[pos], a
-        if k not in names:
-            raise PriorError(f"{where}: {dist} has no parameter {k!r}; its parameters are {names}")
-        try:
-            values[k] = float(v)
-        except ValueError:
-            raise PriorError(f"{where}: parameter {k}={v!r} of {text!r} is not a number") from None
-    missing = [n for n in names if n not in values]
-    if missing:
-        raise PriorError(f"{where}: {text!r} is missing {', '.join(missing)} (parameters {names})")
-    return Prior(dist, tuple((n, values[n]) for n in names))
-
+def canonical_method(method: str) -> str:
+    """``"marginal"`` (the old name of the exact collapsed path) -> ``"collapsed"``; others unchanged."""
+    if method not in METHODS:
+        raise SpecError(f"the 'method' parameter must be one of {METHODS}. Got {method!r} instead.")
+    return METHOD_ALIASES.get(method, method)
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
@@ -136,7 +44,8 @@ class ModelSpec:
         ``"Intercept"``, ``"sd(Subject, Days)"``, ``"cor(Subject)"``, ``"sigma"``) or by a class
         (``"b"`` all slopes, ``"sd"`` all group-level SDs, ``"cor"`` all correlations).
     method : str
-        ``"auto"``, ``"noncentred"`` or ``"marginal"``.
+        ``"auto"``, ``"noncentred"`` or ``"collapsed"`` (``"marginal"`` is accepted as an alias of
+        ``"collapsed"`` and stored as ``"collapsed"``).
     """
 
     formula: ParsedFormula
@@ -146,9 +55,10 @@ class ModelSpec:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise SpecError(f"family {self.family!r} is not supported; use one of {FAMILIES}")
+            raise SpecError(f"family {self.family!r} is not supported; use one of {tuple(FAMILIES)}")
         if self.method not in METHODS:
             raise SpecError(f"method {self.method!r} is not one of {METHODS}")
+        object.__setattr__(self, "method", canonical_method(self.method))
 
     def to_dict(self) -> dict:
         return {"formula": self.formula.text, "family": self.family, "method": self.method,

@@ -60,7 +60,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BayesLMMError, ModelFileError
-from .spec import FAMILIES, METHODS, SAMPLERS, ModelSpec, SamplerSpec, build_spec
+from .families import FAMILIES
+from .spec import METHODS, SAMPLERS, ModelSpec, SamplerSpec, build_spec
 
 __all__ = ["ModelFile", "DataSource", "ReportOptions", "load_model_file", "loads_model_file",
            "dumps_model_file", "save_model_file", "REPORT_PLOTS", "SCHEMA"]
@@ -410,7 +411,7 @@ def parse_model_dict(raw: dict, *, source: str = "<dict>", base_dir: str = ".",
                                  f"use one of {', '.join(allowed)}.")
     priors = raw.get("priors", {})
     parsed_priors = {}
-    from .spec import parse_prior
+    from .priors import parse_prior
     for k, v in priors.items():
         try:
             parsed_priors[k] = parse_prior(v, where=f"prior {k!r}")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bayeslmm.identifiability import weakly_identified
-from bayeslmm.simulate import grouped_frame, prior_quantile
+from bayeslmm.priors import prior_quantile
+from bayeslmm.simulate import grouped_frame
 from bayeslmm.validation import statsmodels_fit
 
 FORMULA = "y ~ x + (1 | g)"

@@ -6,8 +6,9 @@ import pytest
 
 import bayeslmm as blmm
 from bayeslmm.errors import SpecError
-from bayeslmm.sensitivity import scale_prior, sensitivity_priors
-from bayeslmm.spec import parse_prior
+from bayeslmm.priors import scale_prior
+from bayeslmm.sensitivity import sensitivity_priors
+from bayeslmm.priors import parse_prior
 
 DYE = "Yield ~ 1 + (1 | Batch)"
 

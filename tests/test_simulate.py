@@ -13,9 +13,10 @@ from scipy import stats
 
 import bayeslmm as blmm
 from bayeslmm.errors import SpecError
-from bayeslmm.simulate import (TrueParameters, draw_lkj_corr, draw_parameters, draw_prior, grouped_frame,
-                               parameter_labels, prior_quantile, random_effects, simulate, simulate_response)
-from bayeslmm.spec import parse_prior
+from bayeslmm.priors import draw_prior, prior_quantile
+from bayeslmm.simulate import (TrueParameters, draw_lkj_corr, draw_parameters, grouped_frame, parameter_labels,
+                               random_effects, simulate, simulate_response)
+from bayeslmm.priors import parse_prior
 from bayeslmm.validation import (_thin, chisq_uniform, ecdf_band, ecdf_uniformity, rank_statistics)
 
 LEVEL = 1e-4
