@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV) && "$$py" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,bench]"
-	@$(PY) -c 'from bayeslmm.marginal_kernel import compile_kernel as c; print(f"Compiled the marginal-likelihood kernel in {c():.1f} s (once per install; numba caches it)")'
+	@$(PY) -c 'from bayeslmm.paths.collapsed_kernel import compile_kernel as c; print(f"Compiled the collapsed-likelihood kernel in {c():.1f} s (once per install; numba caches it)")'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -8,23 +8,49 @@ diagnostics.
 >>> model = blmm.Model("Reaction ~ Days + (Days | Subject)", df)
 >>> fit = model.fit(chains=4, draws=1000, seed=1)          # doctest: +SKIP
 >>> fit.summary(); fit.variance_components()                 # doctest: +SKIP
+
+The package imports lazily (PEP 562): ``import bayeslmm`` loads nothing heavy, and each name
+below loads its module on first use, so ``bayeslmm.load_dataset`` or the ``bayeslmm datasets``
+command never import PyMC, PyTensor, numba or ArviZ. PyMC is imported when a model is built or
+fitted.
 """
 
-from .datasets import list_datasets, load_dataset
-from .design import Design, FactorDesign, make_design
-from .errors import BayesLMMError, DataError, FormulaError, ModelFileError, PriorError, SpecError
-from .formula import ParsedFormula, RandomTerm, parse_formula
-from .model import Model, fit
-from .priors import Prior, PriorTable, parse_prior, resolve_priors
-from .results import Fit, load_fit
-from .spec import ModelSpec, SamplerSpec, build_spec
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_EXPORTS = {
+    "Model": "model", "fit": "model",
+    "Fit": "results", "load_fit": "results",
+    "load_dataset": "datasets", "list_datasets": "datasets",
+    "parse_formula": "formula", "ParsedFormula": "formula", "RandomTerm": "formula",
+    "build_spec": "spec", "ModelSpec": "spec", "SamplerSpec": "spec",
+    "parse_prior": "priors", "Prior": "priors", "PriorTable": "priors", "resolve_priors": "priors",
+    "make_design": "design", "Design": "design", "FactorDesign": "design",
+    "get_family": "families",
+    "BayesLMMError": "errors", "FormulaError": "errors", "SpecError": "errors", "DataError": "errors",
+    "PriorError": "errors", "ModelFileError": "errors",
+}
+
 __all__ = [
     "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets",
-    "parse_formula", "build_spec", "parse_prior", "make_design", "resolve_priors",
+    "parse_formula", "build_spec", "parse_prior", "make_design", "resolve_priors", "get_family",
     "ModelSpec", "SamplerSpec", "Prior", "PriorTable", "Design", "FactorDesign", "ParsedFormula",
     "RandomTerm",
     "BayesLMMError", "FormulaError", "SpecError", "DataError", "PriorError", "ModelFileError",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value          # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'bayeslmm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

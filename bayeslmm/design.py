@@ -8,7 +8,13 @@ Random terms on the same grouping factor are merged into one :class:`FactorDesig
 are split into covariance *blocks*: ``(1 + x | g)`` is one correlated block of two columns,
 ``(1 + x || g)`` two blocks of one column, ``(1 | g) + (0 + x | g)`` likewise.
 
-The caller's DataFrame is never modified: we work on a copy of the used columns.
+The caller's DataFrame is never modified: we work on a copy of the used columns. A
+:class:`Design` holds the response once (``y``) and the other used columns as read-only arrays
+(``columns``); :meth:`Design.data_frame` rebuilds a fresh DataFrame when one is needed.
+
+This module is also the one owner of level encoding: the codes of the fitted data
+(:func:`_encode_groups`) and the matching of new data to the fitted levels
+(:func:`predictor_arrays`, used by predictions).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from .errors import DataError, FormulaError
 from .formula import RandomTerm
 from .spec import ModelSpec
 
-__all__ = ["FactorDesign", "Design", "make_design", "MISSING_ACTIONS"]
+__all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arrays", "MISSING_ACTIONS"]
 
 MISSING_ACTIONS = ("drop", "raise")
 
@@ -104,6 +110,15 @@ class FactorDesign:
 
 
 @dataclass(frozen=True, slots=True)
+class ColumnData:
+    """One used data column (not the response) of the kept rows: read-only values and the pandas dtype."""
+
+    name: str
+    values: np.ndarray = field(repr=False)
+    dtype: object = None
+
+
+@dataclass(frozen=True, slots=True)
 class Design:
     """Arrays for one model and data set.
 
@@ -113,8 +128,9 @@ class Design:
     X : ndarray (n, p)
         Fixed-effect design, column names in ``fixed_terms``.
     factors : tuple of FactorDesign
-    frame : DataFrame
-        Copy of the used columns of the rows that were kept (for shrinkage, predictions, saving).
+    columns : tuple of ColumnData
+        The other used columns of the rows that were kept, in data order (for predictions,
+        saving, refits); :meth:`data_frame` rebuilds them as a DataFrame with the response.
     n_dropped : int
         Rows dropped for missing values.
     notes : tuple of str
@@ -126,8 +142,9 @@ class Design:
     X: np.ndarray
     fixed_terms: tuple[str, ...]
     factors: tuple[FactorDesign, ...]
-    frame: pd.DataFrame = field(repr=False)
+    columns: tuple[ColumnData, ...] = field(repr=False, default=())
     fixed_spec: object = field(repr=False, default=None)
+    response_position: int = 0
     n_dropped: int = 0
     notes: tuple[str, ...] = ()
 
@@ -138,6 +155,35 @@ class Design:
     @property
     def has_intercept(self) -> bool:
         return "Intercept" in self.fixed_terms
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every used column, the response included, in data order."""
+        names = [c.name for c in self.columns]
+        names.insert(self.response_position, self.response)
+        return tuple(names)
+
+    def data_frame(self, y: np.ndarray | None = None) -> pd.DataFrame:
+        """A new DataFrame of the used columns of the kept rows (response ``y``, default the data's)."""
+        cols = {c.name: pd.Series(c.values, dtype=c.dtype) for c in self.columns}
+        cols[self.response] = pd.Series(self.y if y is None else np.asarray(y, dtype=float))
+        return pd.DataFrame({k: cols[k] for k in self.column_names})
+
+    @property
+    def slope_columns(self) -> tuple[int, ...]:
+        """Indices of the fixed-effect columns other than the intercept."""
+        return tuple(j for j, t in enumerate(self.fixed_terms) if t != "Intercept")
+
+    @property
+    def slope_means(self) -> np.ndarray:
+        """Column means of the slopes: the single centring convention of the Intercept prior.
+
+        With an intercept, the sampled intercept ``Intercept_c`` is at centred predictors and
+        ``b[Intercept] = Intercept_c - slope_means @ b[slopes]`` (every sampling path and the
+        simulator use this).
+        """
+        idx = list(self.slope_columns)
+        return self.X[:, idx].mean(axis=0) if idx else np.zeros(0)
 
     def factor(self, name: str) -> FactorDesign:
         for f in self.factors:
@@ -293,8 +339,58 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     notes += _baseline_notes(frame, fixed_cols)
 
     factors = _make_factors(f.random, frame)
-    return Design(response=f.response, y=y, X=X, fixed_terms=fixed_terms, factors=factors,
-                  frame=frame, fixed_spec=mm.model_spec, n_dropped=n_dropped, notes=tuple(notes))
+    columns = tuple(ColumnData(c, _readonly(frame[c].to_numpy()), frame[c].dtype)
+                    for c in frame.columns if c != f.response)
+    return Design(response=f.response, y=_readonly(y), X=_readonly(X), fixed_terms=fixed_terms,
+                  factors=factors, columns=columns, fixed_spec=mm.model_spec,
+                  response_position=list(frame.columns).index(f.response), n_dropped=n_dropped,
+                  notes=tuple(notes))
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+def predictor_arrays(design: Design, data: pd.DataFrame):
+    """Fixed design X and, per factor, ``(f, Z, codes, labels)`` for new data.
+
+    Levels are matched to the fitted ones by label; unseen levels get code -1.
+    """
+    if not isinstance(data, pd.DataFrame) or len(data) == 0:
+        raise DataError("new data must be a non-empty pandas DataFrame")
+    needed = [c.name for c in design.columns]
+    missing = [c for c in needed if c not in data.columns]
+    if missing:
+        raise DataError(f"new data lacks column(s) {missing} used by the model; it needs {needed}")
+    frame = data.loc[:, needed].copy()
+    bad = [c for c in needed if frame[c].isna().any()]
+    if bad:
+        raise DataError(f"new data has missing values in {bad}; predictions need complete rows "
+                        "(drop or fill them first)")
+    try:
+        X = np.asarray(design.fixed_spec.get_model_matrix(frame), dtype=float)
+    except Exception as exc:
+        raise DataError(f"cannot build the fixed-effect design for the new data: {exc}") from exc
+    parts = []
+    for f in design.factors:
+        Zs = []
+        for spec in f.term_specs:
+            try:
+                Zs.append(np.asarray(spec.get_model_matrix(frame), dtype=float))
+            except Exception as exc:
+                raise DataError(f"cannot build the random-effect design of {f.name!r} for the new data: "
+                                f"{exc}") from exc
+        cols = f.columns
+        if len(cols) == 1:
+            labels = frame[cols[0]].astype(str).to_numpy()
+        else:
+            labels = frame[list(cols)].astype(str).agg(":".join, axis=1).to_numpy()
+        index = {lv: k for k, lv in enumerate(f.levels)}
+        codes = np.array([index.get(lv, -1) for lv in labels], dtype=np.int64)
+        parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
+    return X, parts
 
 
 def _make_factors(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[FactorDesign, ...]:

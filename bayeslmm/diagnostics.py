@@ -25,16 +25,17 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
+from .families import get_family
 from .predict import linear_predictor
 
 __all__ = ["ConvergenceWarning", "Problem", "Diagnostics", "diagnostics", "warn_if_problems",
-           "pointwise_log_likelihood", "add_log_likelihood", "loo", "compare", "posterior_predictive",
+           "pointwise_log_likelihood", "log_likelihood_tree", "add_log_likelihood", "loo", "compare",
+           "posterior_predictive",
            "RHAT_MAX", "RHAT_GROUP_MAX", "GROUP_FRAC_MAX", "ESS_PER_CHAIN_MIN", "EBFMI_MIN", "TREEDEPTH_FRAC_MAX"]
 
 RHAT_MAX = 1.01
@@ -155,6 +156,7 @@ def _element_label(name: str, da: xr.DataArray, idx: tuple) -> str:
 def _parameter_table(post: xr.Dataset) -> pd.DataFrame:
     with warnings.catch_warnings():      # constant elements (unit diagonal of cor_g) give 0/0
         warnings.simplefilter("ignore", RuntimeWarning)
+        import arviz as az
         rhat = az.rhat(post)
         ess_b = az.ess(post, method="bulk")
         ess_t = az.ess(post, method="tail")
@@ -363,8 +365,10 @@ def _mu_chunks(fit, max_elems: int = 20_000_000):
 def pointwise_log_likelihood(fit) -> xr.DataArray:
     """Conditional log-likelihood of each observation given each draw: dims (chain, draw, obs).
 
-    ``log N(y_i | X_i b + sum_g Z_gi r_g[g_i], sigma)``, computed in numpy from the posterior
-    draws, so it works on fits from either sampling path. Memory: chains x draws x n floats.
+    The family's log-density of ``y_i`` at ``X_i b + sum_g Z_gi r_g[g_i]`` (gaussian:
+    ``log N(y_i | ., sigma)``), computed in numpy from the posterior draws, so it works on fits from
+    either sampling path. Memory: chains x draws x n floats. Cached on the fit (not saved with it):
+    the fit's posterior never changes.
 
     Examples
     --------
@@ -372,29 +376,42 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
     >>> ll.dims                                                         # doctest: +SKIP
     ('chain', 'draw', 'obs')
     """
-    if getattr(fit.spec, "family", "gaussian") != "gaussian":
-        raise BayesLMMError("the pointwise log-likelihood is implemented for family='gaussian' only.")
+    cache = getattr(fit, "_cache", None)
+    if cache is not None and "log_likelihood" in cache:
+        return cache["log_likelihood"]
+    family = get_family(fit.spec.family)
     post = fit.posterior
-    sigma = post["sigma"].transpose("chain", "draw").to_numpy()
+    aux = {a: post[a].transpose("chain", "draw").to_numpy() for a in family.aux_names}
     y = fit.design.y
-    C, D = sigma.shape
+    C, D = post.sizes["chain"], post.sizes["draw"]
     out = np.empty((C, D, len(y)))
     for c, sl, mu in _mu_chunks(fit):
-        s = sigma[c, sl][:, None]
-        out[c, sl] = -0.5 * np.log(2 * np.pi) - np.log(s) - 0.5 * ((y - mu) / s) ** 2
-    return xr.DataArray(out, dims=("chain", "draw", "obs"),
-                        coords={"chain": post["chain"].values, "draw": post["draw"].values,
-                                "obs": np.arange(len(y))}, name="y")
+        out[c, sl] = family.log_likelihood(y, family.inverse_link(mu), {a: v[c, sl][:, None] for a, v in aux.items()})
+    ll = xr.DataArray(out, dims=("chain", "draw", "obs"),
+                      coords={"chain": post["chain"].values, "draw": post["draw"].values,
+                              "obs": np.arange(len(y))}, name="y")
+    if cache is not None:
+        cache["log_likelihood"] = ll
+    return ll
+
+
+def log_likelihood_tree(fit) -> xr.DataTree:
+    """A new DataTree: the fit's groups plus ``log_likelihood`` (variable ``y``), for ``az.loo`` /
+    ``az.compare``. ``fit.idata`` is not changed."""
+    tree = xr.DataTree.from_dict({k: fit.idata[k].to_dataset() for k in fit.idata.children})
+    tree.attrs = dict(fit.idata.attrs)
+    tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": pointwise_log_likelihood(fit)}))
+    return tree
 
 
 def add_log_likelihood(fit, *, overwrite: bool = False) -> xr.DataTree:
     """Store the pointwise log-likelihood as group ``log_likelihood`` (variable ``y``) in ``fit.idata``.
 
-    Returns the DataTree, which ``az.loo`` / ``az.compare`` accept.
+    This changes the fit (and what :meth:`~bayeslmm.Fit.save` writes); :func:`loo` and
+    :func:`compare` do not need it. Returns the DataTree.
     """
     if "log_likelihood" not in fit.idata.children or overwrite:
-        ll = pointwise_log_likelihood(fit)
-        fit.idata["log_likelihood"] = xr.DataTree(xr.Dataset({"y": ll}))
+        fit.idata["log_likelihood"] = xr.DataTree(xr.Dataset({"y": pointwise_log_likelihood(fit)}))
     return fit.idata
 
 
@@ -402,14 +419,14 @@ def loo(fit, **kwargs):
     """PSIS-LOO of a fit (``az.loo`` on the conditional pointwise log-likelihood).
 
     Conditional LOO leaves out one observation but keeps its group's effect; Pareto k values above
-    0.7 are common for small groups. Keyword arguments go to ``arviz.loo``.
+    0.7 are common for small groups. Keyword arguments go to ``arviz.loo``. The fit is not changed.
 
     Examples
     --------
     >>> fit.loo().elpd                                                  # doctest: +SKIP
     """
-    add_log_likelihood(fit)
-    return az.loo(fit.idata, var_name="y", **kwargs)
+    import arviz as az
+    return az.loo(log_likelihood_tree(fit), var_name="y", **kwargs)
 
 
 def compare(fits: dict, **kwargs) -> pd.DataFrame:
@@ -432,7 +449,8 @@ def compare(fits: dict, **kwargs) -> pd.DataFrame:
     if len(set(ns.values())) != 1:
         raise BayesLMMError(f"compare needs fits to the same observations; the numbers of rows differ: {ns}.")
     kwargs.setdefault("round_to", "none")  # ArviZ rounds to 2 significant digits by default
-    return az.compare({k: add_log_likelihood(f) for k, f in fits.items()}, var_name="y", **kwargs)
+    import arviz as az
+    return az.compare({k: log_likelihood_tree(f) for k, f in fits.items()}, var_name="y", **kwargs)
 
 
 def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.DataTree:
@@ -442,20 +460,19 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
     ``observed_data``, the layout ``arviz.plot_ppc_dist`` expects. ``num_draws`` posterior draws
     are chosen at random (seeded).
     """
-    if getattr(fit.spec, "family", "gaussian") != "gaussian":
-        raise BayesLMMError("posterior_predictive is implemented for family='gaussian' only.")
+    family = get_family(fit.spec.family)
     rng = np.random.default_rng(seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
     pick = rng.choice(C * D, size=min(num_draws, C * D), replace=False)
-    sigma = post["sigma"].transpose("chain", "draw").to_numpy().reshape(-1)
+    aux = {a: post[a].transpose("chain", "draw").to_numpy().reshape(-1)[pick][:, None] for a in family.aux_names}
     wanted, mus = set(int(i) for i in pick), {}
     for c, sl, mu in _mu_chunks(fit):
         for k, d in enumerate(range(sl.start, sl.stop)):
             if c * D + d in wanted:
                 mus[c * D + d] = mu[k]
     mu = np.stack([mus[i] for i in pick])
-    yrep = mu + sigma[pick][:, None] * rng.standard_normal(mu.shape)
+    yrep = family.draw(family.inverse_link(mu), aux, rng)
     obs = np.arange(fit.design.n)
     pp = xr.Dataset({"y": (("chain", "draw", "obs"), yrep[None])},
                     coords={"chain": [0], "draw": np.arange(len(pick)), "obs": obs})

@@ -10,7 +10,9 @@ and
 
     ICC_g(z) = v_g(z) / (sum_k v_k(z) + sigma^2).
 
-With random intercepts only, ``v_g = sd_g^2`` and the ICC does not depend on ``z``. For a factor
+``sigma^2`` is the family's latent-scale residual variance
+(:meth:`bayeslmm.families.Family.latent_residual_variance`). With random intercepts only,
+``v_g = sd_g^2`` and the ICC does not depend on ``z``. For a factor
 nested in another (``a:b`` in ``a``), the *cumulative* ICC adds the variances of the factor and all
 its ancestors: the correlation of two observations in the same ``a`` and the same ``a:b``.
 Every quantity is computed draw by draw, so the result is itself a posterior.
@@ -25,28 +27,15 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
+from .families import get_family
+from .posterior import cov_draws, hdi, stack
 
 __all__ = ["ICCResult", "icc", "icc_draws", "factor_variance", "default_points"]
 
 
-def _stack(da: xr.DataArray) -> np.ndarray:
-    return da.stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
-
-
-def _cov_draws(post: xr.Dataset, f) -> np.ndarray:
-    """Random-effect covariance of factor ``f`` per draw: shape (S, q, q)."""
-    sd = _stack(post[f"sd_{f.name}"])                       # (S, q)
-    q = sd.shape[1]
-    if f"cor_{f.name}" in post:
-        C = _stack(post[f"cor_{f.name}"])                   # (S, q, q)
-    else:
-        C = np.broadcast_to(np.eye(q), (sd.shape[0], q, q))
-    return sd[:, :, None] * C * sd[:, None, :]
-
-
 def factor_variance(post: xr.Dataset, f, z: np.ndarray) -> np.ndarray:
     """Variance ``z' S_g z`` contributed by factor ``f`` at design row ``z`` (length q), per draw."""
-    S = _cov_draws(post, f)
+    S = cov_draws(post, f)
     return np.einsum("i,sij,j->s", z, S, z)
 
 
@@ -94,11 +83,9 @@ def _ancestors(f, factors) -> list:
 
 
 def _residual_variance(fit, post: xr.Dataset) -> np.ndarray:
-    family = getattr(fit.spec, "family", "gaussian")
-    if family == "gaussian":
-        return _stack(post["sigma"]) ** 2
-    raise BayesLMMError(f"the ICC for family {family!r} is not implemented; the ICC is defined here "
-                        "for family='gaussian' (residual variance sigma^2).")
+    """The family's latent-scale residual variance per draw (gaussian: sigma^2)."""
+    family = get_family(fit.spec.family)
+    return family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names})
 
 
 def icc_draws(fit, at: dict[str, float] | None = None) -> dict[str, np.ndarray]:
@@ -119,6 +106,7 @@ def icc_draws(fit, at: dict[str, float] | None = None) -> dict[str, np.ndarray]:
 
     Examples
     --------
+    >>> import bayeslmm as blmm
     >>> fit = blmm.Model("Yield ~ 1 + (1 | Batch)", blmm.load_dataset("Dyestuff")).fit(
     ...     chains=2, draws=300, seed=1, progressbar=False)               # doctest: +SKIP
     >>> icc_draws(fit)["Batch"].mean()                                    # doctest: +SKIP
@@ -174,20 +162,8 @@ class ICCResult:
         return self.table._repr_html_()
 
 
-def _hdi(x: np.ndarray, prob: float) -> tuple[float, float]:
-    """Shortest interval holding ``prob`` of the draws."""
-    s = np.sort(x[np.isfinite(x)])
-    n = len(s)
-    k = int(np.floor(prob * n))
-    if n == 0 or k >= n:
-        return (float(s[0]), float(s[-1])) if n else (np.nan, np.nan)
-    widths = s[k:] - s[: n - k]
-    i = int(np.argmin(widths))
-    return float(s[i]), float(s[i + k])
-
-
 def _row(x: np.ndarray, prob: float) -> dict:
-    lo, hi = _hdi(x, prob)
+    lo, hi = hdi(x, prob)
     return {"mean": float(np.mean(x)), "median": float(np.median(x)), "sd": float(np.std(x, ddof=1)),
             "hdi_lower": lo, "hdi_upper": hi}
 
@@ -244,7 +220,7 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
         recs = []
         for xv in grid:
             for g, x in icc_draws(fit, {term: float(xv)}).items():
-                lo_, hi_ = _hdi(x, prob)
+                lo_, hi_ = hdi(x, prob)
                 recs.append({"x": float(xv), "group": g, "median": float(np.median(x)),
                              "mean": float(np.mean(x)), "hdi_lower": lo_, "hdi_upper": hi_})
         curves[term] = pd.DataFrame(recs)

@@ -1,6 +1,8 @@
 """The user-facing entry point: ``Model(formula, data).fit()``.
 
-Chains the stages: formula -> spec -> design -> priors -> graph -> sampling -> Fit.
+Chains the stages: formula -> spec -> design -> priors -> path (:func:`bayeslmm.paths.choose_path`)
+-> sampling -> Fit. The sampling paths (and with them PyMC) are imported when a model is built or
+fitted, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -9,15 +11,14 @@ import time
 
 import pandas as pd
 
-from . import marginal
 from .design import Design, make_design
 from .diagnostics import warn_if_problems
-from .errors import SpecError
-from .graph import build_model, stored_var_names
+from .families import get_family
+from .paths import Plan, choose_path
+from .posterior import stored_var_names
 from .priors import PriorTable, resolve_priors
 from .results import Fit
-from .sampling import resolve_seed, sample
-from .spec import METHODS, ModelSpec, SamplerSpec, build_spec
+from .spec import ModelSpec, SamplerSpec, build_spec, canonical_method
 
 __all__ = ["Model", "fit"]
 
@@ -36,8 +37,9 @@ class Model:
     priors : dict, optional
         Overrides keyed by parameter label or class, values like ``"normal(0, 10)"``; see
         :attr:`priors` for the labels and defaults.
-    method : {"auto", "noncentred", "marginal"}
-        ``"auto"`` uses the exact marginal path where it applies, else the non-centred graph.
+    method : {"auto", "noncentred", "collapsed"}
+        ``"auto"`` uses the exact collapsed path where it applies, else the non-centred graph.
+        ``"marginal"`` is accepted as the old name of ``"collapsed"``.
     missing : {"drop", "raise"}
         What to do with rows that have missing values in used columns (dropping prints a count).
 
@@ -71,25 +73,22 @@ class Model:
                 f"{f' ({d.n_dropped} dropped)' if d.n_dropped else ''}\n  fixed: {', '.join(d.fixed_terms)}"
                 f"\n  groups: {facs or 'none'}\n{self.prior_table!r}>")
 
+    def plan(self, method: str | None = None) -> Plan:
+        """The sampling path that ``fit`` will use, and why (:func:`bayeslmm.paths.choose_path`)."""
+        return choose_path(self.spec, self.design, method)
+
     def choose_method(self, method: str | None = None) -> tuple[str, str]:
-        """The sampling path that ``fit`` will use, and why."""
-        method = method or self.spec.method
-        if method not in METHODS:
-            raise SpecError(f"the 'method' parameter must be one of {METHODS}. Got {method!r} instead.")
-        if method == "noncentred":
-            return "noncentred", "requested"
-        ok, why = marginal.applicable(self.spec, self.design)
-        if method == "marginal" and not ok:
-            raise SpecError(f"method='marginal' does not apply: {why}. Use method='noncentred'.")
-        if ok:
-            return "marginal", why
-        return "noncentred", why
+        """``(path, reason)`` of :meth:`plan`."""
+        p = self.plan(method)
+        return p.path, p.reason
 
     def build(self, method: str = "noncentred"):
         """The PyMC model for ``method`` (for inspection, or to sample yourself)."""
-        if method == "marginal":
-            return marginal.build_marginal_model(self.design, self.prior_table)
-        return build_model(self.design, self.prior_table)
+        if canonical_method(method) == "collapsed":
+            from .paths.collapsed import build_collapsed_model
+            return build_collapsed_model(self.design, self.prior_table, chain=self.plan("collapsed").chain)
+        from .paths.noncentred import build_model
+        return build_model(self.design, self.prior_table, self.spec.family)
 
     def fit(self, *, chains: int = 4, draws: int = 1000, tune: int = 1000, seed: int | None = None,
             target_accept: float = 0.9, sampler: str = "pymc", cores: int | None = None,
@@ -119,18 +118,24 @@ class Model:
         settings = SamplerSpec(chains=chains, draws=draws, tune=tune, seed=seed,
                                target_accept=target_accept, sampler=sampler, cores=cores,
                                progressbar=progressbar)
-        chosen, why = self.choose_method(method)
+        from .sampling import resolve_seed, sample
+        plan = self.plan(method)
+        chosen, why = plan.path, plan.reason
         seed_used = resolve_seed(settings.seed)
         if verbose:
             print(f"bayeslmm: method={chosen} ({why}); NUTS sampler={settings.sampler}, "
                   f"{settings.chains} chains x {settings.draws} draws ({settings.tune} tune), "
                   f"cores={settings.n_cores}, target_accept={settings.target_accept}, seed={seed_used}")
         t0 = time.perf_counter()
-        if chosen == "marginal":
-            idata, info = marginal.sample_marginal(self.design, self.prior_table, settings, seed=seed_used)
+        if chosen == "collapsed":
+            from .paths.collapsed import sample_collapsed
+            idata, info = sample_collapsed(self.design, self.prior_table, settings, seed=seed_used,
+                                           chain=plan.chain)
         else:
-            model = build_model(self.design, self.prior_table)
-            idata, info = sample(model, settings, var_names=stored_var_names(self.design), seed=seed_used)
+            from .paths.noncentred import build_model
+            model = build_model(self.design, self.prior_table, self.spec.family)
+            names = stored_var_names(self.design, get_family(self.spec.family).aux_names)
+            idata, info = sample(model, settings, var_names=names, seed=seed_used)
         info["total_s"] = time.perf_counter() - t0
         info["method"] = chosen
         info["method_reason"] = why

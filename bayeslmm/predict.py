@@ -13,59 +13,24 @@ Semantics of new group levels (fixed here, documented in the README, tested):
   factor and the levels.
 * ``include_random=False`` gives the population-level (marginal over groups, conditional on the
   group effects being 0) prediction ``X b``.
-* ``kind="mean"`` predicts the expected value ``mu``; ``kind="response"`` adds residual noise
-  N(0, sigma) (a posterior predictive draw of a new observation).
+* ``kind="mean"`` predicts the expected value ``mu``; ``kind="response"`` draws a new observation
+  from the family (gaussian: adds N(0, sigma) noise), a posterior predictive draw.
 """
 
 from __future__ import annotations
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .design import predictor_arrays
 from .errors import DataError
+from .families import get_family
+from .posterior import cov_draws
 
-__all__ = ["predict", "new_data_arrays", "linear_predictor"]
+__all__ = ["predict", "linear_predictor"]
 
 KINDS = ("mean", "response")
-
-
-def new_data_arrays(design, data: pd.DataFrame):
-    """Fixed design X and, per factor, (Z, codes) for new data; unseen levels get code -1."""
-    if not isinstance(data, pd.DataFrame) or len(data) == 0:
-        raise DataError("new data must be a non-empty pandas DataFrame")
-    needed = [c for c in design.frame.columns if c != design.response]
-    missing = [c for c in needed if c not in data.columns]
-    if missing:
-        raise DataError(f"new data lacks column(s) {missing} used by the model; it needs {needed}")
-    frame = data.loc[:, needed].copy()
-    bad = [c for c in needed if frame[c].isna().any()]
-    if bad:
-        raise DataError(f"new data has missing values in {bad}; predictions need complete rows "
-                        "(drop or fill them first)")
-    try:
-        X = np.asarray(design.fixed_spec.get_model_matrix(frame), dtype=float)
-    except Exception as exc:
-        raise DataError(f"cannot build the fixed-effect design for the new data: {exc}") from exc
-    parts = []
-    for f in design.factors:
-        Zs = []
-        for spec in f.term_specs:
-            try:
-                Zs.append(np.asarray(spec.get_model_matrix(frame), dtype=float))
-            except Exception as exc:
-                raise DataError(f"cannot build the random-effect design of {f.name!r} for the new data: "
-                                f"{exc}") from exc
-        cols = f.columns
-        if len(cols) == 1:
-            labels = frame[cols[0]].astype(str).to_numpy()
-        else:
-            labels = frame[list(cols)].astype(str).agg(":".join, axis=1).to_numpy()
-        index = {lv: k for k, lv in enumerate(f.levels)}
-        codes = np.array([index.get(lv, -1) for lv in labels], dtype=np.int64)
-        parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
-    return X, parts
 
 
 def linear_predictor(X: np.ndarray, b: np.ndarray, effects) -> np.ndarray:
@@ -81,13 +46,7 @@ def linear_predictor(X: np.ndarray, b: np.ndarray, effects) -> np.ndarray:
 
 def _sample_cov(fit, f):
     """Per-draw Cholesky factor of the group covariance of factor f: (S, q, q)."""
-    sd = fit.draws(f"sd_{f.name}")
-    if f.has_correlation:
-        cor = fit.draws(f"cor_{f.name}")
-    else:
-        cor = np.broadcast_to(np.eye(f.q), (sd.shape[0], f.q, f.q))
-    cov = sd[:, :, None] * cor * sd[:, None, :]
-    return np.linalg.cholesky(cov + 1e-300 * np.eye(f.q))
+    return np.linalg.cholesky(cov_draws(fit.posterior, f) + 1e-300 * np.eye(f.q))
 
 
 def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", include_random: bool = True,
@@ -121,7 +80,8 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
     if kind not in KINDS:
         raise DataError(f"the 'kind' parameter must be one of {KINDS}. Got {kind!r} instead.")
     design = fit.design
-    X, parts = new_data_arrays(design, design.frame if data is None else data)
+    X, parts = predictor_arrays(design, design.data_frame() if data is None else data)
+    family = get_family(fit.spec.family)
     rng = np.random.default_rng(fit.info.get("seed", 0) if seed is None else seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
@@ -145,13 +105,14 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
                 codes = codes.copy()
                 codes[new] = [extra[lv] for lv in labels[new]]
             effects.append((Z, codes, r))
-    mu = linear_predictor(X, fit.draws("b"), effects)
+    mu = family.inverse_link(linear_predictor(X, fit.draws("b"), effects))
     if kind == "response":
-        mu = mu + fit.draws("sigma")[:, None] * rng.standard_normal(mu.shape)
+        mu = family.draw(mu, {a: fit.draws(a)[:, None] for a in family.aux_names}, rng)
     da = xr.DataArray(mu.reshape(C, D, -1), dims=("chain", "draw", "obs"),
                       coords={"chain": post["chain"].values, "draw": post["draw"].values})
     if not summary:
         return da
+    import arviz as az
     hdi = az.hdi(da, prob=prob)
     tab = pd.DataFrame({"mean": mu.mean(axis=0), "sd": mu.std(axis=0, ddof=1),
                         "hdi_lower": hdi.sel(ci_bound="lower").to_numpy(),

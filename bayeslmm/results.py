@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -32,6 +31,7 @@ def summarize_draws(draws: dict[str, xr.DataArray], prob: float = 0.95) -> pd.Da
     """
     ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")])
                      for k, v in draws.items()})
+    import arviz as az
     tab = az.summary(ds, ci_kind="hdi", ci_prob=prob, round_to="none")
     lo, hi = [c for c in tab.columns if c.startswith("hdi")]
     tab = tab.rename(columns={lo: "hdi_lower", hi: "hdi_upper"})
@@ -70,6 +70,7 @@ class Fit:
         self.prior_table = prior_table
         self.sampler = sampler
         self.info = dict(info)
+        self._cache: dict = {}          # derived arrays (log-likelihood); never saved
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -157,12 +158,13 @@ class Fit:
         return diagnostics(self, **kwargs)
 
     def log_likelihood(self) -> xr.DataArray:
-        """Pointwise log-likelihood (also stored in ``idata`` as group ``log_likelihood``, var ``y``)."""
-        from .diagnostics import add_log_likelihood
-        return add_log_likelihood(self)["log_likelihood"]["y"]
+        """Pointwise log-likelihood, dims (chain, draw, obs); computed once and cached (``idata`` is
+        not changed: :func:`bayeslmm.diagnostics.add_log_likelihood` stores it there)."""
+        from .diagnostics import pointwise_log_likelihood
+        return pointwise_log_likelihood(self)
 
     def loo(self, **kwargs):
-        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`."""
+        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`. Does not change the fit."""
         from .diagnostics import loo
         return loo(self, **kwargs)
 
@@ -236,7 +238,7 @@ class Fit:
         """
         path = str(path)
         tree = self.idata.copy()
-        frame = self.design.frame
+        frame = self.design.data_frame()
         cats = {c: [str(v) for v in frame[c].cat.categories] for c in frame.columns
                 if isinstance(frame[c].dtype, pd.CategoricalDtype)}
         data = xr.Dataset({c: ("row", _to_storable(frame[c])) for c in frame.columns})

@@ -94,7 +94,7 @@ def prior_sensitivity(fit, scales=(0.5, 2.0), *, classes=("sd",), threshold: flo
             continue
         spec = build_spec(fit.spec.formula.text, family=fit.spec.family,
                           priors=sensitivity_priors(fit.prior_table, sc, classes), method=fit.spec.method)
-        fits[sc] = Model(spec, fit.design.frame).fit(**kw)
+        fits[sc] = Model(spec, fit.design.data_frame()).fit(**kw)
     rows = []
     keep = None
     for sc, f in sorted(fits.items()):

@@ -34,7 +34,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import BayesLMMError
-from .icc import _cov_draws, _hdi
+from .families import get_family
+from .posterior import cov_draws, hdi, stack
+from .stats import group_crossprods
 
 __all__ = ["ShrinkageResult", "shrinkage", "pooling_factor", "no_pooling_estimates",
            "model_shrinkage_draws"]
@@ -50,19 +52,6 @@ def _factor(design, factor):
     if factor not in names:
         raise BayesLMMError(f"no grouping factor {factor!r}; the factors are {names}.")
     return [design.factor(factor)]
-
-
-def _group_crossprods(f, e: np.ndarray | None = None):
-    """Per group Z_j'Z_j (J, q, q) and, given e, Z_j'e_j (J, q); by integer codes (no indicator)."""
-    J, q = f.n_levels, f.q
-    ZtZ = np.empty((J, q, q))
-    for a in range(q):
-        for b in range(a, q):
-            ZtZ[:, a, b] = ZtZ[:, b, a] = np.bincount(f.codes, f.Z[:, a] * f.Z[:, b], minlength=J)
-    if e is None:
-        return ZtZ, None
-    Zte = np.stack([np.bincount(f.codes, f.Z[:, a] * e, minlength=J) for a in range(q)], axis=1)
-    return ZtZ, Zte
 
 
 def no_pooling_estimates(fit, factor: str) -> np.ndarray:
@@ -83,7 +72,7 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
         if k.name != f.name:
             r_hat = post[f"r_{k.name}"].mean(("chain", "draw")).to_numpy()     # (J_k, q_k)
             e = e - np.einsum("nq,nq->n", k.Z, r_hat[k.codes])
-    ZtZ, Zte = _group_crossprods(f, e)
+    ZtZ, Zte = group_crossprods(f, e)
     out = np.full((f.n_levels, f.q), np.nan)
     for j in range(f.n_levels):
         M = ZtZ[j]
@@ -98,13 +87,15 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
     ``W_j = (I + S Z_j'Z_j / sigma^2)^-1`` per draw; for a random intercept
     ``sigma^2 / (sigma^2 + n_j sd^2)``.
     """
-    if getattr(fit.spec, "family", "gaussian") != "gaussian":
-        raise BayesLMMError("the model-based shrinkage factor is defined for family='gaussian' only.")
+    family = get_family(fit.spec.family)
+    if not family.supports_collapsed:
+        raise BayesLMMError(f"the model-based shrinkage factor needs a Gaussian conditional of the group "
+                            f"effects; family {family.name!r} has none.")
     f = fit.design.factor(factor)
     post = fit.posterior
-    S = _cov_draws(post, f)                                        # (S, q, q)
-    sigma2 = fit.draws("sigma") ** 2                               # (S,)
-    ZtZ, _ = _group_crossprods(f)                                  # (J, q, q)
+    S = cov_draws(post, f)                                        # (S, q, q)
+    sigma2 = family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names})   # (S,)
+    ZtZ, _ = group_crossprods(f)                                  # (J, q, q)
     n_s, q = S.shape[0], f.q
     out = np.empty((n_s, f.n_levels, q))
     if q == 1:
@@ -205,7 +196,7 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
     design = fit.design
     b = fit.draws("b")                                             # (S, p)
     b_hat = b.mean(axis=0)
-    gaussian = getattr(fit.spec, "family", "gaussian") == "gaussian"
+    gaussian = get_family(fit.spec.family).supports_collapsed
     frames = []
     for f in _factor(design, factor):
         r = fit.draws(f"r_{f.name}")                               # (S, J, q)
@@ -220,8 +211,8 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
             else:
                 coef = r[:, :, k]
                 complete = 0.0
-            hd = np.array([_hdi(coef[:, j], prob) for j in range(f.n_levels)])
-            he = np.array([_hdi(r[:, j, k], prob) for j in range(f.n_levels)])
+            hd = np.array([hdi(coef[:, j], prob) for j in range(f.n_levels)])
+            he = np.array([hdi(r[:, j, k], prob) for j in range(f.n_levels)])
             partial = coef.mean(axis=0)
             nopool = complete + u_np[:, k]
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -232,7 +223,7 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
                  "effect_mean": r[:, :, k].mean(axis=0), "effect_lower": he[:, 0],
                  "effect_upper": he[:, 1], "shrinkage": emp}
             if W is not None:
-                hw = np.array([_hdi(W[:, j, k], prob) for j in range(f.n_levels)])
+                hw = np.array([hdi(W[:, j, k], prob) for j in range(f.n_levels)])
                 d.update({"shrinkage_model": W[:, :, k].mean(axis=0),
                           "shrinkage_model_lower": hw[:, 0], "shrinkage_model_upper": hw[:, 1]})
             frames.append(pd.DataFrame(d))

@@ -1,7 +1,7 @@
 """Simulate data from a linear mixed model: known parameters in, a DataFrame out.
 
 Used for parameter recovery, simulation-based calibration (:mod:`bayeslmm.validation`) and
-boundary studies. The generative model is exactly the one :mod:`bayeslmm.graph` fits:
+boundary studies. The generative model is exactly the one :mod:`bayeslmm.paths.noncentred` fits:
 
 .. math::
 
@@ -39,6 +39,7 @@ import pandas as pd
 
 from .design import Design, FactorDesign
 from .errors import SpecError
+from .families import get_family
 from .priors import PriorTable, draw_prior
 
 __all__ = ["TrueParameters", "draw_parameters", "draw_lkj_corr", "random_effects",
@@ -67,6 +68,11 @@ class TrueParameters:
     sd: dict
     cor: dict = field(default_factory=dict)
     sigma: float = 1.0
+
+    @property
+    def aux(self) -> dict[str, float]:
+        """The family's auxiliary parameters (gaussian: ``sigma``)."""
+        return {"sigma": self.sigma}
 
     def sds(self, factor: FactorDesign) -> np.ndarray:
         """Group-level SDs of ``factor`` in term order (q,)."""
@@ -141,16 +147,16 @@ def draw_parameters(prior_table: PriorTable, design: Design, rng: np.random.Gene
     """Draw one parameter set from the prior table, with the conventions of the fitted graph.
 
     The ``Intercept`` prior is on the intercept at centred predictors (as in
-    :func:`bayeslmm.graph.fixed_part`), so the returned ``b["Intercept"]`` is
+    ``Design.slope_means``, as in :func:`bayeslmm.paths.blocks.fixed_effects`), so the returned ``b["Intercept"]`` is
     ``Intercept_c - mean(X_slopes) @ b_slopes``. Each correlated block of a factor gets an
     independent LKJ draw with the factor's ``cor(g)`` eta.
     """
     terms = design.fixed_terms
-    slopes = [j for j, t in enumerate(terms) if t != "Intercept"]
+    slopes = list(design.slope_columns)
     b = {terms[j]: float(draw_prior(prior_table[terms[j]].prior, rng)) for j in slopes}
     if design.has_intercept:
         ic = float(draw_prior(prior_table["Intercept"].prior, rng))
-        xm = design.X[:, slopes].mean(axis=0) if slopes else np.zeros(0)
+        xm = design.slope_means
         b["Intercept"] = ic - float(xm @ np.array([b[terms[j]] for j in slopes]))
     b = {t: b[t] for t in terms}
     sd, cor = {}, {}
@@ -183,7 +189,8 @@ def random_effects(design: Design, params: TrueParameters, rng: np.random.Genera
 
 
 def simulate_response(design: Design, params: TrueParameters, rng: np.random.Generator,
-                      effects: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                      effects: dict[str, np.ndarray] | None = None, *,
+                      family: str = "gaussian") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Simulate ``y`` for the design's predictors and groups.
 
     Returns
@@ -202,7 +209,7 @@ def simulate_response(design: Design, params: TrueParameters, rng: np.random.Gen
     eta = design.X @ b
     for f in design.factors:
         eta = eta + np.einsum("nq,nq->n", f.Z, effects[f.name][f.codes])
-    y = eta + rng.normal(0.0, params.sigma, design.n)
+    y = get_family(family).draw(eta, params.aux, rng)
     return y, effects
 
 
@@ -222,11 +229,10 @@ def simulate(design: Design, params: TrueParameters, rng: np.random.Generator,
     Returns
     -------
     pandas.DataFrame
-        Same columns and rows as ``design.frame``; ``attrs["effects"]`` holds the random effects.
+        Same columns and rows as ``design.data_frame()``; ``attrs["effects"]`` holds the random effects.
     """
     y, eff = simulate_response(design, params, rng, effects)
-    out = design.frame.copy()
-    out[design.response] = y
+    out = design.data_frame(y)
     out.attrs["effects"] = eff
     return out
 

@@ -1,10 +1,14 @@
 """Shared fixtures. Expensive fits are made once per session and reused (compile once per structure).
 
-`fitted(key, formula, data, **fit_kwargs)` caches fits by key for the whole session.
+``get_fit(formula, data, model_kwargs=None, **fit_kwargs)`` caches fits for the whole session,
+keyed by the actual arguments: the formula, a hash of the data (values, columns, dtypes), the
+model options and the fit options (defaults filled in), so two tests share a fit only when they
+ask for the same one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -15,20 +19,36 @@ import bayeslmm as blmm
 warnings.filterwarnings("ignore", message=".*BLAS.*")
 
 
+def data_key(data) -> str:
+    """Hash of a DataFrame's values, index, column names and dtypes."""
+    import pandas as pd
+    h = hashlib.sha256(pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes())
+    h.update(repr([(str(c), str(t)) for c, t in data.dtypes.items()]).encode())
+    return h.hexdigest()
+
+
+def fit_key(formula, data, model_kwargs, fit_kwargs) -> tuple:
+    """The cache key of a fit: every argument that can change it."""
+    def frozen(d):
+        return tuple(sorted((k, repr(sorted(v.items())) if isinstance(v, dict) else repr(v)) for k, v in d.items()))
+    return (formula, data_key(data), frozen(model_kwargs), frozen(fit_kwargs))
+
+
 @pytest.fixture(scope="session")
 def fit_cache():
-    """Session-wide dict of fits keyed by a string; use `get_fit` to fill it."""
+    """Session-wide dict of fits keyed by :func:`fit_key`; use `get_fit` to fill it."""
     return {}
 
 
 @pytest.fixture(scope="session")
 def get_fit(fit_cache):
-    """Return a cached fit: get_fit(key, formula, data, model_kwargs=None, **fit_kwargs)."""
+    """Return a cached fit: ``get_fit(formula, data, model_kwargs=None, **fit_kwargs)``."""
 
-    def _get(key, formula, data, model_kwargs=None, **fit_kwargs):
+    def _get(formula, data, model_kwargs=None, **fit_kwargs):
+        kw = dict(chains=2, draws=500, tune=500, seed=1, progressbar=False, verbose=False)
+        kw.update(fit_kwargs)
+        key = fit_key(formula, data, model_kwargs or {}, kw)
         if key not in fit_cache:
-            kw = dict(chains=2, draws=500, tune=500, seed=1, progressbar=False, verbose=False)
-            kw.update(fit_kwargs)
             fit_cache[key] = blmm.Model(formula, data, **(model_kwargs or {})).fit(**kw)
         return fit_cache[key]
 

@@ -12,7 +12,7 @@ SLEEP = "Reaction ~ Days + (Days | Subject)"
 
 @pytest.fixture(scope="module")
 def sleep_fit(get_fit, sleepstudy):
-    return get_fit("sleep_nc", SLEEP, sleepstudy, method="noncentred")
+    return get_fit(SLEEP, sleepstudy, method="noncentred")
 
 
 def test_same_seed_same_draws_and_data_untouched(dyestuff):

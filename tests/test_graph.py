@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 import bayeslmm as blmm
-from bayeslmm.graph import build_model, stored_var_names
+from bayeslmm.paths.noncentred import build_model
+from bayeslmm.posterior import stored_var_names
 
 
 def built(formula, data):
@@ -20,7 +21,7 @@ def test_correlated_block(sleepstudy):
     assert pmm.named_vars_to_dims["r_Subject"] == ("Subject__level", "Subject__term")
     assert pmm.named_vars_to_dims["cor_Subject"] == ("Subject__term", "Subject__term2")
     assert pmm.coords["Subject__term"] == ("Intercept", "Days")
-    assert stored_var_names(m.design) == ["b", "sd_Subject", "cor_Subject", "r_Subject", "sigma"]
+    assert stored_var_names(m.design, ("sigma",)) == ["b", "sd_Subject", "cor_Subject", "r_Subject", "sigma"]
 
 
 def test_non_centred_identity(sleepstudy):

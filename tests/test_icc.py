@@ -18,7 +18,7 @@ SIM_FORMULA = "y ~ x + (1 | g)"
 @pytest.fixture(scope="session")
 def sim_fit(get_fit, sim_ri):
     df, _ = sim_ri
-    return get_fit("sim_ri_x", SIM_FORMULA, df, chains=2, draws=1000, tune=1000, seed=11,
+    return get_fit(SIM_FORMULA, df, chains=2, draws=1000, tune=1000, seed=11,
                    method="noncentred")
 
 
@@ -120,7 +120,7 @@ def test_icc_and_shrinkage_agree_across_sampling_paths(sim_fit, get_fit, sim_ri)
     import arviz as az
 
     df, _ = sim_ri
-    other = get_fit("sim_ri_x_auto", SIM_FORMULA, df, chains=2, draws=1000, tune=1000, seed=13)
+    other = get_fit(SIM_FORMULA, df, chains=2, draws=1000, tune=1000, seed=13)
 
     def mean_and_mcse(fit, x):
         c, d = fit.posterior.sizes["chain"], fit.posterior.sizes["draw"]

@@ -1,4 +1,4 @@
-"""The LKJ prior on correlation matrices (graph.lkj_cholesky): canonical partial correlations.
+"""The LKJ prior on correlation matrices (paths.blocks.lkj_cholesky): canonical partial correlations.
 
 Exact checks: the density is normalised (n = 2, by quadrature) and is LKJ's det(C)^(eta-1) once
 the Jacobian of y -> C is accounted for (n = 3, 4, numerically differentiated Jacobian); the built
@@ -14,7 +14,7 @@ import pytensor.tensor as pt
 import pytest
 from scipy import integrate, stats
 
-from bayeslmm.graph import lkj_cholesky
+from bayeslmm.paths.blocks import lkj_cholesky
 
 LEVEL = 1e-3          # per KS test: a correct sampler fails one with probability 1e-3
 

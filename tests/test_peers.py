@@ -59,10 +59,10 @@ def test_statsmodels_wrapper_matches_lme4(name, reml, sleepstudy, dyestuff):
 def peer_tables(get_fit, sleepstudy, dyestuff, radon):
     """Posterior vs REML/ML for the three data sets (fits shared with other test modules by key)."""
     fits = {
-        "sleepstudy": (get_fit("sleep_nc", SLEEP, sleepstudy, method="noncentred"), sleepstudy, SLEEP),
-        "Dyestuff": (get_fit("dye_nc_peer", DYE, dyestuff, chains=2, draws=1000, tune=1000, seed=3,
+        "sleepstudy": (get_fit(SLEEP, sleepstudy, method="noncentred"), sleepstudy, SLEEP),
+        "Dyestuff": (get_fit(DYE, dyestuff, chains=2, draws=1000, tune=1000, seed=3,
                              method="noncentred"), dyestuff, DYE),
-        "radon_mn": (get_fit("radon_floor", RADON, radon, chains=2, draws=500, tune=500, seed=2,
+        "radon_mn": (get_fit(RADON, radon, chains=2, draws=500, tune=500, seed=2,
                              method="noncentred"), radon, RADON),
     }
     return {k: peer_comparison(f, d, formula) for k, (f, d, formula) in fits.items()}

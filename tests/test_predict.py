@@ -11,7 +11,7 @@ SLEEP = "Reaction ~ Days + (Days | Subject)"
 
 @pytest.fixture(scope="module")
 def fit(get_fit, sleepstudy):
-    return get_fit("sleep_nc", SLEEP, sleepstudy, method="noncentred")
+    return get_fit(SLEEP, sleepstudy, method="noncentred")
 
 
 def test_known_levels_equal_linear_predictor(fit):

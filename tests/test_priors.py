@@ -8,7 +8,7 @@ from scipy import special, stats
 
 import bayeslmm as blmm
 from bayeslmm import PriorError
-from bayeslmm.graph import build_model
+from bayeslmm.paths.noncentred import build_model
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 

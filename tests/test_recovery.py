@@ -17,7 +17,6 @@ import bayeslmm as blmm
 
 pytestmark = pytest.mark.slow
 FIT = dict(chains=2, draws=600, tune=600, seed=7, progressbar=False, verbose=False)
-RESULTS = []
 
 
 def z_scores(fit, truth: dict[str, float]):
@@ -29,14 +28,8 @@ def z_scores(fit, truth: dict[str, float]):
     return out
 
 
-def check(fit, truth):
-    zs = z_scores(fit, truth)
-    RESULTS.extend(zs.values())
-    bad = {k: round(z, 2) for k, (z, _) in zs.items() if abs(z) > 3.5}
-    assert not bad, f"parameters too far from the truth (z-scores): {bad}"
-
-
-def test_random_intercept():
+# -- the four designs: name -> () -> (formula, data, truth) ----------------------------------
+def random_intercept():
     rng = np.random.default_rng(101)
     J, n_j = 30, 10
     g = np.repeat(np.arange(J), n_j)
@@ -44,11 +37,10 @@ def test_random_intercept():
     u = rng.normal(0, 0.8, J)
     y = 2.0 + 0.5 * x + u[g] + rng.normal(0, 1.0, J * n_j)
     df = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
-    fit = blmm.Model("y ~ x + (1 | g)", df).fit(**FIT)
-    check(fit, {"Intercept": 2.0, "x": 0.5, "sd(g, Intercept)": 0.8, "sigma": 1.0})
+    return "y ~ x + (1 | g)", df, {"Intercept": 2.0, "x": 0.5, "sd(g, Intercept)": 0.8, "sigma": 1.0}
 
 
-def test_correlated_intercept_and_slope():
+def correlated_intercept_and_slope():
     rng = np.random.default_rng(202)
     J, n_j = 40, 10
     g = np.repeat(np.arange(J), n_j)
@@ -58,12 +50,11 @@ def test_correlated_intercept_and_slope():
     u = rng.multivariate_normal([0, 0], cov, size=J)
     y = 1.0 + 0.3 * x + u[g, 0] + u[g, 1] * x + rng.normal(0, 0.7, J * n_j)
     df = pd.DataFrame({"y": y, "x": x, "g": g})
-    fit = blmm.Model("y ~ x + (1 + x | g)", df).fit(**FIT)
-    check(fit, {"Intercept": 1.0, "x": 0.3, "sd(g, Intercept)": 1.0, "sd(g, x)": 0.5,
-                "cor(g, Intercept, x)": rho, "sigma": 0.7})
+    return "y ~ x + (1 + x | g)", df, {"Intercept": 1.0, "x": 0.3, "sd(g, Intercept)": 1.0, "sd(g, x)": 0.5,
+                                       "cor(g, Intercept, x)": rho, "sigma": 0.7}
 
 
-def test_crossed_factors():
+def crossed_factors():
     rng = np.random.default_rng(303)
     S, I = 30, 20
     s = np.repeat(np.arange(S), I)
@@ -71,12 +62,11 @@ def test_crossed_factors():
     x = rng.normal(size=S * I)
     y = 5.0 - 0.4 * x + rng.normal(0, 0.7, S)[s] + rng.normal(0, 0.5, I)[i] + rng.normal(0, 1.0, S * I)
     df = pd.DataFrame({"y": y, "x": x, "subject": s, "item": i})
-    fit = blmm.Model("y ~ x + (1 | subject) + (1 | item)", df).fit(**FIT)
-    check(fit, {"Intercept": 5.0, "x": -0.4, "sd(subject, Intercept)": 0.7, "sd(item, Intercept)": 0.5,
-                "sigma": 1.0})
+    return "y ~ x + (1 | subject) + (1 | item)", df, {
+        "Intercept": 5.0, "x": -0.4, "sd(subject, Intercept)": 0.7, "sd(item, Intercept)": 0.5, "sigma": 1.0}
 
 
-def test_nested_design():
+def nested_design():
     rng = np.random.default_rng(404)
     K, C, P = 15, 4, 8
     school = np.repeat(np.arange(K), C * P)
@@ -85,16 +75,43 @@ def test_nested_design():
     cls_eff = rng.normal(0, 0.5, (K, C))
     y = 10.0 + sch_eff[school] + cls_eff[school, cls] + rng.normal(0, 1.0, K * C * P)
     df = pd.DataFrame({"y": y, "school": school, "cls": cls})
-    fit = blmm.Model("y ~ 1 + (1 | school/cls)", df).fit(**FIT)
-    assert [f.name for f in fit.design.factors] == ["school", "school:cls"]
-    assert fit.design.factors[1].n_levels == K * C
-    check(fit, {"Intercept": 10.0, "sd(school, Intercept)": 1.0, "sd(school:cls, Intercept)": 0.5,
-                "sigma": 1.0})
+    return "y ~ 1 + (1 | school/cls)", df, {"Intercept": 10.0, "sd(school, Intercept)": 1.0,
+                                            "sd(school:cls, Intercept)": 0.5, "sigma": 1.0}
 
 
-def test_aggregate_interval_coverage():
-    """Runs last in this module: 95% HDIs cover the truth at the nominal rate (see module docstring)."""
-    if len(RESULTS) < 19:
-        pytest.skip("needs the recovery tests above in the same run")
-    covered = sum(c for _, c in RESULTS)
-    assert covered >= len(RESULTS) - 5, f"{covered}/{len(RESULTS)} truths inside the 95% HDI"
+DESIGNS = {f.__name__: f for f in (random_intercept, correlated_intercept_and_slope, crossed_factors,
+                                   nested_design)}
+
+
+@pytest.fixture(scope="module")
+def recovered():
+    """name -> (fit, truth); each design is fitted once per module, whichever test asks first."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            formula, df, truth = DESIGNS[name]()
+            cache[name] = (blmm.Model(formula, df).fit(**FIT), truth)
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_recovery(name, recovered):
+    fit, truth = recovered(name)
+    if name == "nested_design":
+        assert [f.name for f in fit.design.factors] == ["school", "school:cls"]
+        assert fit.design.factors[1].n_levels == 15 * 4
+    zs = z_scores(fit, truth)
+    bad = {k: round(z, 2) for k, (z, _) in zs.items() if abs(z) > 3.5}
+    assert not bad, f"parameters too far from the truth (z-scores): {bad}"
+
+
+def test_aggregate_interval_coverage(recovered):
+    """95% HDIs cover the truth at the nominal rate over all 19 parameters (see module docstring).
+
+    Computes every fit it needs itself (shared with the tests above when they ran first)."""
+    results = [c for name in DESIGNS for _, c in z_scores(*recovered(name)).values()]
+    assert len(results) == 19
+    covered = sum(results)
+    assert covered >= len(results) - 5, f"{covered}/{len(results)} truths inside the 95% HDI"

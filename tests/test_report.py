@@ -64,7 +64,7 @@ def _chromium(exe: str, *args: str, timeout: int = 120) -> subprocess.CompletedP
 
 @pytest.fixture(scope="session")
 def report_dir(get_fit, sleepstudy, tmp_path_factory):
-    fit = get_fit("sleep_nc", SLEEP, sleepstudy, method="noncentred")
+    fit = get_fit(SLEEP, sleepstudy, method="noncentred")
     out = tmp_path_factory.mktemp("report")
     path = fit.report(out, verbose=False)
     assert path == str(out / "report.html")

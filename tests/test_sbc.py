@@ -3,16 +3,12 @@
 Talts et al. (2018): draw parameters from the prior, simulate data, fit, and rank the truth among
 ``L`` thinned posterior draws; a calibrated model + sampler gives uniform ranks for every
 parameter. Here: 2 chains x 500 draws thinned to L = 49 per replicate, for a random-intercept
-model and a correlated intercept + slope model, on the non-centred graph and (when present) the
-exact marginal path. The graph and priors are the package's own; NUTS is nutpie's where installed
+model and a correlated intercept + slope model, on the non-centred graph and the exact collapsed
+path. The graph and priors are the package's own; NUTS is nutpie's where installed
 (compile once, swap the data per replicate: ~0.2 s a replicate) else PyMC's.
 
 False-alarm budget: per case, a chi-square test and the simultaneous ECDF test for each tracked
-parameter, Holm-corrected to a family-wise level # nutpie compiles once and swaps the data; PyMC's NUTS would recompile for every replicate
-# (seconds each), too slow for make test. `make install` brings nutpie (the bench extra).
-pytest.importorskip("nutpie", reason="the small SBC needs nutpie (pip install bayeslmm[nutpie])")
-
-ALPHA = 1e-3, so a correctly calibrated case fails
+parameter, Holm-corrected to a family-wise level ALPHA = 1e-3, so a correctly calibrated case fails
 with probability <= 1e-3 and the whole file (4 cases) with <= 4e-3. Few replicates (60-100) give
 power only against gross errors (a prior on the wrong scale, a wrong centring or LKJ convention);
 the negative control below proves the test has that power on this very setup.
@@ -23,21 +19,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bayeslmm.validation import make_refitter, run_sbc, sbc_cases
+# nutpie compiles once and swaps the data; PyMC's NUTS would recompile for every replicate
+# (seconds each), too slow for make test. `make install` brings nutpie (the bench extra).
+pytest.importorskip("nutpie", reason="the small SBC needs nutpie (pip install bayeslmm[bench])")
+
+from bayeslmm.validation import make_refitter, run_sbc, sbc_cases  # noqa: E402
 
 ALPHA = 1e-3
 SETTINGS = dict(chains=2, draws=500, tune=400, n_ranks=49)
 
 
-def _methods():
-    try:
-        import bayeslmm.marginal  # noqa: F401
-    except ImportError:
-        return ["noncentred"]
-    return ["noncentred", "marginal"]
-
-
-CASES = {c.name: c for c in sbc_cases(_methods())}
+CASES = {c.name: c for c in sbc_cases(("noncentred", "collapsed"))}
 REPLICATES = {"intercept": 100, "slope": 60}
 
 

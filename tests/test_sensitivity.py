@@ -54,7 +54,7 @@ def test_dyestuff_batch_sd_moves_with_its_prior(get_fit, dyestuff):
     of a few MCSE, and the observed shifts (about 0.3-0.5 posterior SD per factor 4 in scale)
     are ~10 MCSE.
     """
-    fit = get_fit("dye_nc_peer", DYE, dyestuff, chains=2, draws=1000, tune=1000, seed=3, method="noncentred")
+    fit = get_fit(DYE, dyestuff, chains=2, draws=1000, tune=1000, seed=3, method="noncentred")
     tab = fit.prior_sensitivity(scales=(0.25, 4.0))
     sd = tab.loc["sd(Batch, Intercept)"].set_index("scale")
     assert list(sd.index) == [0.25, 1.0, 4.0]

@@ -16,14 +16,14 @@ RADON = "log_radon ~ floor_measure + (1 | county_idx)"
 @pytest.fixture(scope="session")
 def sim_fit(get_fit, sim_ri):
     df, _ = sim_ri
-    return get_fit("sim_ri_x", "y ~ x + (1 | g)", df, chains=2, draws=1000, tune=1000, seed=11,
+    return get_fit("y ~ x + (1 | g)", df, chains=2, draws=1000, tune=1000, seed=11,
                    method="noncentred")
 
 
 @pytest.fixture(scope="session")
 def radon_fit(get_fit, radon):
     # default method: the exact marginal path where it applies (effects drawn afterwards)
-    return get_fit("radon_floor", RADON, radon, chains=2, draws=500, tune=500, seed=2)
+    return get_fit(RADON, radon, chains=2, draws=500, tune=500, seed=2)
 
 
 def test_no_pooling_is_group_mean_for_intercept_only(fake_fit, dyestuff):

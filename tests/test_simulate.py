@@ -48,7 +48,7 @@ def test_simulate_is_exact_linear_predictor_plus_noise(slope_model):
     np.testing.assert_allclose(y, expected, atol=1e-12)
     out = simulate(d, truth, np.random.default_rng(2))
     np.testing.assert_allclose(out["y"], y, atol=1e-12)        # same seed, same data
-    assert out is not d.frame and list(out.columns) == list(d.frame.columns)
+    assert list(out.columns) == list(d.column_names) == list(d.data_frame().columns)
     assert truth.flat(d) == {"Intercept": 1.0, "x": -2.0, "sd(g, Intercept)": 0.5, "sd(g, x)": 0.2,
                              "cor(g, Intercept, x)": 0.3, "sigma": 0.0}
     assert list(truth.flat(d)) == parameter_labels(d)

@@ -83,7 +83,7 @@ def _factors_table(design) -> pd.DataFrame:
 
 
 def _data_table(design) -> pd.DataFrame:
-    frame = design.frame
+    frame = design.data_frame()
     rows = []
     for c in frame.columns:
         s = frame[c]

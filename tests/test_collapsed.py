@@ -1,13 +1,13 @@
-"""The exact marginal (collapsed) path for Gaussian models.
+"""The exact collapsed path for Gaussian models (``method="collapsed"``, alias ``"marginal"``).
 
 Fast tests check exact identities against dense linear algebra (no sampling):
 * the per-group marginal log-density equals scipy's multivariate-normal log-density of y,
   through the numpy elimination, the PyTensor graph and the built ``pm.Model``;
 * the random-effect draws are mean + sigma L^-T z with mean = A^-1 Z'r and
   (sigma L^-T)(sigma L^-T)' = sigma^2 A^-1, the dense conditional;
-* ``applicable`` says no, with the reason, for crossed factors.
+* ``choose_path`` says no, with the reason, for crossed factors.
 
-The slow test compares posteriors of the marginal and non-centred paths on three designs.
+The slow test compares posteriors of the collapsed and non-centred paths on three designs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import xarray as xr
 from pymc.blocking import DictToArrayBijection
 
 import bayeslmm as blmm
-from bayeslmm import marginal as mg
-from bayeslmm import marginal_kernel as mk
+from bayeslmm import stats as gs
+from bayeslmm.paths import choose_path
+from bayeslmm.paths import collapsed as cp
+from bayeslmm.paths import collapsed_kernel as mk
+from bayeslmm.paths import elimination as el
 
 # --------------------------------------------------------------------------------------------
 # Random small designs
@@ -110,18 +113,18 @@ def cases():
     out = {}
     for k, (name, formula) in enumerate(DESIGNS.items()):
         m = blmm.Model(formula, _frame(100 + k))
-        chain, _ = mg.nesting_chain(m.design)
+        chain, _ = gs.nesting_chain(m.design)
         b, sds, cors, sigma = _random_params(m.design, np.random.default_rng(k))
         out[name] = (m, chain, b, sds, cors, sigma)
     return out
 
 
 def _numpy_group_loglik(m, chain, b, sds, cors, sigma):
-    stats = mg.marginal_stats(m.design, chain)
-    d, s2, logS, logdet, quad, _, ops = mg._numpy_pieces(
+    stats = gs.group_stats(m.design, chain)
+    d, s2, logS, logdet, quad, _, ops = el._numpy_pieces(
         stats, b[None], [sds[f.name][None] for f in chain], [cors[f.name][None] for f in chain],
         np.array([sigma]))
-    return mg._np_group_loglik(stats, d, s2, logS, logdet, quad, ops)[:, 0]
+    return el._np_group_loglik(stats, d, s2, logS, logdet, quad, ops)[:, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,14 +143,14 @@ def test_numpy_marginal_logdensity_equals_dense_mvn(cases, name):
 def test_pytensor_graph_equals_dense_mvn(cases, name):
     """The graph NUTS differentiates (same elimination code, PyTensor ops and scatter-adds)."""
     m, chain, b, sds, cors, sigma = cases[name]
-    stats = mg.marginal_stats(m.design, chain)
-    data = mg._stats_inputs(stats)
+    stats = gs.group_stats(m.design, chain)
+    data = cp._stats_inputs(stats)
     bt = pt.vector("b")
     s2t = pt.scalar("sigma")
     Sinv_in = [pt.matrix(f"Sinv{l}") for l in range(stats.L)]
     logS_in = [pt.scalar(f"logS{l}") for l in range(stats.L)]
     Sinv = [[[Si[i, j] for j in range(q)] for i in range(q)] for Si, q in zip(Sinv_in, stats.q)]
-    out = mg.marginal_logp_graph(stats, data, bt, Sinv, logS_in, s2t)
+    out = cp.collapsed_logp_graph(stats, data, bt, Sinv, logS_in, s2t)
     fn = pytensor.function([bt, s2t, *Sinv_in, *logS_in], out, mode="FAST_COMPILE")
     Ss = [cors[f.name] * np.outer(sds[f.name], sds[f.name]) for f in chain]
     got = fn(b, sigma, *[np.linalg.inv(S) for S in Ss], *[np.linalg.slogdet(S)[1] for S in Ss])
@@ -158,7 +161,7 @@ def test_pytensor_graph_equals_dense_mvn(cases, name):
 def test_built_model_likelihood_equals_dense_mvn(cases):
     """The pm.Model wiring: priors' RVs (LKJ factor, sd, centred intercept) reach the likelihood."""
     m, chain, *_ = cases["nested_slopes"]
-    model = mg.build_marginal_model(m.design, m.prior_table)
+    model = cp.build_collapsed_model(m.design, m.prior_table)
     assert {v.name for v in model.free_RVs} == {"Intercept_c", "beta", "sd_a", "sd_a:b", "cpc_a", "sigma"}
     y_rv = model["y_marginal"]
     outs = model.replace_rvs_by_values(
@@ -180,7 +183,7 @@ ONE_FACTOR = ["corr2", "corr3", "uncorr", "mixed_blocks", "two_corr_blocks", "no
 def _kernel_args(m, chain, b, sds, cors, sigma):
     f = chain[0]
     Cc = np.linalg.cholesky(cors[f.name])          # block-diagonal like the correlation matrix
-    data = mk.kernel_data(mg.marginal_stats(m.design, chain))
+    data = mk.kernel_data(gs.group_stats(m.design, chain))
     return [b, sds[f.name], Cc, np.array(sigma)], data
 
 
@@ -241,7 +244,7 @@ def test_one_factor_model_logp_and_gradient_through_pymc(cases):
     PyMC's gradient (chain rule through the LKJ transform, the block assembly of C_chol, the log
     transforms and the centred intercept) matches central differences of PyMC's own logp."""
     m, chain, *_ = cases["two_corr_blocks"]
-    model = mg.build_marginal_model(m.design, m.prior_table)
+    model = cp.build_collapsed_model(m.design, m.prior_table)
     y_rv = model["y_marginal"]
     outs = model.replace_rvs_by_values(
         [model.logp(vars=[y_rv], sum=False)[0], model["b"], model["sd_g"], model["cor_g"], model["sigma"]])
@@ -264,7 +267,7 @@ def test_one_factor_model_logp_and_gradient_through_pymc(cases):
 def test_effect_draws_have_the_exact_conditional_mean_and_cov(cases, name):
     """u = mean + M z with mean = A^-1 Z'r and M M' = sigma^2 A^-1 (A = sigma^2 G^-1 + Z'Z)."""
     m, chain, b, sds, cors, sigma = cases[name]
-    stats = mg.marginal_stats(m.design, chain)
+    stats = gs.group_stats(m.design, chain)
     args = (stats, b[None], [sds[f.name][None] for f in chain], [cors[f.name][None] for f in chain],
             np.array([sigma]))
 
@@ -272,7 +275,7 @@ def test_effect_draws_have_the_exact_conditional_mean_and_cov(cases, name):
         by = {f.name: p[0].ravel() for f, p in zip(chain, parts)}
         return np.concatenate([by[f.name] for f in m.design.factors])
 
-    mean = flat(mg.conditional_effects(*args, noise=None))
+    mean = flat(el.conditional_effects(*args, noise=None))
     Q = len(mean)
     M = np.empty((Q, Q))
     k = 0
@@ -281,7 +284,7 @@ def test_effect_draws_have_the_exact_conditional_mean_and_cov(cases, name):
             for t in range(f.q):
                 noise = [np.zeros((J, q, 1)) for J, q in zip(stats.J, stats.q)]
                 noise[l][node, t, 0] = 1.0
-                M[:, k] = flat(mg.conditional_effects(*args, noise=noise)) - mean
+                M[:, k] = flat(el.conditional_effects(*args, noise=noise)) - mean
                 k += 1
     Z, G = _dense(m.design, sds, cors, sigma)
     A = sigma**2 * np.linalg.inv(G) + Z.T @ Z
@@ -292,13 +295,13 @@ def test_effect_draws_have_the_exact_conditional_mean_and_cov(cases, name):
 
 def test_effect_draws_are_seeded(cases):
     m, chain, b, sds, cors, sigma = cases["nested"]
-    stats = mg.marginal_stats(m.design, chain)
+    stats = gs.group_stats(m.design, chain)
     args = (stats, np.tile(b, (5, 1)), [np.tile(sds[f.name], (5, 1)) for f in chain],
             [np.tile(cors[f.name], (5, 1, 1)) for f in chain], np.full(5, sigma))
-    one = mg.draw_group_effects(*args, seed=3)
-    again = mg.draw_group_effects(*args, seed=3)
-    chunked = mg.draw_group_effects(*args, seed=3, chunk=2)
-    other = mg.draw_group_effects(*args, seed=4)
+    one = el.draw_group_effects(*args, seed=3)
+    again = el.draw_group_effects(*args, seed=3)
+    chunked = el.draw_group_effects(*args, seed=3, chunk=2)
+    other = el.draw_group_effects(*args, seed=4)
     for x, x2, xc, z in zip(one, again, chunked, other):
         assert x.shape[0] == 5
         np.testing.assert_array_equal(x, x2)
@@ -315,26 +318,28 @@ def test_applicable_false_with_reason_for_crossed():
     df = pd.DataFrame({"s": rng.integers(0, 5, 60).astype(str), "i": rng.integers(0, 6, 60).astype(str),
                        "y": rng.normal(size=60)})
     m = blmm.Model("y ~ 1 + (1 | s) + (1 | i)", df)
-    ok, why = mg.applicable(m.spec, m.design)
-    assert not ok
+    plan = choose_path(m.spec, m.design)
+    why = plan.reason
+    assert plan.path == "noncentred" and plan.chain is None
     assert "crossed factors s and i" in why and "non-centred" in why
     assert m.choose_method() == ("noncentred", why)
-    with pytest.raises(blmm.SpecError, match="crossed factors s and i"):
-        m.choose_method("marginal")
+    for method in ("collapsed", "marginal"):
+        with pytest.raises(blmm.SpecError, match="crossed factors s and i"):
+            m.choose_method(method)
 
 
 @pytest.mark.parametrize("name", ["corr2", "uncorr", "mixed_blocks", "nested3", "implicit_nested"])
 def test_applicable_true_for_one_factor_and_nested(cases, name):
     m = cases[name][0]
-    ok, why = mg.applicable(m.spec, m.design)
-    assert ok, why
-    assert m.choose_method()[0] == "marginal"
+    plan = choose_path(m.spec, m.design)
+    assert plan.path == "collapsed", plan.reason
+    assert m.choose_method()[0] == "collapsed"
 
 
 def test_sleepstudy_default_fit_uses_marginal():
     m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
     method, why = m.choose_method()
-    assert method == "marginal" and "Subject" in why
+    assert method == "collapsed" and "Subject" in why
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,7 +410,7 @@ def test_marginal_and_noncentred_posteriors_agree(path_fits, name):
     are why the ESS floor is set at 600 and not lower (observed ESS is 900-3000 at these settings).
     """
     fm, fn = path_fits[name]
-    assert fm.info["method"] == "marginal" and fn.info["method"] == "noncentred"
+    assert fm.info["method"] == "collapsed" and fn.info["method"] == "noncentred"
     assert set(fm.posterior.data_vars) == set(fn.posterior.data_vars)
     for v in fm.posterior.data_vars:
         assert fm.posterior[v].dims == fn.posterior[v].dims, v
@@ -432,14 +437,14 @@ def test_marginal_fit_saves_loads_and_has_group_loglik(path_fits, tmp_path):
     assert back.summary().equals(fm.summary())
     # per-group marginal log-likelihood: the same numbers from either path's draws agree with
     # the dense MVN density at one draw
-    ll = mg.group_log_likelihood(fm)
+    ll = el.group_log_likelihood(fm)
     assert ll.dims == ("chain", "draw", "Subject__level") and ll.shape[2] == 18
-    chain, _ = mg.nesting_chain(fm.design)
+    chain, _ = gs.nesting_chain(fm.design)
     p = fm.posterior.isel(chain=1, draw=17)
     ref = _dense_group_logpdf(fm.design, chain, p["b"].values, {"Subject": p["sd_Subject"].values},
                               {"Subject": p["cor_Subject"].values}, float(p["sigma"]))
     np.testing.assert_allclose(ll.isel(chain=1, draw=17).values, ref, rtol=1e-8)
-    assert np.isfinite(mg.group_log_likelihood(fn).values).all()
+    assert np.isfinite(el.group_log_likelihood(fn).values).all()
     # leave-one-group-out LOO with ArviZ from that log-likelihood
     tree = fm.idata.copy()
     tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": ll}))
@@ -471,7 +476,7 @@ def test_nuts_evaluates_the_kernel_once_per_step():
     """The log-density's application and its pullback's have identical inputs when the density is
     summed, so the compiled logp+gradient holds a single kernel node (one call per NUTS step)."""
     m = blmm.Model("Reaction ~ Days + (Days || Subject)", blmm.load_dataset("sleepstudy"))
-    model = mg.build_marginal_model(m.design, m.prior_table)
+    model = cp.build_collapsed_model(m.design, m.prior_table)
     f = model.logp_dlogp_function(ravel_inputs=True)
     nodes = [n for n in f._pytensor_function.maker.fgraph.toposort()
              if isinstance(n.op, mk.OneFactorMarginal)]

@@ -1,6 +1,6 @@
 """The one-factor collapsed Gaussian log-density and its gradient as one compiled kernel.
 
-Stage 5b, the fast case of :mod:`bayeslmm.marginal`. With a single grouping factor (any number
+The fast case of :mod:`bayeslmm.paths.collapsed`. With a single grouping factor (any number
 of correlated and uncorrelated terms on it) the marginal covariance is block-diagonal over groups,
 
     V_j = sigma^2 I + Z_j D Z_j',   D = T T',   T = diag(sd) C_chol,
@@ -17,12 +17,12 @@ d/db = X'V^-1 r, d/dD = 1/2 (Z'V^-1 r r'V^-1 Z - Z'V^-1 Z), d/dsigma^2 = 1/2 (r'
 each written with the same per-group sufficient statistics, so one evaluation costs O(J q^3 + J q p
 + J p^2) whatever the number of rows.
 
-**Why a hand-written kernel**: the same algebra as a PyTensor graph (:func:`bayeslmm.marginal.
-marginal_logp_graph`, still used for nested factors) compiles in ~20 s with a cold cache, most of
+**Why a hand-written kernel**: the same algebra as a PyTensor graph (:func:`bayeslmm.paths.collapsed.
+collapsed_logp_graph`, still used for nested factors) compiles in ~20 s with a cold cache, most of
 it numba typing ~150 graph nodes and its ``Dot`` ops; this kernel is one numba function (~2 s
 cold, cached on disk afterwards) and leaves the rest of the model graph as small as bambi's. It is
 checked against the dense multivariate-normal density and against the graph's automatic gradient
-(tests/test_marginal.py).
+(tests/test_collapsed.py).
 """
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def _numba_one_factor(op, node, **kwargs):
 
 
 def kernel_data(stats) -> list[np.ndarray]:
-    """The kernel's data arguments from one-factor :class:`~bayeslmm.marginal.MarginalStats`:
+    """The kernel's data arguments from one-factor :class:`~bayeslmm.stats.GroupStats`:
     ``b0, ZtZ, ZtX, Zte, XtX, Xte, ete, n_obs`` with the group axis last (contiguous copies)."""
     def last(x):
         return np.ascontiguousarray(np.moveaxis(x, 0, -1))

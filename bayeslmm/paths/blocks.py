@@ -1,18 +1,11 @@
-"""Build the PyMC model: non-centred random effects, LKJ correlations.
+"""Graph pieces shared by every sampling path (PyMC models only; imported by paths only).
 
-Stage 5. The only place a ``pm.Model`` is built for the full (non-collapsed) graph.
-
-Posterior variables (stable names, documented in the README):
-
-================  =======================================  ===================================
-variable          dims                                     meaning
-================  =======================================  ===================================
-``b``             ``term``                                 fixed effects (original scale)
-``sd_{g}``        ``{g}__term``                            group-level SDs of factor g
-``cor_{g}``       ``{g}__term``, ``{g}__term2``            correlation matrix (correlated blocks)
-``r_{g}``         ``{g}__level``, ``{g}__term``            group-level effects (deviations)
-``sigma``         --                                       residual SD
-================  =======================================  ===================================
+* :func:`prior_rv`: a random variable from prior-table entries (constructor: :mod:`bayeslmm.priors`);
+* the LKJ prior on a correlation matrix as a Cholesky factor (:func:`lkj_cholesky`), one per
+  correlated block of a factor (:func:`correlation_factors`), the factor's block-diagonal
+  Cholesky factor (:func:`cor_cholesky`) and the stored ``cor_{g}`` (:func:`correlation_matrix`);
+* :func:`group_effects`: non-centred ``r_{g}``;
+* :func:`fixed_effects`: ``b`` with the single centring convention (``Design.slope_means``).
 
 Internals that are sampled but not stored: ``Intercept_c`` (intercept at centred predictors, which
 is what the Intercept prior is on), ``beta`` (slopes), ``z_{g}`` (standard-normal offsets,
@@ -26,44 +19,12 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from .design import Design, FactorDesign
-from .priors import PriorTable, ResolvedPrior, pymc_prior
+from ..design import Design, FactorDesign
+from ..posterior import level_dim, term2_dim, term_dim
+from ..priors import PriorTable, ResolvedPrior, pymc_prior
 
-__all__ = ["build_model", "lkj_cholesky", "correlation_factors", "cor_cholesky", "correlation_matrix", "stored_var_names", "coords_of", "term_dim", "level_dim", "term2_dim"]
-
-
-def level_dim(g: str) -> str:
-    return f"{g}__level"
-
-
-def term_dim(g: str) -> str:
-    return f"{g}__term"
-
-
-def term2_dim(g: str) -> str:
-    return f"{g}__term2"
-
-
-def coords_of(design: Design) -> dict[str, list[str]]:
-    coords: dict[str, list[str]] = {"term": list(design.fixed_terms)}
-    for f in design.factors:
-        coords[level_dim(f.name)] = list(f.levels)
-        coords[term_dim(f.name)] = list(f.terms)
-        if f.has_correlation:
-            coords[term2_dim(f.name)] = list(f.terms)
-    return coords
-
-
-def stored_var_names(design: Design) -> list[str]:
-    """Variables kept in the posterior (the z offsets are not: they can be huge)."""
-    names = ["b"]
-    for f in design.factors:
-        names.append(f"sd_{f.name}")
-        if f.has_correlation:
-            names.append(f"cor_{f.name}")
-        names.append(f"r_{f.name}")
-    names.append("sigma")
-    return names
+__all__ = ["prior_rv", "lkj_cholesky", "correlation_factors", "cor_cholesky", "correlation_matrix",
+           "group_effects", "fixed_effects"]
 
 
 LOG2 = float(np.log(2.0))
@@ -189,14 +150,17 @@ def group_effects(f: FactorDesign, sd, priors: PriorTable):
     return r
 
 
-def fixed_part(design: Design, priors: PriorTable):
-    """Linear predictor of the fixed effects, on centred predictors when there is an intercept.
+def fixed_effects(design: Design, priors: PriorTable, *, linear_predictor: bool = True):
+    """``b`` (original scale) and, if asked, the fixed part of the linear predictor.
 
-    Returns ``(eta_fixed, b)`` where ``b`` is the Deterministic on the original scale.
+    With an intercept, the sampled ``Intercept_c`` is the intercept at centred predictors (its
+    prior is on that) and ``b[Intercept] = Intercept_c - slope_means @ beta``. Returns
+    ``(eta_fixed, b)``; ``eta_fixed`` is None when ``linear_predictor`` is False (the collapsed
+    path, which needs only ``b``). Same free variables, in the same order, on every path.
     """
     X = design.X
     terms = design.fixed_terms
-    slope_idx = [j for j, t in enumerate(terms) if t != "Intercept"]
+    slope_idx = list(design.slope_columns)
     eta = 0.0
     b_parts = {}
     if slope_idx:
@@ -206,59 +170,17 @@ def fixed_part(design: Design, priors: PriorTable):
         intercept_c = prior_rv("Intercept_c", [priors["Intercept"]])
         eta = intercept_c
         if slope_idx:
-            xm = X[:, slope_idx].mean(axis=0)
-            Xc = pm.Data("Xc", X[:, slope_idx] - xm, dims=("obs", "slope"))
-            eta = eta + pt.dot(Xc, beta)
+            xm = design.slope_means
+            if linear_predictor:
+                Xc = pm.Data("Xc", X[:, slope_idx] - xm, dims=("obs", "slope"))
+                eta = eta + pt.dot(Xc, beta)
             b_parts["Intercept"] = intercept_c - pt.dot(xm, beta)
         else:
             b_parts["Intercept"] = intercept_c
-    elif slope_idx:
+    elif slope_idx and linear_predictor:
         Xd = pm.Data("X", X[:, slope_idx], dims=("obs", "slope"))
         eta = pt.dot(Xd, beta)
     for k, j in enumerate(slope_idx):
         b_parts[terms[j]] = beta[k]
     b = pm.Deterministic("b", pt.stack([b_parts[t] for t in terms]), dims="term")
-    return eta, b
-
-
-def random_part(design: Design, priors: PriorTable):
-    """Sum over factors of Z_i . r[g_i] (gathered by integer codes, never a dense indicator)."""
-    eta = 0.0
-    for f in design.factors:
-        sd = prior_rv(f"sd_{f.name}", priors.of_class("sd", f.name), dims=term_dim(f.name))
-        r = group_effects(f, sd, priors)
-        codes = pm.Data(f"codes_{f.name}", f.codes, dims="obs")
-        for k, term in enumerate(f.terms):
-            # r[:, k][codes] is a 1-D gather (AdvancedSubtensor1), whose gradient is a fast scatter-add;
-            # r[codes, k] is a general AdvancedSubtensor and made each gradient ~50x slower at 100k rows.
-            col = r[:, k][codes]
-            if np.all(f.Z[:, k] == 1.0):
-                eta = eta + col
-            else:
-                Zk = pm.Data(f"Z_{f.name}_{k}", f.Z[:, k], dims="obs")
-                eta = eta + col * Zk
-    return eta
-
-
-def build_model(design: Design, priors: PriorTable) -> pm.Model:
-    """The non-centred Gaussian LMM as a ``pm.Model``.
-
-    Examples
-    --------
-    >>> import bayeslmm as blmm
-    >>> m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
-    >>> sorted(v.name for v in build_model(m.design, m.prior_table).free_RVs)
-    ['Intercept_c', 'beta', 'cpc_Subject', 'sd_Subject', 'sigma', 'z_Subject']
-    """
-    coords = coords_of(design)
-    coords["obs"] = np.arange(design.n)
-    slope_terms = [t for t in design.fixed_terms if t != "Intercept"]
-    if slope_terms:
-        coords["slope"] = slope_terms
-    with pm.Model(coords=coords) as model:
-        eta_fixed, _ = fixed_part(design, priors)
-        eta = eta_fixed + random_part(design, priors)
-        sigma = prior_rv("sigma", [priors["sigma"]])
-        y = pm.Data("y_obs", design.y, dims="obs")
-        pm.Normal("y", mu=eta, sigma=sigma, observed=y, dims="obs")
-    return model
+    return (eta if linear_predictor else None), b

@@ -1,0 +1,75 @@
+"""How the posterior is sampled: the sampling paths, and the one place a path is chosen.
+
+* :mod:`bayeslmm.paths.noncentred`: the full graph, every random effect sampled (any family);
+* :mod:`bayeslmm.paths.collapsed`: the exact Gaussian path, random effects integrated out and
+  drawn afterwards (one factor or nested factors);
+* :mod:`bayeslmm.paths.blocks`: the pieces both share (fixed effects and their centring, LKJ).
+
+:func:`choose_path` returns a :class:`Plan` (which path, and why); ``Model.fit`` prints the reason.
+Importing this package does not import PyMC (the path modules do). Only :mod:`bayeslmm.model` and
+:mod:`bayeslmm.validation` import the paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import SpecError
+from ..families import get_family
+from ..spec import canonical_method
+from ..stats import nesting_chain
+
+__all__ = ["Plan", "choose_path", "PATHS"]
+
+PATHS = ("noncentred", "collapsed")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen sampling path.
+
+    Attributes
+    ----------
+    path : str
+        ``"noncentred"`` or ``"collapsed"``.
+    reason : str
+        Why, in words (printed by ``fit``).
+    chain : tuple of FactorDesign or None
+        The factors ordered top -> deepest, for the collapsed path.
+    """
+
+    path: str
+    reason: str
+    chain: tuple | None = None
+
+
+def choose_path(spec, design, method: str | None = None) -> Plan:
+    """The sampling path for ``spec`` and ``design`` (``method`` overrides ``spec.method``).
+
+    ``"auto"`` takes the exact collapsed path where it applies (a family that supports it and
+    grouping factors that form a nesting chain), else the non-centred graph. Asking for
+    ``"collapsed"`` (alias ``"marginal"``) where it does not apply is a :class:`SpecError`.
+
+    Examples
+    --------
+    >>> import bayeslmm as blmm
+    >>> m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
+    >>> choose_path(m.spec, m.design).path
+    'collapsed'
+    >>> choose_path(m.spec, m.design, "noncentred").reason
+    'requested'
+    """
+    method = canonical_method(method or spec.method)
+    if method == "noncentred":
+        return Plan("noncentred", "requested")
+    family = get_family(spec.family)
+    if not family.supports_collapsed:
+        chain, why = None, (f"family {spec.family!r} has no exact collapsed likelihood: the collapsed "
+                            "path needs a Gaussian likelihood")
+    else:
+        chain, why = nesting_chain(design)
+    if method == "collapsed" and chain is None:
+        raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
+    if chain is not None:
+        return Plan("collapsed", why, chain)
+    return Plan("noncentred", why)

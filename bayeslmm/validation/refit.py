@@ -1,0 +1,102 @@
+"""Refitting one model structure to many simulated responses (SBC), through :mod:`bayeslmm.sampling`.
+
+The graph sampled is always the package's own (the non-centred graph or the collapsed model, as
+:func:`bayeslmm.paths.choose_path` decides); only the NUTS implementation differs. Data names come
+from the paths (``data_values``), never spelled out here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+
+import numpy as np
+
+from ..families import get_family
+from ..paths import choose_path
+from ..posterior import stored_var_names
+
+__all__ = ["PathRefitter", "ModelRefitter", "make_refitter"]
+
+
+class PathRefitter:
+    """Compile the path's PyMC model once; each replicate only swaps the data.
+
+    On the collapsed path a new ``y`` changes ``b0``, ``Z'e``, ``X'e`` and ``e'e``: they are
+    recomputed in numpy and swapped in, and the random effects are then drawn exactly from their
+    conditional, as :func:`bayeslmm.paths.collapsed.sample_collapsed` does.
+    """
+
+    def __init__(self, model, plan, engine: str, target_accept: float):
+        from ..sampling import CompiledSampler
+        from ..stats import group_stats
+        self.design, self.plan = model.design, plan
+        family = model.spec.family
+        if plan.path == "collapsed":
+            from ..paths.collapsed import build_collapsed_model
+            pm_model = build_collapsed_model(self.design, model.prior_table, group_stats(self.design, plan.chain),
+                                             sampler=engine, chain=plan.chain)
+            names = None
+        else:
+            from ..paths.noncentred import build_model
+            pm_model = build_model(self.design, model.prior_table, family)
+            names = stored_var_names(self.design, get_family(family).aux_names)
+        self.sampler = CompiledSampler(pm_model, engine, var_names=names, target_accept=target_accept)
+
+    def _data(self, y):
+        if self.plan.path != "collapsed":
+            from ..paths.noncentred import data_values
+            return data_values(y), None
+        from ..paths.collapsed import data_values
+        from ..stats import group_stats
+        stats = group_stats(replace(self.design, y=np.asarray(y, dtype=float)), self.plan.chain)
+        values = data_values(stats)
+        known = self.sampler.data_names
+        missing = known - set(values)
+        if missing:
+            raise RuntimeError(f"no new values for the model's data {sorted(missing)}")
+        return {k: v for k, v in values.items() if k in known}, stats
+
+    def __call__(self, y, *, seed, chains, draws, tune):
+        data, stats = self._data(y)
+        post, n_div = self.sampler.sample(data, seed=seed, chains=chains, draws=draws, tune=tune)
+        if stats is not None:
+            from ..paths.collapsed import add_drawn_effects
+            post = add_drawn_effects(post, self.design, stats, self.plan.chain, seed)
+        return post, n_div
+
+
+class ModelRefitter:
+    """The public path: a new ``Model(...).fit(...)`` per replicate (slowest, most faithful)."""
+
+    def __init__(self, model, method: str, target_accept: float):
+        self.model = model
+        self.method = method
+        self.target_accept = target_accept
+
+    def __call__(self, y, *, seed, chains, draws, tune):
+        from ..model import Model
+        m = Model(self.model.spec, self.model.design.data_frame(y))
+        fit = m.fit(chains=chains, draws=draws, tune=tune, seed=seed, progressbar=False,
+                    method=self.method, verbose=False, cores=1, target_accept=self.target_accept)
+        ss = fit.idata["sample_stats"]
+        div = int(np.asarray(ss["diverging"]).sum()) if "diverging" in ss else 0
+        return fit.posterior, div
+
+
+def make_refitter(model, method: str, *, engine: str = "auto", target_accept: float = 0.9):
+    """A callable ``(y, seed=, chains=, draws=, tune=) -> (posterior Dataset, n_divergent)`` and the
+    engine used.
+
+    ``engine``: ``"nutpie"`` (compile once, swap data; the default where nutpie is installed),
+    ``"pymc"`` (PyMC's NUTS with ``pm.set_data``; the collapsed path then refits through
+    ``Model.fit``) or ``"model"`` (``Model.fit`` per replicate).
+    """
+    if engine == "auto":
+        engine = "nutpie" if importlib.util.find_spec("nutpie") else "pymc"
+    if engine == "model":
+        return ModelRefitter(model, method, target_accept), engine
+    plan = choose_path(model.spec, model.design, method)
+    if plan.path == "collapsed" and engine != "nutpie":
+        return ModelRefitter(model, method, target_accept), "model"
+    return PathRefitter(model, plan, engine, target_accept), engine
