@@ -31,6 +31,7 @@ import xarray as xr
 
 from .errors import BayesLMMError
 from .families import get_family
+from .posterior import level_dim, r_var, term_dim
 from .predict import linear_predictor
 
 __all__ = ["ConvergenceWarning", "Problem", "Diagnostics", "diagnostics", "warn_if_problems",
@@ -351,8 +352,8 @@ def _mu_chunks(fit, max_elems: int = 20_000_000):
     design = fit.design
     post = fit.posterior
     b = post["b"].transpose("chain", "draw", "term").to_numpy()
-    rs = [(f, post[f"r_{f.name}"].transpose("chain", "draw", f"{f.name}__level",
-                                            f"{f.name}__term").to_numpy()) for f in design.factors]
+    rs = [(f, post[r_var(f.name)].transpose("chain", "draw", level_dim(f.name), term_dim(f.name)).to_numpy())
+          for f in design.factors]
     n = design.n
     step = max(1, max_elems // max(n * max([1] + [f.q for f in design.factors]), 1))
     C, D = b.shape[:2]

@@ -92,7 +92,8 @@ class Family:
         raise NotImplementedError
 
     def latent_residual_variance(self, aux: dict):
-        """Residual variance on the latent (link) scale, per draw, for the ICC and R^2."""
+        """Residual variance on the latent (link) scale, per draw, for the ICC and R^2 (keeps the
+        type of ``aux``'s values: numpy arrays or xarray DataArrays)."""
         raise NotImplementedError
 
 
@@ -121,7 +122,7 @@ class Gaussian(Family):
         return eta + np.asarray(aux["sigma"]) * rng.standard_normal(eta.shape)
 
     def latent_residual_variance(self, aux):
-        return np.asarray(aux["sigma"]) ** 2
+        return aux["sigma"] ** 2
 
 
 GAUSSIAN = Gaussian("gaussian", "identity", (AuxParameter("sigma", "residual SD"),),

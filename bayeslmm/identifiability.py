@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .posterior import cor_label, cor_var, sd_label, sd_var, term2_dim, term_dim
 from .priors import prior_quantile
 
 __all__ = ["weakly_identified", "BOUNDARY_RATIO", "WIDTH_RATIO"]
@@ -73,20 +74,20 @@ def weakly_identified(fit, *, boundary_ratio: float = BOUNDARY_RATIO, width_rati
     lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
     rows = []
     for f in fit.design.factors:
-        sd = post[f"sd_{f.name}"]
+        sd = post[sd_var(f.name)]
         for t in f.terms:
-            label = f"sd({f.name}, {t})"
-            x = np.asarray(sd.sel({f"{f.name}__term": t})).ravel()
+            label = sd_label(f.name, t)
+            x = np.asarray(sd.sel({term_dim(f.name): t})).ravel()
             p = fit.prior_table[label].prior
             plo, phi = prior_quantile(p, [lo_q, hi_q])
             rows.append(_row(label, x, phi - plo, lo_q, hi_q, boundary_ratio, width_ratio, is_sd=True,
                              prior=str(p)))
         if f.correlation_pairs:
             eta = fit.prior_table[f"cor({f.name})"].prior.kwargs["eta"]
-            C = post[f"cor_{f.name}"]
+            C = post[cor_var(f.name)]
             for i, j in f.correlation_pairs:
-                label = f"cor({f.name}, {f.terms[i]}, {f.terms[j]})"
-                x = np.asarray(C.isel({f"{f.name}__term": i, f"{f.name}__term2": j})).ravel()
+                label = cor_label(f.name, f.terms[i], f.terms[j])
+                x = np.asarray(C.isel({term_dim(f.name): i, term2_dim(f.name): j})).ravel()
                 n = next(len(b) for b in f.blocks if i in b)
                 plo, phi = _lkj_marginal_quantile(eta, n, [lo_q, hi_q])
                 rows.append(_row(label, x, phi - plo, lo_q, hi_q, boundary_ratio, width_ratio, is_sd=False,

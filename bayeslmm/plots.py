@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .errors import BayesLMMError
+from .families import get_family
+from .posterior import component_draws, sd_var
 
 __all__ = ["plot_caterpillar", "plot_shrinkage", "plot_shrinkage_vs_size", "plot_variance_components",
            "plot_icc", "plot_trace", "plot_ppc"]
@@ -219,14 +221,7 @@ def plot_variance_components(fit, *, prob: float = 0.95, table=None) -> Figure:
     """
     vc = table if table is not None else fit.variance_components(prob=prob)
     post = fit.posterior
-    items = []
-    for f in fit.design.factors:
-        for k, t in enumerate(f.terms):
-            items.append((f"sd({f.name}, {t})", post[f"sd_{f.name}"].isel({f"{f.name}__term": k})))
-        for i, j in f.correlation_pairs:
-            items.append((f"cor({f.name}, {f.terms[i]}, {f.terms[j]})",
-                          post[f"cor_{f.name}"].isel({f"{f.name}__term": i, f"{f.name}__term2": j})))
-    items.append(("sigma", post["sigma"]))
+    items = list(component_draws(post, fit.design, get_family(fit.spec.family).aux_names).items())
     ncol = min(3, len(items))
     nrow = int(np.ceil(len(items) / ncol))
     fig = Figure(figsize=(3.6 * ncol, 2.6 * nrow), layout="constrained")
@@ -280,7 +275,7 @@ def plot_icc(fit, *, result=None, prob: float = 0.95) -> Figure:
 
 
 def _default_vars(fit):
-    names = ["b"] + [f"sd_{f.name}" for f in fit.design.factors] + ["sigma"]
+    names = ["b"] + [sd_var(f.name) for f in fit.design.factors] + list(get_family(fit.spec.family).aux_names)
     return [n for n in names if n in fit.posterior]
 
 

@@ -26,7 +26,7 @@ import xarray as xr
 from .design import predictor_arrays
 from .errors import DataError
 from .families import get_family
-from .posterior import cov_draws
+from .posterior import cov_draws, r_var
 
 __all__ = ["predict", "linear_predictor"]
 
@@ -88,7 +88,7 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
     effects = []
     if include_random:
         for f, Z, codes, labels in parts:
-            r = fit.draws(f"r_{f.name}")                                   # (S, J, q)
+            r = fit.draws(r_var(f.name))                                   # (S, J, q)
             new = codes < 0
             if new.any():
                 new_levels = list(dict.fromkeys(labels[new]))

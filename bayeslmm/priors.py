@@ -312,7 +312,7 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     >>> import bayeslmm as blmm
     >>> m = blmm.Model("Reaction ~ Days + (Days | Subject)", blmm.load_dataset("sleepstudy"))
     >>> m.prior_table["sd(Subject, Days)"].prior
-    Prior('halfstudentt(nu=3, sigma=19.49)')
+    Prior('halfstudentt(nu=3, sigma=19.56)')
     """
     y = design.y
     s_y = _sd(y)

@@ -15,6 +15,8 @@ import xarray as xr
 
 from .design import Design, make_design
 from .errors import BayesLMMError
+from .families import get_family
+from .posterior import component_draws, sd_var, stack, term_dim
 from .priors import PriorTable, resolve_priors
 from .spec import ModelSpec, SamplerSpec
 
@@ -85,8 +87,7 @@ class Fit:
 
     def draws(self, name: str) -> np.ndarray:
         """Posterior draws of variable ``name`` stacked over chains: shape (chains*draws, ...)."""
-        v = self.posterior[name]
-        return v.stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
+        return stack(self.posterior[name])
 
     def __repr__(self) -> str:
         s = self.sampler
@@ -111,24 +112,21 @@ class Fit:
         ``term``, ``kind`` (sd/var/cor) and the posterior summary.
         """
         post = self.posterior
+        family = get_family(self.spec.family)
         draws, meta = {}, []
         for f in self.design.factors:
-            sd = post[f"sd_{f.name}"]
             for t in f.terms:
-                draws[f"sd({f.name}, {t})"] = sd.sel({f"{f.name}__term": t})
                 meta.append((f.name, t, "sd"))
             for i, j in f.correlation_pairs:
-                c = post[f"cor_{f.name}"].isel({f"{f.name}__term": i, f"{f.name}__term2": j})
-                draws[f"cor({f.name}, {f.terms[i]}, {f.terms[j]})"] = c
                 meta.append((f.name, f"{f.terms[i]}, {f.terms[j]}", "cor"))
-        draws["sigma"] = post["sigma"]
-        meta.append(("Residual", "", "sd"))
+        meta += [("Residual", "", "sd") if a == "sigma" else ("Residual", a, "aux") for a in family.aux_names]
+        draws.update(component_draws(post, self.design, family.aux_names))
         for f in self.design.factors:
-            sd = post[f"sd_{f.name}"]
+            sd = post[sd_var(f.name)]
             for t in f.terms:
-                draws[f"var({f.name}, {t})"] = sd.sel({f"{f.name}__term": t}) ** 2
+                draws[f"var({f.name}, {t})"] = sd.sel({term_dim(f.name): t}) ** 2
                 meta.append((f.name, t, "var"))
-        draws["var(Residual)"] = post["sigma"] ** 2
+        draws["var(Residual)"] = family.latent_residual_variance({a: post[a] for a in family.aux_names})
         meta.append(("Residual", "", "var"))
         tab = summarize_draws(draws, prob)
         tab.insert(0, "kind", [m[2] for m in meta])

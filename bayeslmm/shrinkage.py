@@ -35,7 +35,7 @@ import pandas as pd
 
 from .errors import BayesLMMError
 from .families import get_family
-from .posterior import cov_draws, hdi, stack
+from .posterior import cov_draws, hdi, r_var, stack
 from .stats import group_crossprods
 
 __all__ = ["ShrinkageResult", "shrinkage", "pooling_factor", "no_pooling_estimates",
@@ -70,7 +70,7 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
     e = design.y - design.X @ b_hat
     for k in design.factors:
         if k.name != f.name:
-            r_hat = post[f"r_{k.name}"].mean(("chain", "draw")).to_numpy()     # (J_k, q_k)
+            r_hat = post[r_var(k.name)].mean(("chain", "draw")).to_numpy()     # (J_k, q_k)
             e = e - np.einsum("nq,nq->n", k.Z, r_hat[k.codes])
     ZtZ, Zte = group_crossprods(f, e)
     out = np.full((f.n_levels, f.q), np.nan)
@@ -127,7 +127,7 @@ def pooling_factor(fit, factor: str | None = None) -> pd.DataFrame:
     """
     rows = []
     for f in _factor(fit.design, factor):
-        r = fit.draws(f"r_{f.name}")                               # (S, J, q)
+        r = fit.draws(r_var(f.name))                               # (S, J, q)
         for k, t in enumerate(f.terms):
             rk = r[:, :, k]
             var_of_means = float(np.var(rk.mean(axis=0), ddof=1))
@@ -199,7 +199,7 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
     gaussian = get_family(fit.spec.family).supports_collapsed
     frames = []
     for f in _factor(design, factor):
-        r = fit.draws(f"r_{f.name}")                               # (S, J, q)
+        r = fit.draws(r_var(f.name))                               # (S, J, q)
         u_np = no_pooling_estimates(fit, f.name)
         W = model_shrinkage_draws(fit, f.name) if gaussian else None
         sizes = f.group_sizes

@@ -8,7 +8,7 @@ A model file has up to five tables; only ``[model]`` (with ``formula``) and ``[d
     description = "Correlated random intercepts and slopes for Days"
     formula = "Reaction ~ Days + (Days | Subject)"
     family = "gaussian"                         # optional (default "gaussian")
-    method = "auto"                             # "auto" | "marginal" | "noncentred"
+    method = "auto"                             # "auto" | "collapsed" | "noncentred" ("marginal" = "collapsed")
     missing = "drop"                            # "drop" (with a printed count) | "raise"
 
     [data]
