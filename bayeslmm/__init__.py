@@ -18,6 +18,7 @@ fitted.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value          # later look-ups skip this function
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)      # a submodule: bayeslmm.results
     raise AttributeError(f"module 'bayeslmm' has no attribute {name!r}")
 
 

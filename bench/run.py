@@ -26,7 +26,7 @@ Columns (per case and engine):
 sleepstudy is run twice per engine: with an empty PyTensor compile cache ("cold") and again with
 that cache ("warm"), engines interleaved, ``--reps`` times (default 3; the row is the repetition
 with the median total, the column shows the range). "cold" empties PyTensor's cache only: the
-package's own numba kernel (``bayeslmm.marginal_kernel``) is compiled once at install by ``make``,
+package's own numba kernel (``bayeslmm.paths.collapsed_kernel``) is compiled once at install by ``make``,
 like a compiled extension, so a first fit after ``make install`` finds it; the extra
 "cold+kernel" row empties numba's cache too (the first fit after a bare ``pip install``).
 ``sleepstudy_corr`` is the correlated ``(Days | Subject)`` model (bayeslmm only: bambi has no

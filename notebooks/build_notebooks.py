@@ -752,7 +752,7 @@ NB5 = [
     the ones a common slope predicts badly.
     """),
     code("""
-    df = fits["slopes"].design.frame
+    df = fits["slopes"].design.data_frame()
     pw = pd.DataFrame({k: np.asarray(l.elpd_i).ravel() for k, l in loos.items()})
     pw["Subject"] = df["Subject"].astype(str).to_numpy()
     gain = (pw["slopes"] - pw["intercept"]).groupby(pw["Subject"]).sum()
