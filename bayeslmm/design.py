@@ -28,10 +28,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FormulaError
+from .families import get_family
 from .formula import FORMULA_CONTEXT, RandomTerm, required_columns
 from .spec import ModelSpec
 
-__all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arrays", "MISSING_ACTIONS"]
+__all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arrays", "offset_and_trials",
+           "MISSING_ACTIONS"]
 
 MISSING_ACTIONS = ("drop", "raise")
 
@@ -147,6 +149,14 @@ class Design:
     response_position: int = 0
     n_dropped: int = 0
     notes: tuple[str, ...] = ()
+    #: binomial trials per row (None for other families)
+    trials: np.ndarray | None = None
+    #: offset per row, added to the linear predictor with no coefficient (None: no offset)
+    offset: np.ndarray | None = None
+    #: how to rebuild them for new data: ``(("expr", text) | ("column", name), ...)`` and
+    #: ``("failures" | "trials", column)``
+    offset_source: tuple = ()
+    trials_source: tuple | None = None
 
     @property
     def n(self) -> int:
@@ -293,13 +303,30 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
             needed.setdefault(c, f"random term {t.text!r}")
         for c in t.group_columns:
             needed.setdefault(c, f"the grouping factor of {t.text!r}")
+    family = get_family(spec.family, spec.link)
+    trials_source = f.trials or (("trials", spec.trials) if spec.trials else None)
+    if trials_source is not None:
+        needed.setdefault(trials_source[1], f"the {trials_source[0]} of the binomial response")
+    offset_source = tuple(("expr", o) for o in f.offsets) + ((("column", spec.offset),) if spec.offset else ())
+    offset_cols: list[str] = []
+    for kind, o in offset_source:
+        cols = _required_columns(o, "offset") if kind == "expr" else (o,)
+        offset_cols += [c for c in cols if c not in offset_cols]
+        for c in cols:
+            needed.setdefault(c, f"the offset {o!r}")
     _check_columns(data, needed)
 
     frame = data.loc[:, list(needed)].copy()
     y_raw = frame[f.response]
-    if not (pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)):
+    if family.name != "bernoulli" and not (pd.api.types.is_numeric_dtype(y_raw)
+                                           and not pd.api.types.is_bool_dtype(y_raw)):
         raise DataError(f"response {f.response!r} must be numeric; it has dtype {y_raw.dtype}. "
                         "Convert it (e.g. pd.to_numeric) or choose a numeric column.")
+    for c in offset_cols:
+        n_na = int(frame[c].isna().sum())
+        if n_na:
+            raise DataError(f"offset column {c!r} has {n_na} missing value(s); an observation without "
+                            "its exposure cannot be modelled. Fill them or drop those rows first.")
     for c in needed:
         s = frame[c]
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
@@ -324,7 +351,12 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         if len(frame) == 0:
             raise DataError("no rows left after dropping missing values")
     frame = frame.reset_index(drop=True)
-    y = frame[f.response].to_numpy(dtype=float)
+    y, y_note = family.encode_response(frame[f.response], f.response)
+    if y_note:
+        notes.append(y_note)
+    trials = _trials(frame, y, trials_source, f.response) if trials_source is not None else None
+    family.check_response(y, f.response, trials)
+    offset = _offset(frame, offset_source) if offset_source else None
 
     fixed_cols = _required_columns(f.fixed, "the fixed part")
     mm = _model_matrix(f.fixed, frame, "the fixed part")
@@ -345,7 +377,79 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     return Design(response=f.response, y=_readonly(y), X=_readonly(X), fixed_terms=fixed_terms,
                   factors=factors, columns=columns, fixed_spec=mm.model_spec,
                   response_position=list(frame.columns).index(f.response), n_dropped=n_dropped,
-                  notes=tuple(notes))
+                  notes=tuple(notes), trials=None if trials is None else _readonly(trials),
+                  offset=None if offset is None else _readonly(offset), offset_source=offset_source,
+                  trials_source=trials_source)
+
+
+def _trials(frame: pd.DataFrame, y: np.ndarray, source: tuple, response: str) -> np.ndarray:
+    """Binomial trials: ``successes + failures`` or the trials column; counts checked."""
+    from .families import _check_counts
+    kind, col = source
+    s = frame[col]
+    if not (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)):
+        raise DataError(f"the {kind} column {col!r} must be numeric; it has dtype {s.dtype}.")
+    v = s.to_numpy(dtype=float)
+    _check_counts(v, col, kind)
+    if kind == "failures":
+        _check_counts(y, response, "successes")
+        return y + v
+    return v
+
+
+def _offset(frame: pd.DataFrame, source: tuple) -> np.ndarray:
+    """The summed offset terms; a clear error for a non-finite value (log of exposure <= 0)."""
+    total = np.zeros(len(frame))
+    for kind, o in source:
+        if kind == "column":
+            s = frame[o]
+            if not (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)):
+                raise DataError(f"offset column {o!r} must be numeric; it has dtype {s.dtype}.")
+            v = s.to_numpy(dtype=float)
+        else:
+            cols = _required_columns(o, "offset")
+            for c in cols:
+                if "log" in o and pd.api.types.is_numeric_dtype(frame[c]):
+                    bad = int((frame[c].to_numpy(dtype=float) <= 0).sum())
+                    if bad:
+                        raise DataError(f"offset {o!r}: column {c!r} has {bad} value(s) <= 0, whose log "
+                                        "is not finite; an exposure must be positive. Fix or drop those rows.")
+            with np.errstate(all="ignore"):
+                mm = _model_matrix(f"0 + {o}", frame, "offset")
+            if mm.shape[1] != 1:
+                raise FormulaError(f"offset({o}) must be one numeric column; it gives {mm.shape[1]} "
+                                   f"({list(map(str, mm.columns))})")
+            v = np.asarray(mm, dtype=float)[:, 0]
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"offset {o!r} has {int((~np.isfinite(v)).sum())} non-finite value(s) "
+                            "(log of a non-positive exposure?); fix or drop those rows.")
+        total = total + v
+    return total
+
+
+def offset_and_trials(design: Design, data: pd.DataFrame, response=None):
+    """Offset and trials of new data (None where the model has none).
+
+    Trials of a ``cbind(s, f)`` response need both columns in ``data``; missing columns give
+    ``None`` for the trials (link and mean-per-trial predictions still work).
+    """
+    frame = data
+    offset = None
+    if design.offset_source:
+        cols = [c for kind, o in design.offset_source
+                for c in (_required_columns(o, "offset") if kind == "expr" else (o,))]
+        miss = [c for c in cols if c not in data.columns]
+        if miss:
+            raise DataError(f"new data lacks the offset column(s) {miss}; predictions need the exposure")
+        offset = _offset(frame.reset_index(drop=True), design.offset_source)
+    trials = None
+    if design.trials_source is not None:
+        kind, col = design.trials_source
+        need = [col] + ([design.response] if kind == "failures" else [])
+        if all(c in data.columns for c in need):
+            v = data[col].to_numpy(dtype=float)
+            trials = v + data[design.response].to_numpy(dtype=float) if kind == "failures" else v
+    return offset, trials
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -348,7 +348,8 @@ def warn_if_problems(fit) -> Diagnostics | None:
 # -- log-likelihood, LOO and model comparison --------------------------------------------------
 
 def _mu_chunks(fit, max_elems: int = 20_000_000):
-    """Yield (chain, draw slice, mu) with mu of shape (draws_in_chunk, n): X b + sum Z r[codes]."""
+    """Yield (chain, draw slice, eta) with the linear predictor eta of shape (draws_in_chunk, n):
+    X b + sum Z r[codes] (+ offset)."""
     design = fit.design
     post = fit.posterior
     b = post["b"].transpose("chain", "draw", "term").to_numpy()
@@ -360,14 +361,15 @@ def _mu_chunks(fit, max_elems: int = 20_000_000):
     for c in range(C):
         for d0 in range(0, D, step):
             sl = slice(d0, min(D, d0 + step))
-            yield c, sl, linear_predictor(design.X, b[c, sl], [(f.Z, f.codes, r[c, sl]) for f, r in rs])
+            eta = linear_predictor(design.X, b[c, sl], [(f.Z, f.codes, r[c, sl]) for f, r in rs])
+            yield c, sl, (eta if design.offset is None else eta + design.offset)
 
 
 def pointwise_log_likelihood(fit) -> xr.DataArray:
     """Conditional log-likelihood of each observation given each draw: dims (chain, draw, obs).
 
-    The family's log-density of ``y_i`` at ``X_i b + sum_g Z_gi r_g[g_i]`` (gaussian:
-    ``log N(y_i | ., sigma)``), computed in numpy from the posterior draws, so it works on fits from
+    The family's log-density of ``y_i`` at the linear predictor ``X_i b + sum_g Z_gi r_g[g_i]``
+    (+ offset; gaussian: ``log N(y_i | ., sigma)``, binomial with the row's trials), computed in numpy from the posterior draws, so it works on fits from
     either sampling path. Memory: chains x draws x n floats. Cached on the fit (not saved with it):
     the fit's posterior never changes.
 
@@ -380,14 +382,15 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
     cache = getattr(fit, "_cache", None)
     if cache is not None and "log_likelihood" in cache:
         return cache["log_likelihood"]
-    family = get_family(fit.spec.family)
+    family = get_family(fit.spec.family, fit.spec.link)
     post = fit.posterior
     aux = {a: post[a].transpose("chain", "draw").to_numpy() for a in family.aux_names}
     y = fit.design.y
     C, D = post.sizes["chain"], post.sizes["draw"]
     out = np.empty((C, D, len(y)))
     for c, sl, mu in _mu_chunks(fit):
-        out[c, sl] = family.log_likelihood(y, family.inverse_link(mu), {a: v[c, sl][:, None] for a, v in aux.items()})
+        out[c, sl] = family.log_likelihood(y, mu, {a: v[c, sl][:, None] for a, v in aux.items()},
+                                           trials=fit.design.trials)
     ll = xr.DataArray(out, dims=("chain", "draw", "obs"),
                       coords={"chain": post["chain"].values, "draw": post["draw"].values,
                               "obs": np.arange(len(y))}, name="y")
@@ -461,7 +464,7 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
     ``observed_data``, the layout ``arviz.plot_ppc_dist`` expects. ``num_draws`` posterior draws
     are chosen at random (seeded).
     """
-    family = get_family(fit.spec.family)
+    family = get_family(fit.spec.family, fit.spec.link)
     rng = np.random.default_rng(seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
@@ -473,7 +476,7 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
             if c * D + d in wanted:
                 mus[c * D + d] = mu[k]
     mu = np.stack([mus[i] for i in pick])
-    yrep = family.draw(family.inverse_link(mu), aux, rng)
+    yrep = family.draw(mu, aux, rng, trials=fit.design.trials)
     obs = np.arange(fit.design.n)
     pp = xr.Dataset({"y": (("chain", "draw", "obs"), yrep[None])},
                     coords={"chain": [0], "draw": np.arange(len(pick)), "obs": obs})

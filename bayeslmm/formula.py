@@ -98,10 +98,21 @@ class ParsedFormula:
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
+    #: binomial response ``cbind(s, f)``: ``("failures", "f")``; ``cbind(s, n - s)``: ``("trials", "n")``
+    trials: tuple[str, str] | None = None
+    #: ``offset(expr)`` terms of the fixed part (each an allowed expression, e.g. ``log(exposure)``)
+    offsets: tuple[str, ...] = ()
 
     def __post_init__(self):
         # the same allow-list however the object was made (parse_formula, by hand, from a file)
         _check_name(self.response, "response")
+        if self.trials is not None:
+            if not (isinstance(self.trials, tuple) and len(self.trials) == 2
+                    and self.trials[0] in ("failures", "trials")):
+                raise FormulaError(f"trials {self.trials!r} must be ('failures' | 'trials', column)")
+            _check_name(self.trials[1], "cbind() column")
+        for o in self.offsets:
+            _check_or_raise(o, "offset()")
         _check_or_raise(self.fixed, "the fixed part")
         for t in self.random:
             _check_or_raise(t.expr, f"random term {t.text!r}")
@@ -187,7 +198,11 @@ def parse_formula(text: str) -> ParsedFormula:
                      "Write the formula as 'response ~ predictors', e.g. 'y ~ x + (1 | g)'.")
     tilde = text.index("~")
     response = text[:tilde].strip()
-    if not _IDENT.match(response) or _is_dunder(response):
+    trials = None
+    m = _CBIND.match(response)
+    if m:
+        response, trials = _cbind(text, m)
+    elif not _IDENT.match(response) or _is_dunder(response):
         raise _error(text, 0, f"response {response!r} is not a column name",
                      "Use a single column name on the left of '~' (add a transformed column to the "
                      "DataFrame for log(y) and similar).")
@@ -198,6 +213,7 @@ def parse_formula(text: str) -> ParsedFormula:
                      "Add predictors, or '1' for an intercept-only model.")
 
     random: list[RandomTerm] = []
+    offsets: list[str] = []
     fixed_parts: list[str] = []
     i, last = 0, 0
     while i < len(rhs):
@@ -214,6 +230,23 @@ def parse_formula(text: str) -> ParsedFormula:
             bar = _split_bar(content)
             # a bar term only at top level of the sum (not inside a function call like f((a|b)))
             before = rhs[last:i].rstrip()
+            m_off = _OFFSET_CALL.search(before)
+            if bar is None and m_off is not None:
+                # offset(expr): a known term of the linear predictor, no coefficient, no prior
+                inner = " ".join(content.split())
+                if not inner:
+                    raise _error(text, rhs_start + i, "empty offset()",
+                                 "Write offset(log(exposure)) or offset(column).")
+                try:
+                    _check_part(inner)
+                except _Refused as r:
+                    raise _error(text, rhs_start + i, f"{r.reason}: term {r.term!r} in offset()",
+                                 ALLOWED_HINT) from None
+                offsets.append(inner)
+                fixed_parts.append(before[:m_off.start()])
+                last = j + 1
+                i = j + 1
+                continue
             if bar is not None and (not before or before.endswith("+")):
                 expr, group, correlated = bar
                 offset = rhs_start + i
@@ -267,7 +300,33 @@ def parse_formula(text: str) -> ParsedFormula:
             raise _error(text, t.offset, f"random term {t.text!r} for '{t.group}' appears twice",
                          "Remove the duplicate term.")
         seen.add(key)
-    return ParsedFormula(text=text.strip(), response=response, fixed=fixed, random=tuple(random))
+    return ParsedFormula(text=text.strip(), response=response, fixed=fixed, random=tuple(random),
+                         trials=trials, offsets=tuple(offsets))
+
+
+_CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.S)
+#: ``offset`` right before a '(' at the start of a sum term
+_OFFSET_CALL = re.compile(r"(^|\+)\s*offset\s*$")
+
+
+def _cbind(text: str, m: re.Match) -> tuple[str, tuple[str, str]]:
+    """``cbind(s, f)`` -> ``("s", ("failures", "f"))``; ``cbind(s, n - s)`` -> ``("s", ("trials", "n"))``."""
+    args = [a.strip() for a in m.group(1).split(",")]
+    hint = ("Write the binomial response as cbind(successes, failures) or cbind(successes, n - successes) "
+            "with column names, as in lme4's glmer.")
+    if len(args) != 2:
+        raise _error(text, 0, f"cbind() takes two arguments, got {len(args)}", hint)
+    s, second = args
+    ok = lambda c: bool(_IDENT.match(c)) and not _is_dunder(c)    # noqa: E731
+    if not ok(s):
+        raise _error(text, 0, f"the successes {s!r} in cbind() are not a column name", hint)
+    if ok(second):
+        return s, ("failures", second)
+    mm = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_.]*)\s*-\s*([A-Za-z_][A-Za-z0-9_.]*)", second)
+    if mm and ok(mm.group(1)) and mm.group(2) == s:
+        return s, ("trials", mm.group(1))
+    raise _error(text, 0, f"the second argument {second!r} of cbind() is neither a column of failures "
+                 f"nor 'n - {s}'", hint)
 
 
 # --------------------------------------------------------------------------------------------

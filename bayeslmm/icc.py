@@ -28,9 +28,10 @@ import xarray as xr
 
 from .errors import BayesLMMError
 from .families import get_family
-from .posterior import cov_draws, hdi, stack
+from .posterior import cov_draws, hdi, sd_var, stack, term_dim
 
-__all__ = ["ICCResult", "icc", "icc_draws", "factor_variance", "default_points"]
+__all__ = ["ICCResult", "icc", "icc_draws", "factor_variance", "default_points", "residual_variance_draws",
+           "mean_count_draws"]
 
 
 def factor_variance(post: xr.Dataset, f, z: np.ndarray) -> np.ndarray:
@@ -82,10 +83,37 @@ def _ancestors(f, factors) -> list:
     return chain
 
 
+def mean_count_draws(fit, post: xr.Dataset | None = None) -> xr.DataArray:
+    """``lambda`` per draw (dims chain, draw): the mean count of an average observation on the
+    response scale, ``exp(b_0c + mean(offset) + sum_g sd_g(Intercept)^2 / 2)`` with
+    ``b_0c = mean(X) @ b`` the intercept at centred predictors (Nakagawa et al. 2017)."""
+    post = fit.posterior if post is None else post
+    design = fit.design
+    xbar = xr.DataArray(design.X.mean(axis=0), dims="term", coords={"term": list(design.fixed_terms)})
+    eta = (post["b"] * xbar).sum("term")
+    if design.offset is not None:
+        eta = eta + float(np.mean(design.offset))
+    for f in design.factors:
+        if "Intercept" in f.terms:
+            eta = eta + 0.5 * post[sd_var(f.name)].sel({term_dim(f.name): "Intercept"}, drop=True) ** 2
+    return np.exp(eta)
+
+
+def residual_variance_draws(fit, post: xr.Dataset | None = None) -> xr.DataArray:
+    """The family's latent-scale residual variance per draw, dims (chain, draw) (gaussian: sigma^2;
+    logit: pi^2/3; probit: 1; log link: the log-normal approximation, see :mod:`bayeslmm.families`)."""
+    post = fit.posterior if post is None else post
+    family = get_family(fit.spec.family, fit.spec.link)
+    mean = mean_count_draws(fit, post) if family.link == "log" else None
+    v = family.latent_residual_variance({a: post[a] for a in family.aux_names}, mean)
+    if not isinstance(v, xr.DataArray):     # a constant (logit, probit): one value per draw
+        v = xr.full_like(post["b"].isel(term=0, drop=True), float(v))
+    return v
+
+
 def _residual_variance(fit, post: xr.Dataset) -> np.ndarray:
-    """The family's latent-scale residual variance per draw (gaussian: sigma^2)."""
-    family = get_family(fit.spec.family)
-    return family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names})
+    """The family's latent-scale residual variance per draw, stacked (gaussian: sigma^2)."""
+    return stack(residual_variance_draws(fit, post))
 
 
 def icc_draws(fit, at: dict[str, float] | None = None) -> dict[str, np.ndarray]:
@@ -141,7 +169,9 @@ class ICCResult:
     ----------
     table : DataFrame
         One row per (factor, covariate point): ``group``, ``kind`` (``icc`` or ``cumulative``),
-        ``at``, and ``mean``, ``median``, ``sd``, ``hdi_lower``, ``hdi_upper``.
+        ``at``, and ``mean``, ``median``, ``sd``, ``hdi_lower``, ``hdi_upper``, and ``scale``: which
+        scale the ICC is on (the data scale for identity links; the latent scale of Nakagawa et
+        al. 2017 otherwise, with its residual variance).
     draws : dict
         ``(label, at) -> ndarray`` of draws (chains*draws,).
     curves : dict
@@ -156,7 +186,9 @@ class ICCResult:
     prob: float = 0.95
 
     def __repr__(self) -> str:
-        return f"ICC posterior ({self.prob:.0%} HDI)\n{self.table.to_string()}"
+        scale = f" on the {self.table['scale'].iloc[0]}" if len(self.table) and "scale" in self.table else ""
+        return (f"ICC posterior ({self.prob:.0%} HDI){scale}\n"
+                f"{self.table.drop(columns='scale', errors='ignore').to_string()}")
 
     def _repr_html_(self) -> str:
         return self.table._repr_html_()
@@ -212,6 +244,7 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
             draws[(g, label)] = x
             rows.append({"group": group, "kind": kind, "at": label, **_row(x, prob)})
     table = pd.DataFrame(rows)
+    table["scale"] = get_family(fit.spec.family, fit.spec.link).latent_scale
     table.attrs["ci_prob"] = prob
     curves = {}
     ranges = _slope_ranges(design)

@@ -24,7 +24,7 @@ __all__ = ["Model", "fit"]
 
 
 class Model:
-    """A Bayesian linear mixed model: formula + data + priors, ready to sample.
+    """A Bayesian (generalised) linear mixed model: formula + data + priors, ready to sample.
 
     Parameters
     ----------
@@ -33,7 +33,9 @@ class Model:
     data : pandas.DataFrame
         Never modified.
     family : str
-        ``"gaussian"``.
+        ``"gaussian"`` (default), ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
+        ``"negbinomial"`` (see :mod:`bayeslmm.families`); non-Gaussian families are sampled on the
+        non-centred path.
     priors : dict, optional
         Overrides keyed by parameter label or class, values like ``"normal(0, 10)"``; see
         :attr:`priors` for the labels and defaults.
@@ -42,6 +44,14 @@ class Model:
         ``"marginal"`` is accepted as the old name of ``"collapsed"``.
     missing : {"drop", "raise"}
         What to do with rows that have missing values in used columns (dropping prints a count).
+    link : str, optional
+        The family's link (bernoulli/binomial: ``"logit"`` default or ``"probit"``).
+    trials : str, optional
+        Binomial: the column of trials, with the successes as the response (or write
+        ``cbind(successes, failures) ~ ...`` as in lme4).
+    offset : str, optional
+        A column added to the linear predictor as is, on the link scale (e.g. a log-exposure
+        column); ``offset(log(exposure))`` in the formula does the same. No coefficient, no prior.
 
     Examples
     --------
@@ -53,11 +63,13 @@ class Model:
     """
 
     def __init__(self, formula: str | ModelSpec, data: pd.DataFrame, *, family: str = "gaussian",
-                 priors: dict | None = None, method: str = "auto", missing: str = "drop"):
+                 priors: dict | None = None, method: str = "auto", missing: str = "drop",
+                 link: str | None = None, trials: str | None = None, offset: str | None = None):
         if isinstance(formula, ModelSpec):
             self.spec = formula
         else:
-            self.spec = build_spec(formula, family=family, priors=priors, method=method)
+            self.spec = build_spec(formula, family=family, priors=priors, method=method, link=link,
+                                   trials=trials, offset=offset)
         self.design: Design = make_design(self.spec, data, missing=missing)
         self.prior_table: PriorTable = resolve_priors(self.spec, self.design)
 
@@ -88,7 +100,7 @@ class Model:
             from .paths.collapsed import build_collapsed_model
             return build_collapsed_model(self.design, self.prior_table, chain=self.plan("collapsed").chain)
         from .paths.noncentred import build_model
-        return build_model(self.design, self.prior_table, self.spec.family)
+        return build_model(self.design, self.prior_table, self.spec.family, self.spec.link)
 
     def fit(self, *, chains: int = 4, draws: int = 1000, tune: int = 1000, seed: int | None = None,
             target_accept: float = 0.9, sampler: str = "pymc", cores: int | None = None,
@@ -133,7 +145,7 @@ class Model:
                                            chain=plan.chain)
         else:
             from .paths.noncentred import build_model
-            model = build_model(self.design, self.prior_table, self.spec.family)
+            model = build_model(self.design, self.prior_table, self.spec.family, self.spec.link)
             names = stored_var_names(self.design, get_family(self.spec.family).aux_names)
             idata, info = sample(model, settings, var_names=names, seed=seed_used)
         info["total_s"] = time.perf_counter() - t0
@@ -149,10 +161,10 @@ class Model:
 def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
     """One call: ``Model(formula, data, ...)`` then ``.fit(...)``.
 
-    Model options (family, priors, method, missing) and fit options (chains, draws, seed, ...)
+    Model options (family, link, trials, offset, priors, method, missing) and fit options (chains, draws, seed, ...)
     are routed to the right place.
     """
-    model_keys = {"family", "priors", "method", "missing"}
+    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     fk = {k: v for k, v in kwargs.items() if k not in model_keys}
     return Model(formula, data, **mk).fit(**fk)

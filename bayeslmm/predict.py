@@ -13,8 +13,9 @@ Semantics of new group levels (fixed here, documented in the README, tested):
   factor and the levels.
 * ``include_random=False`` gives the population-level (marginal over groups, conditional on the
   group effects being 0) prediction ``X b``.
-* ``kind="mean"`` predicts the expected value ``mu``; ``kind="response"`` draws a new observation
-  from the family (gaussian: adds N(0, sigma) noise), a posterior predictive draw.
+* ``kind="link"`` gives the linear predictor ``eta`` (offset included); ``kind="mean"`` the
+  expected value ``mu = inverse_link(eta)`` (binomial: ``trials * p``); ``kind="response"`` draws a
+  new observation from the family (gaussian: adds N(0, sigma) noise), a posterior predictive draw.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .design import predictor_arrays
+from .design import offset_and_trials, predictor_arrays
 from .errors import DataError
 from .families import get_family
 from .posterior import cov_draws, r_var
 
 __all__ = ["predict", "linear_predictor"]
 
-KINDS = ("mean", "response")
+KINDS = ("link", "mean", "response")
 
 
 def linear_predictor(X: np.ndarray, b: np.ndarray, effects) -> np.ndarray:
@@ -59,8 +60,10 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
     fit : Fit
     data : DataFrame, optional
         Needs every predictor and grouping column of the model (not the response).
-    kind : {"mean", "response"}
-        Expected value, or a new observation (adds N(0, sigma) noise).
+    kind : {"link", "mean", "response"}
+        The linear predictor (link scale, offset included), the expected response
+        ``E[y] = inverse_link(eta)`` (binomial: ``trials * p``), or a new observation drawn from
+        the family (gaussian: adds N(0, sigma) noise).
     include_random : bool
         Include group effects (conditional prediction) or not (``X b`` only).
     allow_new_levels : bool
@@ -81,7 +84,7 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
         raise DataError(f"the 'kind' parameter must be one of {KINDS}. Got {kind!r} instead.")
     design = fit.design
     X, parts = predictor_arrays(design, design.data_frame() if data is None else data)
-    family = get_family(fit.spec.family)
+    family = get_family(fit.spec.family, fit.spec.link)
     rng = np.random.default_rng(fit.info.get("seed", 0) if seed is None else seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
@@ -105,9 +108,21 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
                 codes = codes.copy()
                 codes[new] = [extra[lv] for lv in labels[new]]
             effects.append((Z, codes, r))
-    mu = family.inverse_link(linear_predictor(X, fit.draws("b"), effects))
-    if kind == "response":
-        mu = family.draw(mu, {a: fit.draws(a)[:, None] for a in family.aux_names}, rng)
+    eta = linear_predictor(X, fit.draws("b"), effects)
+    offset, trials = (design.offset, design.trials) if data is None else offset_and_trials(design, data)
+    if offset is not None:
+        eta = eta + offset
+    if family.needs_trials and kind != "link" and trials is None:
+        kind_what = "expected successes" if kind == "mean" else "new observations"
+        raise DataError(f"binomial {kind_what} need the trials: new data needs the columns "
+                        f"{[design.trials_source[1], design.response] if design.trials_source[0] == 'failures' else [design.trials_source[1]]}"
+                        " (kind='link' needs neither; apply the inverse link for the probability)")
+    if kind == "link":
+        mu = eta
+    elif kind == "mean":
+        mu = family.mean(eta, trials)
+    else:
+        mu = family.draw(eta, {a: fit.draws(a)[:, None] for a in family.aux_names}, rng, trials=trials)
     da = xr.DataArray(mu.reshape(C, D, -1), dims=("chain", "draw", "obs"),
                       coords={"chain": post["chain"].values, "draw": post["draw"].values})
     if not summary:

@@ -52,9 +52,10 @@ PRIOR_DISTS: dict[str, tuple[str, ...]] = {
     "halfstudentt": ("nu", "sigma"),
     "halfcauchy": ("beta",),
     "exponential": ("lam",),
+    "gamma": ("alpha", "beta"),
     "lkj": ("eta",),
 }
-POSITIVE_DISTS = ("halfnormal", "halfstudentt", "halfcauchy", "exponential")
+POSITIVE_DISTS = ("halfnormal", "halfstudentt", "halfcauchy", "exponential", "gamma")
 #: distributions allowed per parameter class; an auxiliary parameter of the family gets those of
 #: its support (see :func:`allowed`)
 ALLOWED = {
@@ -66,7 +67,7 @@ ALLOWED = {
 _SUPPORT = {"positive": POSITIVE_DISTS}
 # PyMC class names of the scalar distributions
 _PYMC = {"normal": "Normal", "studentt": "StudentT", "halfnormal": "HalfNormal",
-         "halfstudentt": "HalfStudentT", "halfcauchy": "HalfCauchy", "exponential": "Exponential"}
+         "halfstudentt": "HalfStudentT", "halfcauchy": "HalfCauchy", "exponential": "Exponential", "gamma": "Gamma"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class Prior:
         for k, v in self.params:
             if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
                 raise PriorError(f"prior {self.dist}: parameter {k}={v!r} must be a finite number")
-            if k in ("sigma", "beta", "lam", "eta", "nu") and v <= 0:
+            if k in ("sigma", "beta", "lam", "eta", "nu", "alpha") and v <= 0:
                 raise PriorError(f"prior {self.dist}: parameter {k}={v!r} must be > 0")
 
     @property
@@ -187,6 +188,8 @@ def draw_prior(prior: Prior, rng: np.random.Generator, size=None) -> np.ndarray 
         return k["beta"] * np.abs(rng.standard_cauchy(size))
     if d == "exponential":
         return rng.exponential(1.0 / k["lam"], size)
+    if d == "gamma":
+        return rng.gamma(k["alpha"], 1.0 / k["beta"], size)
     raise SpecError(f"cannot draw from a {d!r} prior as a scalar")
 
 
@@ -208,6 +211,8 @@ def prior_quantile(prior: Prior, q) -> np.ndarray:
         return stats.halfcauchy.ppf(q, scale=k["beta"])
     if d == "exponential":
         return stats.expon.ppf(q, scale=1.0 / k["lam"])
+    if d == "gamma":
+        return stats.gamma.ppf(q, k["alpha"], scale=1.0 / k["beta"])
     raise SpecError(f"no scalar quantiles for a {d!r} prior")
 
 
@@ -234,6 +239,8 @@ def scale_prior(prior: Prior, factor: float) -> Prior:
         k["beta"] = k["beta"] * factor
     elif prior.dist == "exponential":
         k["lam"] = k["lam"] / factor
+    elif prior.dist == "gamma":
+        k["beta"] = k["beta"] / factor
     else:
         raise SpecError(f"cannot scale a {prior.dist!r} prior; sensitivity scales SD priors only")
     return Prior(prior.dist, tuple((n, float(k[n])) for n, _ in prior.params))
@@ -315,12 +322,16 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     Prior('halfstudentt(nu=3, sigma=19.56)')
     """
     y = design.y
-    s_y = _sd(y)
+    family = get_family(spec.family, getattr(spec, "link", None))
+    trials = getattr(design, "trials", None)
+    s_y = _sd(y if trials is None else y / np.maximum(trials, 1.0))
     if not s_y > 0:
         raise DataError(f"response {design.response!r} is constant ({y[0]:g}); there is nothing to model.")
     sy = f"{s_y:.4g}"
     entries: list[ResolvedPrior] = []
-    for j, term in enumerate(design.fixed_terms):
+    if family.link_scale_priors:
+        entries += _link_scale_defaults(design, family)
+    for j, term in enumerate(design.fixed_terms if not family.link_scale_priors else ()):
         if term == "Intercept":
             entries.append(ResolvedPrior("Intercept", "Intercept",
                                          Prior("normal", (("mu", float(np.mean(y))), ("sigma", 2.5 * s_y))),
@@ -329,7 +340,7 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
             sx = _sd(design.X[:, j])
             entries.append(ResolvedPrior(term, "b", Prior("normal", (("mu", 0.0), ("sigma", 2.5 * s_y / sx))),
                                          f"default: 2.5 sd(y)/sd(x), sd(y)={sy}, sd(x)={sx:.4g}", term=term))
-    for fac in design.factors:
+    for fac in design.factors if not family.link_scale_priors else ():
         for k, term in enumerate(fac.terms):
             sz = _sd(fac.Z[:, k]) if term != "Intercept" else 1.0
             scale = s_y / sz if sz > 0 else s_y
@@ -341,7 +352,6 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
         if fac.has_correlation:
             entries.append(ResolvedPrior(f"cor({fac.name})", "cor", Prior("lkj", (("eta", 2.0),)),
                                          "default", factor=fac.name))
-    family = get_family(spec.family)
     for aux in family.aux:
         dist, params, src = family.default_aux_prior(aux.name, s_y)
         entries.append(ResolvedPrior(aux.name, aux.name, Prior(dist, params), src))
@@ -367,3 +377,46 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
                              f"{ok}")
         out.append(ResolvedPrior(e.label, e.cls, p, f"user ({key!r})", e.factor, e.term))
     return PriorTable(tuple(out))
+
+
+#: link-scale defaults of the logit, probit and log families (rstanarm's, Gelman et al. 2008):
+#: normal(0, 2.5) for the centred intercept (log link: centred at log of the mean rate), slopes
+#: normal(0, 2.5 / sd(x)), group SDs halfstudentt(3, 1) (slopes: 1 / sd(x)); never sd(y)
+LINK_SCALE = 2.5
+LINK_SD_SCALE = 1.0
+
+
+def _link_scale_defaults(design: "Design", family) -> list[ResolvedPrior]:
+    link = family.link
+    entries = []
+    for j, term in enumerate(design.fixed_terms):
+        if term == "Intercept":
+            mu, where = 0.0, ""
+            if link == "log":
+                off = getattr(design, "offset", None)
+                mean_off = float(np.mean(off)) if off is not None else 0.0
+                m = float(np.mean(design.y))
+                mu = float(np.log(m) - mean_off) if m > 0 else 0.0
+                where = f", centred at log(mean(y)){' - mean(offset)' if off is not None else ''}={mu:.4g}"
+            entries.append(ResolvedPrior("Intercept", "Intercept",
+                                         Prior("normal", (("mu", mu), ("sigma", LINK_SCALE))),
+                                         f"default: {LINK_SCALE} on the {link} scale{where}; at centred "
+                                         "predictors"))
+        else:
+            sx = _sd(design.X[:, j])
+            entries.append(ResolvedPrior(term, "b", Prior("normal", (("mu", 0.0), ("sigma", LINK_SCALE / sx))),
+                                         f"default: {LINK_SCALE}/sd(x) on the {link} scale, sd(x)={sx:.4g}",
+                                         term=term))
+    for fac in design.factors:
+        for k, term in enumerate(fac.terms):
+            sz = _sd(fac.Z[:, k]) if term != "Intercept" else 1.0
+            scale = LINK_SD_SCALE / sz if sz > 0 else LINK_SD_SCALE
+            src = (f"default: {LINK_SD_SCALE:g} on the {link} scale" if term == "Intercept"
+                   else f"default: {LINK_SD_SCALE:g}/sd(x) on the {link} scale, sd(x)={sz:.4g}")
+            entries.append(ResolvedPrior(f"sd({fac.name}, {term})", "sd",
+                                         Prior("halfstudentt", (("nu", 3.0), ("sigma", scale))), src,
+                                         factor=fac.name, term=term))
+        if fac.has_correlation:
+            entries.append(ResolvedPrior(f"cor({fac.name})", "cor", Prior("lkj", (("eta", 2.0),)),
+                                         "default", factor=fac.name))
+    return entries

@@ -112,7 +112,7 @@ class Fit:
         ``term``, ``kind`` (sd/var/cor) and the posterior summary.
         """
         post = self.posterior
-        family = get_family(self.spec.family)
+        family = get_family(self.spec.family, self.spec.link)
         draws, meta = {}, []
         for f in self.design.factors:
             for t in f.terms:
@@ -126,12 +126,16 @@ class Fit:
             for t in f.terms:
                 draws[f"var({f.name}, {t})"] = sd.sel({term_dim(f.name): t}) ** 2
                 meta.append((f.name, t, "var"))
-        draws["var(Residual)"] = family.latent_residual_variance({a: post[a] for a in family.aux_names})
+        from .icc import residual_variance_draws
+        draws["var(Residual)"] = residual_variance_draws(self, post)
         meta.append(("Residual", "", "var"))
         tab = summarize_draws(draws, prob)
         tab.insert(0, "kind", [m[2] for m in meta])
         tab.insert(0, "term", [m[1] for m in meta])
         tab.insert(0, "group", [m[0] for m in meta])
+        if float(np.ptp(stack(draws["var(Residual)"]))) == 0.0:   # logit/probit: a constant
+            tab.loc["var(Residual)", ["sd", "mcse_mean", "mcse_sd"]] = 0.0
+        tab.attrs["residual_scale"] = family.latent_scale
         return tab
 
     # -- derived quantities, checks, plots, report (thin delegations; see the modules) -----

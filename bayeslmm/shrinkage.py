@@ -87,7 +87,7 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
     ``W_j = (I + S Z_j'Z_j / sigma^2)^-1`` per draw; for a random intercept
     ``sigma^2 / (sigma^2 + n_j sd^2)``.
     """
-    family = get_family(fit.spec.family)
+    family = get_family(fit.spec.family, fit.spec.link)
     if not family.supports_collapsed:
         raise BayesLMMError(f"the model-based shrinkage factor needs a Gaussian conditional of the group "
                             f"effects; family {family.name!r} has none.")
@@ -196,7 +196,7 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
     design = fit.design
     b = fit.draws("b")                                             # (S, p)
     b_hat = b.mean(axis=0)
-    gaussian = get_family(fit.spec.family).supports_collapsed
+    gaussian = get_family(fit.spec.family, fit.spec.link).supports_collapsed
     frames = []
     for f in _factor(design, factor):
         r = fit.draws(r_var(f.name))                               # (S, J, q)

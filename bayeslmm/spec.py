@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, fields
 
 from .errors import PriorError, SpecError
-from .families import FAMILIES
+from .families import FAMILIES, get_family
 from .formula import ParsedFormula, parse_formula
 from .priors import Prior, parse_prior
 
@@ -38,7 +38,7 @@ class ModelSpec:
     ----------
     formula : ParsedFormula
     family : str
-        Only ``"gaussian"`` for now.
+        One of :data:`bayeslmm.families.FAMILIES`; ``link`` picks one of its links.
     priors : tuple of (parameter label, Prior)
         User overrides, keyed by the labels of :attr:`bayeslmm.Model.priors` (``"Days"``,
         ``"Intercept"``, ``"sd(Subject, Days)"``, ``"cor(Subject)"``, ``"sigma"``) or by a class
@@ -52,26 +52,58 @@ class ModelSpec:
     family: str = "gaussian"
     priors: tuple[tuple[str, Prior], ...] = ()
     method: str = "auto"
+    #: the family's link; None = its default (``bayeslmm.families.LINKS``)
+    link: str | None = None
+    #: binomial: column of trials (alternative to ``cbind(successes, failures)``)
+    trials: str | None = None
+    #: column added to the linear predictor as is (link scale, e.g. a log-exposure column)
+    offset: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise SpecError(f"family {self.family!r} is not supported; use one of {tuple(FAMILIES)}")
+        fam = get_family(self.family, self.link)          # an invalid link is a SpecError here
+        object.__setattr__(self, "link", fam.link)
         if self.method not in METHODS:
             raise SpecError(f"method {self.method!r} is not one of {METHODS}")
         object.__setattr__(self, "method", canonical_method(self.method))
+        cb = self.formula.trials
+        if fam.needs_trials and cb is None and self.trials is None:
+            raise SpecError(f"the binomial family needs the number of trials: write the response as "
+                            f"cbind(successes, failures) or cbind(successes, n - successes), or pass "
+                            f"trials='column' (formula {self.formula.text!r})")
+        if not fam.needs_trials and (cb is not None or self.trials is not None):
+            raise SpecError(f"cbind() responses and trials= belong to family='binomial', not "
+                            f"{self.family!r}")
+        if cb is not None and self.trials is not None:
+            raise SpecError("give the trials once: either cbind(...) in the formula or trials=, not both")
+        for name, v in (("trials", self.trials), ("offset", self.offset)):
+            if v is not None and (not isinstance(v, str) or not v):
+                raise SpecError(f"the {name!r} option must be a column name. Got {v!r} instead.")
+
+    @property
+    def family_object(self):
+        """The :class:`~bayeslmm.families.Family` with this spec's link."""
+        return get_family(self.family, self.link)
 
     def to_dict(self) -> dict:
-        return {"formula": self.formula.text, "family": self.family, "method": self.method,
-                "priors": {k: p.text for k, p in self.priors}}
+        out = {"formula": self.formula.text, "family": self.family, "method": self.method,
+               "priors": {k: p.text for k, p in self.priors}}
+        if self.link != FAMILIES[self.family].link:
+            out["link"] = self.link
+        out.update({k: v for k, v in (("trials", self.trials), ("offset", self.offset)) if v})
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         return build_spec(d["formula"], family=d.get("family", "gaussian"),
-                          priors=d.get("priors") or None, method=d.get("method", "auto"))
+                          priors=d.get("priors") or None, method=d.get("method", "auto"),
+                          link=d.get("link"), trials=d.get("trials"), offset=d.get("offset"))
 
 
 def build_spec(formula: str, *, family: str = "gaussian", priors: dict | None = None,
-               method: str = "auto") -> ModelSpec:
+               method: str = "auto", link: str | None = None, trials: str | None = None,
+               offset: str | None = None) -> ModelSpec:
     """Parse and validate a formula and options into a :class:`ModelSpec`.
 
     Examples
@@ -86,7 +118,8 @@ def build_spec(formula: str, *, family: str = "gaussian", priors: dict | None = 
         if not isinstance(k, str):
             raise PriorError(f"prior keys must be parameter labels (strings), got {k!r}")
         items.append((k, parse_prior(v, where=f"prior for {k!r}")))
-    return ModelSpec(formula=parsed, family=family, priors=tuple(items), method=method)
+    return ModelSpec(formula=parsed, family=family, priors=tuple(items), method=method, link=link,
+                     trials=trials, offset=offset)
 
 
 @dataclass(frozen=True, slots=True)

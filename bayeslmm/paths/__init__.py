@@ -62,10 +62,12 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     method = canonical_method(method or spec.method)
     if method == "noncentred":
         return Plan("noncentred", "requested")
-    family = get_family(spec.family)
+    family = get_family(spec.family, spec.link)
     if not family.supports_collapsed:
         chain, why = None, (f"family {spec.family!r} has no exact collapsed likelihood: the collapsed "
-                            "path needs a Gaussian likelihood")
+                            "path needs a Gaussian likelihood; the random effects are sampled")
+    elif getattr(design, "offset", None) is not None:
+        chain, why = None, "the model has an offset, which the collapsed path does not take"
     else:
         chain, why = nesting_chain(design)
     if method == "collapsed" and chain is None:

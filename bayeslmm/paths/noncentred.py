@@ -47,7 +47,8 @@ def data_values(y: np.ndarray) -> dict[str, np.ndarray]:
     return {OBSERVED_DATA: np.asarray(y, dtype=float)}
 
 
-def build_model(design: Design, priors: PriorTable, family: str = "gaussian") -> pm.Model:
+def build_model(design: Design, priors: PriorTable, family: str = "gaussian",
+                link: str | None = None) -> pm.Model:
     """The non-centred mixed model as a ``pm.Model``.
 
     Examples
@@ -65,8 +66,11 @@ def build_model(design: Design, priors: PriorTable, family: str = "gaussian") ->
     with pm.Model(coords=coords) as model:
         eta_fixed, _ = fixed_effects(design, priors)
         eta = eta_fixed + random_part(design, priors)
-        fam = get_family(family)
+        if design.offset is not None:      # a known term: no coefficient, no prior
+            eta = eta + pm.Data("offset", design.offset, dims="obs")
+        fam = get_family(family, link)
         aux = {a: prior_rv(a, [priors[a]]) for a in fam.aux_names}
         y = pm.Data(OBSERVED_DATA, design.y, dims="obs")
-        fam.observe(OBSERVED, eta, aux, observed=y, dims="obs")
+        trials = None if design.trials is None else pm.Data("trials", design.trials, dims="obs")
+        fam.observe(OBSERVED, eta, aux, observed=y, dims="obs", trials=trials)
     return model

@@ -39,7 +39,7 @@ class PathRefitter:
             names = None
         else:
             from ..paths.noncentred import build_model
-            pm_model = build_model(self.design, model.prior_table, family)
+            pm_model = build_model(self.design, model.prior_table, family, model.spec.link)
             names = stored_var_names(self.design, get_family(family).aux_names)
         self.sampler = CompiledSampler(pm_model, engine, var_names=names, target_accept=target_accept)
 
