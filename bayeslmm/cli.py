@@ -168,6 +168,7 @@ def _cmd_fit(args) -> int:
     out = Path(args.out)
     _say(f"bayeslmm fit: {mf.source} ({mf.name})")
     _say(f"  formula: {mf.spec.formula.text}")
+    _say(f"  family:  {mf.spec.family} ({mf.spec.link} link)")
     model = mf.build_model()
     _say(f"  data:    {mf.data.describe()}, {model.design.n} rows used"
          + (f" ({model.design.n_dropped} dropped: missing values)" if model.design.n_dropped else ""))

@@ -7,7 +7,10 @@ A model file has up to five tables; only ``[model]`` (with ``formula``) and ``[d
     name = "sleepstudy_slopes"                  # optional; default: the file name
     description = "Correlated random intercepts and slopes for Days"
     formula = "Reaction ~ Days + (Days | Subject)"
-    family = "gaussian"                         # optional (default "gaussian")
+    family = "gaussian"                         # optional (default "gaussian"; see bayeslmm.families)
+    # link = "probit"                           # optional: the family's link (default: its first)
+    # trials = "n"                              # binomial: column of trials (or cbind(s, f) ~ ...)
+    # offset = "log_exposure"                   # column added to the linear predictor as is
     method = "auto"                             # "auto" | "collapsed" | "noncentred" ("marginal" = "collapsed")
     missing = "drop"                            # "drop" (with a printed count) | "raise"
 
@@ -60,7 +63,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BayesLMMError, ModelFileError
-from .families import FAMILIES
+from .families import FAMILIES, LINKS
 from .spec import METHODS, SAMPLERS, ModelSpec, SamplerSpec, build_spec
 
 __all__ = ["ModelFile", "DataSource", "ReportOptions", "load_model_file", "loads_model_file",
@@ -76,6 +79,9 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "model": {
         "formula": ("str", "lme4 formula, e.g. \"Reaction ~ Days + (Days | Subject)\" (required)"),
         "family": ("str", f"one of {', '.join(FAMILIES)}"),
+        "link": ("str", "the family's link: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in LINKS.items())),
+        "trials": ("str", "binomial: column of trials (the response holds successes)"),
+        "offset": ("str", "column added to the linear predictor as is (link scale), no coefficient"),
         "method": ("str", f"one of {', '.join(METHODS)}"),
         "missing": ("str", f"one of {', '.join(MISSING)}"),
         "name": ("str", "a short name for outputs"),
@@ -313,6 +319,7 @@ class ModelFile:
             model["description"] = self.description
         model.update({"formula": self.spec.formula.text, "family": self.spec.family,
                       "method": self.spec.method, "missing": self.missing})
+        model.update({k: v for k, v in self.spec.to_dict().items() if k in ("link", "trials", "offset")})
         data: dict = {}
         if self.data.dataset is not None:
             data["dataset"] = self.data.dataset
@@ -419,7 +426,8 @@ def parse_model_dict(raw: dict, *, source: str = "<dict>", base_dir: str = ".",
             raise ModelFileError(f"{source}: key 'priors.\"{k}\"': {e}") from e
     try:
         spec = build_spec(m["formula"], family=m.get("family", "gaussian"), priors=parsed_priors or None,
-                          method=m.get("method", "auto"))
+                          method=m.get("method", "auto"), link=m.get("link"), trials=m.get("trials"),
+                          offset=m.get("offset"))
     except BayesLMMError as e:
         raise ModelFileError(f"{source}: key 'model.formula' = {m['formula']!r}: {e}") from e
 
