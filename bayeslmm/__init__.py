@@ -31,7 +31,8 @@ _EXPORTS = {
     "build_spec": "spec", "ModelSpec": "spec", "SamplerSpec": "spec",
     "parse_prior": "priors", "Prior": "priors", "PriorTable": "priors", "resolve_priors": "priors",
     "make_design": "design", "Design": "design", "FactorDesign": "design",
-    "get_family": "families",
+    "get_family": "families", "FAMILIES": "families",
+    "rank_inverse_normal": "transforms",
     "BayesLMMError": "errors", "FormulaError": "errors", "SpecError": "errors", "DataError": "errors",
     "PriorError": "errors", "ModelFileError": "errors",
 }
@@ -39,6 +40,7 @@ _EXPORTS = {
 __all__ = [
     "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets",
     "parse_formula", "build_spec", "parse_prior", "make_design", "resolve_priors", "get_family",
+    "FAMILIES", "rank_inverse_normal",
     "ModelSpec", "SamplerSpec", "Prior", "PriorTable", "Design", "FactorDesign", "ParsedFormula",
     "RandomTerm",
     "BayesLMMError", "FormulaError", "SpecError", "DataError", "PriorError", "ModelFileError",

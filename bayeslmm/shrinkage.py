@@ -21,6 +21,10 @@ shrinkage factor (model)
     matrix that maps the no-pooling estimate to the conditional posterior mean
     (``E[u_j | rest] = (I - W_j) u_np``). For a random intercept this is
     ``sigma^2 / (sigma^2 + n_j sd^2) = 1 - n_j sd^2 / (n_j sd^2 + sigma^2)``.
+non-Gaussian families
+    Everything on the link scale: the no-pooling estimate is the group's own maximum-likelihood
+    fit (:func:`glm_no_pooling`); groups with complete separation or all-zero counts are flagged in
+    column ``flag`` and get a finite penalised estimate; no model shrinkage factor.
 pooling factor (Gelman & Pardoe 2006)
     Per factor and term: ``lambda = 1 - Var_j(E[r_j]) / E[Var_j(r_j)]``; near 0 little pooling,
     near 1 nearly complete pooling.
@@ -39,7 +43,7 @@ from .posterior import cov_draws, hdi, r_var, stack
 from .stats import group_crossprods
 
 __all__ = ["ShrinkageResult", "shrinkage", "pooling_factor", "no_pooling_estimates",
-           "model_shrinkage_draws"]
+           "glm_no_pooling", "model_shrinkage_draws"]
 
 
 def _factor(design, factor):
@@ -63,6 +67,8 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
     ...     chains=2, draws=300, seed=1, progressbar=False)               # doctest: +SKIP
     >>> no_pooling_estimates(fit, "Batch")[:, 0]    # batch means minus the intercept  # doctest: +SKIP
     """
+    if not get_family(fit.spec.family, fit.spec.link).supports_collapsed:
+        return glm_no_pooling(fit, factor)[0]
     design = fit.design
     f = design.factor(factor)
     post = fit.posterior
@@ -79,6 +85,77 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
         if np.linalg.matrix_rank(M) == f.q:
             out[j] = np.linalg.solve(M, Zte[j])
     return out
+
+
+#: link-scale bound beyond which a per-group estimate counts as diverging (separation), and the SD
+#: of the normal penalty that keeps a flagged group's estimate finite
+SEPARATION_BOUND = 10.0
+FLAG_PENALTY_SD = 2.5
+
+
+def glm_no_pooling(fit, factor: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group maximum-likelihood deviations on the link scale (non-Gaussian families).
+
+    Each group's own fit of its random-effect coefficients ``u`` with everything else at the
+    posterior mean as an offset: ``eta_i = X_i b_hat + sum_{k != g} Z_ki r_hat_k + offset_i +
+    Z_ji u``, the family's log-likelihood maximised over ``u`` (auxiliary parameters at their
+    posterior means). A group whose maximum is at infinity (complete separation: all successes or
+    all failures; all-zero counts) or beyond ``SEPARATION_BOUND`` on the link scale is flagged and
+    gets the maximum of the likelihood times a N(0, 2.5^2) penalty on ``u`` instead: finite, never
+    inf. A group that cannot identify its coefficients (rank-deficient ``Z_j``) gets NaN.
+
+    Returns
+    -------
+    u : ndarray (J, q)
+    flags : ndarray (J,) of str
+        ``""``, ``"separation"``, ``"all-zero counts"``, ``"not converged"`` or ``"unidentified"``.
+    """
+    from scipy.optimize import minimize
+    design = fit.design
+    family = get_family(fit.spec.family, fit.spec.link)
+    f = design.factor(factor)
+    post = fit.posterior
+    b_hat = post["b"].mean(("chain", "draw")).to_numpy()
+    base = design.X @ b_hat + (0.0 if design.offset is None else design.offset)
+    for k in design.factors:
+        if k.name != f.name:
+            r_hat = post[r_var(k.name)].mean(("chain", "draw")).to_numpy()
+            base = base + np.einsum("nq,nq->n", k.Z, r_hat[k.codes])
+    aux = {a: float(post[a].mean()) for a in family.aux_names}
+    y, trials = design.y, design.trials
+    out = np.full((f.n_levels, f.q), np.nan)
+    flags = np.full(f.n_levels, "", dtype=object)
+    order = np.argsort(f.codes, kind="stable")
+    bounds = np.searchsorted(f.codes[order], np.arange(f.n_levels + 1))
+    for j in range(f.n_levels):
+        idx = order[bounds[j]:bounds[j + 1]]
+        Z, yj, o = f.Z[idx], y[idx], base[idx]
+        nj = None if trials is None else trials[idx]
+        if np.linalg.matrix_rank(Z) < f.q:
+            flags[j] = "unidentified"
+            continue
+
+        def nll(u, pen=0.0):
+            v = -np.sum(family.log_likelihood(yj, o + Z @ u, aux, trials=nj)) + pen * 0.5 * u @ u
+            return v if np.isfinite(v) else 1e300
+
+        res = minimize(nll, np.zeros(f.q), method="BFGS")
+        degenerate = ""
+        if family.link in ("logit", "probit"):
+            top = 1.0 if nj is None else nj
+            if np.all(yj == 0) or np.all(yj == top):
+                degenerate = "separation"
+        elif family.link == "log" and np.all(yj == 0):
+            degenerate = "all-zero counts"
+        if degenerate or not res.success or np.max(np.abs(res.x)) > SEPARATION_BOUND:
+            flags[j] = degenerate or ("separation" if np.max(np.abs(res.x)) > SEPARATION_BOUND
+                                      else "not converged")
+            if flags[j] == "not converged" and np.all(np.isfinite(res.x)):
+                out[j] = res.x
+                continue
+            res = minimize(nll, np.zeros(f.q), args=(1.0 / FLAG_PENALTY_SD ** 2,), method="BFGS")
+        out[j] = res.x
+    return out, flags
 
 
 def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
@@ -200,7 +277,11 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
     frames = []
     for f in _factor(design, factor):
         r = fit.draws(r_var(f.name))                               # (S, J, q)
-        u_np = no_pooling_estimates(fit, f.name)
+        flags = None
+        if gaussian:
+            u_np = no_pooling_estimates(fit, f.name)
+        else:
+            u_np, flags = glm_no_pooling(fit, f.name)
         W = model_shrinkage_draws(fit, f.name) if gaussian else None
         sizes = f.group_sizes
         for k, t in enumerate(f.terms):
@@ -222,6 +303,9 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
                  "partial_lower": hd[:, 0], "partial_upper": hd[:, 1],
                  "effect_mean": r[:, :, k].mean(axis=0), "effect_lower": he[:, 0],
                  "effect_upper": he[:, 1], "shrinkage": emp}
+            if flags is not None:
+                d["flag"] = flags
+                d["scale"] = f"link ({fit.spec.link})"
             if W is not None:
                 hw = np.array([hdi(W[:, j, k], prob) for j in range(f.n_levels)])
                 d.update({"shrinkage_model": W[:, :, k].mean(axis=0),
