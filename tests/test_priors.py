@@ -90,7 +90,7 @@ def test_class_prior_and_precedence(sleepstudy):
     ({"sigma": "normal(0, 1)"}, "not allowed for a sigma parameter"),
     ({"Days": "halfnormal(1)"}, "not allowed for a b parameter"),
     ({"sigma": "halfnormal(-1)"}, "sigma=-1.0 must be > 0"),
-    ({"sigma": "gamma(2, 1)"}, "cannot read prior 'gamma\\(2, 1\\)'"),
+    ({"sigma": "weibull(2, 1)"}, "cannot read prior 'weibull\\(2, 1\\)'"),
     ({"sigma": "normal(0)"}, "missing sigma"),
     ({"sigma": "halfnormal(abc)"}, "not a number"),
 ])
