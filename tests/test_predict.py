@@ -75,4 +75,4 @@ def test_bad_new_data(fit):
     with pytest.raises(blmm.DataError, match="missing values in \\['Days'\\]"):
         fit.predict(pd.DataFrame({"Days": [np.nan], "Subject": ["308"]}))
     with pytest.raises(blmm.DataError, match="'kind' parameter"):
-        fit.predict(None, kind="link")
+        fit.predict(None, kind="latent")
