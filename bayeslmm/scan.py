@@ -379,9 +379,9 @@ def simulate_gwas(n: int = 500, markers: int = 2000, *, fst: float = 0.1, h2: fl
     a, b = f * (1 - fst) / fst, (1 - f) * (1 - fst) / fst
     freq = rng.beta(a, b, size=(2, markers))
     G = rng.binomial(2, freq[pop]).astype(np.int8)
-    causal = np.sort(rng.choice(markers, n_causal, replace=False))
+    causal = np.sort(rng.choice(markers, min(n_causal, markers), replace=False))
     Gc = G[:, causal].astype(float)
-    g = (Gc - Gc.mean(0)) @ rng.standard_normal(n_causal)
+    g = (Gc - Gc.mean(0)) @ rng.standard_normal(len(causal))
     g = g / g.std() * np.sqrt(h2 / (1 - h2)) if h2 > 0 else 0 * g
     y = pop_shift * pop + g + rng.standard_normal(n)
     ids = [f"i{i}" for i in range(n)]
