@@ -371,7 +371,8 @@ def simulate_gwas(n: int = 500, markers: int = 2000, *, fst: float = 0.1, h2: fl
     Ancestral allele frequencies ~ U(0.05, 0.95); each subpopulation's frequency ~ Beta(f (1 - F)
     / F, (1 - f)(1 - F) / F) with F = ``fst``; genotypes ~ Binomial(2, frequency). The trait is
     ``pop_shift`` (in units of the residual sd) times the subpopulation indicator, plus a polygenic
-    part from ``n_causal`` markers scaled to variance h2 / (1 - h2), plus N(0, 1) noise.
+    part from ``n_causal`` markers (centred within each subpopulation, so that it does not change
+    the difference between them) scaled to variance h2 / (1 - h2), plus N(0, 1) noise.
     """
     rng = np.random.default_rng(seed)
     pop = np.repeat([0, 1], [n // 2, n - n // 2])
@@ -382,6 +383,8 @@ def simulate_gwas(n: int = 500, markers: int = 2000, *, fst: float = 0.1, h2: fl
     causal = np.sort(rng.choice(markers, min(n_causal, markers), replace=False))
     Gc = G[:, causal].astype(float)
     g = (Gc - Gc.mean(0)) @ rng.standard_normal(len(causal))
+    for k in (0, 1):        # centred within subpopulation: the populations differ by pop_shift exactly
+        g[pop == k] -= g[pop == k].mean()
     g = g / g.std() * np.sqrt(h2 / (1 - h2)) if h2 > 0 else 0 * g
     y = pop_shift * pop + g + rng.standard_normal(n)
     ids = [f"i{i}" for i in range(n)]
