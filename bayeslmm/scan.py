@@ -80,25 +80,26 @@ def genomic_inflation(p_values) -> float:
 # --------------------------------------------------------------------------------------------
 # The whitened problem
 # --------------------------------------------------------------------------------------------
+def _rows(basis: KinshipBasis | None, A: np.ndarray) -> np.ndarray:
+    """A in the rotated space: k between-level rows, then (several rows per level) the n rows of
+    A minus its level means; inner products there are those of H^-1 with the weights below."""
+    if basis is None:
+        return np.asarray(A, dtype=float)
+    if not basis.n_within:
+        return basis.between(A)
+    return np.concatenate([basis.between(A), basis.within(A)], axis=0)
+
+
 @dataclass(frozen=True)
 class _Rotated:
-    """Rows of the rotated space: k between-level rows (variance h2 lam + 1 - h2, up to scale),
-    then, with several rows per level, the n within-level rows (variance 1 - h2; they span only
-    n - k dimensions, which the log-determinant counts)."""
+    """y and X in the rotated space and each row's eigenvalue ``lam_rows``: variance h2 lam + 1 - h2
+    up to scale (0 for within-level rows: they span only n - k dimensions, which ``logdet`` counts)."""
 
     basis: KinshipBasis | None
     lam_rows: np.ndarray
     y: np.ndarray
     X: np.ndarray
     n: int
-
-    def apply(self, A: np.ndarray) -> np.ndarray:
-        if self.basis is None:
-            return np.asarray(A, dtype=float)
-        parts = [self.basis.between(A)]
-        if self.basis.n_within:
-            parts.append(self.basis.within(A))
-        return np.concatenate(parts, axis=0)
 
     def logdet(self, h2: float) -> float:
         """log |h2 Z K Z' + (1 - h2) I|."""
@@ -259,8 +260,7 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
         if basis.n != n:
             raise DataError(f"the basis is for {basis.n} rows, y has {n}.")
         lam_rows = basis.lam if not basis.n_within else np.concatenate([basis.lam, np.zeros(n)])
-        rot = _Rotated(basis, lam_rows, None, None, n)
-        rot = _Rotated(basis, lam_rows, rot.apply(y), rot.apply(X), n)
+        rot = _Rotated(basis, lam_rows, _rows(basis, y), _rows(basis, X), n)
         if draws is not None:
             h2 = float(np.mean(heritability(sd_g, sigma)))
             source = f"posterior mean over {len(sd_g)} draws"
@@ -291,7 +291,7 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
             j = start + int(np.flatnonzero(~np.isfinite(Gb).all(axis=0))[0])
             raise DataError(f"marker {markers[j]!r} has missing values; impute them (e.g. with the "
                             "marker's mean) before the scan.")
-        Gr = rot.apply(Gb)
+        Gr = _rows(rot.basis, Gb)
         GW = Gr * w[:, None]
         gWg = np.einsum("ij,ij->j", Gr, GW)
         XWg = Xw.T @ Gr

@@ -111,6 +111,20 @@ def test_eigen_of_k_reused_for_balanced_rows():
     assert abs(lp_a - ref) < 1e-8 * abs(ref) and abs(lp_b - ref) < 1e-8 * abs(ref)
 
 
+def test_eigen_of_another_matrix_is_refused():
+    kin, levels, _, _, _ = _case("one_row")
+    ev = np.linalg.eigh(kin.values[::-1, ::-1])          # levels in the wrong order
+    with pytest.raises(DataError, match="not the eigendecomposition of its kinship matrix"):
+        kn.kinship_basis(kin, levels, eigen=ev)
+
+
+def test_integer_labels():
+    K, _ = _k()
+    kin = kn.kinship_matrix(pd.DataFrame(K, index=[10, 11, 12, 13, 14], columns=[10, 11, 12, 13, 14]))
+    basis = kn.kinship_basis(kin, np.array([12, 10, 10, 14]))
+    assert list(basis.observed) == [0, 2, 4] and list(basis.counts) == [2, 1, 1]
+
+
 def test_op_in_compiled_graph_matches_kernel():
     kin, levels, y, X, _ = _case("several_rows", seed=2)
     data = kn.rotate(kn.kinship_basis(kin, levels), y, X)

@@ -279,7 +279,7 @@ def kinship_basis(kinship: KinshipMatrix, levels, *, eigen=None, psd_tol: float 
         A level of the data missing from K (the message lists them and says what to do).
     """
     labels = kinship.labels
-    levels = pd.Index(list(levels) if not isinstance(levels, (pd.Index, pd.Series, np.ndarray)) else levels)
+    levels = pd.Index(levels)
     if len(levels) == 0:
         raise DataError(f"no rows of data for the kinship term of {kinship.factor!r}.")
     pos = labels.get_indexer(levels)
@@ -302,16 +302,20 @@ def kinship_basis(kinship: KinshipMatrix, levels, *, eigen=None, psd_tol: float 
         if values.shape != (kinship.m,) or vectors.shape != (kinship.m, kinship.m):
             raise DataError(f"eigen for {kinship.factor!r} must be (values (m,), vectors (m, m)) with "
                             f"m = {kinship.m}; got {values.shape} and {vectors.shape}.")
+        top = max(values.max(), np.finfo(float).tiny)
+        j = np.argmax(values)         # spot check (O(m^2)): the eigenpair with the largest eigenvalue
+        if np.abs(kinship.values @ vectors[:, j] - values[j] * vectors[:, j]).max() > 1e-6 * top:
+            raise DataError(f"eigen for {kinship.factor!r} is not the eigendecomposition of its "
+                            "kinship matrix (in the order of its labels); leave eigen out to compute it.")
+        if values.min() < -psd_tol * top * 10:
+            raise DataError(f"the eigendecomposition given for {kinship.factor!r} has a negative "
+                            f"eigenvalue {values.min():.3g}: it is not that of a PSD kinship matrix.")
         lam = c * values
     else:
         Ko = kinship.values[np.ix_(observed, observed)]
         s = np.sqrt(counts)
         lam, vectors = np.linalg.eigh(s[:, None] * Ko * s[None, :])
-    top = max(lam.max(), 0.0)
-    if lam.min() < -psd_tol * max(top, 1.0) * 10:
-        raise DataError(f"the eigendecomposition given for {kinship.factor!r} has a negative "
-                        f"eigenvalue {lam.min():.3g}: it is not that of a PSD kinship matrix.")
-    lam = np.clip(lam, 0.0, None)
+    lam = np.clip(lam, 0.0, None)           # K was checked PSD: what is below 0 is rounding
     return KinshipBasis(kinship=kinship, observed=_frozen(observed), codes=_frozen(codes),
                         counts=_frozen(counts), lam=_frozen(lam), vectors=_frozen(vectors))
 
