@@ -125,11 +125,14 @@ def test_integer_labels():
     assert list(basis.observed) == [0, 2, 4] and list(basis.counts) == [2, 1, 1]
 
 
-def test_op_in_compiled_graph_matches_kernel():
+@pytest.mark.parametrize("linked", [False, True])
+def test_op_in_compiled_graph_matches_kernel(linked):
+    """Both ways of calling the kernel from PyTensor's numba backend (object mode for PyMC's NUTS,
+    linked for nutpie); the gradient is the pullback of a scaled log-density."""
     kin, levels, y, X, _ = _case("several_rows", seed=2)
     data = kn.rotate(kn.kinship_basis(kin, levels), y, X)
     b, sd, sigma = pt.vector("b"), pt.scalar("sd"), pt.scalar("sigma")
-    lp = kinship_logp(data, b, sd, sigma)
+    lp = kinship_logp(data, b, sd, sigma, linked=linked)
     f = pytensor.function([b, sd, sigma], [lp, *pt.grad(2.0 * lp, [b, sd, sigma])])
     out = f(*PARAMS)
     ref = logp_and_grad(data, *PARAMS)
