@@ -12,15 +12,18 @@ cache is whatever ~/.pytensor holds):
   median over repeats; rotated and plain, n = 1,000 and 5,000;
 * ``setup_s``: rotated only, the eigendecomposition of K and the rotation of y and X;
 * ``fit_s``: model build + compile + PyMC NUTS, 2 chains x (500 tune + 500 draws), one core;
-  rotated at both sizes; plain at n = 1,000 with ``--plain-fit`` only (about 14,000 gradients of
-  ~125 ms: half an hour). Both models have the same posterior, so NUTS takes about as many
-  gradient steps on either: ``plain_fit_s_projected`` = the rotated fit's gradient count x the
-  plain gradient time (compile time not included), at both sizes;
+  rotated at every size; plain measured at n = 200, and at n = 1,000 with ``--plain-fit`` (about
+  12,000 gradients of 125-600 ms: 0.5-2 hours on the shared machine). Both models have the same
+  posterior, so NUTS takes about as many gradient steps on either: ``plain_fit_s_projected`` = the
+  rotated fit's gradient count x the plain gradient time (compile time not included); the n = 200
+  row, where both are measured, checks the projection;
 * scan: 10,000 markers x 2,000 individuals (Balding-Nichols, two subpopulations): bayeslmm.scan
   (eigendecomposition + REML h^2 + all markers) against fastlmm.single_snp on the same K
   (leave_out_one_chrom=False), with the correlation of their -log10 p.
 
-Results: ``OUT/kinship_probe.json`` and ``OUT/kinship_probe.md``.
+Results: ``OUT/kinship_probe.json`` and ``OUT/kinship_probe.md``. Run with ``OPENBLAS_NUM_THREADS=1``
+on a shared machine: two BLAS threads competing with other processes made the dense gradient 3-7x
+slower than one.
 """
 
 from __future__ import annotations
@@ -173,8 +176,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = [1000] if args.quick else [1000, 5000]
-    res = {"kinship": kinship_rows(sizes, plain_fit_max=1000 if args.plain_fit else 0),
+    sizes = [200, 1000] if args.quick else [200, 1000, 5000]
+    res = {"kinship": kinship_rows(sizes, plain_fit_max=1000 if args.plain_fit else 200),
            "scan": scan_row(*((500, 2000) if args.quick else (2000, 10_000)))}
     (out / "kinship_probe.json").write_text(json.dumps(res, indent=1))
     lines = ["# Kinship path: rotated vs plain; scan vs fastlmm", "",
