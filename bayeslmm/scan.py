@@ -117,6 +117,51 @@ def _null(rot: _Rotated, w: np.ndarray):
     return Xw, XtWX, XtWy, A, rss
 
 
+class _PlugIn:
+    """Per-marker GLS with H^-1 = diag(w) on the rotated rows, scale re-estimated per marker."""
+
+    def __init__(self, rot: _Rotated, w: np.ndarray):
+        self.rot, self.w = rot, w
+        self.Xw, _, XtWy, self.A, self.rss0 = _null(rot, w)
+        self.AXy = self.A @ XtWy
+        self.wy = w * rot.y
+
+    def block(self, Gr: np.ndarray, df: int) -> dict:
+        gWg = np.einsum("ij,ij->j", Gr, Gr * self.w[:, None])
+        XWg = self.Xw.T @ Gr
+        gPg = gWg - np.einsum("ij,ij->j", XWg, self.A @ XWg)           # g'P g, P = H^-1 - H^-1 X (.)^-1 X'H^-1
+        gPy = self.wy @ Gr - XWg.T @ self.AXy
+        # a marker constant or collinear with the covariates has g'Pg ~ 0: no test
+        gPg = np.where(gPg > 1e-10 * np.maximum(gWg, np.finfo(float).tiny), gPg, np.nan)
+        beta = gPy / gPg
+        se = np.sqrt(np.maximum(self.rss0 - gPy * beta, 0.0) / df / gPg)
+        t = beta / se
+        return {"beta": beta, "se": se, "t": t, "p_value": 2.0 * stats.t.sf(np.abs(t), df)}
+
+
+class _Draws:
+    """Per marker and draw s, with V_s = sd_g^2 Z K Z' + sigma^2 I fixed and flat priors on the fixed
+    effects: beta | y, V_s ~ N(g'P_s y / g'P_s g, 1 / g'P_s g); the mixture over the draws."""
+
+    def __init__(self, rot: _Rotated, sd_g: np.ndarray, sigma: np.ndarray):
+        self.rot = rot
+        self.W = 1.0 / (sd_g[None, :] ** 2 * rot.lam_rows[:, None] + sigma[None, :] ** 2)   # (rows, S)
+        self.A = np.linalg.inv(np.einsum("rs,ri,rj->sij", self.W, rot.X, rot.X))
+        self.AXy = np.einsum("sij,sj->si", self.A, np.einsum("rs,ri,r->si", self.W, rot.X, rot.y))
+
+    def block(self, Gr: np.ndarray) -> dict:
+        X, y, W = self.rot.X, self.rot.y, self.W
+        gWg = (Gr * Gr).T @ W                                                          # (B, S)
+        XWg = np.stack([(Gr * X[:, [i]]).T @ W for i in range(X.shape[1])], axis=-1)  # (B, S, p)
+        gPg = gWg - np.einsum("bsi,sij,bsj->bs", XWg, self.A, XWg)
+        gPy = (Gr * y[:, None]).T @ W - np.einsum("bsi,si->bs", XWg, self.AXy)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            b, v = gPy / gPg, 1.0 / gPg
+            mean = b.mean(axis=1)
+            return {"post_mean": mean, "post_sd": np.sqrt(np.maximum((v + b ** 2).mean(axis=1) - mean ** 2, 0.0)),
+                    "prob_positive": special.ndtr(b / np.sqrt(v)).mean(axis=1)}
+
+
 def _reml_h2(rot: _Rotated) -> float:
     """h^2 maximising the REML likelihood of the null model (grid, then Brent in the best bracket)."""
     n, p = rot.n, rot.X.shape[1]
@@ -269,20 +314,11 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
         else:
             h2, source = _reml_h2(rot), "REML on the null model"
 
-    w = 1.0 / (h2 * rot.lam_rows + 1.0 - h2)
-    Xw, XtWX, XtWy, A, rss0 = _null(rot, w)
-    AXy = A @ XtWy
-    wy = w * rot.y
     df = n - p - 1
-    if draws is not None:
-        Wd = 1.0 / (draws[0][None, :] ** 2 * rot.lam_rows[:, None] + draws[1][None, :] ** 2)   # (rows, S)
-        XWXd = np.einsum("rs,ri,rj->sij", Wd, rot.X, rot.X)
-        Ad = np.linalg.inv(XWXd)
-        XWyd = np.einsum("rs,ri,r->si", Wd, rot.X, rot.y)
-        AXyd = np.einsum("sij,sj->si", Ad, XWyd)
-
+    plug = _PlugIn(rot, 1.0 / (h2 * rot.lam_rows + 1.0 - h2))
+    post = _Draws(rot, *draws) if draws is not None else None
     cols = {k: np.full(M, np.nan) for k in ("beta", "se", "t", "p_value")}
-    if draws is not None:
+    if post is not None:
         cols.update({k: np.full(M, np.nan) for k in ("post_mean", "post_sd", "prob_positive")})
     for start in range(0, M, block_size):
         sl = slice(start, min(start + block_size, M))
@@ -292,32 +328,11 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
             raise DataError(f"marker {markers[j]!r} has missing values; impute them (e.g. with the "
                             "marker's mean) before the scan.")
         Gr = _rows(rot.basis, Gb)
-        GW = Gr * w[:, None]
-        gWg = np.einsum("ij,ij->j", Gr, GW)
-        XWg = Xw.T @ Gr
-        gPg = gWg - np.einsum("ij,ij->j", XWg, A @ XWg)
-        gPy = wy @ Gr - XWg.T @ AXy
-        ok = gPg > 1e-10 * np.maximum(gWg, np.finfo(float).tiny)
-        gPg = np.where(ok, gPg, np.nan)
-        beta = gPy / gPg
-        rss1 = np.maximum(rss0 - gPy * beta, 0.0)
-        se = np.sqrt(rss1 / df / gPg)
-        t = beta / se
-        cols["beta"][sl], cols["se"][sl], cols["t"][sl] = beta, se, t
-        cols["p_value"][sl] = 2.0 * stats.t.sf(np.abs(t), df)
-        if draws is not None:
-            gWgd = (Gr * Gr).T @ Wd                                        # (B, S)
-            XWgd = np.stack([(Gr * rot.X[:, [i]]).T @ Wd for i in range(p)], axis=-1)   # (B, S, p)
-            yWgd = (Gr * rot.y[:, None]).T @ Wd
-            gPgd = gWgd - np.einsum("bsi,sij,bsj->bs", XWgd, Ad, XWgd)
-            gPyd = yWgd - np.einsum("bsi,si->bs", XWgd, AXyd)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                bd = gPyd / gPgd
-                vd = 1.0 / gPgd
-                mean = bd.mean(axis=1)
-                cols["post_mean"][sl] = np.where(ok, mean, np.nan)
-                cols["post_sd"][sl] = np.where(ok, np.sqrt(np.maximum((vd + bd ** 2).mean(axis=1) - mean ** 2, 0)), np.nan)
-                cols["prob_positive"][sl] = np.where(ok, special.ndtr(bd / np.sqrt(vd)).mean(axis=1), np.nan)
+        for k, v in plug.block(Gr, df).items():
+            cols[k][sl] = v
+        if post is not None:
+            for k, v in post.block(Gr).items():
+                cols[k][sl] = np.where(np.isfinite(cols["beta"][sl]), v, np.nan)
     table = pd.DataFrame(cols, index=pd.Index(markers, name="marker"))
     table.insert(4, "chi2", stats.chi2.isf(table["p_value"].to_numpy(), 1))
     if draws is not None:
