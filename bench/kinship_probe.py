@@ -18,8 +18,9 @@ cache is whatever ~/.pytensor holds):
   rotated fit's gradient count x the plain gradient time (compile time not included); the n = 200
   row, where both are measured, checks the projection;
 * scan: 10,000 markers x 2,000 individuals (Balding-Nichols, two subpopulations): bayeslmm.scan
-  (eigendecomposition + REML h^2 + all markers) against fastlmm.single_snp on the same K
-  (leave_out_one_chrom=False), with the correlation of their -log10 p.
+  (eigendecomposition + REML h^2 + all markers; again with 1,000 variance draws, 100 of them used
+  for the posterior columns) against fastlmm.single_snp on the same K (leave_out_one_chrom=False),
+  with the correlation of their -log10 p.
 
 Results: ``OUT/kinship_probe.json`` and ``OUT/kinship_probe.md``. Run with ``OPENBLAS_NUM_THREADS=1``
 on a shared machine: two BLAS threads competing with other processes made the dense gradient 3-7x
@@ -137,6 +138,12 @@ def scan_row(n: int, M: int) -> dict:
     ours = scan(sim.y, sim.G, sim.kinship)
     row = {"n": n, "markers": M, "bayeslmm_s": round(time.perf_counter() - t0, 2), "h2": round(ours.h2, 4),
            "lambda_lmm": round(ours.lambda_gc, 3)}
+    # with 1,000 posterior draws of the variance components (thinned to 100 for the posterior columns)
+    rng = np.random.default_rng(2)
+    sd_g, sigma = np.abs(rng.normal(0.95, 0.05, 1000)), np.abs(rng.normal(1.0, 0.03, 1000))
+    t0 = time.perf_counter()
+    scan(sim.y, sim.G, sim.kinship, sd_g=sd_g, sigma=sigma)
+    row["bayeslmm_draws_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     row["lambda_ols"] = round(scan(sim.y, sim.G).lambda_gc, 3)
     row["ols_s"] = round(time.perf_counter() - t0, 2)
@@ -190,6 +197,7 @@ def main(argv=None) -> None:
                      f"{r['plain_fit_s_projected']} | {r['rot_min_ess']} / {r.get('plain_min_ess', '-')} |")
     s = res["scan"]
     lines += ["", f"Scan {s['markers']} markers x {s['n']} individuals: bayeslmm {s['bayeslmm_s']} s "
+              f"({s['bayeslmm_draws_s']} s with posterior columns from 100 draws) "
               f"(h2 {s['h2']}, lambda LMM {s['lambda_lmm']}, OLS {s['lambda_ols']}); fastlmm "
               f"{s.get('fastlmm_s', s.get('fastlmm'))} s (h2 {s.get('fastlmm_h2')}); cor(-log10 p) "
               f"{s.get('cor_log10p')}, max |diff| {s.get('max_abs_diff_log10p')}."]
