@@ -22,6 +22,14 @@ cache is whatever ~/.pytensor holds):
   for the posterior columns) against fastlmm.single_snp on the same K (leave_out_one_chrom=False),
   with the correlation of their -log10 p.
 
+Measured on the shared 2-core machine (OPENBLAS_NUM_THREADS=1, load average 5-12, so absolute
+times are 2-5x what a quiet machine gives): PyMC dlogp rotated 0.03 / 0.04 / 0.09 ms at n = 200 /
+1,000 / 5,000, plain 6 ms / 575 ms / 58 s (125 ms at n = 1,000 on a quieter moment); rotated fit
+(2 x 1,000 iterations, eigh + rotation + compile + NUTS) 35 s / 10 s / 158 s (147 s of it the
+eigendecomposition at 5,000); plain fit measured 202 s at n = 200 (projected 110 s: the projection
+is a lower bound), projected 7,100 s at 1,000 and ~8 days at 5,000. Scan 10,000 x 2,000: bayeslmm
+14.7 s (eigh + REML + scan), fastlmm 24.4 s, h2 equal (0.4777), -log10 p equal to 8e-8.
+
 Results: ``OUT/kinship_probe.json`` and ``OUT/kinship_probe.md``. Run with ``OPENBLAS_NUM_THREADS=1``
 on a shared machine: two BLAS threads competing with other processes made the dense gradient 3-7x
 slower than one.
