@@ -32,7 +32,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, field, replace
-from functools import reduce
+from functools import partial, reduce
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -47,6 +47,24 @@ KINDS = ("pandas", "polars", "parquet", "dask")
 DEFAULT_CHUNK_ROWS = 1 << 20
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 EXTRA = "pip install 'bayeslmm[big]'"
+
+
+def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """String columns with ``pd.NA`` (Dask's ``string[pyarrow]``) as pandas' default ``str`` dtype.
+
+    formulaic treats the ``pd.NA`` string dtype as numeric; the default ``str`` dtype (missing values
+    are NaN), which pandas, pyarrow and polars produce, is categorical to it.
+    """
+    casts = {c: "str" for c, t in frame.dtypes.items() if _na_string(t)}
+    return frame.astype(casts) if casts else frame
+
+
+def _na_string(dtype) -> bool:
+    return isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA
+
+
+def _normalised(map_fn, part):
+    return map_fn(_normalise(part))
 
 
 def _require(module: str, what: str):
@@ -115,10 +133,9 @@ class Source:
         For Parquet and polars an integer column that holds missing values arrives as float64 in the
         chunks that contain them (pandas has no missing integers); this reports the declared type.
         """
-        if self.kind == "pandas":
-            return {c: self.obj[c].dtype for c in self.columns}
-        if self.kind == "dask":
-            return {c: self.obj[c].dtype for c in self.columns}
+        if self.kind in ("pandas", "dask"):
+            return {c: pd.StringDtype(na_value=np.nan) if _na_string(self.obj[c].dtype) else self.obj[c].dtype
+                    for c in self.columns}
         if self.kind == "polars":
             empty = self.obj.select(list(self.columns)).head(0).to_pandas()
         else:
@@ -158,7 +175,12 @@ class Source:
         In-memory sources yield slices (views: read them, do not write to them); Parquet yields
         about ``chunk_rows`` rows at a time; Dask yields its partitions one by one (computed on the
         active scheduler), which pulls every row to this process: prefer :meth:`map_reduce`.
+        String columns with ``pd.NA`` come as pandas' default ``str`` dtype.
         """
+        for chunk in self._raw_chunks():
+            yield _normalise(chunk)
+
+    def _raw_chunks(self) -> Iterator[pd.DataFrame]:
         cols = list(self.columns)
         if self.kind == "pandas":
             n = len(self.obj)
@@ -223,7 +245,7 @@ class Source:
             return reduce(combine_fn, (map_fn(c) for c in self.chunks()))
         dask = _require("dask", "a Dask data source")
         parts = self.obj[list(self.columns)].to_delayed()
-        fn = dask.delayed(map_fn, pure=True)           # one graph node, shared by every map task
+        fn = dask.delayed(partial(_normalised, map_fn), pure=True)   # one graph node, shared by the map tasks
         comb = dask.delayed(combine_fn, pure=True)
         level = [dask.delayed(_call)(fn, p) for p in parts]
         while len(level) > 1:
@@ -265,7 +287,7 @@ class Source:
         """
         cols = list(self.columns)
         if self.kind == "pandas":
-            return self.obj[cols]
+            return _normalise(self.obj[cols])
         limit = int(max_bytes if max_bytes is not None else _total_memory() // 4)
         size = self.nbytes()
         if size > limit:
@@ -275,10 +297,10 @@ class Source:
                 "in chunks (the collapsed Gaussian model needs only per-group statistics), or pass a "
                 "larger max_bytes if this machine has the memory.")
         if self.kind == "polars":
-            return self._polars_chunk(0, self.obj.height)
+            return _normalise(self._polars_chunk(0, self.obj.height))
         if self.kind == "parquet":
-            return self.obj.to_table(columns=cols).to_pandas()
-        return self.obj[cols].compute()
+            return _normalise(self.obj.to_table(columns=cols).to_pandas())
+        return _normalise(self.obj[cols].compute())
 
 
 def _call(fn, part):

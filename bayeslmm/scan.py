@@ -64,8 +64,9 @@ def moments_of(x: np.ndarray) -> Moments:
     n, k = x.shape
     if n == 0:
         return Moments(0, np.zeros(k), np.zeros(k), np.full(k, np.inf), np.full(k, -np.inf))
-    mean = x.mean(axis=0)
-    return Moments(n, mean, ((x - mean) ** 2).sum(axis=0), x.min(axis=0), x.max(axis=0))
+    with np.errstate(invalid="ignore"):        # inf in a column: the design refuses it after the pass
+        mean = x.mean(axis=0)
+        return Moments(n, mean, ((x - mean) ** 2).sum(axis=0), x.min(axis=0), x.max(axis=0))
 
 
 def combine_moments(a: Moments, b: Moments) -> Moments:
@@ -75,9 +76,10 @@ def combine_moments(a: Moments, b: Moments) -> Moments:
     if a.n == 0:
         return b
     n = a.n + b.n
-    delta = b.mean - a.mean
-    mean = a.mean + delta * (b.n / n)
-    m2 = a.m2 + b.m2 + delta ** 2 * (a.n * b.n / n)
+    with np.errstate(invalid="ignore"):
+        delta = b.mean - a.mean
+        mean = a.mean + delta * (b.n / n)
+        m2 = a.m2 + b.m2 + delta ** 2 * (a.n * b.n / n)
     return Moments(n, mean, m2, np.minimum(a.min, b.min), np.maximum(a.max, b.max))
 
 
