@@ -159,14 +159,13 @@ def _categorical_columns(spec: ModelSpec, head: pd.DataFrame, data_columns) -> t
 
 
 def _head(src: Source, needed: list[str]) -> pd.DataFrame:
-    """The first chunk's complete rows (formulaic learns which columns are categorical on them)."""
-    for chunk in src.chunks():
-        kept = chunk[needed].dropna()
-        if len(kept):
-            return kept.iloc[:1000]
-        if src.kind == "dask":
-            break
-    return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in src.dtypes.items()})
+    """Complete rows from the start of the data (formulaic learns which columns are categorical on them)."""
+    for n in (1000, 100_000):
+        head = src.head(n)
+        kept = head[needed].dropna()
+        if len(kept) or len(head) < n:
+            return kept if len(kept) else head.iloc[:0]
+    return head.iloc[:0]
 
 
 def plan_design(spec: ModelSpec, data, *, missing: str = "drop", warn: bool = True,
@@ -203,7 +202,10 @@ def plan_design(spec: ModelSpec, data, *, missing: str = "drop", warn: bool = Tr
                         "Convert it (e.g. pd.to_numeric) or choose a numeric column.")
     level_cols = _categorical_columns(spec, _head(src, list(needed)), needed)
     groups = [t.group_columns for t in dict((t.group, t) for t in f.random).values()]
-    fp = first_pass(src, list(needed), levels_of=level_cols, groups=groups, scheduler=scheduler)
+    in_formula = {f.response} | {c for text in [f.fixed] + [t.expr for t in f.random]
+                                 for c in _required_columns(text, "the formula")}
+    fp = first_pass(src, list(needed), levels_of=level_cols, groups=groups,
+                    moments_for=[c for c in needed if c in in_formula], scheduler=scheduler)
     if fp.n_rows == 0:
         raise DataError("data has no rows; pass a DataFrame with observations")
     for c in needed:
@@ -290,7 +292,9 @@ def chunk_arrays(design: ChunkedDesign, chunk: pd.DataFrame) -> ChunkArrays:
         A row with a level that the first pass did not see (the data changed between the passes).
     """
     frame = chunk[list(design.columns)]
-    frame = frame.loc[~frame.isna().any(axis=1).to_numpy()]
+    complete = ~frame.isna().any(axis=1).to_numpy()
+    if not complete.all():
+        frame = frame.loc[complete]
     casts = {c: t for c, t in design.dtypes.items() if frame[c].dtype != t}
     if casts:
         frame = frame.astype(casts)
@@ -303,11 +307,12 @@ def chunk_arrays(design: ChunkedDesign, chunk: pd.DataFrame) -> ChunkArrays:
         if unseen.any():
             _changed(f"column {c!r} has the value {frame[c].to_numpy()[unseen][0]!r}")
     y = frame[design.response].to_numpy(dtype=float)
-    X = np.asarray(design.fixed_spec.get_model_matrix(frame), dtype=float).reshape(len(frame), design.p)
+    X = np.asfortranarray(np.asarray(design.fixed_spec.get_model_matrix(frame), dtype=float)
+                          .reshape(len(frame), design.p))
     Z, codes = [], []
     for fac in design.factors:
-        Z.append(np.concatenate([np.asarray(s.get_model_matrix(frame), dtype=float) for s in fac.term_specs],
-                                axis=1))
+        Z.append(np.asfortranarray(np.concatenate(   # column-major: the statistics use whole columns
+            [np.asarray(s.get_model_matrix(frame), dtype=float) for s in fac.term_specs], axis=1)))
         k = fac.levels.codes(frame, fac.index)
         if (k < 0).any():
             _changed(f"grouping factor {fac.name!r} has a level that was not seen")

@@ -220,6 +220,19 @@ class Source:
         if pending:
             yield pa.Table.from_batches(pending).to_pandas()
 
+    def head(self, n: int = 1000) -> pd.DataFrame:
+        """The first ``n`` rows (at most) of the used columns, reading as little as possible."""
+        cols = list(self.columns)
+        if self.kind == "pandas":
+            out = self.obj.iloc[:n][cols]
+        elif self.kind == "polars":
+            out = self._polars_chunk(0, n)
+        elif self.kind == "parquet":
+            out = self.obj.head(n, columns=cols).to_pandas()
+        else:
+            out = self.obj[cols].partitions[0].compute().iloc[:n]
+        return _normalise(out)
+
     def map_reduce(self, map_fn: Callable[[pd.DataFrame], Any], combine_fn: Callable[[Any, Any], Any], *,
                    split_every: int = 8, scheduler=None):
         """Fold ``combine_fn`` over ``map_fn`` of every chunk.
