@@ -180,7 +180,7 @@ def partial_stats(y: np.ndarray, X: np.ndarray, Z: tuple, codes: tuple, J: tuple
                         Z_moments=tuple(moments_of(Zl) for Zl in Z))
 
 
-def _move(s: PartialStats, d: np.ndarray, R: np.ndarray | None = None) -> dict:
+def _move(s: PartialStats, d: np.ndarray) -> dict:
     """The e-dependent sums of ``s`` around ``s.center + d`` (e' = e - X d)."""
     if not d.size or not np.any(d):
         return {"Zte": s.Zte, "Xte": s.Xte, "ete": s.ete}

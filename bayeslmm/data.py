@@ -96,7 +96,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)          # two sources are the same only if they are the same object
 class Source:
     """Rows from somewhere, read as pandas chunks. Build with :func:`as_source`.
 

@@ -36,6 +36,8 @@ FORMULAS = {
     "one factor, uncorrelated": "y ~ x * c + (1 + x || a)",
     "nested": "y ~ x + c + (1 + x | a) + (1 | a:b)",
     "nested, slash": "y ~ np.log(x) + (1 | a/b)",
+    "three levels": "y ~ x + (1 | a) + (1 | a:b) + (1 | a:b:c)",
+    "no fixed part": "y ~ 0 + (1 + x | a)",
 }
 
 
@@ -139,6 +141,27 @@ def test_source_reads_the_same_rows(kind, data, parquet_dir):
     total = src.map_reduce(lambda c: (len(c), c["y"].sum()), lambda u, v: (u[0] + v[0], u[1] + v[1]))
     assert total[0] == len(data) and total[1] == pytest.approx(data["y"].sum(), rel=1e-13)
     assert set(src.dtypes) == {"y", "a", "c"} and pd.api.types.is_float_dtype(src.dtypes["y"])
+
+
+@pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
+@pytest.mark.parametrize("kind", ["polars", "dask"])
+def test_optional_sources_read_the_same_rows(kind, data):
+    if kind == "polars":
+        pl = pytest.importorskip("polars", reason=BIG)
+        src = as_source(pl.from_pandas(data), ["y", "a", "c"], chunk_rows=700)
+    else:
+        dd = pytest.importorskip("dask.dataframe", reason=BIG)
+        src = as_source(dd.from_pandas(data, npartitions=3), ["y", "a", "c"])
+    chunks = list(src.chunks())
+    assert len(chunks) > 1
+    got = pd.concat(chunks, ignore_index=True)
+    pd.testing.assert_frame_equal(got, data[["y", "a", "c"]].reset_index(drop=True), check_dtype=False)
+    assert pd.api.types.is_string_dtype(got["c"]) and got["c"].dtype.na_value is not pd.NA    # 'str'
+    pd.testing.assert_frame_equal(src.to_pandas().reset_index(drop=True), got)
+    pd.testing.assert_frame_equal(src.head(10).reset_index(drop=True), got.iloc[:10])
+    n = src.map_reduce(len, lambda u, v: u + v, scheduler="sync") if kind == "dask" else \
+        src.map_reduce(len, lambda u, v: u + v)
+    assert n == len(data)
 
 
 def test_parquet_single_file_and_table(tmp_path, data):
@@ -368,6 +391,17 @@ def test_plan_matches_design_and_moments(data):
     # the plan travels to Dask workers
     again = pickle.loads(pickle.dumps(plan))
     assert again.fixed_terms == plan.fixed_terms and again.factors[1].labels == plan.factors[1].labels
+
+
+def test_a_level_unseen_in_the_first_pass_is_an_error(data):
+    """If the data change between the passes (a Dask graph that is not deterministic), say so."""
+    from bayeslmm.chunked_design import chunk_arrays
+    spec = blmm.build_spec(FORMULAS["nested"])
+    plan = plan_design(spec, data, warn=False)
+    with pytest.raises(DataError, match="grouping factor 'a' has a level that was not seen.*changed between"):
+        chunk_arrays(plan, data.iloc[:50].assign(a=1000))
+    with pytest.raises(DataError, match="column 'c' has the value 'new'.*changed between"):
+        chunk_arrays(plan, data.iloc[:50].assign(c="new"))
 
 
 def test_user_data_is_not_modified(data):
