@@ -403,9 +403,10 @@ def _wrap(data, rows: int, engine: str) -> Source:
             return _wrap_dask(dd.read_parquet(files), rows, desc + " via Dask")
         files, desc = _parquet_files(data)
         import pyarrow.dataset as pads
-        return Source("parquet", (), desc, rows, pads.dataset(files if len(files) > 1 or Path(files[0]).is_file()
-                                                               else files[0], format="parquet",
-                                                               partitioning="hive"))
+        # hive partition columns (dir/a=3/...) as dictionaries, so they read as pandas.read_parquet reads them
+        part = pads.HivePartitioning.discover(infer_dictionary=True)
+        return Source("parquet", (), desc, rows,
+                      pads.dataset(files[0] if len(files) == 1 else files, format="parquet", partitioning=part))
     if _from_module(data, "polars"):
         return _wrap_polars(data, rows)
     if _from_module(data, "dask"):

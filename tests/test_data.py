@@ -305,6 +305,18 @@ def test_chunked_stats_parquet_categorical(tmp_path, data):
     assert_stats_equal(quiet_chunked(spec, tmp_path / "cat", chunk_rows=200), ref)
 
 
+def test_chunked_stats_hive_partitions(tmp_path, data):
+    """dir/a=3/part.parquet: the partition column reads as pandas.read_parquet reads it (categorical)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    pads.write_dataset(pa.Table.from_pandas(data, preserve_index=False), tmp_path / "hive", format="parquet",
+                       partitioning=["a"], partitioning_flavor="hive")
+    back = pd.read_parquet(tmp_path / "hive")
+    assert isinstance(back["a"].dtype, pd.CategoricalDtype)
+    spec, ref = reference(FORMULAS["nested"], back)
+    assert_stats_equal(quiet_chunked(spec, tmp_path / "hive", chunk_rows=250), ref)
+
+
 def test_chunked_stats_dict(data):
     spec, ref = reference(FORMULAS["nested"], data)
     cols = {c: data[c].to_numpy() for c in data.columns}
