@@ -44,7 +44,7 @@ from .errors import DataError
 __all__ = ["Source", "as_source", "KINDS", "DEFAULT_CHUNK_ROWS"]
 
 KINDS = ("pandas", "polars", "parquet", "dask")
-DEFAULT_CHUNK_ROWS = 1 << 20
+DEFAULT_CHUNK_ROWS = 1 << 18          # 262,144 rows: ~70 MiB of working memory for y ~ x + (1 + x | g)
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 EXTRA = "pip install 'bayeslmm[big]'"
 
@@ -262,8 +262,8 @@ class Source:
         comb = dask.delayed(combine_fn, pure=True)
         level = [dask.delayed(_call)(fn, p) for p in parts]
         while len(level) > 1:
-            level = [dask.delayed(_fold)(comb, *level[i:i + split_every])
-                     for i in range(0, len(level), max(split_every, 2))]
+            k = max(int(split_every), 2)
+            level = [dask.delayed(_fold)(comb, *level[i:i + k]) for i in range(0, len(level), k)]
         return dask.compute(level[0], scheduler=scheduler)[0]
 
     # -- materialising -------------------------------------------------------------------------
@@ -337,8 +337,15 @@ def _parquet_nbytes(dataset, cols: list[str]) -> int:
 
 
 def _check_have(columns, available, description: str) -> None:
-    from .design import _check_columns
-    _check_columns(pd.DataFrame(columns=list(available)), {c: description for c in columns})
+    import difflib
+    missing = [c for c in columns if c not in available]
+    if missing:
+        hints = []
+        for c in missing:
+            close = difflib.get_close_matches(c, list(available), n=3)
+            hints.append(f"{c!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise DataError(f"column{'s' if len(missing) > 1 else ''} {', '.join(hints)} not in {description}. "
+                        f"Available columns: {list(available)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,6 +400,8 @@ def _wrap(data, rows: int, engine: str) -> Source:
     if isinstance(data, Source):
         return data
     if isinstance(data, pd.DataFrame):
+        if not all(isinstance(c, str) for c in data.columns):   # formulas name columns by strings
+            data = data.rename(columns=str)                       # a new frame; the caller's is untouched
         return Source("pandas", (), f"pandas DataFrame ({len(data)} rows)", rows, data)
     if isinstance(data, dict):
         return Source("pandas", (), "dict of columns", rows, _frame_from_dict(data))

@@ -185,8 +185,15 @@ def test_to_pandas_refuses_big_data_and_names_the_size(parquet_dir):
     assert len(src.to_pandas(max_bytes=10**6)) == 2400
 
 
+def test_integer_column_names(data):
+    df = pd.DataFrame({0: [1.0, 2.0], 1: ["a", "b"]})
+    src = as_source(df)
+    assert src.columns == ("0", "1") and list(src.to_pandas().columns) == ["0", "1"]
+    assert list(df.columns) == [0, 1]
+
+
 def test_source_errors(tmp_path, data):
-    with pytest.raises(DataError, match=r"column 'yy' .* is not in the data \(did you mean 'y'\?\)"):
+    with pytest.raises(DataError, match=r"column 'yy' \(did you mean 'y'\?\) not in pandas DataFrame \(2400 rows\)"):
         as_source(data, ["yy", "x"])
     with pytest.raises(DataError, match="does not exist"):
         as_source(tmp_path / "nope")
