@@ -162,6 +162,10 @@ def test_optional_sources_read_the_same_rows(kind, data):
     n = src.map_reduce(len, lambda u, v: u + v, scheduler="sync") if kind == "dask" else \
         src.map_reduce(len, lambda u, v: u + v)
     assert n == len(data)
+    if kind == "dask":                     # a tree of three levels: 20 partials, 3 per combine task
+        many = as_source(dd.from_pandas(data, npartitions=20), ["y"])
+        assert many.map_reduce(lambda c: [len(c)], lambda u, v: u + v, split_every=3, scheduler="sync") == \
+            [len(p) for p in many.chunks()]
 
 
 def test_parquet_single_file_and_table(tmp_path, data):
