@@ -1,7 +1,7 @@
 """The design stage without all rows at once: one cheap pass, then model matrices chunk by chunk.
 
 :func:`plan_design` does what :func:`bayeslmm.design.make_design` does, except building the arrays:
-it reads the data once (:func:`bayeslmm.scan.first_pass`) for the row and missing-value counts,
+it reads the data once (:func:`bayeslmm.firstpass.first_pass`) for the row and missing-value counts,
 the dtypes, the levels of every grouping factor and of every column formulaic encodes as categorical,
 and one example row per such level. formulaic then learns its model specs on that small example
 frame, which holds every observed level (and, for categorical dtypes, the same categories), so the
@@ -30,7 +30,7 @@ import pandas as pd
 from .data import Source, as_source
 from .design import MISSING_ACTIONS, _baseline_notes, _check_columns, _model_matrix, _required_columns
 from .errors import DataError, FormulaError
-from .scan import FirstPass, GroupLevels, first_pass
+from .firstpass import FirstPass, GroupLevels, first_pass
 from .spec import ModelSpec
 
 __all__ = ["FactorPlan", "ChunkedDesign", "ChunkArrays", "plan_design", "chunk_arrays", "needed_columns"]

@@ -34,7 +34,7 @@ import numpy as np
 from .chunked_design import ChunkedDesign, chunk_arrays, plan_design
 from .data import Source, as_source
 from .errors import DataError, SpecError
-from .scan import Moments, combine_moments, moments_of
+from .firstpass import Moments, combine_moments, moments_of
 
 __all__ = ["PartialStats", "partial_stats", "combine_stats", "finish_stats", "StatsPass", "stats_pass",
            "chunked_stats"]

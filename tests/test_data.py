@@ -26,7 +26,7 @@ from bayeslmm.chunked_stats import chunked_stats, combine_stats, partial_stats, 
 from bayeslmm.data import as_source
 from bayeslmm.errors import DataError, FormulaError, SpecError
 from bayeslmm.marginal import marginal_stats
-from bayeslmm.scan import combine_moments, first_pass, moments_of
+from bayeslmm.firstpass import combine_moments, first_pass, moments_of
 
 BIG = "needs the optional extra bayeslmm[big] (pip install 'bayeslmm[big]')"
 RTOL = 1e-10
