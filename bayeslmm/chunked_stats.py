@@ -230,12 +230,8 @@ def combine_stats(a: PartialStats, b: PartialStats) -> PartialStats:
 
 
 def _marginal_stats_class():
-    # MarginalStats moves from marginal.py to stats.py (issue 11); either home works meanwhile
-    try:
-        from .stats import MarginalStats
-    except ImportError:
-        from .marginal import MarginalStats
-    return MarginalStats
+    from .stats import GroupStats
+    return GroupStats
 
 
 def finish_stats(s: PartialStats, names, q, blocks, correlated):
@@ -244,12 +240,12 @@ def finish_stats(s: PartialStats, names, q, blocks, correlated):
     Raises
     ------
     SpecError
-        The factors are crossed, not nested (the reason of ``marginal.nesting_chain``).
+        The factors are crossed, not nested (the reason of ``stats.nesting_chain``).
     """
     for l in range(1, len(names)):
         if s.clash[l][l - 1]:
             m = next(m for m in range(l) if s.clash[l][m])
-            raise SpecError(f"the marginal path does not apply: crossed factors {names[m]} and {names[l]}: "
+            raise SpecError(f"the collapsed path does not apply: crossed factors {names[m]} and {names[l]}: "
                             "falling back to the non-centred graph. Crossed factors need the rows in memory: "
                             "load the data into pandas and fit with method='noncentred'.")
     delta = _solve_r(s.R)              # one refinement step: the centre is already the fit of all rows

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from .errors import DataError
-from .paths.kinship import KinshipBasis, KinshipMatrix, heritability, kinship_basis, kinship_matrix
+from .kinship import KinshipBasis, KinshipMatrix, heritability, kinship_basis, kinship_matrix
 
 __all__ = ["scan", "ScanResult", "genomic_inflation", "genetic_relationship", "simulate_gwas", "GwasData"]
 
@@ -201,7 +201,7 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
         Markers (e.g. allele counts 0/1/2), no missing values (impute first); DataFrame columns
         name the markers. Processed ``block_size`` columns at a time.
     kinship : DataFrame, KinshipMatrix or array, optional
-        K over the individuals (see :func:`bayeslmm.paths.kinship.kinship_matrix`); a bare (n, n)
+        K over the individuals (see :func:`bayeslmm.kinship.kinship_matrix`); a bare (n, n)
         array is taken to be in the order of y's rows. None: ordinary least squares.
     covariates : array or DataFrame (n, q), optional
         Fixed covariates besides the intercept (which is always added).

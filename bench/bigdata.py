@@ -162,7 +162,7 @@ def step_inmemory(args) -> dict:
     import pandas as pd
     import pyarrow.dataset as pads
     import bayeslmm as blmm
-    from bayeslmm.marginal import marginal_stats
+    from bayeslmm.stats import group_stats as marginal_stats
     spec = blmm.build_spec(args.formula)
     small = pads.dataset(str(args.dir), format="parquet").head(1000).to_pandas()     # warm-up
     marginal_stats(blmm.make_design(spec, small))

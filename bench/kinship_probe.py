@@ -111,7 +111,7 @@ def fit_s(y, X, K=None, data=None) -> dict:
 
 
 def kinship_rows(sizes, plain_fit_max: int) -> list[dict]:
-    from bayeslmm.paths import kinship as kn
+    from bayeslmm import kinship as kn
     rows = []
     for n in sizes:
         K, ids, y, X = simulate(n, seed=n)

@@ -25,7 +25,7 @@ from bayeslmm.chunked_design import plan_design
 from bayeslmm.chunked_stats import chunked_stats, combine_stats, partial_stats, stats_pass
 from bayeslmm.data import as_source
 from bayeslmm.errors import DataError, FormulaError, SpecError
-from bayeslmm.marginal import marginal_stats
+from bayeslmm.stats import group_stats as marginal_stats
 from bayeslmm.firstpass import combine_moments, first_pass, moments_of
 
 BIG = "needs the optional extra bayeslmm[big] (pip install 'bayeslmm[big]')"

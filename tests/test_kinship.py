@@ -26,7 +26,7 @@ import pytest
 import scipy.stats as st
 
 from bayeslmm.errors import DataError
-from bayeslmm.paths import kinship as kn
+from bayeslmm import kinship as kn
 from bayeslmm.paths.kinship_kernel import kinship_logp, logp_and_grad
 from bayeslmm.scan import genetic_relationship, genomic_inflation, scan, simulate_gwas
 

@@ -1,6 +1,6 @@
 """The rotated kinship log-density and its exact gradient as one compiled kernel and PyTensor Op.
 
-On the rotated data of :func:`bayeslmm.paths.kinship.rotate` (k between-level coordinates with
+On the rotated data of :func:`bayeslmm.kinship.rotate` (k between-level coordinates with
 variances v_i = sd_g^2 lam_i + sigma^2, and a within-level part of dimension n_w with variance
 sigma^2, held as sufficient statistics), with e_i = y~_i - X~_i b, w_i = 1 / v_i and
 q = rss_w + (b - b_w)'X_w'X_w (b - b_w):

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from .errors import DataError
 
 __all__ = ["KinshipMatrix", "kinship_matrix", "KinshipBasis", "kinship_basis", "KinshipData",
            "rotate", "draw_effects", "heritability"]
