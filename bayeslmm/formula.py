@@ -18,19 +18,15 @@ Supported random terms (lme4 semantics):
 ``(1 | a) + (1 | b)``  crossed factors
 =====================  ===================================================================
 
-Formulas are data, never code. formulaic evaluates function-call terms with Python's ``eval`` (numpy
-and the builtins in scope), so before anything is evaluated every term of the fixed part and of each
-bar term's left-hand side is checked against an allow-list (:data:`ALLOWED_TRANSFORMS`): column
-names (plain, ```backticked``` or ``Q('name')``), numbers, the operators ``+ - * / : ** ^`` and
-parentheses, and calls of the listed transforms, whose arguments may only be columns, numbers,
-arithmetic (``+ - * / **``, unary ``-``) and further allowed calls. Anything else (attribute access
-other than ``np.<transform>``, subscripts, lambdas, comprehensions, strings outside ``Q()``, other
-keyword arguments, ``{...}`` code blocks, unknown functions, dunder names) is a
-:class:`FormulaError` naming the term and its position. The check tokenises with formulaic's own
-tokenizer (which evaluates nothing) and inspects each call term's Python syntax tree, so it sees
-exactly what formulaic would evaluate. :class:`ParsedFormula` repeats the check when constructed,
-so a hand-built or stored formula cannot bypass it; :func:`required_columns` lists the columns a
-checked part uses without evaluating it, and :data:`FORMULA_CONTEXT` is the namespace to evaluate in.
+Formulas are data, never code. formulaic evaluates call terms with Python's ``eval`` (numpy and the
+builtins in scope), so before anything is evaluated every term of the fixed part and of each bar
+term's left-hand side must be on an allow-list: column names (plain, ```backticked``` or
+``Q('name')``), numbers, the operators ``+ - * / : ** ^``, parentheses, and calls of
+:data:`ALLOWED_TRANSFORMS` whose arguments are columns, numbers, arithmetic and allowed calls.
+Anything else is a :class:`FormulaError` naming the term and its position. The check runs
+formulaic's own tokenizer (it evaluates nothing) and walks each call term's Python syntax tree, as
+formulaic would parse it; :class:`ParsedFormula` repeats it, so a hand-built or stored formula
+cannot bypass it.
 """
 
 from __future__ import annotations
@@ -109,7 +105,7 @@ class ParsedFormula:
         _check_or_raise(self.fixed, "the fixed part")
         for t in self.random:
             _check_or_raise(t.expr, f"random term {t.text!r}")
-            for g in t.group_columns:
+            for g in t.group.split(":") if isinstance(t.group, str) else (t.group,):
                 _check_name(g, f"grouping factor of {t.text!r}")
 
     @property
@@ -303,7 +299,7 @@ FORMULA_CONTEXT: MappingProxyType = MappingProxyType(
     {"log1p": np.log1p, "sqrt": np.sqrt, "abs": np.abs})
 
 _FORMULA_OPERATOR_CHARS = frozenset("+-*/:^")
-_ARITHMETIC = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+_ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
 _NOT_COLUMNS = frozenset({"np", *ALLOWED_TRANSFORMS})
 
 ALLOWED_HINT = (
@@ -314,15 +310,9 @@ ALLOWED_HINT = (
     "I(arithmetic with + - * / ** on columns and numbers). For anything else, add a computed "
     "column to the DataFrame.")
 
-_NODE_WORDS = {
-    ast.Attribute: "attribute access", ast.Subscript: "a subscript", ast.Lambda: "a lambda",
-    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
-    ast.GeneratorExp: "a comprehension", ast.List: "a list", ast.Tuple: "a tuple", ast.Dict: "a dict",
-    ast.Set: "a set", ast.Compare: "a comparison", ast.BoolOp: "a boolean operator",
-    ast.IfExp: "a conditional expression", ast.NamedExpr: "an assignment expression",
-    ast.Starred: "argument unpacking", ast.JoinedStr: "an f-string", ast.Await: "await",
-    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Slice: "a slice",
-}
+_NODE_WORDS = {ast.Attribute: "attribute access", ast.Subscript: "a subscript", ast.Lambda: "a lambda",
+               ast.ListComp: "a comprehension", ast.GeneratorExp: "a comprehension",
+               ast.Compare: "a comparison", ast.NamedExpr: "an assignment expression"}
 
 
 class _Refused(Exception):
@@ -520,7 +510,7 @@ def _check_value(node: ast.expr, src: str, aliases: dict, columns: list) -> bool
                        "quote column names with Q('name') or backticks)", src)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         return _check_value(node.operand, src, aliases, columns)
-    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _ARITHMETIC):
         left = _check_value(node.left, src, aliases, columns)
         right = _check_value(node.right, src, aliases, columns)
         if not (left or right):  # Python would compute it, e.g. 9**9**9: refuse instead
