@@ -380,6 +380,8 @@ def _check_part(part) -> tuple[str, ...]:
     for tok in tokens:
         src = tok.source[tok.source_start : tok.source_end + 1] if tok.source_start is not None else tok.token
         kind = tok.kind
+        if tok.token == ".":  # formulaic's "all other columns"
+            raise _Refused("'.' (all other columns) is not supported; list the predictors", src)
         if kind is Token.Kind.OPERATOR:
             if not tok.token or not set(tok.token) <= _FORMULA_OPERATOR_CHARS:
                 raise _Refused(f"the operator {src!r} is not allowed", src)

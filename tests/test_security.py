@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings  # a test dependency (pyproject [test])
+from hypothesis import strategies as st
 
 import bayeslmm as blmm
 from bayeslmm import cli
@@ -344,10 +346,6 @@ def test_required_columns_without_evaluating():
 
 # ---------------------------------------------------------------- property tests
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 FRAGMENTS = [
     "x", "z", "g", "y", "1", "0", "-1", "2", " ", "+", "-", "*", "/", ":", "**", "^", "(", ")", "|", "||",
     "~", "{", "}", "[", "]", "'", '"', "`", ",", ".", "=", "%in%", "log(", "np.log(", "np.", "I(", "C(",
@@ -417,7 +415,7 @@ def marker_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("marker")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.one_of(formula_text, mixed_formula))
 def test_parse_formula_raises_only_bayeslmm_errors_and_evaluates_nothing(marker_dir, text):
     marker = marker_dir / "pwned"
@@ -450,7 +448,7 @@ def no_side_effects():
         mp.undo()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.one_of(good_formula, mixed_formula, formula_text))
 def test_building_any_accepted_formula_runs_nothing(marker_dir, text):
     """Whatever parse_formula accepts is then evaluated by formulaic: it may fail, but only with a
