@@ -33,7 +33,7 @@ import bayeslmm as blmm
 from bayeslmm import cli
 from bayeslmm.errors import BayesLMMError, FormulaError, ModelFileError
 from bayeslmm.formula import ParsedFormula, parse_formula, required_columns
-from bayeslmm.predict import new_data_arrays
+from bayeslmm.design import predictor_arrays
 from bayeslmm.specfile import load_model_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::bayeslmm.diagnostics.ConvergenceWarning",
@@ -316,7 +316,7 @@ def test_allowed_transforms_build_the_right_columns(term, names, columns):
     np.testing.assert_allclose(z.Z[:, 1:], expected, rtol=1e-12, atol=1e-12)
     # predictions rebuild the same columns for new data (stateful transforms keep the fit's state)
     new = df.iloc[::7].reset_index(drop=True)
-    X_new, parts = new_data_arrays(m.design, new)
+    X_new, parts = predictor_arrays(m.design, new)
     np.testing.assert_allclose(X_new, m.design.X[::7], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(parts[0][1], z.Z[::7], rtol=1e-12, atol=1e-12)
 
