@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FormulaError
-from .formula import RandomTerm
+from .formula import FORMULA_CONTEXT, RandomTerm, required_columns
 from .spec import ModelSpec
 
 __all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arrays", "MISSING_ACTIONS"]
@@ -197,9 +197,9 @@ class Design:
 
 
 def _required_columns(formula_text: str, where: str) -> set[str]:
-    try:
-        return set(formulaic.Formula(formula_text).required_variables)
-    except Exception as exc:  # formulaic raises several types
+    try:  # never formulaic's required_variables: it evaluates parts of the terms
+        return set(required_columns(formula_text))
+    except FormulaError as exc:
         raise FormulaError(f"cannot read {where} {formula_text!r}: {exc}") from exc
 
 
@@ -216,7 +216,8 @@ def _check_columns(data: pd.DataFrame, needed: dict[str, str]) -> None:
 
 def _model_matrix(text: str, frame: pd.DataFrame, where: str):
     try:
-        return formulaic.model_matrix(text, frame, na_action="raise", ensure_full_rank=True)
+        return formulaic.model_matrix(text, frame, na_action="raise", ensure_full_rank=True,
+                                      context=FORMULA_CONTEXT)
     except Exception as exc:
         raise FormulaError(f"cannot build the model matrix of {where} {text!r}: {exc}") from exc
 
@@ -370,7 +371,7 @@ def predictor_arrays(design: Design, data: pd.DataFrame):
         raise DataError(f"new data has missing values in {bad}; predictions need complete rows "
                         "(drop or fill them first)")
     try:
-        X = np.asarray(design.fixed_spec.get_model_matrix(frame), dtype=float)
+        X = np.asarray(design.fixed_spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float)
     except Exception as exc:
         raise DataError(f"cannot build the fixed-effect design for the new data: {exc}") from exc
     parts = []
@@ -378,7 +379,7 @@ def predictor_arrays(design: Design, data: pd.DataFrame):
         Zs = []
         for spec in f.term_specs:
             try:
-                Zs.append(np.asarray(spec.get_model_matrix(frame), dtype=float))
+                Zs.append(np.asarray(spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float))
             except Exception as exc:
                 raise DataError(f"cannot build the random-effect design of {f.name!r} for the new data: "
                                 f"{exc}") from exc

@@ -17,16 +17,35 @@ Supported random terms (lme4 semantics):
 ``(1 | a:b)``          one effect per observed combination of ``a`` and ``b``
 ``(1 | a) + (1 | b)``  crossed factors
 =====================  ===================================================================
+
+Formulas are data, never code. formulaic evaluates call terms with Python's ``eval`` (numpy and the
+builtins in scope), so before anything is evaluated every term of the fixed part and of each bar
+term's left-hand side must be on an allow-list: column names (plain, ```backticked``` or
+``Q('name')``), numbers, the operators ``+ - * / : ** ^``, parentheses, and calls of
+:data:`ALLOWED_TRANSFORMS` whose arguments are columns, numbers, arithmetic and allowed calls.
+Anything else is a :class:`FormulaError` naming the term and its position. The check runs
+formulaic's own tokenizer (it evaluates nothing) and walks each call term's Python syntax tree, as
+formulaic would parse it; :class:`ParsedFormula` repeats it, so a hand-built or stored formula
+cannot bypass it.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+from formulaic.parser.algos.sanitize_tokens import sanitize_python_code
+from formulaic.parser.algos.tokenize import tokenize as _formulaic_tokenize
+from formulaic.parser.types import Token
+from formulaic.utils.code import sanitize_variable_names
 
 from .errors import FormulaError
 
-__all__ = ["RandomTerm", "ParsedFormula", "parse_formula"]
+__all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "required_columns", "ALLOWED_TRANSFORMS",
+           "FORMULA_CONTEXT"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -79,6 +98,15 @@ class ParsedFormula:
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
+
+    def __post_init__(self):
+        # the same allow-list however the object was made (parse_formula, by hand, from a file)
+        _check_name(self.response, "response")
+        _check_or_raise(self.fixed, "the fixed part")
+        for t in self.random:
+            _check_or_raise(t.expr, f"random term {t.text!r}")
+            for g in t.group.split(":") if isinstance(t.group, str) else (t.group,):
+                _check_name(g, f"grouping factor of {t.text!r}")
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -143,7 +171,8 @@ def parse_formula(text: str) -> ParsedFormula:
     ------
     FormulaError
         If the formula has no single ``~``, unbalanced parentheses, an empty term or group, a bar
-        outside parentheses, or a malformed grouping factor. The message shows where.
+        outside parentheses, a malformed grouping factor, or a term outside the allow-list
+        (:data:`ALLOWED_TRANSFORMS`; nothing is evaluated to find out). The message shows where.
 
     Examples
     --------
@@ -158,7 +187,7 @@ def parse_formula(text: str) -> ParsedFormula:
                      "Write the formula as 'response ~ predictors', e.g. 'y ~ x + (1 | g)'.")
     tilde = text.index("~")
     response = text[:tilde].strip()
-    if not _IDENT.match(response):
+    if not _IDENT.match(response) or _is_dunder(response):
         raise _error(text, 0, f"response {response!r} is not a column name",
                      "Use a single column name on the left of '~' (add a transformed column to the "
                      "DataFrame for log(y) and similar).")
@@ -197,7 +226,7 @@ def parse_formula(text: str) -> ParsedFormula:
                     raise _error(text, offset, f"no grouping factor in {term_text!r}",
                                  "Name a column after the bar, e.g. '(1 | subject)'.")
                 for piece in re.split(r"[/:]", group):
-                    if not _IDENT.match(piece.strip()):
+                    if not _IDENT.match(piece.strip()) or _is_dunder(piece.strip()):
                         raise _error(text, offset, f"grouping factor {group!r} in {term_text!r} is not "
                                      "a column name, 'a:b' or 'a/b'",
                                      "Group by plain column names; add a column for anything computed.")
@@ -222,6 +251,15 @@ def parse_formula(text: str) -> ParsedFormula:
     if "|" in fixed:
         raise FormulaError(f"a bar term in {text!r} is not a top-level sum term (fixed part left: "
                            f"{fixed!r}); write random terms as '+ (expr | group)'.")
+    # formulas are data: refuse anything outside the allow-list before formulaic evaluates a term
+    parts = [(fixed, rhs_start, "the fixed part")]
+    parts += [(t.expr, t.offset, f"random term {t.text!r}") for t in random]
+    for part, start, where in dict.fromkeys(parts):
+        try:
+            _check_part(part)
+        except _Refused as r:
+            raise _error(text, _locate(text, start, r.term), f"{r.reason}: term {r.term!r} in {where}",
+                         ALLOWED_HINT) from None
     seen: set[tuple[str, str]] = set()
     for t in random:
         key = (t.expr.replace(" ", ""), t.group)
@@ -230,3 +268,274 @@ def parse_formula(text: str) -> ParsedFormula:
                          "Remove the duplicate term.")
         seen.add(key)
     return ParsedFormula(text=text.strip(), response=response, fixed=fixed, random=tuple(random))
+
+
+# --------------------------------------------------------------------------------------------
+# the allow-list: formulas are data
+# --------------------------------------------------------------------------------------------
+_ELEMENTWISE = ("log", "log1p", "log2", "log10", "exp", "sqrt", "abs")
+
+#: Transforms a formula may call: name -> (max positional arguments, ((keyword, type), ...)).
+#: The first argument is a column expression; ``poly``'s second is its degree (a whole number >= 1);
+#: keyword values must be literal ``True``/``False`` (bool) or whole numbers (int). ``C()`` takes no
+#: contrast argument: bayeslmm states treatment baselines in ``design.notes``.
+ALLOWED_TRANSFORMS: MappingProxyType = MappingProxyType({
+    **{f: (1, ()) for f in _ELEMENTWISE},
+    **{f"np.{f}": (1, ()) for f in _ELEMENTWISE},
+    "scale": (1, (("center", bool), ("scale", bool), ("ddof", int))),
+    "center": (1, ()),
+    "standardize": (1, (("center", bool), ("rescale", bool), ("ddof", int))),
+    "poly": (2, (("degree", int), ("raw", bool))),
+    "C": (1, ()),
+    "I": (1, ()),
+    "Q": (1, ()),
+})
+
+#: Names added to formulaic's evaluation namespace, which already has log, log2, log10, exp, scale,
+#: center, standardize, poly, C, I, Q and np (and Python's builtins). Pass it as formulaic's
+#: ``context=`` so that no caller's variables are in scope (formulaic's default captures the
+#: caller's frame) and fitting and prediction see the same names.
+FORMULA_CONTEXT: MappingProxyType = MappingProxyType(
+    {"log1p": np.log1p, "sqrt": np.sqrt, "abs": np.abs})
+
+_FORMULA_OPERATOR_CHARS = frozenset("+-*/:^")
+_ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
+_NOT_COLUMNS = frozenset({"np", *ALLOWED_TRANSFORMS})
+
+ALLOWED_HINT = (
+    "Formulas may contain only: column names (plain, `backticked` or Q('name')), numbers, the "
+    "operators + - * / : ** ^ and parentheses, and the transforms "
+    + ", ".join(f"{f}()" for f in _ELEMENTWISE)
+    + " (also as np.log() etc.), scale(), center(), standardize(), poly(x, degree), C(x) and "
+    "I(arithmetic with + - * / ** on columns and numbers). For anything else, add a computed "
+    "column to the DataFrame.")
+
+_NODE_WORDS = {ast.Attribute: "attribute access", ast.Subscript: "a subscript", ast.Lambda: "a lambda",
+               ast.ListComp: "a comprehension", ast.GeneratorExp: "a comprehension",
+               ast.Compare: "a comparison", ast.NamedExpr: "an assignment expression"}
+
+
+class _Refused(Exception):
+    """A term outside the allow-list: ``reason`` and the formulaic token text ``term``."""
+
+    def __init__(self, reason: str, term: str):
+        super().__init__(reason)
+        self.reason, self.term = reason, term
+
+
+def _is_dunder(name: str) -> bool:
+    return any(p.startswith("__") and p.endswith("__") and len(p) > 4 for p in name.split("."))
+
+
+def _check_name(name, what: str) -> None:
+    """A response or grouping column: a plain identifier, never a dunder name."""
+    if not isinstance(name, str) or not _IDENT.match(name.strip()) or _is_dunder(name):
+        raise FormulaError(f"{what} {name!r} is not a column name; use a plain column name "
+                           "(letters, digits, '_' and '.'). " + ALLOWED_HINT)
+
+
+def _check_or_raise(part, where: str) -> tuple[str, ...]:
+    try:
+        return _check_part(part)
+    except _Refused as r:
+        raise FormulaError(f"{r.reason} in the term {r.term!r} of {where} {part!r}. "
+                           + ALLOWED_HINT) from None
+
+
+def required_columns(part: str) -> tuple[str, ...]:
+    """Columns used by a fixed part or a bar term's left-hand side, found without evaluating it.
+
+    Parameters
+    ----------
+    part : str
+        Formula text such as ``"1 + np.log(x) + C(g)"``.
+
+    Returns
+    -------
+    tuple of str
+        Column names in order of first use (``Q('a b')`` and ```a b``` give ``'a b'``).
+
+    Raises
+    ------
+    FormulaError
+        If ``part`` uses anything outside the allow-list (see :data:`ALLOWED_TRANSFORMS`).
+
+    Examples
+    --------
+    >>> required_columns("x + np.log(z) + I(x**2) + C(g) + Q('my col')")
+    ('x', 'z', 'g', 'my col')
+    """
+    return _check_or_raise(part, "the formula part")
+
+
+def _check_part(part) -> tuple[str, ...]:
+    """Check one formula part token by token; return the columns it uses or raise _Refused."""
+    if not isinstance(part, str):
+        raise _Refused(f"a formula part must be text, not {type(part).__name__}", repr(part))
+    try:
+        tokens = list(_formulaic_tokenize(part))
+    except Exception as exc:  # formulaic's tokenizer is pure Python: a syntax error, nothing ran
+        raise _Refused(f"formula text that cannot be read ({exc})".replace("\n", " "), part) from None
+    columns: list[str] = []
+    for tok in tokens:
+        src = tok.source[tok.source_start : tok.source_end + 1] if tok.source_start is not None else tok.token
+        kind = tok.kind
+        if tok.token == ".":  # formulaic's "all other columns"
+            raise _Refused("'.' (all other columns) is not supported; list the predictors", src)
+        if kind is Token.Kind.OPERATOR:
+            if not tok.token or not set(tok.token) <= _FORMULA_OPERATOR_CHARS:
+                raise _Refused(f"the operator {src!r} is not allowed", src)
+        elif kind is Token.Kind.CONTEXT:
+            if tok.token not in ("(", ")"):
+                raise _Refused(f"{tok.token!r} is not allowed (only parentheses group terms)", src)
+        elif kind is Token.Kind.VALUE:
+            _check_number(tok.token, src)
+        elif kind is Token.Kind.NAME:
+            columns.append(_check_plain_name(tok, src))
+        elif kind is Token.Kind.PYTHON:
+            if src.startswith("{"):
+                raise _Refused("a {...} Python code block is not allowed", src + "}")
+            columns += _check_call_term(tok.token, src)
+        else:  # pragma: no cover; formulaic added a token kind
+            raise _Refused(f"a {kind} token is not understood", src)
+    return tuple(dict.fromkeys(columns))
+
+
+def _check_number(text: str, src: str) -> None:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, str):
+        raise _Refused("a string is not allowed here (quote column names with backticks or Q())", src)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _Refused(f"{text!r} is not a number or column name", src)
+
+
+def _check_plain_name(tok, src: str) -> str:
+    name = tok.token
+    if src.startswith("`"):  # a quoted column label: looked up in the data, never evaluated
+        if not name:
+            raise _Refused("an empty `` column name", src)
+        return name
+    if name == "lambda":
+        raise _Refused("a lambda is not allowed", src)
+    if not all(p.isidentifier() for p in name.split(".")) or _is_dunder(name):
+        raise _Refused(f"{name!r} is not a column name (quote unusual names with backticks)", src)
+    return name
+
+
+def _check_call_term(code: str, src: str) -> list[str]:
+    """A Python call term such as ``np.log(x)``: parse it as formulaic will and walk its tree."""
+    aliases: dict[str, str] = {}
+    try:
+        # the exact text formulaic evaluates: its own sanitising, then back-tick aliasing
+        evaluated = sanitize_variable_names(sanitize_python_code(code), {}, aliases)
+        tree = ast.parse(evaluated, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        raise _Refused("a term that is not a valid transform call", src) from None
+    columns: list[str] = []
+    try:
+        if not isinstance(tree.body, ast.Call):
+            raise _Refused("only calls of allowed transforms are allowed here", src)
+        _check_call(tree.body, src, aliases, columns)
+    except RecursionError:
+        raise _Refused("a term nested too deeply", src) from None
+    return columns
+
+
+def _call_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "np":
+        return f"np.{func.attr}"
+    return None
+
+
+def _check_call(node: ast.Call, src: str, aliases: dict, columns: list) -> None:
+    name = _call_name(node.func)
+    if name not in ALLOWED_TRANSFORMS:
+        shown = ast.unparse(node.func)
+        raise _Refused(f"calling {shown!r} is not allowed ({shown} is not an allowed transform)", src)
+    max_args, keyword_types = ALLOWED_TRANSFORMS[name]
+    keywords = dict(keyword_types)
+    if any(isinstance(a, ast.Starred) for a in node.args):
+        raise _Refused(f"argument unpacking (*) in {name}() is not allowed", src)
+    if name == "C" and (len(node.args) > 1 or node.keywords):
+        raise _Refused("C() takes one column and no contrast arguments (bayeslmm uses treatment "
+                       "contrasts; choose the baseline with an ordered pandas Categorical)", src)
+    if not 1 <= len(node.args) <= max_args:
+        raise _Refused(f"{name}() takes {'1 argument' if max_args == 1 else f'1 to {max_args} arguments'}"
+                       f", got {len(node.args)}", src)
+    seen = set()
+    for kw in node.keywords:
+        if kw.arg is None or kw.arg not in keywords or kw.arg in seen:
+            shown = "**" if kw.arg is None else f"{kw.arg}="
+            ok = ", ".join(f"{k}=" for k in keywords) or "none"
+            raise _Refused(f"the keyword argument {shown} of {name}() is not allowed (allowed: {ok})", src)
+        seen.add(kw.arg)
+        _check_constant(kw.value, keywords[kw.arg], f"{name}({kw.arg}=...)", src,
+                        minimum=1 if kw.arg == "degree" else 0)
+    first = node.args[0]
+    if name == "Q":
+        if not (isinstance(first, ast.Constant) and isinstance(first.value, str)) or node.keywords:
+            raise _Refused("Q() takes one quoted column name, like Q('my col')", src)
+        columns.append(first.value)
+        return
+    if name == "poly" and len(node.args) == 2:
+        _check_constant(node.args[1], int, "the degree of poly()", src, minimum=1)
+    _check_value(first, src, aliases, columns)
+
+
+def _check_constant(node: ast.expr, kind: type, what: str, src: str, minimum: int = 0) -> None:
+    """A keyword value or poly's degree: a literal bool, or a literal whole number >= minimum."""
+    v = node.value if isinstance(node, ast.Constant) else None
+    ok = isinstance(v, bool) if kind is bool else (isinstance(v, int) and not isinstance(v, bool)
+                                                   and v >= minimum)
+    if not ok:
+        raise _Refused(f"{what} must be {'True or False' if kind is bool else f'a whole number >= {minimum}'}"
+                       f", got {ast.unparse(node)!r}", src)
+
+
+def _check_value(node: ast.expr, src: str, aliases: dict, columns: list) -> bool:
+    """An argument: columns, numbers, arithmetic and allowed calls. True if it uses a column."""
+    if isinstance(node, ast.Name):
+        name = aliases.get(node.id, node.id)
+        if node.id in _NOT_COLUMNS or _is_dunder(node.id):
+            raise _Refused(f"{name!r} is not a column name", src)
+        columns.append(name)
+        return True
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return False
+        raise _Refused(f"the constant {ast.unparse(node)} is not allowed (only numbers; "
+                       "quote column names with Q('name') or backticks)", src)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _check_value(node.operand, src, aliases, columns)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _ARITHMETIC):
+        left = _check_value(node.left, src, aliases, columns)
+        right = _check_value(node.right, src, aliases, columns)
+        if not (left or right):  # Python would compute it, e.g. 9**9**9: refuse instead
+            raise _Refused(f"arithmetic on numbers only ({ast.unparse(node)}) is not allowed; "
+                           "write the number", src)
+        return True
+    if isinstance(node, ast.Call):
+        _check_call(node, src, aliases, columns)
+        return True
+    if isinstance(node, ast.BinOp):
+        raise _Refused(f"the operator {ast.unparse(node)!r} is not allowed (only + - * / **)", src)
+    what = _NODE_WORDS.get(type(node), f"a {type(node).__name__} expression")
+    hint = ""
+    if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id == "np"):
+        hint = "; quote a column name that contains '.' with backticks, like `my.col`"
+    raise _Refused(f"{what} ({ast.unparse(node)}) is not allowed{hint}", src)
+
+
+def _locate(text: str, start: int, snippet: str) -> int:
+    """Offset of ``snippet`` in ``text`` at or after ``start``, ignoring whitespace; else ``start``."""
+    i = text.find(snippet, start)
+    if i >= 0:
+        return i
+    chars = [re.escape(c) for c in snippet if not c.isspace()]
+    m = re.compile(r"\s*".join(chars)).search(text, start) if chars else None
+    return m.start() if m else start
