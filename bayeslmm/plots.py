@@ -14,10 +14,10 @@ from matplotlib.figure import Figure
 
 from .errors import BayesLMMError
 from .families import get_family
-from .posterior import component_draws, sd_var
+from .posterior import component_draws, labelled_draws, sd_var
 
 __all__ = ["plot_caterpillar", "plot_shrinkage", "plot_shrinkage_vs_size", "plot_variance_components",
-           "plot_icc", "plot_trace", "plot_ppc"]
+           "plot_icc", "plot_trace", "plot_ppc", "plot_prior_posterior"]
 
 _C_NO, _C_PART, _C_POOL = "#d95f02", "#1b9e77", "#555555"
 
@@ -315,3 +315,53 @@ def plot_ppc(fit, *, num_draws: int = 100, seed: int = 0) -> Figure:
     from .diagnostics import posterior_predictive
     pp = posterior_predictive(fit, num_draws=num_draws, seed=seed)
     return _figure_of(az.plot_ppc_dist(pp, num_samples=num_draws, backend="matplotlib"))
+
+
+def plot_prior_posterior(fit, *, draws: int = 2000, seed: int = 0, prior=None) -> Figure:
+    """Prior (grey) and posterior (colour) of every fixed effect, group SD, correlation and sigma.
+
+    A posterior much narrower than its prior means the data were informative about that
+    parameter; one that looks like its prior means they were not (the prior decides it). The
+    x-range follows the posterior (widened 3 times around it), so a heavy-tailed prior is cut.
+
+    Parameters
+    ----------
+    draws, seed : int
+        Prior draws (:func:`bayeslmm.accessors.prior_predictive`), unless ``prior`` (its result)
+        is given.
+
+    Examples
+    --------
+    >>> fit.plot_prior_posterior()                                     # doctest: +SKIP
+    """
+    from .accessors import prior_predictive
+    aux = get_family(fit.spec.family).aux_names
+    tree = prior if prior is not None else prior_predictive(fit, draws=draws, seed=seed)
+    pri = labelled_draws(tree["prior"].to_dataset(), fit.design, aux)
+    post = labelled_draws(fit.posterior, fit.design, aux)
+    items = list(post)
+    ncol = min(4, len(items))
+    nrow = int(np.ceil(len(items) / ncol))
+    fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+    for ax, label in zip(axes, items):
+        x = post[label].to_numpy().ravel()
+        p = pri[label].to_numpy().ravel()
+        lo, hi = np.quantile(x, [0.005, 0.995])
+        w = hi - lo if hi > lo else max(abs(hi), 1.0)
+        rng_ = (lo - w, hi + w)
+        if label.startswith(("sd(", "sigma")):
+            rng_ = (max(0.0, rng_[0]), rng_[1])
+        elif label.startswith("cor("):
+            rng_ = (-1.0, 1.0)
+        ax.hist(p[(p >= rng_[0]) & (p <= rng_[1])], bins=40, range=rng_, density=True,
+                color="#bbbbbb", alpha=0.8, label="prior")
+        ax.hist(x, bins=40, range=rng_, density=True, color="#1f78b4", alpha=0.6, label="posterior")
+        ax.set_title(label, fontsize=9)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(items):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Prior (grey) vs posterior (blue): how much the data moved each parameter", fontsize=10)
+    return fig
