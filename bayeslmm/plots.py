@@ -354,7 +354,9 @@ def plot_prior_posterior(fit, *, draws: int = 2000, seed: int = 0, prior=None) -
             rng_ = (max(0.0, rng_[0]), rng_[1])
         elif label.startswith("cor("):
             rng_ = (-1.0, 1.0)
-        ax.hist(p[(p >= rng_[0]) & (p <= rng_[1])], bins=40, range=rng_, density=True,
+        inside = p[(p >= rng_[0]) & (p <= rng_[1])]
+        bw = (rng_[1] - rng_[0]) / 40       # density of the whole prior (its mass outside is cut)
+        ax.hist(inside, bins=40, range=rng_, weights=np.full(len(inside), 1.0 / (len(p) * bw)),
                 color="#bbbbbb", alpha=0.8, label="prior")
         ax.hist(x, bins=40, range=rng_, density=True, color="#1f78b4", alpha=0.6, label="posterior")
         ax.set_title(label, fontsize=9)
