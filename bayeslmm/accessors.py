@@ -347,7 +347,8 @@ def r2(fit, *, prob: float = 0.95) -> Table:
 def update(fit, formula: str | None = None, *, data=None, priors: dict | None = None, **kwargs):
     """Refit with a new formula, data or priors, reusing everything else.
 
-    Kept from ``fit``: the family, the method, the user's priors (those that still name a
+    Kept from ``fit``: the family, the sampling path (a non-centred fit stays non-centred; a
+    collapsed one uses ``"auto"``, i.e. collapsed where it applies), the user's priors (those that still name a
     parameter or class of the new model; ``priors`` adds to or replaces them, a value of ``None``
     removes one), the data (its used columns; pass ``data`` when the new formula needs other
     columns) and the sampler settings with the seed the fit actually used, so
@@ -369,8 +370,10 @@ def update(fit, formula: str | None = None, *, data=None, priors: dict | None = 
     spec = fit.spec
     new_formula = formula if formula is not None else spec.formula.text
     frame = data if data is not None else fit.design.data_frame()
-    model_keys = {"family", "method", "missing"}
+    model_keys = {"family", "missing"}
     mk = {"family": spec.family, "method": spec.method, "missing": "drop"}
+    if "method" in kwargs:                  # Model(method=) and fit(method=) mean the same path
+        mk["method"] = kwargs["method"]
     mk.update({k: kwargs.pop(k) for k in list(kwargs) if k in model_keys})
     user = {k: p.text for k, p in spec.priors}
     for k, v in (priors or {}).items():
@@ -392,6 +395,8 @@ def update(fit, formula: str | None = None, *, data=None, priors: dict | None = 
     fk = {"chains": s.chains, "draws": s.draws, "tune": s.tune, "seed": fit.info.get("seed", s.seed),
           "target_accept": s.target_accept, "sampler": s.sampler, "cores": s.cores,
           "progressbar": s.progressbar}
+    if fit.info.get("method") == "noncentred" and "method" not in kwargs:
+        fk["method"] = "noncentred"        # a non-centred fit stays non-centred (valid for any model)
     fk.update(kwargs)
     return model.fit(**fk)
 
