@@ -126,6 +126,18 @@ class Diagnostics:
     def __repr__(self) -> str:
         return self.message()
 
+    def _repr_html_(self) -> str:
+        import html
+
+        from .tables import to_html
+        ok = self.ok
+        head = ("<p style='color:#1e8449'><b>All convergence checks passed.</b></p>" if ok else
+                f"<p style='color:#c0392b'><b>{len(self.problems)} convergence problem(s); do not trust "
+                "the results yet.</b></p><ul>" + "".join(
+                    f"<li><b>{html.escape(p.check)}</b>: {html.escape(p.message)}<br><i>What to do:</i> "
+                    f"{html.escape(p.advice)}</li>" for p in self.problems) + "</ul>")
+        return head + to_html(self.to_frame().set_index("check"))
+
 
 def _fmt(v) -> str:
     try:

@@ -141,9 +141,10 @@ class ICCResult:
     ----------
     table : DataFrame
         One row per (factor, covariate point): ``group``, ``kind`` (``icc`` or ``cumulative``),
-        ``at``, and ``mean``, ``median``, ``sd``, ``hdi_lower``, ``hdi_upper``.
+        ``at`` (only with random slopes: the ICC then depends on x), and ``mean``, ``median``, ``sd``, ``hdi_lower``, ``hdi_upper``.
     draws : dict
-        ``(label, at) -> ndarray`` of draws (chains*draws,).
+        ``(label, at) -> ndarray`` of draws (chains*draws,); ``at`` is ``"all"`` without random
+        slopes.
     curves : dict
         ``term -> DataFrame`` of the ICC over a grid of that covariate (columns ``x``, ``group``,
         ``median``, ``hdi_lower``, ``hdi_upper``); only with random slopes.
@@ -156,10 +157,12 @@ class ICCResult:
     prob: float = 0.95
 
     def __repr__(self) -> str:
-        return f"ICC posterior ({self.prob:.0%} HDI)\n{self.table.to_string()}"
+        from .tables import to_text
+        return f"ICC posterior ({self.prob:.0%} HDI)\n{to_text(self.table)}"
 
     def _repr_html_(self) -> str:
-        return self.table._repr_html_()
+        from .tables import to_html
+        return to_html(self.table)
 
 
 def _row(x: np.ndarray, prob: float) -> dict:
@@ -212,6 +215,8 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
             draws[(g, label)] = x
             rows.append({"group": group, "kind": kind, "at": label, **_row(x, prob)})
     table = pd.DataFrame(rows)
+    if list(points) == ["all"]:       # no random slopes: the ICC does not depend on x; no `at` column
+        table = table.drop(columns="at")
     table.attrs["ci_prob"] = prob
     curves = {}
     ranges = _slope_ranges(design)

@@ -270,13 +270,14 @@ def plot_icc(fit, *, result=None, prob: float = 0.95) -> Figure:
     >>> fit.plot_icc()                                                 # doctest: +SKIP
     """
     res = result if result is not None else fit.icc(prob=prob)
-    points = list(dict.fromkeys(res.table["at"]))
+    tab = res.table if "at" in res.table else res.table.assign(at="all")
+    points = list(dict.fromkeys(tab["at"]))
     n_curve = len(res.curves)
     fig = Figure(figsize=(4.6 * (len(points) + n_curve), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(points) + n_curve))
     colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
     for ax, at in zip(axes, points):
-        rows = res.table[res.table["at"] == at]
+        rows = tab[tab["at"] == at]
         for c, r in zip(colors, rows.itertuples()):
             label = r.group + (" (cumulative)" if r.kind == "cumulative" else "")
             x = res.draws[(label, at)]
