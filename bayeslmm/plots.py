@@ -336,7 +336,22 @@ def plot_trace(fit, *, var_names: list[str] | None = None, kind: str = "trace") 
     else:
         raise BayesLMMError(f"the 'kind' parameter of plot_trace must be one of ('trace', 'rank'). "
                             f"Got {kind!r} instead.")
-    return _figure_of(pc)
+    return _tidy_labels(_figure_of(pc))
+
+
+def _tidy_labels(fig: Figure) -> Figure:
+    """Parameter names as small panel titles (long rotated y-labels overlap each other, and a
+    lone x-label under the last panel reads as its title), with a layout that keeps them apart."""
+    for ax in fig.axes:
+        name = ax.get_ylabel() or (ax.get_xlabel() if ax.get_xlabel() not in ("", "Draw") else "")
+        if name:
+            ax.set_ylabel("")
+            if ax.get_xlabel() == name:
+                ax.set_xlabel("")
+            ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.set_layout_engine("constrained")
+    return fig
 
 
 def plot_ppc(fit, *, num_draws: int = 100, seed: int = 0) -> Figure:

@@ -190,6 +190,11 @@ class Fit:
         from .accessors import prior_predictive
         return prior_predictive(self, **kwargs)
 
+    def plot_spaghetti(self, **kwargs):
+        """Fitted line per group for a random intercept and slope; see :func:`bayeslmm.plots.plot_spaghetti`."""
+        from .plots import plot_spaghetti
+        return plot_spaghetti(self, **kwargs)
+
     def plot_prior_posterior(self, **kwargs):
         """Prior and posterior of each parameter, overlaid; see :func:`bayeslmm.plots.plot_prior_posterior`."""
         from .plots import plot_prior_posterior
