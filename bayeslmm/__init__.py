@@ -33,12 +33,13 @@ _EXPORTS = {
     "make_design": "design", "Design": "design", "FactorDesign": "design",
     "get_family": "families", "FAMILIES": "families",
     "rank_inverse_normal": "transforms",
+    "compare": "diagnostics", "Table": "tables",
     "BayesLMMError": "errors", "FormulaError": "errors", "SpecError": "errors", "DataError": "errors",
     "PriorError": "errors", "ModelFileError": "errors",
 }
 
 __all__ = [
-    "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets",
+    "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets", "compare", "Table",
     "parse_formula", "build_spec", "parse_prior", "make_design", "resolve_priors", "get_family",
     "FAMILIES", "rank_inverse_normal",
     "ModelSpec", "SamplerSpec", "Prior", "PriorTable", "Design", "FactorDesign", "ParsedFormula",

@@ -178,7 +178,7 @@ def _cmd_fit(args) -> int:
     kw = mf.fit_kwargs()
     if args.method:
         kw["method"] = args.method
-    fit = model.fit(**kw)
+    fit = _quiet_fit(model, kw)
     _say(f"\nsampled in {fit.info.get('total_s', float('nan')):.1f} s")
 
     prob = mf.report.prob
@@ -237,6 +237,27 @@ def _cmd_report(args) -> int:
 
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
+
+
+def _quiet_fit(model, kw):
+    """``model.fit(**kw)`` with its Python warnings printed once each as ``warning: message``
+    (no source paths); convergence warnings are left out here because the command reports the
+    failed checks itself at the end."""
+    import warnings
+
+    from .diagnostics import ConvergenceWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = model.fit(**kw)
+    seen = set()
+    for w in caught:
+        msg = str(w.message).strip()
+        if issubclass(w.category, (ConvergenceWarning, DeprecationWarning, PendingDeprecationWarning,
+                                   ImportWarning, ResourceWarning)) or msg in seen:
+            continue
+        seen.add(msg)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+    return fit
 
 
 def _fmt_table(tab) -> str:

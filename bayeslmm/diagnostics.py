@@ -126,6 +126,18 @@ class Diagnostics:
     def __repr__(self) -> str:
         return self.message()
 
+    def _repr_html_(self) -> str:
+        import html
+
+        from .tables import to_html
+        ok = self.ok
+        head = ("<p style='color:#1e8449'><b>All convergence checks passed.</b></p>" if ok else
+                f"<p style='color:#c0392b'><b>{len(self.problems)} convergence problem(s); do not trust "
+                "the results yet.</b></p><ul>" + "".join(
+                    f"<li><b>{html.escape(p.check)}</b>: {html.escape(p.message)}<br><i>What to do:</i> "
+                    f"{html.escape(p.advice)}</li>" for p in self.problems) + "</ul>")
+        return head + to_html(self.to_frame().set_index("check"))
+
 
 def _fmt(v) -> str:
     try:
@@ -436,16 +448,31 @@ def loo(fit, **kwargs):
 def compare(fits: dict, **kwargs) -> pd.DataFrame:
     """Rank fits by expected log predictive density (``az.compare`` on their PSIS-LOO).
 
+    Available as ``bayeslmm.compare``. Each fit's pointwise log-likelihood is the conditional one
+    (group effects kept), so this is leave-one-observation-out: it asks which model predicts a
+    new observation of a group already seen. A difference ``elpd_diff`` of a few ``dse`` (its
+    standard error) or more is a clear preference; within about 2 ``dse`` the models predict
+    about equally well.
+
     Parameters
     ----------
     fits : dict
-        ``{name: Fit}``; all fitted to the same observations.
+        ``{name: Fit}``; all fitted to the same observations (same rows, same response).
     **kwargs
         Passed to ``az.compare``; ``round_to`` defaults to ``"none"`` (unrounded ELPDs).
 
+    Returns
+    -------
+    Table
+        One row per fit, best first: ``rank``, ``elpd`` (higher is better), ``p`` (effective
+        number of parameters), ``elpd_diff`` (to the best), ``weight`` (stacking weight), ``se``,
+        ``dse`` (standard error of the difference), ``warning`` (True when Pareto k values are
+        high: the estimate is unreliable for that fit).
+
     Examples
     --------
-    >>> compare({"intercept": fit1, "slope": fit2})                    # doctest: +SKIP
+    >>> import bayeslmm as blmm
+    >>> blmm.compare({"intercept": fit1, "slope": fit2})                # doctest: +SKIP
     """
     if len(fits) < 2:
         raise BayesLMMError(f"compare needs at least two fits in a dict {{name: fit}}; got {len(fits)}.")
@@ -454,7 +481,8 @@ def compare(fits: dict, **kwargs) -> pd.DataFrame:
         raise BayesLMMError(f"compare needs fits to the same observations; the numbers of rows differ: {ns}.")
     kwargs.setdefault("round_to", "none")  # ArviZ rounds to 2 significant digits by default
     import arviz as az
-    return az.compare({k: log_likelihood_tree(f) for k, f in fits.items()}, var_name="y", **kwargs)
+    from .tables import as_table
+    return as_table(az.compare({k: log_likelihood_tree(f) for k, f in fits.items()}, var_name="y", **kwargs))
 
 
 def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.DataTree:

@@ -169,11 +169,12 @@ class ICCResult:
     ----------
     table : DataFrame
         One row per (factor, covariate point): ``group``, ``kind`` (``icc`` or ``cumulative``),
-        ``at``, and ``mean``, ``median``, ``sd``, ``hdi_lower``, ``hdi_upper``, and ``scale``: which
-        scale the ICC is on (the data scale for identity links; the latent scale of Nakagawa et
-        al. 2017 otherwise, with its residual variance).
+        ``at`` (only with random slopes: the ICC then depends on x), and ``mean``, ``median``, ``sd``,
+        ``hdi_lower``, ``hdi_upper``, and ``scale``: which scale the ICC is on (the data scale for
+        identity links; the latent scale of Nakagawa et al. 2017 otherwise, with its residual variance).
     draws : dict
-        ``(label, at) -> ndarray`` of draws (chains*draws,).
+        ``(label, at) -> ndarray`` of draws (chains*draws,); ``at`` is ``"all"`` without random
+        slopes.
     curves : dict
         ``term -> DataFrame`` of the ICC over a grid of that covariate (columns ``x``, ``group``,
         ``median``, ``hdi_lower``, ``hdi_upper``); only with random slopes.
@@ -186,12 +187,14 @@ class ICCResult:
     prob: float = 0.95
 
     def __repr__(self) -> str:
+        from .tables import to_text
         scale = f" on the {self.table['scale'].iloc[0]}" if len(self.table) and "scale" in self.table else ""
         return (f"ICC posterior ({self.prob:.0%} HDI){scale}\n"
-                f"{self.table.drop(columns='scale', errors='ignore').to_string()}")
+                f"{to_text(self.table.drop(columns='scale', errors='ignore'))}")
 
     def _repr_html_(self) -> str:
-        return self.table._repr_html_()
+        from .tables import to_html
+        return to_html(self.table)
 
 
 def _row(x: np.ndarray, prob: float) -> dict:
@@ -245,6 +248,8 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
             rows.append({"group": group, "kind": kind, "at": label, **_row(x, prob)})
     table = pd.DataFrame(rows)
     table["scale"] = get_family(fit.spec.family, fit.spec.link).latent_scale
+    if list(points) == ["all"]:       # no random slopes: the ICC does not depend on x; no `at` column
+        table = table.drop(columns="at")
     table.attrs["ci_prob"] = prob
     curves = {}
     ranges = _slope_ranges(design)

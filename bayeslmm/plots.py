@@ -14,16 +14,25 @@ from matplotlib.figure import Figure
 
 from .errors import BayesLMMError
 from .families import get_family
-from .posterior import component_draws, sd_var
+from .posterior import component_draws, labelled_draws, sd_var
 
 __all__ = ["plot_caterpillar", "plot_shrinkage", "plot_shrinkage_vs_size", "plot_variance_components",
-           "plot_icc", "plot_trace", "plot_ppc"]
+           "plot_icc", "plot_trace", "plot_ppc", "plot_prior_posterior", "plot_spaghetti"]
 
 _C_NO, _C_PART, _C_POOL = "#d95f02", "#1b9e77", "#555555"
 
 
 def _shrink(fit, result, prob=0.95):
     return result if result is not None else fit.shrinkage(prob=prob)
+
+
+def _constant(x) -> float | None:
+    """The common value of ``x`` when every finite entry is the same (to rounding), else None."""
+    v = np.asarray(x, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return None
+    return float(v[0]) if np.allclose(v, v[0], rtol=1e-9, atol=1e-12 * max(1.0, abs(v[0]))) else None
 
 
 def _pick(table, fit, factor, term):
@@ -120,10 +129,16 @@ def _shrinkage_1d(res, fit, factor, term):
     ax.scatter(ok.no_pooling, np.ones(len(ok)), s=sizes, color=_C_NO, zorder=3, label="no pooling")
     ax.scatter(ok.partial_mean, np.zeros(len(ok)), s=sizes, color=_C_PART, zorder=3,
                label="partial pooling (posterior mean)")
-    cp = float(d.complete_pooling.iloc[0])
-    ax.axvline(cp, color=_C_POOL, ls="--", lw=1.2, label=f"complete pooling ({cp:.4g})")
-    ax.set_yticks([0, 1], ["partial\npooling", "no\npooling"])
-    ax.set_ylim(-0.35, 1.35)
+    cp = _constant(ok.complete_pooling)
+    if cp is not None:
+        ax.axvline(cp, color=_C_POOL, ls="--", lw=1.2, label=f"complete pooling ({cp:.4g})")
+        ax.set_yticks([0, 1], ["partial\npooling", "no\npooling"])
+        ax.set_ylim(-0.35, 1.35)
+    else:   # complete pooling differs by group (covariates or other factors): one mark per group
+        ax.scatter(ok.complete_pooling, np.full(len(ok), -0.6), marker="|", s=120, color=_C_POOL,
+                   zorder=3, label="complete pooling (each group's own)")
+        ax.set_yticks([-0.6, 0, 1], ["complete\npooling", "partial\npooling", "no\npooling"])
+        ax.set_ylim(-0.9, 1.35)
     ax.set_xlabel(f"{term} for each level of {factor} (marker size ~ group size)")
     n_nan = int((~np.isfinite(d.no_pooling)).sum())
     ax.set_title(f"Shrinkage of {factor} ({term}): no pooling -> partial pooling"
@@ -145,8 +160,13 @@ def _shrinkage_2d(res, factor, slope):
     ax.scatter(a.no_pooling[ok], b.no_pooling[ok], color=_C_NO, s=22, zorder=3, label="no pooling")
     ax.scatter(a.partial_mean, b.partial_mean, color=_C_PART, s=22, zorder=3,
                label="partial pooling (posterior mean)")
-    ax.scatter([a.complete_pooling.iloc[0]], [b.complete_pooling.iloc[0]], marker="*", s=220,
-               color=_C_POOL, zorder=4, label="complete pooling (fixed effects)")
+    ca, cb = _constant(a.complete_pooling[ok]), _constant(b.complete_pooling[ok])
+    if ca is not None and cb is not None:
+        ax.scatter([ca], [cb], marker="*", s=220, color=_C_POOL, zorder=4,
+                   label="complete pooling (fixed effects)")
+    else:
+        ax.scatter(a.complete_pooling[ok], b.complete_pooling[ok], marker="+", s=40, color=_C_POOL,
+                   zorder=4, label="complete pooling (each group's own)")
     ax.set_xlabel("Intercept")
     ax.set_ylabel(slope)
     ax.set_title(f"Shrinkage of {factor} in 2-D (Intercept, {slope})", fontsize=10)
@@ -158,9 +178,10 @@ def plot_shrinkage_vs_size(fit, *, factor: str | None = None, term: str | None =
                            prob: float = 0.95) -> Figure:
     """Estimates and shrinkage factors against group size: small groups shrink more.
 
-    Left: no-pooling and partial-pooling estimates (with HDIs) by group size, the complete-pooling
-    estimate as a line. Right: the model shrinkage factor (posterior mean and HDI) and the
-    empirical one by group size.
+    Left: no-pooling and partial-pooling estimates (with HDIs) by group size, and complete
+    pooling. Right: the shrinkage (posterior mean and HDI; 0 = no pooling, 1 = complete pooling)
+    and, where it is defined and in [0, 1], the empirical ratio. Meaningful only when group sizes
+    differ: in a balanced design every group has the same shrinkage.
 
     Examples
     --------
@@ -176,21 +197,25 @@ def plot_shrinkage_vs_size(fit, *, factor: str | None = None, term: str | None =
     ax1.vlines(x, d.partial_lower, d.partial_upper, color=_C_PART, alpha=0.35, lw=1)
     ax1.scatter(x, d.no_pooling, facecolors="none", edgecolors=_C_NO, s=20, label="no pooling")
     ax1.scatter(x, d.partial_mean, color=_C_PART, s=14, label=f"partial pooling ({res.prob:.0%} HDI)")
-    ax1.axhline(float(d.complete_pooling.iloc[0]), color=_C_POOL, ls="--", lw=1.2,
-                label="complete pooling")
+    cp = _constant(d.complete_pooling)
+    if cp is not None:
+        ax1.axhline(cp, color=_C_POOL, ls="--", lw=1.2, label="complete pooling")
+    else:
+        ax1.scatter(x, d.complete_pooling, marker="_", color=_C_POOL, s=30, label="complete pooling")
     ax1.set_xlabel(f"group size (rows per level of {factor})")
     ax1.set_ylabel(term)
     ax1.set_title("Estimates by group size", fontsize=10)
     ax1.legend(fontsize=7)
-    if "shrinkage_model" in d:
-        ax2.vlines(x, d.shrinkage_model_lower, d.shrinkage_model_upper, color="#7570b3", alpha=0.35)
-        ax2.scatter(x, d.shrinkage_model, color="#7570b3", s=14,
-                    label="model: posterior mean of sigma^2/(sigma^2 + n sd^2)" if fit.design.factor(factor).q == 1
-                    else "model: posterior mean of diag(W_j)")
-    emp = d.shrinkage.where(np.isfinite(d.shrinkage))
-    ax2.scatter(x, emp.clip(-0.5, 1.5), marker="x", color=_C_NO, s=14, alpha=0.6,
-                label="empirical: 1 - (partial - complete)/(no pooling - complete), clipped")
-    ax2.set_ylim(-0.55, 1.55)
+    if np.isfinite(d.shrinkage).any():
+        ax2.vlines(x, d.shrinkage_lower, d.shrinkage_upper, color="#7570b3", alpha=0.35)
+        ax2.scatter(x, d.shrinkage, color="#7570b3", s=14,
+                    label="shrinkage: sigma^2/(sigma^2 + n sd^2)" if fit.design.factor(factor).q == 1
+                    else "shrinkage (posterior mean, HDI)")
+    emp = d.shrinkage_empirical
+    inside = np.isfinite(emp) & (emp >= -0.05) & (emp <= 1.05)
+    ax2.scatter(x[inside], emp[inside], marker="x", color=_C_NO, s=14, alpha=0.6,
+                label="empirical ratio (no pooling - partial)/(no pooling - complete)")
+    ax2.set_ylim(-0.05, 1.05)
     ax2.axhline(0, color="#999999", lw=0.6)
     ax2.axhline(1, color="#999999", lw=0.6)
     ax2.set_xlabel(f"group size (rows per level of {factor})")
@@ -245,13 +270,14 @@ def plot_icc(fit, *, result=None, prob: float = 0.95) -> Figure:
     >>> fit.plot_icc()                                                 # doctest: +SKIP
     """
     res = result if result is not None else fit.icc(prob=prob)
-    points = list(dict.fromkeys(res.table["at"]))
+    tab = res.table if "at" in res.table else res.table.assign(at="all")
+    points = list(dict.fromkeys(tab["at"]))
     n_curve = len(res.curves)
     fig = Figure(figsize=(4.6 * (len(points) + n_curve), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(points) + n_curve))
     colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
     for ax, at in zip(axes, points):
-        rows = res.table[res.table["at"] == at]
+        rows = tab[tab["at"] == at]
         for c, r in zip(colors, rows.itertuples()):
             label = r.group + (" (cumulative)" if r.kind == "cumulative" else "")
             x = res.draws[(label, at)]
@@ -283,24 +309,49 @@ def _figure_of(pc):
     return pc.viz["figure"].item()
 
 
+def _by_label(fit) -> "xr.DataTree":
+    """The posterior with one scalar variable per parameter label (each gets its own axis/scale)."""
+    import xarray as xr
+    d = labelled_draws(fit.posterior, fit.design, get_family(fit.spec.family).aux_names)
+    return xr.DataTree.from_dict({"posterior": xr.Dataset(
+        {k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")]) for k, v in d.items()})})
+
+
 def plot_trace(fit, *, var_names: list[str] | None = None, kind: str = "trace") -> Figure:
     """Trace (``kind="trace"``, ArviZ ``plot_trace_dist``) or rank plots (``kind="rank"``,
-    ArviZ ``plot_rank``) of the fixed effects, group SDs and sigma by default.
+    ArviZ ``plot_rank``: fractional rank Delta-ECDF per chain with a simultaneous envelope) of
+    every fixed effect, group SD, correlation and sigma by default, each parameter on its own
+    axis (its own scale). ``var_names`` selects posterior variables instead.
 
     Examples
     --------
     >>> fit.plot_trace(kind="rank")                                    # doctest: +SKIP
     """
     import arviz as az
-    var_names = var_names or _default_vars(fit)
+    tree = fit.idata if var_names else _by_label(fit)
     if kind == "trace":
-        pc = az.plot_trace_dist(fit.idata, var_names=var_names, backend="matplotlib")
+        pc = az.plot_trace_dist(tree, var_names=var_names, backend="matplotlib")
     elif kind == "rank":
-        pc = az.plot_rank(fit.idata, var_names=var_names, backend="matplotlib")
+        pc = az.plot_rank(tree, var_names=var_names, backend="matplotlib")
     else:
         raise BayesLMMError(f"the 'kind' parameter of plot_trace must be one of ('trace', 'rank'). "
                             f"Got {kind!r} instead.")
-    return _figure_of(pc)
+    return _tidy_labels(_figure_of(pc))
+
+
+def _tidy_labels(fig: Figure) -> Figure:
+    """Parameter names as small panel titles (long rotated y-labels overlap each other, and a
+    lone x-label under the last panel reads as its title), with a layout that keeps them apart."""
+    for ax in fig.axes:
+        name = ax.get_ylabel() or (ax.get_xlabel() if ax.get_xlabel() not in ("", "Draw") else "")
+        if name:
+            ax.set_ylabel("")
+            if ax.get_xlabel() == name:
+                ax.set_xlabel("")
+            ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.set_layout_engine("constrained")
+    return fig
 
 
 def plot_ppc(fit, *, num_draws: int = 100, seed: int = 0) -> Figure:
@@ -315,3 +366,100 @@ def plot_ppc(fit, *, num_draws: int = 100, seed: int = 0) -> Figure:
     from .diagnostics import posterior_predictive
     pp = posterior_predictive(fit, num_draws=num_draws, seed=seed)
     return _figure_of(az.plot_ppc_dist(pp, num_samples=num_draws, backend="matplotlib"))
+
+
+def plot_prior_posterior(fit, *, draws: int = 2000, seed: int = 0, prior=None) -> Figure:
+    """Prior (grey) and posterior (colour) of every fixed effect, group SD, correlation and sigma.
+
+    A posterior much narrower than its prior means the data were informative about that
+    parameter; one that looks like its prior means they were not (the prior decides it). The
+    x-range follows the posterior (widened 3 times around it), so a heavy-tailed prior is cut.
+
+    Parameters
+    ----------
+    draws, seed : int
+        Prior draws (:func:`bayeslmm.accessors.prior_predictive`), unless ``prior`` (its result)
+        is given.
+
+    Examples
+    --------
+    >>> fit.plot_prior_posterior()                                     # doctest: +SKIP
+    """
+    from .accessors import prior_predictive
+    aux = get_family(fit.spec.family).aux_names
+    tree = prior if prior is not None else prior_predictive(fit, draws=draws, seed=seed)
+    pri = labelled_draws(tree["prior"].to_dataset(), fit.design, aux)
+    post = labelled_draws(fit.posterior, fit.design, aux)
+    items = list(post)
+    ncol = min(4, len(items))
+    nrow = int(np.ceil(len(items) / ncol))
+    fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+    for ax, label in zip(axes, items):
+        x = post[label].to_numpy().ravel()
+        p = pri[label].to_numpy().ravel()
+        lo, hi = np.quantile(x, [0.005, 0.995])
+        w = hi - lo if hi > lo else max(abs(hi), 1.0)
+        rng_ = (lo - w, hi + w)
+        if label.startswith(("sd(", "sigma")):
+            rng_ = (max(0.0, rng_[0]), rng_[1])
+        elif label.startswith("cor("):
+            rng_ = (-1.0, 1.0)
+        inside = p[(p >= rng_[0]) & (p <= rng_[1])]
+        bw = (rng_[1] - rng_[0]) / 40       # density of the whole prior (its mass outside is cut)
+        ax.hist(inside, bins=40, range=rng_, weights=np.full(len(inside), 1.0 / (len(p) * bw)),
+                color="#bbbbbb", alpha=0.8, label="prior")
+        ax.hist(x, bins=40, range=rng_, density=True, color="#1f78b4", alpha=0.6, label="posterior")
+        ax.set_title(label, fontsize=9)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(items):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Prior (grey) vs posterior (blue): how much the data moved each parameter", fontsize=10)
+    return fig
+
+
+def plot_spaghetti(fit, *, factor: str | None = None, slope: str | None = None, max_groups: int = 60) -> Figure:
+    """Fitted lines per group (partial pooling, posterior means of :meth:`Fit.coef`) for a factor
+    with a random intercept and slope, over each group's own range of the slope covariate, with
+    the data and the population line ``b[Intercept] + b[slope] x`` (thick). Other covariates are
+    at 0 in the lines.
+
+    Examples
+    --------
+    >>> fit.plot_spaghetti()                                           # doctest: +SKIP
+    """
+    from .accessors import coef
+    design = fit.design
+    cands = [f for f in design.factors if "Intercept" in f.terms and f.q >= 2
+             and (factor is None or f.name == factor)]
+    if not cands:
+        raise BayesLMMError("a spaghetti plot needs a factor with a random intercept and slope "
+                            f"(factors: {[(f.name, list(f.terms)) for f in design.factors]}).")
+    f = cands[0]
+    slope = slope or next(t for t in f.terms if t != "Intercept")
+    if slope not in f.terms or slope not in design.column_names:
+        raise BayesLMMError(f"slope {slope!r} must be a random term of {f.name!r} and a data column.")
+    c = coef(fit, factor=f.name)[f.name]["mean"].unstack()
+    x = np.asarray(dict((cd.name, cd.values) for cd in design.columns)[slope], dtype=float)
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(x, design.y, s=6, color="#999999", alpha=0.5, label="data")
+    levels = list(f.levels)[:max_groups]
+    for j, lv in enumerate(levels):
+        xs = x[f.codes == j]
+        grid = np.array([xs.min(), xs.max()])
+        ax.plot(grid, c.loc[lv, "Intercept"] + c.loc[lv, slope] * grid, color=_C_PART, lw=0.9, alpha=0.6)
+    b = fit.draws("b").mean(axis=0)
+    grid = np.array([x.min(), x.max()])
+    if slope in design.fixed_terms and "Intercept" in design.fixed_terms:
+        ax.plot(grid, b[design.fixed_terms.index("Intercept")] + b[design.fixed_terms.index(slope)] * grid,
+                color="k", lw=2.5, label="population (fixed effects)")
+    ax.plot([], [], color=_C_PART, label=f"each {f.name} (partial pooling)")
+    ax.set_xlabel(slope)
+    ax.set_ylabel(design.response)
+    ax.set_title(f"Fitted lines per {f.name}" + (f" (first {max_groups})" if f.n_levels > max_groups else ""),
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    return fig

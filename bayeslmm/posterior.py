@@ -26,7 +26,7 @@ import xarray as xr
 
 __all__ = ["level_dim", "term_dim", "term2_dim", "sd_var", "cor_var", "r_var", "coords_of",
            "stored_var_names", "sd_label", "cor_label", "component_draws", "stack", "draws",
-           "cor_draws", "cov_draws", "param_draws", "hdi", "add_group_effects"]
+           "cor_draws", "cov_draws", "param_draws", "hdi", "add_group_effects", "labelled_draws"]
 
 
 # -- names and dims ----------------------------------------------------------------------------
@@ -97,6 +97,14 @@ def component_draws(post: xr.Dataset, design, aux_names: tuple[str, ...]) -> dic
                 {term_dim(f.name): i, term2_dim(f.name): j})
     for a in aux_names:
         out[a] = post[a]
+    return out
+
+
+def labelled_draws(post: xr.Dataset, design, aux_names: tuple[str, ...]) -> dict[str, xr.DataArray]:
+    """Draws (chain, draw) of every scalar parameter by table label: the fixed effects by term
+    name (``Days``), then :func:`component_draws` (``sd(Subject, Days)``, ``cor(...)``, ``sigma``)."""
+    out = {t: post["b"].sel(term=t, drop=True) for t in design.fixed_terms}
+    out.update(component_draws(post, design, aux_names))
     return out
 
 

@@ -361,8 +361,15 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     classes = {e.cls for e in entries} - {"Intercept"}
     unknown = [k for k in overrides if k not in labels and k not in classes]
     if unknown:
+        import difflib
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, sorted(labels | classes), n=2, cutoff=0.6)
+            if close:
+                hints.append(f"did you mean {' or '.join(repr(c) for c in close)} for {k!r}?")
         raise PriorError(f"the following priors do not correspond to any model parameter: {unknown}. "
-                         f"Parameters: {sorted(labels)}; classes: {sorted(classes)}. "
+                         + (" ".join(hints)[0].upper() + " ".join(hints)[1:] + " " if hints else "")
+                         + f"Parameters: {sorted(labels)}; classes: {sorted(classes)}. "
                          "See Model(...).priors for the labels.")
     out = []
     for e in entries:

@@ -19,6 +19,7 @@ from .families import get_family
 from .posterior import component_draws, sd_var, stack, term_dim
 from .priors import PriorTable, resolve_priors
 from .spec import ModelSpec, SamplerSpec
+from .tables import as_table
 
 __all__ = ["Fit", "load_fit", "summarize_draws", "FORMAT_VERSION"]
 
@@ -86,8 +87,16 @@ class Fit:
         return p.sizes["chain"] * p.sizes["draw"]
 
     def draws(self, name: str) -> np.ndarray:
-        """Posterior draws of variable ``name`` stacked over chains: shape (chains*draws, ...)."""
-        return stack(self.posterior[name])
+        """Posterior draws stacked over chains: shape (chains*draws, ...).
+
+        ``name`` is a posterior variable (``"b"``, ``"sd_Subject"``, ``"r_Subject"``, ``"sigma"``)
+        or one parameter's table label (``"Days"``, ``"sd(Subject, Days)"``,
+        ``"cor(Subject, Intercept, Days)"``); see :func:`bayeslmm.accessors.draws_by_label`.
+        """
+        if name in self.idata["posterior"].data_vars:
+            return stack(self.posterior[name])
+        from .accessors import draws_by_label
+        return draws_by_label(self, name)
 
     def __repr__(self) -> str:
         s = self.sampler
@@ -102,7 +111,7 @@ class Fit:
         The intercept is on the original (uncentred) scale.
         """
         b = self.posterior["b"]
-        return summarize_draws({t: b.sel(term=t) for t in self.design.fixed_terms}, prob)
+        return as_table(summarize_draws({t: b.sel(term=t) for t in self.design.fixed_terms}, prob))
 
     def variance_components(self, prob: float = 0.95) -> pd.DataFrame:
         """Group-level SDs, variances and correlations per grouping factor, plus sigma.
@@ -136,7 +145,64 @@ class Fit:
         if float(np.ptp(stack(draws["var(Residual)"]))) == 0.0:   # logit/probit: a constant
             tab.loc["var(Residual)", ["sd", "mcse_mean", "mcse_sd"]] = 0.0
         tab.attrs["residual_scale"] = family.latent_scale
-        return tab
+        return as_table(tab)
+
+    # -- lme4/brms accessors (see bayeslmm.accessors) -------------------------------------------
+    def fixef(self, **kwargs):
+        """Fixed effects (mean, sd, HDI); see :func:`bayeslmm.accessors.fixef`."""
+        from .accessors import fixef
+        return fixef(self, **kwargs)
+
+    def ranef(self, **kwargs) -> dict:
+        """Group effects per factor, with intervals; see :func:`bayeslmm.accessors.ranef`."""
+        from .accessors import ranef
+        return ranef(self, **kwargs)
+
+    def coef(self, **kwargs) -> dict:
+        """Fixed part + group effect per group; see :func:`bayeslmm.accessors.coef`."""
+        from .accessors import coef
+        return coef(self, **kwargs)
+
+    def VarCorr(self, **kwargs):  # noqa: N802 (lme4's name)
+        """SDs and correlations per factor, printed like lme4's; see :func:`bayeslmm.accessors.VarCorr`."""
+        from .accessors import VarCorr
+        return VarCorr(self, **kwargs)
+
+    def fitted(self, **kwargs):
+        """Fitted means of the observed rows; see :func:`bayeslmm.accessors.fitted`."""
+        from .accessors import fitted
+        return fitted(self, **kwargs)
+
+    def residuals(self, **kwargs):
+        """Residuals ``y - mu``; see :func:`bayeslmm.accessors.residuals`."""
+        from .accessors import residuals
+        return residuals(self, **kwargs)
+
+    def r2(self, **kwargs):
+        """Bayesian R^2 and Nakagawa's marginal/conditional R^2; see :func:`bayeslmm.accessors.r2`."""
+        from .accessors import r2
+        return r2(self, **kwargs)
+
+    def update(self, formula: str | None = None, **kwargs) -> "Fit":
+        """Refit with a new formula, data or priors, reusing everything else (same seed); see
+        :func:`bayeslmm.accessors.update`."""
+        from .accessors import update
+        return update(self, formula, **kwargs)
+
+    def prior_predictive(self, **kwargs) -> xr.DataTree:
+        """Draws from the prior and the data they imply; see :func:`bayeslmm.accessors.prior_predictive`."""
+        from .accessors import prior_predictive
+        return prior_predictive(self, **kwargs)
+
+    def plot_spaghetti(self, **kwargs):
+        """Fitted line per group for a random intercept and slope; see :func:`bayeslmm.plots.plot_spaghetti`."""
+        from .plots import plot_spaghetti
+        return plot_spaghetti(self, **kwargs)
+
+    def plot_prior_posterior(self, **kwargs):
+        """Prior and posterior of each parameter, overlaid; see :func:`bayeslmm.plots.plot_prior_posterior`."""
+        from .plots import plot_prior_posterior
+        return plot_prior_posterior(self, **kwargs)
 
     # -- derived quantities, checks, plots, report (thin delegations; see the modules) -----
     def icc(self, **kwargs):

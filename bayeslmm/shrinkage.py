@@ -1,33 +1,55 @@
-"""Shrinkage (partial pooling) diagnostics.
+"""Shrinkage (partial pooling): how far each group's estimate is pulled toward the others.
 
-Pure numpy/xarray. For each grouping factor ``g``, group ``j`` and random-effect term ``t``:
+Pure numpy/xarray. For grouping factor ``g``, group ``j`` and random-effect term ``t`` (e.g. a
+county's intercept), three estimates on **one scale**, the group's own coefficient of ``t`` at its
+own covariate values (for a random intercept: the group's predicted mean):
 
-no-pooling estimate
-    The group's own least-squares fit of its random-effect coefficients: the partial residual
-    ``e = y - X b_hat - sum_{k != g} Z_k r_hat_k`` (everything else in the model at its posterior
-    mean) regressed on the group's own columns ``Z_j``: ``u_np = (Z_j'Z_j)^-1 Z_j' e_j``, reported
-    on the coefficient scale ``b_hat[t] + u_np[t]``. NaN when the group cannot identify its
-    coefficients on its own (e.g. one observation and a random slope).
-complete-pooling estimate
-    The fixed part ``b_hat[t]`` (0 for a term with no fixed counterpart).
-partial-pooling posterior
-    ``b[t] + r_g[j, t]`` draw by draw (mean and HDI).
-shrinkage factor (empirical)
-    How far the estimate moved from no pooling toward complete pooling:
-    ``1 - (partial_mean - complete) / (no_pooling - complete)``. 0 = no pooling, 1 = complete.
-    Unstable when the no-pooling estimate is close to the complete-pooling one.
-shrinkage factor (model)
-    Gaussian family: the posterior of the diagonal of ``W_j = (I + S Z_j'Z_j / sigma^2)^-1``, the
-    matrix that maps the no-pooling estimate to the conditional posterior mean
-    (``E[u_j | rest] = (I - W_j) u_np``). For a random intercept this is
-    ``sigma^2 / (sigma^2 + n_j sd^2) = 1 - n_j sd^2 / (n_j sd^2 + sigma^2)``.
+no pooling (``no_pooling``)
+    *What the group's own rows say, ignoring every other group.* The group's own least-squares
+    fit of ``y`` on its random-effect columns ``Z_j``: ``(Z_j'Z_j)^-1 Z_j' y_j``. For a random
+    intercept this is the group's raw mean of ``y``; for ``(1 + x | g)`` its own regression line.
+    NaN when the group's rows cannot determine it (one row and a random slope).
+complete pooling (``complete_pooling``)
+    *What the model predicts for the group if the group had no effect of its own.* The same
+    projection of the rest of the model, ``(Z_j'Z_j)^-1 Z_j' (X_j b + sum_{k != g} Z_k r_k)`` at
+    the posterior means: the fixed part at the group's own covariate values (a recipe-B replicate
+    gets recipe B's mean, not recipe A's intercept), plus the effects of the other factors (a
+    class is compared with its own school).
+partial pooling (``partial_mean``, ``partial_lower``, ``partial_upper``)
+    *The model's estimate, which borrows strength from the other groups.* The same projection
+    of the group's fitted values, draw by draw: complete pooling's expression plus the group's
+    effect ``r_g[j]``; posterior mean and HDI.
+shrinkage (``shrinkage``, ``shrinkage_lower``, ``shrinkage_upper``): the primary measure
+    *The fraction of the way from no pooling to complete pooling that the model moves the
+    group: 0 = the group's own data decide (no pooling), 1 = its data say nothing and it gets the
+    population value (complete pooling).* Exactly: the share of the population variance of the
+    group's effect that is still uncertain after seeing its rows,
+    ``Var(r_jt | y, theta) / Var(r_jt | theta) = [(I + S Z_j'Z_j / sigma^2)^-1 S]_tt / S_tt``,
+    per posterior draw (``S`` the group covariance, ``sigma^2`` the family's residual variance),
+    reported as posterior mean and HDI. Always in [0, 1]. For a random intercept it is
+    ``sigma^2 / (sigma^2 + n_j sd^2) = 1 - n_j sd^2 / (n_j sd^2 + sigma^2)``, and then, given the
+    parameters, ``partial = shrinkage * complete + (1 - shrinkage) * no_pooling`` exactly. Small
+    groups and noisy data shrink more. Defined for the Gaussian family (its conditional of the
+    group effects is Gaussian); NaN for other families.
+empirical ratio (``shrinkage_empirical``, with ``full=True``)
+    The same idea read off the three estimates: ``(no_pooling - partial_mean) / (no_pooling -
+    complete_pooling)``. Not bounded (with random slopes a group's intercept and slope pull on
+    each other) and unstable when no pooling is close to complete pooling: it is NaN and the
+    group is flagged in ``near_complete`` when ``|no_pooling - complete_pooling|`` is below a
+    tenth of the group-level SD ``sd(g, t)`` (posterior mean).
 non-Gaussian families
-    Everything on the link scale: the no-pooling estimate is the group's own maximum-likelihood
-    fit (:func:`glm_no_pooling`); groups with complete separation or all-zero counts are flagged in
-    column ``flag`` and get a finite penalised estimate; no model shrinkage factor.
-pooling factor (Gelman & Pardoe 2006)
-    Per factor and term: ``lambda = 1 - Var_j(E[r_j]) / E[Var_j(r_j)]``; near 0 little pooling,
-    near 1 nearly complete pooling.
+    Everything on the link scale: no pooling is the group's own maximum-likelihood fit given the
+    rest of the model (:func:`glm_no_pooling`), added to complete pooling; groups with complete
+    separation or all-zero counts are flagged in column ``flag`` and get a finite penalised
+    estimate; ``shrinkage`` is NaN (the conditional of a group effect is not Gaussian).
+pooling factor (:func:`pooling_factor`, one number per factor and term)
+    Gelman & Pardoe (2006): ``lambda = 1 - Var_j(E[r_j]) / E[Var_j(r_j)]``, a summary of how
+    much the factor as a whole pools; near 0 little pooling, near 1 nearly complete pooling.
+
+:func:`shrinkage` shows the narrow view (``level``, ``n``, no pooling, partial pooling with its
+interval, shrinkage); ``full=True`` shows every column (complete pooling, the effects ``r``, the
+shrinkage interval, the empirical ratio and its flag). ``ShrinkageResult.table`` always holds
+every column.
 """
 
 from __future__ import annotations
@@ -40,10 +62,10 @@ import pandas as pd
 from .errors import BayesLMMError
 from .families import get_family
 from .posterior import cov_draws, hdi, r_var, stack
-from .stats import group_crossprods
+from .stats import crossprod, group_crossprods
 
 __all__ = ["ShrinkageResult", "shrinkage", "pooling_factor", "no_pooling_estimates",
-           "glm_no_pooling", "model_shrinkage_draws"]
+           "model_shrinkage_draws"]
 
 
 def _factor(design, factor):
@@ -67,8 +89,6 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
     ...     chains=2, draws=300, seed=1, progressbar=False)               # doctest: +SKIP
     >>> no_pooling_estimates(fit, "Batch")[:, 0]    # batch means minus the intercept  # doctest: +SKIP
     """
-    if not get_family(fit.spec.family, fit.spec.link).supports_collapsed:
-        return glm_no_pooling(fit, factor)[0]
     design = fit.design
     f = design.factor(factor)
     post = fit.posterior
@@ -87,8 +107,6 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
     return out
 
 
-#: link-scale bound beyond which a per-group estimate counts as diverging (separation), and the SD
-#: of the normal penalty that keeps a flagged group's estimate finite
 SEPARATION_BOUND = 10.0
 FLAG_PENALTY_SD = 2.5
 
@@ -159,14 +177,15 @@ def glm_no_pooling(fit, factor: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
-    """Posterior draws of the model shrinkage factors diag(W_j): shape (S, J, q) (Gaussian family).
+    """Posterior draws of the primary shrinkage measure: shape (S, J, q) (Gaussian family).
 
-    ``W_j = (I + S Z_j'Z_j / sigma^2)^-1`` per draw; for a random intercept
-    ``sigma^2 / (sigma^2 + n_j sd^2)``.
+    Per draw, ``[(I + S Z_j'Z_j / sigma^2)^-1 S]_tt / S_tt``: the conditional posterior variance
+    of the group effect over its population variance (see the module docstring). In [0, 1]; for a
+    random intercept ``sigma^2 / (sigma^2 + n_j sd^2)``.
     """
     family = get_family(fit.spec.family, fit.spec.link)
     if not family.supports_collapsed:
-        raise BayesLMMError(f"the model-based shrinkage factor needs a Gaussian conditional of the group "
+        raise BayesLMMError(f"the shrinkage factor needs a Gaussian conditional of the group "
                             f"effects; family {family.name!r} has none.")
     f = fit.design.factor(factor)
     post = fit.posterior
@@ -179,11 +198,13 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
         out[:, :, 0] = sigma2[:, None] / (sigma2[:, None] + S[:, 0, 0][:, None] * ZtZ[None, :, 0, 0])
         return out
     eye = np.eye(q)
+    diagS = np.einsum("sii->si", S)
     for j0 in range(0, f.n_levels, chunk):
         sl = slice(j0, j0 + chunk)
         M = eye + np.einsum("sab,jbc->sjac", S, ZtZ[sl]) / sigma2[:, None, None, None]
-        out[:, sl, :] = np.diagonal(np.linalg.inv(M), axis1=-2, axis2=-1)
-    return out
+        V = np.linalg.solve(M, np.broadcast_to(S[:, None], M.shape))        # (I + S M)^-1 S
+        out[:, sl, :] = np.diagonal(V, axis1=-2, axis2=-1) / diagS[:, None, :]
+    return np.clip(out, 0.0, 1.0)       # exact bounds; clip only rounding
 
 
 def pooling_factor(fit, factor: str | None = None) -> pd.DataFrame:
@@ -215,37 +236,92 @@ def pooling_factor(fit, factor: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+NARROW = ["group", "level", "term", "n", "no_pooling", "partial_mean", "partial_lower",
+          "partial_upper", "shrinkage"]
+
+
 @dataclass
 class ShrinkageResult:
-    """Shrinkage of every group's estimate.
+    """Shrinkage of every group's estimate (columns defined in :mod:`bayeslmm.shrinkage`).
 
     Attributes
     ----------
     table : DataFrame
-        One row per (group factor, level, term): ``group``, ``level``, ``term``, ``n``,
-        ``no_pooling``, ``complete_pooling``, ``partial_mean``, ``partial_lower``,
-        ``partial_upper``, ``effect_mean``, ``effect_lower``, ``effect_upper`` (the deviation
-        ``r``), ``shrinkage`` (empirical) and, Gaussian family, ``shrinkage_model`` with
-        ``shrinkage_model_lower`` / ``shrinkage_model_upper``.
+        Every column, one row per (group factor, level, term): ``group``, ``level``, ``term``,
+        ``n``, ``no_pooling``, ``complete_pooling``, ``partial_mean``, ``partial_lower``,
+        ``partial_upper``, ``shrinkage`` (primary, posterior mean) with ``shrinkage_lower`` /
+        ``shrinkage_upper``, ``effect_mean`` / ``effect_lower`` / ``effect_upper`` (the deviation
+        ``r``), ``shrinkage_empirical`` and ``near_complete``.
     pooling : DataFrame
         :func:`pooling_factor` per factor and term.
     prob : float
+    full : bool
+        Whether the printed view shows every column (else the narrow view, :data:`NARROW`).
     """
 
     table: pd.DataFrame
     pooling: pd.DataFrame
     prob: float = 0.95
+    full: bool = False
+
+    @property
+    def view(self) -> pd.DataFrame:
+        """The displayed table: every column with ``full``, else the narrow view."""
+        from .tables import as_table
+        return as_table(self.table if self.full else self.table[[c for c in NARROW if c in self.table]])
 
     def __repr__(self) -> str:
-        return (f"Shrinkage ({self.prob:.0%} HDI), {len(self.table)} group effects\n"
-                f"{self.table.head(20).to_string()}\n...\nPooling factors\n{self.pooling.to_string()}")
+        from .tables import to_text
+        return (f"Shrinkage ({self.prob:.0%} HDI): 0 = no pooling (the group's own rows decide), "
+                f"1 = complete pooling\n{to_text(self.view)}\nPooling factors (per factor)\n"
+                f"{to_text(self.pooling)}")
 
     def _repr_html_(self) -> str:
-        return self.table._repr_html_()
+        from .tables import to_html
+        return (f"<p>Shrinkage ({self.prob:.0%} HDI): 0 = no pooling (the group's own rows decide), "
+                f"1 = complete pooling</p>{to_html(self.view)}")
 
 
-def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> ShrinkageResult:
-    """No-pooling, complete-pooling and partial-pooling estimates of every group, and shrinkage.
+def _projection(design, f, ok):
+    """Per group of ``f`` the least-squares projection onto its own columns: ``(Z_j'Z_j)^-1 Z_j'``
+    applied to X (J, q, p); unidentified groups (``~ok``) get NaN."""
+    ZtZ, _ = group_crossprods(f)
+    ZtX = crossprod(f.codes, f.n_levels, f.Z, design.X)                # (J, q, p)
+    out = np.full(ZtX.shape, np.nan)
+    out[ok] = np.linalg.solve(ZtZ[ok], ZtX[ok])
+    return out, ZtZ
+
+
+def _projected_other_effects(fit, f, ZtZ, ok, chunk_elems: int = 20_000_000) -> np.ndarray:
+    """``(Z_j'Z_j)^-1 Z_j' sum_{k != g} Z_k r_k`` per draw: (S, J, q)."""
+    design = fit.design
+    others = [k for k in design.factors if k.name != f.name]
+    S = fit.n_draws
+    out = np.zeros((S, f.n_levels, f.q))
+    if not others:
+        return out
+    rs = [fit.draws(r_var(k.name)) for k in others]
+    step = max(1, chunk_elems // max(design.n, 1))
+    for s0 in range(0, S, step):
+        sl = slice(s0, s0 + step)
+        e = sum(np.einsum("nq,snq->ns", k.Z, r[sl][:, k.codes, :]) for k, r in zip(others, rs))  # (n, s)
+        Zte = crossprod(f.codes, f.n_levels, f.Z, e)                      # (J, q, s)
+        sol = np.full(Zte.shape, np.nan)
+        sol[ok] = np.linalg.solve(ZtZ[ok], Zte[ok])
+        out[sl] = sol.transpose(2, 0, 1)
+    return out
+
+
+def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95, full: bool = False,
+              near: float = 0.1) -> ShrinkageResult:
+    """No pooling, complete pooling and partial pooling of every group, and its shrinkage.
+
+    Every column is defined, with a sentence, in the module docstring (:mod:`bayeslmm.shrinkage`):
+    ``no_pooling`` the group's own fit on its own rows (a random intercept: its mean of y),
+    ``complete_pooling`` the model's prediction for it without its own effect, ``partial_mean``
+    the model's estimate (with its HDI), all three on the same scale; ``shrinkage`` in [0, 1] is
+    how far the model moves the group from no pooling to complete pooling (0 = none, 1 = all
+    the way), ``sigma^2 / (sigma^2 + n_j sd^2)`` for a random intercept.
 
     Parameters
     ----------
@@ -253,7 +329,13 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
     factor : str, optional
         One grouping factor (default: all).
     prob : float
-        HDI probability of the partial-pooling and model shrinkage intervals.
+        HDI probability of the partial-pooling and shrinkage intervals.
+    full : bool
+        Print every column; by default the narrow view (level, n, no pooling, partial pooling
+        with its interval, shrinkage). ``result.table`` holds every column either way.
+    near : float
+        The empirical ratio is NaN (and ``near_complete`` True) where ``|no_pooling -
+        complete_pooling| < near * sd(g, t)``.
 
     Returns
     -------
@@ -265,52 +347,57 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95) -> Shrinkag
     >>> fit = blmm.Model("log_radon ~ floor_measure + (1 | county_idx)",
     ...                  blmm.load_dataset("radon_mn")).fit(chains=2, draws=300, seed=1,
     ...                                                     progressbar=False)  # doctest: +SKIP
-    >>> s = fit.shrinkage()                                                      # doctest: +SKIP
-    >>> s.table[["level", "n", "no_pooling", "partial_mean", "shrinkage"]]        # doctest: +SKIP
+    >>> fit.shrinkage()                            # narrow view                  # doctest: +SKIP
+    >>> fit.shrinkage(full=True).table             # every column                 # doctest: +SKIP
     """
     if not 0 < prob < 1:
         raise BayesLMMError(f"the 'prob' parameter of shrinkage must be in (0, 1). Got {prob!r} instead.")
     design = fit.design
     b = fit.draws("b")                                             # (S, p)
-    b_hat = b.mean(axis=0)
     gaussian = get_family(fit.spec.family, fit.spec.link).supports_collapsed
     frames = []
     for f in _factor(design, factor):
         r = fit.draws(r_var(f.name))                               # (S, J, q)
+        ZtZ, Zty = group_crossprods(f, design.y)
+        ok = np.linalg.matrix_rank(ZtZ) == f.q                     # (J,) identified on own rows
+        nopool = np.full((f.n_levels, f.q), np.nan)
+        nopool[ok] = np.linalg.solve(ZtZ[ok], Zty[ok][..., None])[..., 0]
         flags = None
-        if gaussian:
-            u_np = no_pooling_estimates(fit, f.name)
-        else:
-            u_np, flags = glm_no_pooling(fit, f.name)
-        W = model_shrinkage_draws(fit, f.name) if gaussian else None
-        sizes = f.group_sizes
+        PX, _ = _projection(design, f, ok)                         # (J, q, p)
+        base = np.einsum("jqp,sp->sjq", PX, b) + _projected_other_effects(fit, f, ZtZ, ok)   # (S, J, q)
+        # groups that cannot fit their own coefficients: partial pooling on the coefficient scale
         for k, t in enumerate(f.terms):
-            if t in design.fixed_terms:
-                i = design.fixed_terms.index(t)
-                coef = b[:, i][:, None] + r[:, :, k]
-                complete = float(b_hat[i])
-            else:
-                coef = r[:, :, k]
-                complete = 0.0
-            hd = np.array([hdi(coef[:, j], prob) for j in range(f.n_levels)])
+            base[:, ~ok, k] = b[:, [design.fixed_terms.index(t)]] if t in design.fixed_terms else 0.0
+        complete = base.mean(axis=0)
+        complete[~ok] = np.nan
+        if not gaussian:       # link scale: the group's own ML fit given the rest of the model
+            u_np, flags = glm_no_pooling(fit, f.name)
+            nopool = complete + u_np
+        coef = base + r
+        W = model_shrinkage_draws(fit, f.name) if gaussian else None
+        sd_mean = fit.draws(f"sd_{f.name}").mean(axis=0)
+        for k, t in enumerate(f.terms):
+            hd = np.array([hdi(coef[:, j, k], prob) for j in range(f.n_levels)])
             he = np.array([hdi(r[:, j, k], prob) for j in range(f.n_levels)])
-            partial = coef.mean(axis=0)
-            nopool = complete + u_np[:, k]
+            partial = coef[:, :, k].mean(axis=0)
+            gap = nopool[:, k] - complete[:, k]
+            flag = np.abs(gap) < near * sd_mean[k]
             with np.errstate(divide="ignore", invalid="ignore"):
-                emp = 1.0 - (partial - complete) / (nopool - complete)
-            d = {"group": f.name, "level": list(f.levels), "term": t, "n": sizes,
-                 "no_pooling": nopool, "complete_pooling": complete, "partial_mean": partial,
-                 "partial_lower": hd[:, 0], "partial_upper": hd[:, 1],
-                 "effect_mean": r[:, :, k].mean(axis=0), "effect_lower": he[:, 0],
-                 "effect_upper": he[:, 1], "shrinkage": emp}
-            if flags is not None:
-                d["flag"] = flags
-                d["scale"] = f"link ({fit.spec.link})"
+                emp = np.where(flag | ~ok, np.nan, (nopool[:, k] - partial) / gap)
             if W is not None:
-                hw = np.array([hdi(W[:, j, k], prob) for j in range(f.n_levels)])
-                d.update({"shrinkage_model": W[:, :, k].mean(axis=0),
-                          "shrinkage_model_lower": hw[:, 0], "shrinkage_model_upper": hw[:, 1]})
-            frames.append(pd.DataFrame(d))
+                wk = W[:, :, k]
+                hw = np.array([hdi(wk[:, j], prob) for j in range(f.n_levels)])
+                w_mean, w_lo, w_hi = wk.mean(axis=0), hw[:, 0], hw[:, 1]
+            else:
+                w_mean = w_lo = w_hi = np.full(f.n_levels, np.nan)
+            frames.append(pd.DataFrame({
+                "group": f.name, "level": list(f.levels), "term": t, "n": f.group_sizes,
+                "no_pooling": nopool[:, k], "complete_pooling": complete[:, k], "partial_mean": partial,
+                "partial_lower": hd[:, 0], "partial_upper": hd[:, 1],
+                "shrinkage": w_mean, "shrinkage_lower": w_lo, "shrinkage_upper": w_hi,
+                "effect_mean": r[:, :, k].mean(axis=0), "effect_lower": he[:, 0], "effect_upper": he[:, 1],
+                "shrinkage_empirical": emp, "near_complete": flag & ok,
+                **({} if flags is None else {"flag": flags, "scale": f"link ({fit.spec.link})"})}))
     table = pd.concat(frames, ignore_index=True)
     table.attrs["ci_prob"] = prob
-    return ShrinkageResult(table=table, pooling=pooling_factor(fit, factor), prob=prob)
+    return ShrinkageResult(table=table, pooling=pooling_factor(fit, factor), prob=prob, full=full)

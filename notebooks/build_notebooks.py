@@ -369,7 +369,7 @@ NB2 = [
         "large counties keep (nearly) their own estimate"
     assert est["shrinkage"].corr(est["n"], method="spearman") < -0.95, "shrinkage falls with county size"
     assert np.max(np.abs(formula - est["partial_pooling"])) < 0.1, "precision-weighted average"
-    model_shr = shr["shrinkage_model"].reindex(est.index)
+    model_shr = shr["shrinkage"].reindex(est.index)
     assert model_shr.corr(est["shrinkage"]) > 0.95, "fit.shrinkage() agrees with the formula"
     """),
     md("""

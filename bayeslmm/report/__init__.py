@@ -143,8 +143,8 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     from .. import __version__
     from ..diagnostics import diagnostics
     from ..identifiability import weakly_identified
-    from ..plots import (plot_caterpillar, plot_icc, plot_ppc, plot_shrinkage, plot_shrinkage_vs_size,
-                         plot_trace, plot_variance_components)
+    from ..plots import (plot_caterpillar, plot_icc, plot_ppc, plot_prior_posterior, plot_shrinkage,
+                         plot_shrinkage_vs_size, plot_spaghetti, plot_trace, plot_variance_components)
 
     out = Path(out_dir)
     fig_dir, tab_dir = out / "figures", out / "tables"
@@ -177,24 +177,37 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         tables["pooling_factors"] = shr.pooling
         for term, cur in icc_res.curves.items():
             tables[f"icc_curve_{_safe(term)}"] = cur
-    loo_text = ""
+    loo_text, loo_advice = "", ""
     if loo and fit.n_draws * design.n <= 5e7:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 lo = fit.loo()
-            loo_text = str(lo)
+            k = np.asarray(lo.pareto_k).ravel()
+            n_bad = int((k > 0.7).sum())
+            loo_text = (f"elpd_loo = {float(lo.elpd):.1f} (SE {float(lo.se):.1f}), effective number of "
+                        f"parameters p_loo = {float(lo.p):.1f}; Pareto k > 0.7 for {n_bad} of {len(k)} "
+                        "observations.")
+            if n_bad:
+                loo_advice = (f"For {n_bad} observation(s) the importance sampling behind PSIS-LOO is "
+                              "unreliable (Pareto k > 0.7). This is common in mixed models: leaving out "
+                              "one row of a small group changes that group's effect a lot. The elpd is "
+                              "then optimistic for those rows. To compare models reliably, refit "
+                              "leaving out those rows (exact LOO) or whole groups (K-fold by group).")
             tables["loo"] = pd.DataFrame({"elpd_loo": [float(lo.elpd)], "se": [float(lo.se)],
                                           "p_loo": [float(lo.p)],
                                           "n_pareto_k_gt_0.7": [int((np.asarray(lo.pareto_k) > 0.7).sum())]})
         except Exception as exc:  # LOO is optional in the report
-            loo_text = f"PSIS-LOO could not be computed: {type(exc).__name__}: {exc}"
+            loo_advice = f"PSIS-LOO could not be computed ({type(exc).__name__}: {exc})."
     files = export_tables(tables, tab_dir)
 
     figs_vc, figs_icc, figs_shr, figs_chk = [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if "variance_components" in want:
+            figs_vc.append(_save_fig(plot_prior_posterior(fit), fig_dir / "prior_posterior.png", dpi)
+                           | {"caption": "Prior (grey) and posterior (blue) of each parameter: a posterior "
+                                         "like its prior means the data said little about it."})
             figs_vc.append(_save_fig(plot_variance_components(fit, prob=prob, table=vc),
                                      fig_dir / "variance_components.png", dpi)
                            | {"caption": "Posterior of each group-level SD, correlation and sigma "
@@ -217,17 +230,29 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
                                                              result=shr),
                                               fig_dir / f"shrinkage_{s}_{_safe(t)}.png", dpi)
                                     | {"caption": f"{f.name}, {t}: 1-D shrinkage."})
-            figs_shr.append(_save_fig(plot_shrinkage_vs_size(fit, factor=f.name, result=shr),
-                                      fig_dir / f"shrinkage_vs_size_{s}.png", dpi)
-                            | {"caption": f"{f.name}: estimates and shrinkage factors by group size."})
+            if len(set(f.group_sizes.tolist())) > 1:        # balanced: every group shrinks alike
+                figs_shr.append(_save_fig(plot_shrinkage_vs_size(fit, factor=f.name, result=shr),
+                                          fig_dir / f"shrinkage_vs_size_{s}.png", dpi)
+                                | {"caption": f"{f.name}: estimates and shrinkage by group size "
+                                              "(small groups are pulled further toward complete pooling)."})
+            if "Intercept" in f.terms and f.q >= 2 and any(t in design.column_names for t in f.terms):
+                figs_shr.append(_save_fig(plot_spaghetti(fit, factor=f.name),
+                                          fig_dir / f"spaghetti_{s}.png", dpi)
+                                | {"caption": f"Fitted line of each {f.name} (partial pooling) over its own "
+                                              "range, and the population line."})
         if has_groups and "caterpillar" in want:
             figs_shr.append(_save_fig(plot_caterpillar(fit, result=shr), fig_dir / "caterpillar.png", dpi)
                             | {"caption": f"Group effects, sorted (posterior mean, {prob:.0%} HDI)."})
         if "trace" in want:
             figs_chk.append(_save_fig(plot_trace(fit, kind="trace"), fig_dir / "trace.png", dpi)
-                            | {"caption": "Trace plots and marginal posteriors per chain."})
+                            | {"caption": "Trace plots and marginal posteriors per chain, one parameter "
+                                          "per row on its own scale."})
             figs_chk.append(_save_fig(plot_trace(fit, kind="rank"), fig_dir / "rank.png", dpi)
-                            | {"caption": "Rank plots (uniform when the chains mix)."})
+                            | {"caption": "Rank plots: for each chain, the difference between the "
+                                          "empirical CDF of its fractional ranks (ranks over all chains) "
+                                          "and the uniform CDF, with a simultaneous envelope. Lines that "
+                                          "stay inside the envelope mean the chains sample the same "
+                                          "distribution."})
         if "ppc" in want:
             figs_chk.append(_save_fig(plot_ppc(fit), fig_dir / "ppc.png", dpi)
                             | {"caption": "Posterior predictive check: observed y against 100 replicated data sets."})
@@ -241,8 +266,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     shr_tab = None
     if has_groups:
         cols = ["group", "level", "term", "n", "no_pooling", "complete_pooling", "partial_mean",
-                "partial_lower", "partial_upper", "shrinkage"] + \
-               [c for c in ("shrinkage_model",) if c in shr.table]
+                "partial_lower", "partial_upper", "shrinkage"]
         shr_tab = shr.table[cols].head(max_shrinkage_rows)
     s = fit.sampler
     info = fit.info
@@ -274,7 +298,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         shrinkage_table=_html_table(shr_tab, index=False) if has_groups else Markup(""),
         shrink_truncated=has_groups and len(shr.table) > max_shrinkage_rows,
         shrink_rows=max_shrinkage_rows, shrink_total=len(shr.table) if has_groups else 0,
-        loo_text=loo_text,
+        loo_text=loo_text, loo_advice=loo_advice,
         figures_vc=figs_vc, figures_icc=figs_icc, figures_shrinkage=figs_shr, figures_checks=figs_chk,
         files=[str(Path(p).relative_to(out)) for p in files] + ["report.html", "summary.json"],
     )
