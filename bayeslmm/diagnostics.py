@@ -317,7 +317,7 @@ def diagnostics(fit, *, var_names: list[str] | None = None, rhat_max: float = RH
             f"({stats['divergences'] / (chains * draws):.1%} of draws; per chain "
             f"{stats['divergences_per_chain']}): the posterior may be biased",
             f"raise target_accept{ta} towards 0.95-0.99; if divergences remain, the geometry is a "
-            "funnel: use the non-centred parameterisation (bayeslmm's default) or the marginal "
+            "funnel: use the non-centred parameterisation (bayeslmm's default) or the collapsed "
             "method, or give the group SDs tighter priors"))
     if stats["treedepth_hits"] > treedepth_frac_max * chains * draws:
         problems.append(Problem(
