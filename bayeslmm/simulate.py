@@ -216,7 +216,9 @@ def simulate_response(design: Design, params: TrueParameters, rng: np.random.Gen
     eta = design.X @ b
     for f in design.factors:
         eta = eta + np.einsum("nq,nq->n", f.Z, effects[f.name][f.codes])
-    y = get_family(family, link).draw(eta, params.aux, rng)
+    if design.offset is not None:
+        eta = eta + design.offset
+    y = get_family(family, link).draw(eta, params.aux, rng, trials=design.trials)
     return y, effects
 
 

@@ -880,6 +880,17 @@ NB7 = [
     print(f"formula 1/sqrt(1 + 0.346 sd^2): {formula.mean():.3f} "
           f"(95% interval {np.quantile(formula, 0.025):.3f} to {np.quantile(formula, 0.975):.3f})")
     ratio = coef.loc["ratio", "mean"]
+    sd_grid = np.linspace(0, 4, 100)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(sd_grid, logit_attenuation(sd_grid), color="k", label="1 / sqrt(1 + 0.346 sd^2)")
+    ax.errorbar(fit.draws("sd(participant, Intercept)").mean(), ratio,
+                yerr=[[ratio - coef.loc["ratio", "hdi_lower"]], [coef.loc["ratio", "hdi_upper"] - ratio]],
+                xerr=vc.loc["sd(participant, Intercept)", "sd"], fmt="o", color="C1",
+                label="this fit (posterior mean, 95% HDI)")
+    ax.set(xlabel="SD of the random intercept (logit scale)", ylim=(0, 1.05),
+           ylabel="population-averaged / conditional slope")
+    ax.legend(fontsize=8)
+    plt.show()
     # the formula is an approximation: within ~4% for sd <= 2 (quadrature; tests/test_effects.py)
     assert abs(ratio / formula.mean() - 1) < 0.08
     assert coef.loc["population_averaged", "hdi_upper"] < coef.loc["conditional", "hdi_lower"]
@@ -1001,6 +1012,10 @@ NB8 = [
     comp = pd.concat({"Gaussian": gauss.variance_components()[cols],
                       "Student-t": robust.variance_components()[cols]})
     display(comp)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(robust.draws("nu"), bins=40, color="C1")
+    ax.set(xlabel="nu (degrees of freedom of the Student-t)", title="Posterior of nu: heavy tails")
+    plt.show()
     nu = robust.variance_components().loc["nu"]
     assert nu["hdi_upper"] < 4, "the t model detects heavy tails"
     assert robust.variance_components().loc["sigma", "mean"] < 0.7 < gauss.variance_components().loc["sigma", "mean"]

@@ -285,8 +285,7 @@ def test_shrinkage_flags_separation_and_zero_counts(get_fit):
     y[g == 0] = 1.0                                          # group 0: all successes
     y[g == 1] = 0.0                                          # group 1: all failures
     df = pd.DataFrame({"y": y, "x": rng.normal(size=120), "g": g.astype(str)})
-    # shorter chains: the flags and the finiteness do not depend on the draws, and the ordering
-    # below is by several posterior SDs
+    # shorter chains (2 x 200): the flags and the no-pooling estimates do not depend on the draws
     fit = get_fit("y ~ x + (1 | g)", df, {"family": "bernoulli"}, **dict(FIT, draws=200, tune=200))
     tab = fit.shrinkage().table.set_index("level")
     assert tab.loc["0", "flag"] == "separation" and tab.loc["1", "flag"] == "separation"
