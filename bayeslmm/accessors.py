@@ -428,7 +428,7 @@ def prior_predictive(model_or_fit, *, draws: int = 500, seed: int = 0) -> xr.Dat
     ps, ys, effs = [], [], []
     for _ in range(int(draws)):
         p = draw_parameters(table, design, rng)
-        y, eff = simulate_response(design, p, rng, family=family)
+        y, eff = simulate_response(design, p, rng, family=family, link=model_or_fit.spec.link)
         ps.append(p), ys.append(y), effs.append(eff)
     dims2 = ("chain", "draw")
     coords = {"chain": [0], "draw": np.arange(draws), **coords_of(design)}

@@ -119,6 +119,16 @@ def _log_p(link: str, eta):
     return special.log_ndtr(eta), special.log_ndtr(-eta)
 
 
+#: Poisson rates are capped here when drawing (numpy's sampler fails above ~9e18): only prior
+#: predictive draws from wide priors reach it, and a count of 1e15 is as absurd as a larger one.
+MAX_RATE = 1e15
+
+
+def _rate(eta):
+    """``exp(eta)`` capped at :data:`MAX_RATE` (for drawing counts)."""
+    return np.minimum(np.exp(np.minimum(np.asarray(eta, dtype=float), 700.0)), MAX_RATE)
+
+
 def _is_whole(y) -> bool:
     return bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
 
@@ -419,7 +429,7 @@ class Poisson(Family):
         return pm.Poisson(name, mu=pt.exp(eta), observed=observed, dims=dims)
 
     def draw(self, eta, aux, rng, trials=None):
-        return rng.poisson(np.exp(np.asarray(eta, dtype=float))).astype(float)
+        return rng.poisson(_rate(eta)).astype(float)
 
     def latent_residual_variance(self, aux, mean=None):
         if mean is None:
@@ -458,9 +468,9 @@ class NegBinomial(Family):
         return pm.NegativeBinomial(name, mu=pt.exp(eta), alpha=aux["phi"], observed=observed, dims=dims)
 
     def draw(self, eta, aux, rng, trials=None):
-        mu = np.exp(np.asarray(eta, dtype=float))
+        mu = _rate(eta)
         phi = np.broadcast_to(np.asarray(aux["phi"], dtype=float), mu.shape)
-        return rng.poisson(rng.gamma(phi, mu / phi)).astype(float)     # gamma-Poisson mixture
+        return rng.poisson(np.minimum(rng.gamma(phi, mu / phi), MAX_RATE)).astype(float)  # gamma-Poisson
 
     def latent_residual_variance(self, aux, mean=None):
         if mean is None:

@@ -246,6 +246,18 @@ class Fit:
         from .predict import predict
         return predict(self, data, **kwargs)
 
+    def marginal_effects(self, variable: str, **kwargs):
+        """Population-averaged (group effects integrated out) and conditional effects of a numeric
+        predictor, with intervals; see :func:`bayeslmm.effects.marginal_effects`."""
+        from .effects import marginal_effects
+        return marginal_effects(self, variable, **kwargs)
+
+    def plot_marginal_effects(self, variable: str, *, scale: str = "response", **kwargs):
+        """The population-averaged curve over subject-specific curves; see
+        :func:`bayeslmm.effects.plot_marginal_effects` (``kwargs`` go to :meth:`marginal_effects`)."""
+        from .effects import marginal_effects, plot_marginal_effects
+        return plot_marginal_effects(marginal_effects(self, variable, **kwargs), scale=scale)
+
     def plot_caterpillar(self, **kwargs):
         """Caterpillar plot of the group effects; see :func:`bayeslmm.plots.plot_caterpillar`."""
         from .plots import plot_caterpillar

@@ -60,19 +60,22 @@ class TrueParameters:
     cor : dict of str to ndarray
         Factor -> (q, q) correlation matrix. Factors without correlated blocks may be omitted
         (identity).
-    sigma : float
-        Residual SD.
+    sigma : float or None
+        Residual SD (None: the family has none, e.g. bernoulli or poisson).
+    extra_aux : dict of str to float
+        The family's other auxiliary parameters (student_t: ``nu``; negbinomial: ``phi``).
     """
 
     b: dict
     sd: dict
     cor: dict = field(default_factory=dict)
-    sigma: float = 1.0
+    sigma: float | None = 1.0
+    extra_aux: dict = field(default_factory=dict)
 
     @property
     def aux(self) -> dict[str, float]:
-        """The family's auxiliary parameters (gaussian: ``sigma``)."""
-        return {"sigma": self.sigma}
+        """The family's auxiliary parameters by name (gaussian: ``sigma``)."""
+        return {**({} if self.sigma is None else {"sigma": self.sigma}), **self.extra_aux}
 
     def sds(self, factor: FactorDesign) -> np.ndarray:
         """Group-level SDs of ``factor`` in term order (q,)."""
@@ -104,20 +107,21 @@ class TrueParameters:
             C = np.asarray(self.cor.get(f.name, np.eye(f.q)))
             for i, j in f.correlation_pairs:
                 out[f"cor({f.name}, {f.terms[i]}, {f.terms[j]})"] = float(C[i, j])
-        out["sigma"] = float(self.sigma)
+        out.update({k: float(v) for k, v in self.aux.items()})
         return out
 
 
-def parameter_labels(design: Design) -> list[str]:
+def parameter_labels(design: Design, aux_names: tuple[str, ...] = ("sigma",)) -> list[str]:
     """Labels of every scalar model parameter, as used in :meth:`bayeslmm.Fit.variance_components`.
 
-    Fixed effects by term name, then ``sd(g, term)``, ``cor(g, t1, t2)`` per factor, then ``sigma``.
+    Fixed effects by term name, then ``sd(g, term)``, ``cor(g, t1, t2)`` per factor, then the
+    family's auxiliary parameters (gaussian: ``sigma``).
     """
     labels = list(design.fixed_terms)
     for f in design.factors:
         labels += [f"sd({f.name}, {t})" for t in f.terms]
         labels += [f"cor({f.name}, {f.terms[i]}, {f.terms[j]})" for i, j in f.correlation_pairs]
-    return labels + ["sigma"]
+    return labels + list(aux_names)
 
 
 def draw_lkj_corr(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
@@ -169,8 +173,11 @@ def draw_parameters(prior_table: PriorTable, design: Design, rng: np.random.Gene
                 if corr and len(block) > 1:
                     C[np.ix_(block, block)] = draw_lkj_corr(len(block), eta, rng)
             cor[f.name] = C
-    sigma = float(draw_prior(prior_table["sigma"].prior, rng))
-    return TrueParameters(b=b, sd=sd, cor=cor, sigma=sigma)
+    # the family's auxiliary parameters are the table's other entries (class = name: sigma, nu, phi)
+    aux = {e.label: float(draw_prior(e.prior, rng)) for e in prior_table.entries
+           if e.cls not in ("Intercept", "b", "sd", "cor")}
+    sigma = aux.pop("sigma", None)
+    return TrueParameters(b=b, sd=sd, cor=cor, sigma=sigma, extra_aux=aux)
 
 
 def random_effects(design: Design, params: TrueParameters, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -190,7 +197,7 @@ def random_effects(design: Design, params: TrueParameters, rng: np.random.Genera
 
 def simulate_response(design: Design, params: TrueParameters, rng: np.random.Generator,
                       effects: dict[str, np.ndarray] | None = None, *,
-                      family: str = "gaussian") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                      family: str = "gaussian", link: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Simulate ``y`` for the design's predictors and groups.
 
     Returns
@@ -201,7 +208,7 @@ def simulate_response(design: Design, params: TrueParameters, rng: np.random.Gen
     if missing:
         raise SpecError(f"TrueParameters.b has no value for fixed term(s) {missing}; "
                         f"terms are {list(design.fixed_terms)}")
-    if not params.sigma >= 0:
+    if params.sigma is not None and not params.sigma >= 0:
         raise SpecError(f"sigma must be >= 0, got {params.sigma!r}")
     if effects is None:
         effects = random_effects(design, params, rng)
@@ -209,7 +216,9 @@ def simulate_response(design: Design, params: TrueParameters, rng: np.random.Gen
     eta = design.X @ b
     for f in design.factors:
         eta = eta + np.einsum("nq,nq->n", f.Z, effects[f.name][f.codes])
-    y = get_family(family).draw(eta, params.aux, rng)
+    if design.offset is not None:
+        eta = eta + design.offset
+    y = get_family(family, link).draw(eta, params.aux, rng, trials=design.trials)
     return y, effects
 
 

@@ -4,6 +4,7 @@ Usage::
 
     python bench/run.py --out bench/results            # full run (about 15-25 min on 2 cores)
     python bench/run.py --out bench/results --quick    # small sizes, fewer draws (a few minutes)
+    python bench/run.py --out bench/results --case bernoulli   # one case only (bench_<case>.md)
 
 Every fit runs in its own Python process (so the timings include PyTensor compilation as a user
 sees it) with the same settings: ``chains`` chains on ``cores`` cores, ``tune`` + ``draws``
@@ -30,7 +31,9 @@ package's own numba kernel (``bayeslmm.paths.collapsed_kernel``) is compiled onc
 like a compiled extension, so a first fit after ``make install`` finds it; the extra
 "cold+kernel" row empties numba's cache too (the first fit after a bare ``pip install``).
 ``sleepstudy_corr`` is the correlated ``(Days | Subject)`` model (bayeslmm only: bambi has no
-correlated group effects). The other cases use one shared warm cache directory. Results go to
+correlated group effects). ``bernoulli`` is a logit GLMM with a random intercept (20k rows / 500
+groups; bambi and bayeslmm's non-centred graph: there is no collapsed path for it). The other
+cases use one shared warm cache directory. Results go to
 ``OUT/bench.json`` and ``OUT/bench.md``.
 """
 
@@ -55,7 +58,10 @@ CASES = {
               "log_radon ~ floor_measure + (floor_measure || county)"),
     "sim": ("y ~ x + (x|g)", "y ~ x + (x || g)"),
     "sleepstudy_corr": (None, "Reaction ~ Days + (Days | Subject)"),    # bayeslmm only (LKJ)
+    "bernoulli": ("y ~ x + (1|g)", "y ~ x + (1 | g)"),                  # logit GLMM (issue 12)
 }
+#: family of a case (default gaussian); non-Gaussian cases have no collapsed path
+FAMILY = {"bernoulli": "bernoulli"}
 
 
 def _data(case: str, groups: int = 0, rows: int = 0):
@@ -72,6 +78,12 @@ def _data(case: str, groups: int = 0, rows: int = 0):
         df["county"] = df["county_idx"].astype(str)
         return df[["log_radon", "floor_measure", "county"]]
     rng = np.random.default_rng(2024)
+    if case == "bernoulli":                     # logit random intercept: b = (-0.5, 0.8), sd(g) = 1
+        g = np.repeat(np.arange(groups), rows // groups)
+        x = rng.normal(size=len(g))
+        eta = -0.5 + 0.8 * x + rng.normal(0, 1.0, groups)[g]
+        y = (rng.random(len(g)) < 1 / (1 + np.exp(-eta))).astype(int)
+        return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical([f"g{k:05d}" for k in g])})
     g = rng.integers(0, groups, rows)
     g[:groups] = np.arange(groups)              # every group present
     x = rng.normal(size=rows)
@@ -106,7 +118,7 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
     bambi_f, ours_f = CASES[case]
     t0 = time.perf_counter()
     if engine == "bambi":
-        model = bmb.Model(bambi_f, df)
+        model = bmb.Model(bambi_f, df, family=FAMILY.get(case, "gaussian"))
         idata = model.fit(draws=draws, tune=tune, chains=chains, cores=min(chains, 2),
                           random_seed=seed, progressbar=False)
         total = time.perf_counter() - t0
@@ -116,17 +128,18 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
         stats = idata["sample_stats"].to_dataset()
     else:
         method = "noncentred" if engine == "bayeslmm-noncentred" else "marginal"
-        m = blmm.Model(ours_f, df)
+        m = blmm.Model(ours_f, df, family=FAMILY.get(case, "gaussian"))
         fit = m.fit(chains=chains, draws=draws, tune=tune, seed=seed, cores=min(chains, 2),
                     progressbar=False, verbose=False, method=method)
         total = time.perf_counter() - t0
         post = fit.posterior
-        variance = [v for v in post.data_vars if v.startswith("sd_")] + ["sigma"]
+        variance = [v for v in post.data_vars if v.startswith("sd_") or v == "sigma"]
         fixed = ["b"]
         stats = fit.idata["sample_stats"].to_dataset()
     sampling = float(post.attrs.get("sampling_time", float("nan")))
     min_ess, max_rhat, div = _summaries(post, stats, variance, fixed)
-    gcol = {"sleepstudy": "Subject", "sleepstudy_corr": "Subject", "radon": "county", "sim": "g"}[case]
+    gcol = {"sleepstudy": "Subject", "sleepstudy_corr": "Subject", "radon": "county", "sim": "g",
+            "bernoulli": "g"}[case]
     return {"engine": engine, "case": case, "groups": int(df[gcol].nunique()), "rows": int(len(df)),
             "chains": chains, "draws": draws, "tune": tune, "import_s": import_s,
             "setup_s": total - sampling, "sampling_s": sampling, "total_s": total,
@@ -203,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", type=int, default=None)
     ap.add_argument("--reps", type=int, default=3, help="repetitions of the sleepstudy runs (median kept)")
     ap.add_argument("--render", action="store_true", help="rewrite OUT/bench.md from OUT/bench.json")
+    ap.add_argument("--case", choices=sorted(CASES), default=None,
+                    help="run only this case (its engines once; results to OUT/bench_<case>.json/.md)")
     ap.add_argument("--one", nargs=4, metavar=("ENGINE", "CASE", "GROUPS", "ROWS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -224,6 +239,9 @@ def main(argv=None) -> int:
         print((out / "bench.md").read_text())
         return 0
     engines = ["bambi", "bayeslmm-noncentred", "bayeslmm-marginal"]
+    bern = (100, 4_000) if args.quick else (500, 20_000)
+    if args.case:
+        return _one_case(args, out, engines, bern)
     big = (200, 10_000) if args.quick else (2_000, 100_000)
     huge = (1_000, 100_000) if args.quick else (10_000, 1_000_000)
     results = []
@@ -248,14 +266,46 @@ def main(argv=None) -> int:
     for engine in engines:
         results.append(_spawn(args, engine, "sim", *big, warm_dir, "shared", 3600))
     results.append(_spawn(args, "bayeslmm-marginal", "sim", *huge, warm_dir, "shared", 3600))
+    for engine in engines[:2]:                # no collapsed path for a logit GLMM
+        results.append(_spawn(args, engine, "bernoulli", *bern, warm_dir, "shared", 3600))
 
+    _ratios(results)
+    meta = _meta(args)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = _markdown(results, meta)
+    (out / "bench.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _ratios(results: list[dict]) -> None:
     for r in results:                                        # ratios to bambi, same run
         cache = "cold" if r.get("cache") == "cold+kernel" else r.get("cache")
         ref = next((b for b in results if b.get("engine") == "bambi" and b.get("case") == r.get("case")
                     and b.get("cache") == cache and b.get("rows") == r.get("rows")
                     and "error" not in b), None)
         r["x_bambi"] = (r["ess_per_s"] / ref["ess_per_s"]) if ref and "error" not in r else None
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"),
+
+
+def _one_case(args, out: Path, engines: list[str], bern: tuple[int, int]) -> int:
+    """``--case NAME``: that case's engines once each, in one warm cache shared by the engines."""
+    case = args.case
+    sizes = {"bernoulli": bern, "sim": (200, 10_000) if args.quick else (2_000, 100_000)}.get(case, (0, 0))
+    engs = [e for e in engines if not (e == "bambi" and CASES[case][0] is None)
+            and not (e == "bayeslmm-marginal" and FAMILY.get(case, "gaussian") != "gaussian")]
+    warm_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-warm-")
+    results = [_spawn(args, e, case, *sizes, warm_dir, "shared", 3600) for e in engs]
+    _ratios(results)
+    meta = _meta(args)
+    (out / f"bench_{case}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = _markdown(results, meta)
+    (out / f"bench_{case}.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _meta(args) -> dict:
+    return {"date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
                        f"Python {platform.python_version()}",
             "settings": f"{args.chains} chains x ({args.tune} tune + {args.draws} draws), PyMC NUTS, "
@@ -263,12 +313,8 @@ def main(argv=None) -> int:
             "note": "ESS/s = min bulk ESS over the variance parameters / total wall time (model "
                     "construction + compile + sampling, imports excluded). bambi's (x|g) is "
                     "uncorrelated, so bayeslmm fits (x || g). x bambi = ESS/s ratio to bambi in "
-                    "the same run (sim 1M: bayeslmm marginal only)."}
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    md = _markdown(results, meta)
-    (out / "bench.md").write_text(md)
-    print(md)
-    return 0
+                    "the same run (sim 1M: bayeslmm marginal only; bernoulli: a logit GLMM, "
+                    "random intercept, no collapsed path)."}
 
 
 if __name__ == "__main__":

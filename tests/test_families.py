@@ -18,7 +18,9 @@ import bayeslmm as blmm
 from bayeslmm.errors import DataError, FormulaError, SpecError
 from bayeslmm.families import get_family
 
-FIT = dict(chains=2, draws=400, tune=400, seed=11)
+# 2 chains x 300 draws after 300 tuning steps, sequential (cores=1: on 2 busy cores PyMC's worker
+# processes cost more than they save; the draws do not depend on cores).
+FIT = dict(chains=2, draws=300, tune=300, seed=11, cores=1)
 
 
 # -- log-likelihoods against scipy.stats --------------------------------------------------------
@@ -270,7 +272,8 @@ def test_offset_enters_the_predictions(recovery_fits):
 
 def test_html_report_for_a_count_family(recovery_fits, tmp_path):
     fit, _ = recovery_fits["negbinomial"]
-    path = fit.report(tmp_path / "nb")
+    # every figure, at low resolution; PSIS-LOO is checked for every family above
+    path = fit.report(tmp_path / "nb", dpi=40, loo=False, verbose=False)
     html = open(path).read() if str(path).endswith(".html") else open(f"{path}/report.html").read()
     assert "negbinomial" in html and "phi" in html
 
@@ -282,10 +285,12 @@ def test_shrinkage_flags_separation_and_zero_counts(get_fit):
     y[g == 0] = 1.0                                          # group 0: all successes
     y[g == 1] = 0.0                                          # group 1: all failures
     df = pd.DataFrame({"y": y, "x": rng.normal(size=120), "g": g.astype(str)})
-    fit = get_fit("y ~ x + (1 | g)", df, {"family": "bernoulli"}, **FIT)
+    # shorter chains (2 x 200): the flags and the no-pooling estimates do not depend on the draws
+    fit = get_fit("y ~ x + (1 | g)", df, {"family": "bernoulli"}, **dict(FIT, draws=200, tune=200))
     tab = fit.shrinkage().table.set_index("level")
     assert tab.loc["0", "flag"] == "separation" and tab.loc["1", "flag"] == "separation"
-    assert np.all(np.isfinite(tab[["no_pooling", "shrinkage", "partial_mean"]].to_numpy()))
+    assert np.all(np.isfinite(tab[["no_pooling", "complete_pooling", "partial_mean"]].to_numpy()))
+    assert tab["shrinkage"].isna().all()          # defined for the Gaussian family only (shrinkage.py)
     assert (tab.loc[[str(k) for k in range(2, 12)], "flag"] == "").all()
     assert tab.loc["0", "no_pooling"] > tab.loc["0", "partial_mean"] > tab.loc["1", "partial_mean"]
 
@@ -330,7 +335,7 @@ def test_student_t_resists_outliers(get_fit):
     y[out] += 6.0
     df = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
     robust = get_fit("y ~ x + (1 | g)", df, {"family": "student_t"}, **FIT).summary()
-    gauss = get_fit("y ~ x + (1 | g)", df, {"method": "noncentred"}, **FIT).summary()
+    gauss = get_fit("y ~ x + (1 | g)", df, **FIT).summary()     # the exact collapsed path
     for term, value in (("Intercept", 1.0), ("x", 0.5)):
         assert robust.loc[term, "hdi_lower"] <= value <= robust.loc[term, "hdi_upper"], term
     assert not gauss.loc["x", "hdi_lower"] <= 0.5 <= gauss.loc["x", "hdi_upper"]

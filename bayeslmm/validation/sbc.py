@@ -19,14 +19,24 @@ from ..simulate import TrueParameters, draw_parameters, grouped_frame, parameter
 from .refit import make_refitter
 from .uniformity import rank_statistics
 
-__all__ = ["SBC_PRIORS", "SBCCase", "SBCResult", "sbc_cases", "run_sbc", "tracked_labels", "true_values",
-           "posterior_scalars"]
+__all__ = ["SBC_PRIORS", "GLMM_PRIORS", "SBCCase", "SBCResult", "sbc_cases", "family_cases", "run_sbc",
+           "tracked_labels", "true_values", "posterior_scalars"]
 
 #: Explicit SBC priors, the same for every case (the data are on unit scale). Weakly informative
 #: but proper, as SBC needs; half-normal SDs keep the prior mass away from the extreme funnels
 #: whose divergences would bias any sampler.
 SBC_PRIORS = (("Intercept", "normal(0, 2)"), ("b", "normal(0, 1)"), ("sd", "halfnormal(1)"),
               ("sigma", "halfnormal(1)"))
+
+#: Explicit SBC priors of the non-Gaussian families, per family (link scale; none depends on y).
+GLMM_PRIORS = {
+    "bernoulli": (("Intercept", "normal(0, 1.5)"), ("b", "normal(0, 1)"), ("sd", "halfnormal(1)")),
+    "binomial": (("Intercept", "normal(0, 1.5)"), ("b", "normal(0, 1)"), ("sd", "halfnormal(1)")),
+    "poisson": (("Intercept", "normal(1, 0.5)"), ("b", "normal(0, 0.5)"), ("sd", "halfnormal(0.5)")),
+    "negbinomial": (("Intercept", "normal(1, 0.5)"), ("b", "normal(0, 0.5)"), ("sd", "halfnormal(0.5)"),
+                    ("phi", "gamma(4, 1)")),
+    "student_t": SBC_PRIORS + (("nu", "gamma(4, 0.5)"),),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,10 @@ class SBCCase:
     x_mean : float
         Added to the standard-normal predictor ``x``. Non-zero, it makes the convention of the
         Intercept prior (at centred predictors) matter, so SBC checks it.
+    family : str
+        Response family (default gaussian); ``binomial`` gets a column ``n`` of ``trials`` trials.
+    trials : int
+        Trials per row of a binomial case.
     """
 
     name: str
@@ -60,6 +74,13 @@ class SBCCase:
     design_seed: int = 20261126
     simulate_priors: tuple = ()
     x_mean: float = 0.0
+    family: str = "gaussian"
+    trials: int = 6
+
+    @property
+    def aux_names(self) -> tuple[str, ...]:
+        from ..families import get_family
+        return get_family(self.family).aux_names
 
     def model(self, *, simulator: bool = False):
         """The :class:`bayeslmm.Model` on the case's fixed synthetic design (y is a placeholder).
@@ -69,10 +90,16 @@ class SBCCase:
         from ..model import Model
         df = grouped_frame(self.n_groups, self.n_per_group, np.random.default_rng(self.design_seed))
         df["x"] = df["x"] + self.x_mean
+        kw = {}
+        if self.family != "gaussian":           # a valid placeholder response for the family
+            df["y"] = np.arange(len(df)) % 2
+            if self.family == "binomial":
+                df["n"] = self.trials
+                kw["trials"] = "n"
         priors = dict(self.priors)
         if simulator:
             priors.update(dict(self.simulate_priors))
-        return Model(self.formula, df, priors=priors, method=self.method)
+        return Model(self.formula, df, priors=priors, method=self.method, family=self.family, **kw)
 
 
 def sbc_cases(methods=("noncentred", "collapsed"), *, quick: bool = False) -> list[SBCCase]:
@@ -90,16 +117,29 @@ def sbc_cases(methods=("noncentred", "collapsed"), *, quick: bool = False) -> li
     return out
 
 
+def family_cases(families=("bernoulli", "binomial", "poisson", "negbinomial", "student_t")) -> list[SBCCase]:
+    """Random-intercept SBC cases of the non-Gaussian families (issue 12), on the non-centred graph
+    with the explicit priors of :data:`GLMM_PRIORS`: ``y ~ x + (1 | g)``, 10 groups x 8 rows
+    (binomial: 6 trials a row)."""
+    unknown = [f for f in families if f not in GLMM_PRIORS]
+    if unknown:
+        from ..errors import SpecError
+        raise SpecError(f"no SBC case for famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                        f"choose from {list(GLMM_PRIORS)}")
+    return [SBCCase(f"intercept_{fam}", "y ~ x + (1 | g)", n_groups=10, n_per_group=8,
+                    method="noncentred", priors=GLMM_PRIORS[fam], family=fam) for fam in families]
+
+
 # --------------------------------------------------------------------------------------------
 # posterior draws of every scalar parameter
 # --------------------------------------------------------------------------------------------
-def tracked_labels(design) -> list[str]:
+def tracked_labels(design, aux_names: tuple[str, ...] = ("sigma",)) -> list[str]:
     """Parameters whose calibration is checked: every scalar parameter plus the first group's effects.
 
     The group effects of the first level (``r(g, <level>, <term>)``) check the random effects
     themselves, which on the collapsed path are drawn after sampling from their exact conditional.
     """
-    labels = parameter_labels(design)
+    labels = parameter_labels(design, aux_names)
     for f in design.factors:
         labels += [f"r({f.name}, {f.levels[0]}, {t})" for t in f.terms]
     return labels
@@ -116,7 +156,7 @@ def true_values(design, params: TrueParameters, effects: dict) -> dict[str, floa
 def posterior_scalars(posterior, design, labels: list[str] | None = None,
                       aux_names: tuple[str, ...] = ("sigma",)) -> dict[str, np.ndarray]:
     """Draws (chain, draw) of each tracked scalar from a posterior Dataset (names: :mod:`bayeslmm.posterior`)."""
-    labels = labels or tracked_labels(design)
+    labels = labels or tracked_labels(design, aux_names)
     out = {t: np.asarray(posterior["b"].sel(term=t)) for t in design.fixed_terms}
     out.update({k: np.asarray(v) for k, v in component_draws(posterior, design, aux_names).items()})
     for f in design.factors:
@@ -207,7 +247,7 @@ def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2,
     model = case.model()
     design = model.design
     priors = case.model(simulator=True).prior_table if case.simulate_priors else model.prior_table
-    labels = tracked_labels(design)
+    labels = tracked_labels(design, case.aux_names)
     t0 = time.perf_counter()
     refit, engine_used = refitter or make_refitter(model, case.method, engine=engine,
                                                    target_accept=target_accept)
@@ -217,7 +257,7 @@ def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2,
         ss = np.random.SeedSequence([seed, i])
         rng = np.random.default_rng(ss)
         params = draw_parameters(priors, design, rng)
-        y, effects = simulate_response(design, params, rng)
+        y, effects = simulate_response(design, params, rng, family=case.family)
         truth = true_values(design, params, effects)
         t1 = time.perf_counter()
         with warnings.catch_warnings():
@@ -225,7 +265,7 @@ def run_sbc(case: SBCCase, n_replicates: int, *, seed: int = 1, chains: int = 2,
             post, n_div = refit(y, seed=int(ss.generate_state(1)[0] % (2**31 - 1)), chains=chains,
                                 draws=draws, tune=tune)
         elapsed = time.perf_counter() - t1
-        draws_by = posterior_scalars(post, design, labels)
+        draws_by = posterior_scalars(post, design, labels, case.aux_names)
         ranks.append({k: int(np.sum(_thin(v, n_ranks) < truth[k])) for k, v in draws_by.items()})
         ess = az.ess(np.stack([draws_by[k] for k in labels], axis=-1))
         diag.append({"divergences": n_div, "divergent_share": n_div / (chains * draws),

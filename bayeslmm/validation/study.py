@@ -15,7 +15,7 @@ import pandas as pd
 from ..spec import canonical_method
 from .figures import plot_ecdf_differences, plot_rank_histograms
 from .peers import PEER_MODELS, bambi_comparison, peer_comparison
-from .sbc import run_sbc, sbc_cases
+from .sbc import family_cases, run_sbc, sbc_cases
 
 __all__ = ["run_study", "main"]
 
@@ -24,22 +24,28 @@ def _available_methods() -> tuple[str, ...]:
     return ("noncentred", "collapsed")
 
 
+FAMILIES = ("bernoulli", "binomial", "poisson", "negbinomial", "student_t")
+
+
 def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = None, seed: int = 1,
               methods: tuple[str, ...] | None = None, peers: bool = True, engine: str = "auto",
-              alpha: float = 0.01) -> dict:
-    """Run SBC for every case (and the peer comparisons), write plots and summaries to ``out``."""
+              alpha: float = 0.01, families: tuple[str, ...] = FAMILIES) -> dict:
+    """Run SBC for every case (and the peer comparisons), write plots and summaries to ``out``.
+
+    ``families``: the non-Gaussian families whose random-intercept case
+    (:func:`~bayeslmm.validation.sbc.family_cases`) is run too, with the same replicates.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or _available_methods()
     n_rep = replicates or (100 if quick else 1000)
     summary: dict = {"replicates": n_rep, "seed": seed, "alpha": alpha, "methods": list(methods),
-                     "cases": {}, "notes": [
-                         "A logit GLMM SBC is not run: only the gaussian family exists so far."]}
+                     "cases": {}, "families": list(families), "notes": []}
     md = [f"# bayeslmm validation{' (quick)' if quick else ''}", "",
           f"SBC: {n_rep} replicates per case, L = 99 thinned draws (2 chains x 1000 after 500 "
           f"tuning steps), seed {seed}. A parameter fails when a chi-square or simultaneous-ECDF "
           f"test rejects at family-wise level {alpha} (Holm over all tests of the case).", ""]
-    for case in sbc_cases(methods):
+    for case in sbc_cases(methods) + (family_cases(tuple(families)) if families else []):
         print(f"SBC {case.name}: {case.formula}, {case.n_groups} groups x {case.n_per_group}, "
               f"{n_rep} replicates", flush=True)
         t0 = time.perf_counter()
@@ -51,7 +57,7 @@ def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = 
         res.ranks.to_csv(out / f"sbc_{case.name}_ranks.csv", index=False)
         d = res.diagnostics
         summary["cases"][case.name] = {
-            "formula": case.formula, "method": case.method, "n_groups": case.n_groups,
+            "formula": case.formula, "family": case.family, "method": case.method, "n_groups": case.n_groups,
             "n_per_group": case.n_per_group, "priors": dict(case.priors), "engine": res.engine,
             "replicates": res.n_replicates, "n_ranks": res.n_ranks, "wall_s": wall,
             "divergent_share_mean": float(d["divergent_share"].mean()),
@@ -60,7 +66,7 @@ def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = 
             "calibrated": bool(not st["holm_reject"].any()),
             "parameters": st.reset_index().to_dict(orient="records"),
         }
-        md += [f"## {case.name}: `{case.formula}` ({case.method})", "",
+        md += [f"## {case.name}: `{case.formula}` ({case.family}, {case.method})", "",
                f"{res.n_replicates} replicates, {case.n_groups} groups x {case.n_per_group}, engine "
                f"{res.engine}, {wall:.0f} s. Divergent transitions: {100 * d['divergent_share'].mean():.2f}% "
                f"on average ({int((d['divergences'] > 0).sum())} replicates with any); median of the "
@@ -158,12 +164,16 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=None,
                    help="comma-separated: noncentred,collapsed ('marginal' = collapsed; default: both)")
     p.add_argument("--engine", default="auto", choices=["auto", "nutpie", "pymc", "model"])
+    p.add_argument("--families", default=",".join(FAMILIES),
+                   help="comma-separated non-Gaussian families with an SBC case, or 'none' "
+                        f"(default: {','.join(FAMILIES)})")
     p.add_argument("--no-peers", action="store_true",
                    help="skip the statsmodels / bambi comparisons and the prior-sensitivity example")
     a = p.parse_args(argv)
     methods = tuple(canonical_method(m) for m in a.methods.split(",")) if a.methods else None
     s = run_study(a.out, quick=a.quick, replicates=a.replicates, seed=a.seed, methods=methods,
-                  peers=not a.no_peers, engine=a.engine)
+                  peers=not a.no_peers, engine=a.engine,
+                  families=() if a.families == "none" else tuple(f for f in a.families.split(",") if f))
     bad = [k for k, v in s["cases"].items() if not v["calibrated"]]
     if bad:
         print(f"calibration FAILED for: {', '.join(bad)}")
