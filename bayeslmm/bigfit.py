@@ -236,6 +236,9 @@ def wants_statistics(data, engine: str = "auto") -> bool:
         return False
     if isinstance(data, (str, os.PathLike)):
         return True
+    from .data import Source
+    if isinstance(data, Source):
+        return data.kind in ("parquet", "dask")
     root = type(data).__module__.split(".")[0]
     return root == "dask" or (root == "pyarrow" and type(data).__name__ != "Table")
 
