@@ -35,7 +35,7 @@ from .errors import DataError, SpecError
 from .priors import DataScales
 
 __all__ = ["ENGINES", "StatsFactor", "StatsDesign", "is_stats_design", "wants_statistics", "in_memory",
-           "stats_design", "require_rows", "group_loo", "stats_tree", "design_from_tree"]
+           "stats_design", "require_rows", "stats_tree", "design_from_tree"]
 
 #: ``"auto"``: Parquet paths and Dask DataFrames -> statistics, in-memory data -> pandas;
 #: ``"memory"``: load into pandas; ``"chunked"``: statistics, read with pyarrow (or pandas slices);
@@ -368,24 +368,6 @@ def _sizes(stats, level: int, terms) -> np.ndarray | None:
         i = terms.index("Intercept")
         return np.rint(stats.ZtZ[level][:, i, i]).astype(np.int64)
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# Fit methods that work from the statistics
-# --------------------------------------------------------------------------------------------
-def group_loo(fit, **kwargs):
-    """Leave-one-group-out PSIS-LOO from the collapsed per-group log-likelihood (top-level groups).
-
-    Works for any fit on the collapsed path; the only LOO of a fit built from statistics.
-    """
-    import arviz as az
-    import xarray as xr
-
-    from .paths.elimination import group_log_likelihood
-    ll = group_log_likelihood(fit)
-    tree = xr.DataTree.from_dict({k: fit.idata[k].to_dataset() for k in fit.idata.children})
-    tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": ll}))
-    return az.loo(tree, var_name="y", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

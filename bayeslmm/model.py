@@ -20,7 +20,7 @@ from .priors import PriorTable, resolve_priors
 from .results import Fit
 from .spec import ModelSpec, SamplerSpec, build_spec, canonical_method
 
-__all__ = ["Model", "fit"]
+__all__ = ["Model", "fit", "group_loo"]
 
 
 class Model:
@@ -182,3 +182,18 @@ def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     fk = {k: v for k, v in kwargs.items() if k not in model_keys}
     return Model(formula, data, **mk).fit(**fk)
+
+
+def group_loo(fit, **kwargs):
+    """Leave-one-group-out PSIS-LOO (top-level groups) from the collapsed per-group log-likelihood.
+
+    Any fit on the collapsed path; the LOO of a fit built from statistics (``Fit.loo`` calls it).
+    Keyword arguments go to ``arviz.loo``.
+    """
+    import arviz as az
+    import xarray as xr
+
+    from .paths.elimination import group_log_likelihood
+    tree = xr.DataTree.from_dict({k: fit.idata[k].to_dataset() for k in fit.idata.children})
+    tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": group_log_likelihood(fit)}))
+    return az.loo(tree, var_name="y", **kwargs)

@@ -246,9 +246,12 @@ class Fit:
         return pointwise_log_likelihood(self)
 
     def loo(self, **kwargs):
-        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`. Does not change the fit."""
-        from .bigfit import group_loo, is_stats_design
+        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`. Does not change the fit. A fit built from
+        per-group statistics (data read in chunks) gives leave-one-group-out LOO over the top-level
+        groups (:func:`bayeslmm.model.group_loo`)."""
+        from .bigfit import is_stats_design
         if is_stats_design(self.design):     # statistics only: leave-one-group-out (top-level groups)
+            from .model import group_loo
             return group_loo(self, **kwargs)
         from .diagnostics import loo
         return loo(self, **kwargs)
