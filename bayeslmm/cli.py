@@ -196,7 +196,11 @@ def _cmd_fit(args) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     save_model_file(mf, out / "model.toml")
-    report_path = _write_outputs(fit, out, mf.report, with_report=not args.no_report)
+    from .bigfit import is_stats_design
+    if is_stats_design(fit.design) and not args.no_report:   # the report needs rows (PPC, shrinkage)
+        _say("\n(no HTML report: the model was built from per-group statistics; tables and fit.nc written)")
+    report_path = _write_outputs(fit, out, mf.report,
+                                 with_report=not args.no_report and not is_stats_design(fit.design))
     problems = _convergence_problems(fit)
     if problems:
         _say("\nConvergence checks FAILED:")

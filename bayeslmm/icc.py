@@ -59,7 +59,7 @@ def _slope_means(design) -> dict[str, float]:
     for f in design.factors:
         for k, t in enumerate(f.terms):
             if t != "Intercept" and t not in out:
-                out[t] = float(np.mean(f.Z[:, k]))
+                out[t] = float(f.z_mean[k]) if hasattr(f, "z_mean") else float(np.mean(f.Z[:, k]))   # bigfit: streamed
     return out
 
 
@@ -270,5 +270,6 @@ def _slope_ranges(design) -> dict[str, tuple[float, float]]:
     for f in design.factors:
         for k, t in enumerate(f.terms):
             if t != "Intercept" and t not in out:
-                out[t] = (float(np.min(f.Z[:, k])), float(np.max(f.Z[:, k])))
+                out[t] = ((float(f.z_min[k]), float(f.z_max[k])) if hasattr(f, "z_min")   # bigfit: streamed
+                          else (float(np.min(f.Z[:, k])), float(np.max(f.Z[:, k]))))
     return out

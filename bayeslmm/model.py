@@ -20,7 +20,7 @@ from .priors import PriorTable, resolve_priors
 from .results import Fit
 from .spec import ModelSpec, SamplerSpec, build_spec, canonical_method
 
-__all__ = ["Model", "fit"]
+__all__ = ["Model", "fit", "group_loo"]
 
 
 class Model:
@@ -30,8 +30,10 @@ class Model:
     ----------
     formula : str
         lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``; see :func:`parse_formula`.
-    data : pandas.DataFrame
-        Never modified.
+    data : pandas.DataFrame, polars.DataFrame, dict of columns, Parquet path, or dask.dataframe.DataFrame
+        Never modified. A polars frame or a dict is loaded into pandas. A Parquet file, directory or
+        glob and a Dask DataFrame are read in chunks: the model is built from per-group statistics
+        and never holds all rows (Gaussian family, nested factors; see :mod:`bayeslmm.bigfit`).
     family : str
         ``"gaussian"`` (default), ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
         ``"negbinomial"`` (see :mod:`bayeslmm.families`); non-Gaussian families are sampled on the
@@ -52,6 +54,13 @@ class Model:
     offset : str, optional
         A column added to the linear predictor as is, on the link scale (e.g. a log-exposure
         column); ``offset(log(exposure))`` in the formula does the same. No coefficient, no prior.
+    engine : {"auto", "memory", "chunked", "dask"}
+        ``"auto"``: Parquet paths and Dask DataFrames from statistics, in-memory data in pandas;
+        ``"memory"``: load into pandas; ``"chunked"``: statistics read with pyarrow in chunks;
+        ``"dask"``: statistics computed by Dask tasks (a path is read with Dask).
+    scheduler : str or dask scheduler, optional
+        For the statistics passes: ``"tcp://host:8786"`` (a ``dask.distributed`` scheduler), a
+        ``distributed.Client``, or ``"threads"``; default the active client, else local threads.
 
     Examples
     --------
@@ -64,13 +73,18 @@ class Model:
 
     def __init__(self, formula: str | ModelSpec, data: pd.DataFrame, *, family: str = "gaussian",
                  priors: dict | None = None, method: str = "auto", missing: str = "drop",
-                 link: str | None = None, trials: str | None = None, offset: str | None = None):
+                 link: str | None = None, trials: str | None = None, offset: str | None = None,
+                 engine: str = "auto", scheduler=None):
         if isinstance(formula, ModelSpec):
             self.spec = formula
         else:
             self.spec = build_spec(formula, family=family, priors=priors, method=method, link=link,
                                    trials=trials, offset=offset)
-        self.design: Design = make_design(self.spec, data, missing=missing)
+        from .bigfit import in_memory, stats_design, wants_statistics
+        if wants_statistics(data, engine):
+            self.design = stats_design(self.spec, data, missing=missing, engine=engine, scheduler=scheduler)
+        else:
+            self.design: Design = make_design(self.spec, in_memory(data), missing=missing)
         self.prior_table: PriorTable = resolve_priors(self.spec, self.design)
 
     @property
@@ -164,7 +178,22 @@ def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
     Model options (family, link, trials, offset, priors, method, missing) and fit options (chains, draws, seed, ...)
     are routed to the right place.
     """
-    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset"}
+    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset", "engine", "scheduler"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     fk = {k: v for k, v in kwargs.items() if k not in model_keys}
     return Model(formula, data, **mk).fit(**fk)
+
+
+def group_loo(fit, **kwargs):
+    """Leave-one-group-out PSIS-LOO (top-level groups) from the collapsed per-group log-likelihood.
+
+    Any fit on the collapsed path; the LOO of a fit built from statistics (``Fit.loo`` calls it).
+    Keyword arguments go to ``arviz.loo``.
+    """
+    import arviz as az
+    import xarray as xr
+
+    from .paths.elimination import group_log_likelihood
+    tree = xr.DataTree.from_dict({k: fit.idata[k].to_dataset() for k in fit.idata.children})
+    tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": group_log_likelihood(fit)}))
+    return az.loo(tree, var_name="y", **kwargs)

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from .spec import ModelSpec
 
 __all__ = ["PRIOR_DISTS", "POSITIVE_DISTS", "ALLOWED", "Prior", "parse_prior", "pymc_prior",
-           "draw_prior", "prior_quantile", "scale_prior", "ResolvedPrior", "PriorTable", "resolve_priors"]
+           "draw_prior", "prior_quantile", "scale_prior", "ResolvedPrior", "PriorTable", "resolve_priors",
+           "DataScales", "data_scales"]
 
 # distribution name -> parameter names, in positional order
 PRIOR_DISTS: dict[str, tuple[str, ...]] = {
@@ -305,6 +306,39 @@ def _sd(v: np.ndarray) -> float:
     return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
+@dataclass(frozen=True)
+class DataScales:
+    """The numbers of the data that the default priors are scaled by (one owner: :func:`data_scales`).
+
+    Attributes
+    ----------
+    y_mean, y_sd : float
+        Mean and sd (ddof=1) of the response (``y_sd``: of y / trials for the binomial).
+    x_sd : tuple of float
+        sd of each fixed-effect column, in ``design.fixed_terms`` order.
+    z_sd : tuple of tuple of float
+        sd of each random-effect column, per factor in ``design.factors`` order.
+    """
+
+    y_mean: float
+    y_sd: float
+    x_sd: tuple
+    z_sd: tuple
+
+
+def data_scales(design) -> DataScales:
+    """:class:`DataScales` of a design: from its rows, or the streamed moments a statistics-only
+    design (:mod:`bayeslmm.bigfit`) carries as ``design.scales``."""
+    own = getattr(design, "scales", None)
+    if own is not None:
+        return own
+    y = design.y
+    trials = getattr(design, "trials", None)
+    return DataScales(float(np.mean(y)), _sd(y if trials is None else y / np.maximum(trials, 1.0)),
+                      tuple(_sd(design.X[:, j]) for j in range(design.X.shape[1])),
+                      tuple(tuple(_sd(f.Z[:, k]) for k in range(f.q)) for f in design.factors))
+
+
 def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     """Build the full prior table: data-scaled defaults plus the spec's overrides.
 
@@ -321,28 +355,27 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     >>> m.prior_table["sd(Subject, Days)"].prior
     Prior('halfstudentt(nu=3, sigma=19.56)')
     """
-    y = design.y
     family = get_family(spec.family, getattr(spec, "link", None))
-    trials = getattr(design, "trials", None)
-    s_y = _sd(y if trials is None else y / np.maximum(trials, 1.0))
+    scales = data_scales(design)
+    s_y = scales.y_sd
     if not s_y > 0:
-        raise DataError(f"response {design.response!r} is constant ({y[0]:g}); there is nothing to model.")
+        raise DataError(f"response {design.response!r} is constant ({scales.y_mean:g}); there is nothing to model.")
     sy = f"{s_y:.4g}"
     entries: list[ResolvedPrior] = []
     if family.link_scale_priors:
-        entries += _link_scale_defaults(design, family)
+        entries += _link_scale_defaults(design, family, scales)
     for j, term in enumerate(design.fixed_terms if not family.link_scale_priors else ()):
         if term == "Intercept":
             entries.append(ResolvedPrior("Intercept", "Intercept",
-                                         Prior("normal", (("mu", float(np.mean(y))), ("sigma", 2.5 * s_y))),
+                                         Prior("normal", (("mu", scales.y_mean), ("sigma", 2.5 * s_y))),
                                          f"default: mean(y), 2.5 sd(y), sd(y)={sy}; at centred predictors"))
         else:
-            sx = _sd(design.X[:, j])
+            sx = scales.x_sd[j]
             entries.append(ResolvedPrior(term, "b", Prior("normal", (("mu", 0.0), ("sigma", 2.5 * s_y / sx))),
                                          f"default: 2.5 sd(y)/sd(x), sd(y)={sy}, sd(x)={sx:.4g}", term=term))
-    for fac in design.factors if not family.link_scale_priors else ():
+    for i, fac in enumerate(design.factors if not family.link_scale_priors else ()):
         for k, term in enumerate(fac.terms):
-            sz = _sd(fac.Z[:, k]) if term != "Intercept" else 1.0
+            sz = scales.z_sd[i][k] if term != "Intercept" else 1.0
             scale = s_y / sz if sz > 0 else s_y
             src = (f"default: sd(y)={sy}" if term == "Intercept"
                    else f"default: sd(y)/sd(x), sd(y)={sy}, sd(x)={sz:.4g}")
@@ -393,7 +426,7 @@ LINK_SCALE = 2.5
 LINK_SD_SCALE = 1.0
 
 
-def _link_scale_defaults(design: "Design", family) -> list[ResolvedPrior]:
+def _link_scale_defaults(design: "Design", family, scales: DataScales) -> list[ResolvedPrior]:
     link = family.link
     entries = []
     for j, term in enumerate(design.fixed_terms):
@@ -410,13 +443,13 @@ def _link_scale_defaults(design: "Design", family) -> list[ResolvedPrior]:
                                          f"default: {LINK_SCALE} on the {link} scale{where}; at centred "
                                          "predictors"))
         else:
-            sx = _sd(design.X[:, j])
+            sx = scales.x_sd[j]
             entries.append(ResolvedPrior(term, "b", Prior("normal", (("mu", 0.0), ("sigma", LINK_SCALE / sx))),
                                          f"default: {LINK_SCALE}/sd(x) on the {link} scale, sd(x)={sx:.4g}",
                                          term=term))
-    for fac in design.factors:
+    for i, fac in enumerate(design.factors):
         for k, term in enumerate(fac.terms):
-            sz = _sd(fac.Z[:, k]) if term != "Intercept" else 1.0
+            sz = scales.z_sd[i][k] if term != "Intercept" else 1.0
             scale = LINK_SD_SCALE / sz if sz > 0 else LINK_SD_SCALE
             src = (f"default: {LINK_SD_SCALE:g} on the {link} scale" if term == "Intercept"
                    else f"default: {LINK_SD_SCALE:g}/sd(x) on the {link} scale, sd(x)={sz:.4g}")

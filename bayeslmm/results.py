@@ -25,6 +25,10 @@ __all__ = ["Fit", "load_fit", "summarize_draws", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 
+#: what a fit built from statistics (data read in chunks) offers instead of the rows' own values
+PREDICT = ("Pass a pandas sample of rows to fit.predict(df_sample, kind='response', summary=False) "
+           "(replicated data) or fit.predict(df_sample) (fitted means).")
+
 
 def summarize_draws(draws: dict[str, xr.DataArray], prob: float = 0.95) -> pd.DataFrame:
     """ArviZ summary (mean, sd, HDI, ESS, R-hat, MCSE) of scalar draws keyed by label.
@@ -170,16 +174,19 @@ class Fit:
 
     def fitted(self, **kwargs):
         """Fitted means of the observed rows; see :func:`bayeslmm.accessors.fitted`."""
+        self._rows("fitted values of the observed rows", PREDICT)
         from .accessors import fitted
         return fitted(self, **kwargs)
 
     def residuals(self, **kwargs):
         """Residuals ``y - mu``; see :func:`bayeslmm.accessors.residuals`."""
+        self._rows("residuals of the observed rows", PREDICT)
         from .accessors import residuals
         return residuals(self, **kwargs)
 
     def r2(self, **kwargs):
         """Bayesian R^2 and Nakagawa's marginal/conditional R^2; see :func:`bayeslmm.accessors.r2`."""
+        self._rows("R^2 (the variance of the fitted values over the rows)")
         from .accessors import r2
         return r2(self, **kwargs)
 
@@ -191,11 +198,13 @@ class Fit:
 
     def prior_predictive(self, **kwargs) -> xr.DataTree:
         """Draws from the prior and the data they imply; see :func:`bayeslmm.accessors.prior_predictive`."""
+        self._rows("prior_predictive (simulated data at the observed rows)")
         from .accessors import prior_predictive
         return prior_predictive(self, **kwargs)
 
     def plot_spaghetti(self, **kwargs):
         """Fitted line per group for a random intercept and slope; see :func:`bayeslmm.plots.plot_spaghetti`."""
+        self._rows("plot_spaghetti (the data points)")
         from .plots import plot_spaghetti
         return plot_spaghetti(self, **kwargs)
 
@@ -212,11 +221,13 @@ class Fit:
 
     def shrinkage(self, **kwargs):
         """No/complete/partial pooling per group and shrinkage; see :func:`bayeslmm.shrinkage.shrinkage`."""
+        self._rows("shrinkage (its no-pooling fits and projections are computed from the rows)")
         from .shrinkage import shrinkage
         return shrinkage(self, **kwargs)
 
     def pooling_factor(self, **kwargs) -> pd.DataFrame:
         """Gelman-Pardoe pooling factor; see :func:`bayeslmm.shrinkage.pooling_factor`."""
+        self._rows("pooling_factor")
         from .shrinkage import pooling_factor
         return pooling_factor(self, **kwargs)
 
@@ -228,16 +239,26 @@ class Fit:
     def log_likelihood(self) -> xr.DataArray:
         """Pointwise log-likelihood, dims (chain, draw, obs); computed once and cached (``idata`` is
         not changed: :func:`bayeslmm.diagnostics.add_log_likelihood` stores it there)."""
+        self._rows("the pointwise (per-row) log-likelihood",
+                   "fit.loo() gives leave-one-group-out LOO from the per-group collapsed log-likelihood; "
+                   "bayeslmm.paths.elimination.group_log_likelihood(fit) returns it.")
         from .diagnostics import pointwise_log_likelihood
         return pointwise_log_likelihood(self)
 
     def loo(self, **kwargs):
-        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`. Does not change the fit."""
+        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`. Does not change the fit. A fit built from
+        per-group statistics (data read in chunks) gives leave-one-group-out LOO over the top-level
+        groups (:func:`bayeslmm.model.group_loo`)."""
+        from .bigfit import is_stats_design
+        if is_stats_design(self.design):     # statistics only: leave-one-group-out (top-level groups)
+            from .model import group_loo
+            return group_loo(self, **kwargs)
         from .diagnostics import loo
         return loo(self, **kwargs)
 
     def posterior_predictive(self, **kwargs) -> xr.DataTree:
         """Replicated data for PPCs; see :func:`bayeslmm.diagnostics.posterior_predictive`."""
+        self._rows("posterior_predictive (replicated data at the observed rows)", PREDICT)
         from .diagnostics import posterior_predictive
         return posterior_predictive(self, **kwargs)
 
@@ -265,11 +286,13 @@ class Fit:
 
     def plot_shrinkage(self, **kwargs):
         """No pooling -> partial pooling arrows; see :func:`bayeslmm.plots.plot_shrinkage`."""
+        self._rows("plot_shrinkage")
         from .plots import plot_shrinkage
         return plot_shrinkage(self, **kwargs)
 
     def plot_shrinkage_vs_size(self, **kwargs):
         """Estimates and shrinkage against group size; see :func:`bayeslmm.plots.plot_shrinkage_vs_size`."""
+        self._rows("plot_shrinkage_vs_size")
         from .plots import plot_shrinkage_vs_size
         return plot_shrinkage_vs_size(self, **kwargs)
 
@@ -290,11 +313,14 @@ class Fit:
 
     def plot_ppc(self, **kwargs):
         """Posterior predictive check; see :func:`bayeslmm.plots.plot_ppc`."""
+        self._rows("plot_ppc (the observed data)", PREDICT)
         from .plots import plot_ppc
         return plot_ppc(self, **kwargs)
 
     def prior_sensitivity(self, scales=(0.5, 2.0), **kwargs) -> pd.DataFrame:
         """Refit with narrower/wider SD priors; see :func:`bayeslmm.sensitivity.prior_sensitivity`."""
+        self._rows("prior_sensitivity (it refits on the rows)",
+                   "Refit with Model(formula, data_path, priors=...) for each prior instead.")
         from .sensitivity import prior_sensitivity
         return prior_sensitivity(self, scales, **kwargs)
 
@@ -305,8 +331,16 @@ class Fit:
 
     def report(self, out_dir, **kwargs) -> str:
         """Standalone HTML report plus tables, figures and fit.nc; see :func:`bayeslmm.report.write_report`."""
+        self._rows("the HTML report (data summary, PPC and shrinkage plots)",
+                   "Use fit.summary(), fit.variance_components(), fit.icc(), fit.loo() (per group) and "
+                   "fit.save(); on the command line: bayeslmm fit MODEL.toml --no-report.")
         from .report import write_report
         return write_report(self, out_dir, **kwargs)
+
+    def _rows(self, feature: str, alternative: str | None = None) -> None:
+        """Raise a clear DataError when this fit holds statistics, not rows (:mod:`bayeslmm.bigfit`)."""
+        from .bigfit import require_rows
+        require_rows(self, feature, alternative)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path) -> str:
@@ -318,13 +352,17 @@ class Fit:
         """
         path = str(path)
         tree = self.idata.copy()
-        frame = self.design.data_frame()
-        cats = {c: [str(v) for v in frame[c].cat.categories] for c in frame.columns
-                if isinstance(frame[c].dtype, pd.CategoricalDtype)}
-        data = xr.Dataset({c: ("row", _to_storable(frame[c])) for c in frame.columns})
-        data.attrs["categories"] = json.dumps(cats)
-        data.attrs["dtypes"] = json.dumps({c: str(frame[c].dtype) for c in frame.columns})
-        tree["bayeslmm_data"] = xr.DataTree(data)
+        from .bigfit import is_stats_design, stats_tree
+        if is_stats_design(self.design):       # statistics only: they are saved, never rows
+            tree["bayeslmm_stats"] = xr.DataTree(stats_tree(self.design))
+        else:
+            frame = self.design.data_frame()
+            cats = {c: [str(v) for v in frame[c].cat.categories] for c in frame.columns
+                    if isinstance(frame[c].dtype, pd.CategoricalDtype)}
+            data = xr.Dataset({c: ("row", _to_storable(frame[c])) for c in frame.columns})
+            data.attrs["categories"] = json.dumps(cats)
+            data.attrs["dtypes"] = json.dumps({c: str(frame[c].dtype) for c in frame.columns})
+            tree["bayeslmm_data"] = xr.DataTree(data)
         tree.attrs = dict(tree.attrs)
         tree.attrs.update({
             "bayeslmm_format": FORMAT_VERSION,
@@ -359,6 +397,14 @@ def load_fit(path) -> Fit:
     stored prior table, so the result behaves exactly like the saved fit.
     """
     tree = xr.open_datatree(str(path), engine="h5netcdf").load()
+    if "bayeslmm_spec" in tree.attrs and "bayeslmm_stats" in tree.children:   # a fit built from statistics
+        from .bigfit import design_from_tree
+        spec = ModelSpec.from_dict(json.loads(tree.attrs["bayeslmm_spec"]))
+        design = design_from_tree(spec, tree["bayeslmm_stats"].to_dataset())
+        del tree["bayeslmm_stats"]
+        return Fit(tree, spec, design, resolve_priors(spec, design),
+                   SamplerSpec.from_dict(json.loads(tree.attrs["bayeslmm_sampler"])),
+                   json.loads(tree.attrs["bayeslmm_info"]))
     if "bayeslmm_spec" not in tree.attrs or "bayeslmm_data" not in tree.children:
         raise BayesLMMError(f"{path} is not a bayeslmm fit (no bayeslmm metadata); it may be a plain "
                             "ArviZ file: open it with arviz.from_netcdf instead.")

@@ -91,6 +91,10 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "dataset": ("str", "a bundled data set name (see `bayeslmm datasets`)"),
         "path": ("str", "a .csv or .parquet file, relative to the model file"),
         "categorical": ("list[str]", "columns to read as text"),
+        "engine": ("str", "how to read Parquet: auto (a directory or glob in chunks, from per-group statistics; a "
+                          "file into pandas), memory, chunked (pyarrow), dask"),
+        "scheduler": ("str", "engine = \"dask\": a dask.distributed scheduler address, e.g. \"tcp://host:8786\" "
+                             "(default: local threads)"),
     },
     "priors": {},
     "sampler": {
@@ -136,12 +140,31 @@ class DataSource:
         The directory of the model file.
     categorical : tuple of str
         Columns read as text.
+    engine : str
+        ``Model``'s engine (:data:`bayeslmm.bigfit.ENGINES`); ``"auto"`` reads a Parquet directory
+        or glob in chunks (statistics only) and loads a single file into pandas.
+    scheduler : str or None
+        A ``dask.distributed`` scheduler address for ``engine = "dask"``.
     """
 
     dataset: str | None = None
     path: str | None = None
     base_dir: str = "."
     categorical: tuple[str, ...] = ()
+    engine: str = "auto"
+    scheduler: str | None = None
+
+    @property
+    def many_files(self) -> bool:
+        """A Parquet directory or glob pattern (not one file)."""
+        return self.path is not None and (any(ch in self.path for ch in "*?[") or self.resolved_path.is_dir())
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the model is built from per-group statistics (the rows are never all in memory)."""
+        if self.path is None:
+            return False
+        return self.engine in ("chunked", "dask") or (self.engine == "auto" and self.many_files)
 
     @property
     def resolved_path(self) -> Path | None:
@@ -281,9 +304,13 @@ class ModelFile:
         """
         from .model import Model
 
-        df = self.load_data() if data is None else data
+        if data is None and (self.data.many_files or self.data.chunked):   # Parquet dir/glob: not read here
+            df = str(self.data.resolved_path)
+        else:
+            df = self.load_data() if data is None else data
+        engine = self.data.engine if data is None else "auto"
         try:
-            model = Model(self.spec, df, missing=self.missing)
+            model = Model(self.spec, df, missing=self.missing, engine=engine, scheduler=self.data.scheduler)
         except BayesLMMError as e:
             key = {"PriorError": "table [priors]", "DataError": "keys 'model.formula' / 'data'",
                    "FormulaError": "key 'model.formula'"}.get(type(e).__name__, "table [model]")
@@ -327,6 +354,10 @@ class ModelFile:
             data["path"] = self.data.path
         if self.data.categorical:
             data["categorical"] = list(self.data.categorical)
+        if self.data.engine != "auto":
+            data["engine"] = self.data.engine
+        if self.data.scheduler:
+            data["scheduler"] = self.data.scheduler
         report: dict = {}
         if self.report.title is not None:
             report["title"] = self.report.title
@@ -515,13 +546,24 @@ def _data_source(d: dict, source: str, base_dir: str, check_data: bool) -> DataS
                              f"got {'both' if 'dataset' in d else 'neither'}.")
     ds = DataSource(dataset=d.get("dataset"), path=d.get("path"),
                     base_dir=str(Path(base_dir).resolve()) if "path" in d else ".",
-                    categorical=tuple(d.get("categorical", ())))
+                    categorical=tuple(d.get("categorical", ())), engine=d.get("engine", "auto"),
+                    scheduler=d.get("scheduler"))
+    from .bigfit import ENGINES
+    if ds.engine not in ENGINES:
+        raise ModelFileError(f"{source}: key 'data.engine' = {ds.engine!r} is not allowed; use one of "
+                             f"{', '.join(ENGINES)}.")
     if ds.dataset is not None:
         from .datasets import DATASETS
         if ds.dataset not in DATASETS:
             raise ModelFileError(f"{source}: key 'data.dataset' = {ds.dataset!r} is not a bundled data set."
                                  f"{_did_you_mean(ds.dataset, DATASETS)} Bundled: {', '.join(DATASETS)}; "
                                  "or use 'data.path' for your own CSV/Parquet file.")
+    elif ds.many_files:
+        from .data import _parquet_files
+        try:
+            _parquet_files(str(ds.resolved_path)) if check_data else None
+        except BayesLMMError as e:
+            raise ModelFileError(f"{source}: key 'data.path' = {ds.path!r}: {e}") from e
     else:
         if Path(ds.path).suffix.lower() not in DATA_SUFFIXES:
             raise ModelFileError(f"{source}: key 'data.path' = {ds.path!r} must end in "

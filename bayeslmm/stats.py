@@ -40,6 +40,8 @@ def nesting_chain(design) -> tuple[tuple | None, str]:
     (chain, reason) : chain is None when the factors are crossed (or there are none); the reason
     is the one ``fit`` prints for the chosen sampling path.
     """
+    if getattr(design, "group_stats", None) is not None:   # statistics only (bayeslmm.bigfit): its own chain
+        return design.chain, design.chain_reason
     facs = sorted(design.factors, key=lambda f: f.n_levels)
     if not facs:
         return None, "the model has no grouping factors"
@@ -126,6 +128,8 @@ def group_stats(design, chain: tuple | None = None) -> GroupStats:
 
     ``chain``: the factors from :func:`nesting_chain` (worked out here when not given).
     """
+    if getattr(design, "group_stats", None) is not None:   # statistics only (bayeslmm.bigfit): computed already
+        return design.group_stats
     if chain is None:
         chain, why = nesting_chain(design)
         if chain is None:

@@ -17,6 +17,9 @@ Steps (each measured step runs in its own Python process, so each peak RSS is it
    physical limit for any pass over these files on this machine.
 3. **chunks**: the same scan through ``Source.chunks`` (pyarrow batches joined to ``--chunk-rows``
    rows and converted to pandas), touching nothing else: the cost of getting pandas chunks.
+5. **fit** (``--no-fit`` skips it): the whole big-data fit in one process, ``Model(formula, dir)``
+   (both passes) then ``fit(chains=2, draws=--draws, tune=--tune)`` on the statistics: the
+   time split into statistics and sampling, and the peak RSS of a fit.
 4. **stats**: what a fit does before sampling, in one process: the first pass
    (``plan_design``: levels, counts, moments) then the statistics pass (``stats_pass``), for
    ``--formula`` (default ``y ~ x + (1 + x | g)``). Reports each pass's time and rows/s, and checks
@@ -178,13 +181,46 @@ def step_inmemory(args) -> dict:
             "base_rss_mib": base, "peak_rss_mib": _peak_mib()}
 
 
-STEPS = {"read": step_read, "chunks": step_chunks, "stats": step_stats, "inmemory": step_inmemory}
+def step_fit(args) -> dict:
+    """The whole big-data fit: ``Model(formula, parquet_dir)`` (both passes) then NUTS on the statistics."""
+    import warnings
+
+    import bayeslmm as blmm
+    small = pads_head(args.dir)
+    blmm.Model(args.formula, small, engine="chunked")                     # warm-up: lazy imports
+    base = _rss_mib()
+    w0, c0 = time.perf_counter(), time.process_time()
+    model = blmm.Model(args.formula, str(args.dir), engine="chunked" if args.engine == "pyarrow" else "dask")
+    w1, c1 = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = model.fit(chains=2, draws=args.draws, tune=args.tune, seed=1, cores=1, progressbar=False,
+                        verbose=False)
+    w2, c2 = time.perf_counter(), time.process_time()
+    vc = fit.variance_components()
+    return {"model_wall_s": w1 - w0, "model_cpu_s": c1 - c0, "fit_wall_s": w2 - w1, "fit_cpu_s": c2 - c1,
+            "sampling_s": fit.info.get("sampling_s"), "effects_s": fit.info.get("effects_s"),
+            "draws": args.draws, "tune": args.tune,
+            "sd_mean": [float(vc.loc[k, "mean"]) for k in ("sd(g, Intercept)", "sd(g, x)", "sigma")
+                        if k in vc.index],
+            "max_rhat": float(vc["r_hat"].astype(float).max()),
+            "base_rss_mib": base, "peak_rss_mib": _peak_mib()}
+
+
+def pads_head(path, n: int = 1000):
+    import pyarrow.dataset as pads
+    return pads.dataset(str(path), format="parquet").head(n).to_pandas()
+
+
+STEPS = {"read": step_read, "chunks": step_chunks, "stats": step_stats, "inmemory": step_inmemory,
+         "fit": step_fit}
 
 
 def run_step(name: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--dir", str(args.dir),
            "--chunk-rows", str(args.chunk_rows), "--formula", args.formula, "--engine", args.engine,
-           "--rows", str(args.rows), "--groups", str(args.groups), "--reps", str(args.reps)]
+           "--rows", str(args.rows), "--groups", str(args.groups), "--reps", str(args.reps),
+           "--draws", str(args.draws), "--tune", str(args.tune)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
@@ -217,6 +253,12 @@ def report(res: dict) -> str:
         row("statistics pass (stats_pass)", s["stats_wall_s"], s["stats_cpu_s"]),
         row("both passes (one process)", s["first_wall_s"] + s["stats_wall_s"], s["first_cpu_s"] + s["stats_cpu_s"], s),
     ]
+    if "fit" in res:
+        f = res["fit"]
+        lines.append(row("**fit**: Model(formula, parquet_dir) (both passes)", f["model_wall_s"], f["model_cpu_s"]))
+        lines.append(f"| **fit**: NUTS on the statistics, 2 chains x ({f['tune']} + {f['draws']}) (incl. compile) "
+                     f"+ drawing r | {f['fit_wall_s']:.2f} | {f['fit_cpu_s']:.2f} | | {f['peak_rss_mib']:.0f} | "
+                     f"{f['base_rss_mib']:.0f} | {f['peak_rss_mib'] - f['base_rss_mib']:.0f} |")
     if "inmemory" in res:
         m = res["inmemory"]
         lines.append(row("in memory: read_parquet + make_design + marginal_stats", m["read_wall_s"] + m["stats_wall_s"],
@@ -230,6 +272,11 @@ def report(res: dict) -> str:
         + (f"; in-memory b0 = {[round(v, 4) for v in res['inmemory']['b0']]}." if "inmemory" in res else "."),
         "RSS before = after imports and a warm-up on 1,000 rows (`import bayeslmm` loads PyMC today).",
     ]
+    if "fit" in res:
+        f = res["fit"]
+        lines.append(f"Fit: sampling {f['sampling_s']:.1f} s, drawing the random effects {f['effects_s']:.1f} s; "
+                     f"posterior means sd(g, Intercept), sd(g, x), sigma = {[round(v, 3) for v in f['sd_mean']]} "
+                     f"(generated: 1, 0.3, 1); max R-hat {f['max_rhat']}.")
     return "\n".join(lines) + "\n"
 
 
@@ -243,6 +290,9 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", choices=("pyarrow", "dask"), default="pyarrow")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--reps", type=int, default=3, help="repetitions per step; the best time is reported")
+    ap.add_argument("--draws", type=int, default=500, help="draws per chain of the fit step (2 chains)")
+    ap.add_argument("--tune", type=int, default=500, help="tuning steps per chain of the fit step")
+    ap.add_argument("--no-fit", action="store_true", help="skip the fit step (both passes + NUTS)")
     ap.add_argument("--no-inmemory", action="store_true",
                     help="skip the in-memory comparison (pandas + make_design: needs several times the data)")
     ap.add_argument("--dir", type=Path, default=None, help="Parquet directory (default: /tmp/bayeslmm-bigdata-ROWS-GROUPS)")
@@ -260,7 +310,8 @@ def main(argv=None) -> int:
     res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "step"},
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
            "generate": gen}
-    for name in ("read", "chunks", "stats") + (() if args.no_inmemory else ("inmemory",)):
+    steps = ("read", "chunks", "stats") + (() if args.no_fit else ("fit",)) + (() if args.no_inmemory else ("inmemory",))
+    for name in steps:
         res[name] = run_step(name, args)
         print(f"{name}: {json.dumps(res[name])}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

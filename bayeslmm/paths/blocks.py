@@ -158,7 +158,7 @@ def fixed_effects(design: Design, priors: PriorTable, *, linear_predictor: bool 
     ``(eta_fixed, b)``; ``eta_fixed`` is None when ``linear_predictor`` is False (the collapsed
     path, which needs only ``b``). Same free variables, in the same order, on every path.
     """
-    X = design.X
+    X = design.X if linear_predictor else None    # the collapsed path needs no rows
     terms = design.fixed_terms
     slope_idx = list(design.slope_columns)
     eta = 0.0

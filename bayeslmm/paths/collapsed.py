@@ -306,8 +306,9 @@ def sample_collapsed(design: Design, prior_table: PriorTable, settings: SamplerS
     tree = xr.DataTree()
     tree["posterior"] = xr.DataTree(merged)
     tree["sample_stats"] = idata["sample_stats"].copy()
-    tree["observed_data"] = xr.DataTree(xr.Dataset(
-        {"y": ("obs", design.y)}, coords={"obs": np.arange(design.n)}))
+    if getattr(design, "group_stats", None) is None:      # a statistics-only design has no rows
+        tree["observed_data"] = xr.DataTree(xr.Dataset(
+            {"y": ("obs", design.y)}, coords={"obs": np.arange(design.n)}))
     tree.attrs = dict(idata.attrs)
     info = dict(info)
     info.update({"setup_s": setup_s, "effects_s": time.perf_counter() - t1,
