@@ -45,7 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of, get_family
 from .posterior import cov_draws, hdi, labelled_draws, level_dim, r_var, stack, term_dim
 from .tables import Table, as_table, format_number
 
@@ -78,7 +78,7 @@ def draws_by_label(fit, name: str) -> np.ndarray:
     post = fit.posterior
     if name in post.data_vars:
         return stack(post[name])
-    labelled = labelled_draws(post, fit.design, get_family(fit.spec.family, fit.spec.link).aux_names)
+    labelled = labelled_draws(post, fit.design, family_of(fit.spec).aux_names)
     if name in labelled:
         return stack(labelled[name])
     options = list(post.data_vars) + [k for k in labelled if k not in post.data_vars]
@@ -242,7 +242,7 @@ def VarCorr(fit, *, prob: float = 0.95) -> VarCorrResult:  # noqa: N802 (lme4's 
     """
     _check_prob(prob, "VarCorr")
     post = fit.posterior
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     rows, cov, cor = [], {}, {}
     for f in fit.design.factors:
         sd = stack(post[f"sd_{f.name}"])
@@ -269,7 +269,7 @@ def _mu_blocks(fit, chunk: int = 200):
     """``mu`` for the observed rows, draws in blocks: yields (slice, mu (s, n))."""
     from .predict import linear_predictor
     design = fit.design
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     b = fit.draws("b")
     rs = [fit.draws(r_var(f.name)) for f in design.factors]
     step = max(1, int(2e7 // max(design.n, 1)))
@@ -322,7 +322,7 @@ def r2_draws(fit) -> dict[str, np.ndarray]:
     for f in design.factors:
         ZtZ_n = f.Z.T @ f.Z / design.n                      # mean_i z_i z_i'
         v_r += np.einsum("sij,ji->s", cov_draws(post, f), ZtZ_n)
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     v_e = np.asarray(family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names}))
     tot = v_f + v_r + v_e
     out["marginal_R2"] = v_f / tot

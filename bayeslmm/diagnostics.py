@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import level_dim, r_var, term_dim
 from .predict import linear_predictor
 
@@ -394,7 +394,7 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
     cache = getattr(fit, "_cache", None)
     if cache is not None and "log_likelihood" in cache:
         return cache["log_likelihood"]
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     post = fit.posterior
     aux = {a: post[a].transpose("chain", "draw").to_numpy() for a in family.aux_names}
     y = fit.design.y
@@ -492,7 +492,7 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
     ``observed_data``, the layout ``arviz.plot_ppc_dist`` expects. ``num_draws`` posterior draws
     are chosen at random (seeded).
     """
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     rng = np.random.default_rng(seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]

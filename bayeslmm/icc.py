@@ -27,7 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, hdi, sd_var, stack, term_dim
 
 __all__ = ["ICCResult", "icc", "icc_draws", "factor_variance", "default_points", "residual_variance_draws",
@@ -103,7 +103,7 @@ def residual_variance_draws(fit, post: xr.Dataset | None = None) -> xr.DataArray
     """The family's latent-scale residual variance per draw, dims (chain, draw) (gaussian: sigma^2;
     logit: pi^2/3; probit: 1; log link: the log-normal approximation, see :mod:`bayeslmm.families`)."""
     post = fit.posterior if post is None else post
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     mean = mean_count_draws(fit, post) if family.link == "log" else None
     v = family.latent_residual_variance({a: post[a] for a in family.aux_names}, mean)
     if not isinstance(v, xr.DataArray):     # a constant (logit, probit): one value per draw
@@ -247,7 +247,7 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
             draws[(g, label)] = x
             rows.append({"group": group, "kind": kind, "at": label, **_row(x, prob)})
     table = pd.DataFrame(rows)
-    table["scale"] = get_family(fit.spec.family, fit.spec.link).latent_scale
+    table["scale"] = family_of(fit.spec).latent_scale
     if list(points) == ["all"]:       # no random slopes: the ICC does not depend on x; no `at` column
         table = table.drop(columns="at")
     table.attrs["ci_prob"] = prob

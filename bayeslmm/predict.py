@@ -26,7 +26,7 @@ import xarray as xr
 
 from .design import offset_and_trials, predictor_arrays
 from .errors import DataError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, r_var
 
 __all__ = ["predict", "linear_predictor"]
@@ -84,7 +84,7 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
         raise DataError(f"the 'kind' parameter must be one of {KINDS}. Got {kind!r} instead.")
     design = fit.design
     X, parts = predictor_arrays(design, design.data_frame() if data is None else data)
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     rng = np.random.default_rng(fit.info.get("seed", 0) if seed is None else seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, PriorError, SpecError
-from .families import get_family
+from .families import family_of
 
 if TYPE_CHECKING:
     from .design import Design
@@ -322,7 +322,7 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     Prior('halfstudentt(nu=3, sigma=19.56)')
     """
     y = design.y
-    family = get_family(spec.family, getattr(spec, "link", None))
+    family = family_of(spec)
     trials = getattr(design, "trials", None)
     s_y = _sd(y if trials is None else y / np.maximum(trials, 1.0))
     if not s_y > 0:

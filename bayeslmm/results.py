@@ -15,7 +15,7 @@ import xarray as xr
 
 from .design import Design, make_design
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import component_draws, sd_var, stack, term_dim
 from .priors import PriorTable, resolve_priors
 from .spec import ModelSpec, SamplerSpec
@@ -121,7 +121,7 @@ class Fit:
         ``term``, ``kind`` (sd/var/cor) and the posterior summary.
         """
         post = self.posterior
-        family = get_family(self.spec.family, self.spec.link)
+        family = family_of(self.spec)
         draws, meta = {}, []
         for f in self.design.factors:
             for t in f.terms:

@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, hdi, r_var, stack
 from .stats import crossprod, group_crossprods
 
@@ -130,7 +130,7 @@ def glm_no_pooling(fit, factor: str) -> tuple[np.ndarray, np.ndarray]:
     """
     from scipy.optimize import minimize
     design = fit.design
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     f = design.factor(factor)
     post = fit.posterior
     b_hat = post["b"].mean(("chain", "draw")).to_numpy()
@@ -183,7 +183,7 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
     of the group effect over its population variance (see the module docstring). In [0, 1]; for a
     random intercept ``sigma^2 / (sigma^2 + n_j sd^2)``.
     """
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     if not family.supports_collapsed:
         raise BayesLMMError(f"the shrinkage factor needs a Gaussian conditional of the group "
                             f"effects; family {family.name!r} has none.")
@@ -354,7 +354,7 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95, full: bool 
         raise BayesLMMError(f"the 'prob' parameter of shrinkage must be in (0, 1). Got {prob!r} instead.")
     design = fit.design
     b = fit.draws("b")                                             # (S, p)
-    gaussian = get_family(fit.spec.family, fit.spec.link).supports_collapsed
+    gaussian = family_of(fit.spec).supports_collapsed
     frames = []
     for f in _factor(design, factor):
         r = fit.draws(r_var(f.name))                               # (S, J, q)
