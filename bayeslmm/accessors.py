@@ -323,7 +323,10 @@ def r2_draws(fit) -> dict[str, np.ndarray]:
         ZtZ_n = f.Z.T @ f.Z / design.n                      # mean_i z_i z_i'
         v_r += np.einsum("sij,ji->s", cov_draws(post, f), ZtZ_n)
     family = family_of(fit.spec)
-    v_e = np.asarray(family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names}))
+    aux = {a: stack(post[a]) for a in family.aux_names}
+    # known standard errors: the typical within-study variance (+ sigma^2), as in the ICC (I^2)
+    v_e = np.asarray(family.latent_residual_variance(aux, se=design.se) if family.known_se
+                     else family.latent_residual_variance(aux))
     tot = v_f + v_r + v_e
     out["marginal_R2"] = v_f / tot
     out["conditional_R2"] = (v_f + v_r) / tot

@@ -401,8 +401,9 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
     C, D = post.sizes["chain"], post.sizes["draw"]
     out = np.empty((C, D, len(y)))
     for c, sl, mu in _mu_chunks(fit):
-        out[c, sl] = family.log_likelihood(y, mu, {a: v[c, sl][:, None] for a, v in aux.items()},
-                                           trials=fit.design.trials)
+        aux_cs = {a: v[c, sl][:, None] for a, v in aux.items()}
+        out[c, sl] = (family.log_likelihood(y, mu, aux_cs, trials=fit.design.trials) if not family.known_se
+                      else family.log_likelihood(y, mu, aux_cs, se=fit.design.se))
     ll = xr.DataArray(out, dims=("chain", "draw", "obs"),
                       coords={"chain": post["chain"].values, "draw": post["draw"].values,
                               "obs": np.arange(len(y))}, name="y")
@@ -504,7 +505,8 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
             if c * D + d in wanted:
                 mus[c * D + d] = mu[k]
     mu = np.stack([mus[i] for i in pick])
-    yrep = family.draw(mu, aux, rng, trials=fit.design.trials)
+    yrep = (family.draw(mu, aux, rng, trials=fit.design.trials) if not family.known_se else
+            family.draw(mu, aux, rng, se=fit.design.se))
     obs = np.arange(fit.design.n)
     pp = xr.Dataset({"y": (("chain", "draw", "obs"), yrep[None])},
                     coords={"chain": [0], "draw": np.arange(len(pick)), "obs": obs})

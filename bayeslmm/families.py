@@ -220,6 +220,13 @@ class Gaussian(Family):
     """``y ~ Normal(eta, sigma)``, identity link; with known standard errors (``se=``, per row)
     ``y ~ Normal(eta, sqrt(se^2 + sigma^2))``, sigma = 0 when the family has no ``sigma``."""
 
+    @property
+    def latent_scale(self):
+        if self.known_se:
+            return ("data scale (identity link); residual variance = the typical within-study "
+                    "variance s_typ^2 (+ sigma^2), so the ICC is I^2")
+        return "data scale (identity link)"
+
     def with_known_se(self, sigma: bool = False) -> "Gaussian":
         aux = (AuxParameter("sigma", "residual SD beyond the known standard errors"),) if sigma else ()
         # with sigma the residual covariance diag(se^2 + sigma^2) cannot be whitened: no collapsed path

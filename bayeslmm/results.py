@@ -135,9 +135,14 @@ class Fit:
             for t in f.terms:
                 draws[f"var({f.name}, {t})"] = sd.sel({term_dim(f.name): t}) ** 2
                 meta.append((f.name, t, "var"))
-        from .icc import residual_variance_draws
-        draws["var(Residual)"] = residual_variance_draws(self, post)
-        meta.append(("Residual", "", "var"))
+        if family.known_se:    # var(Residual) is sigma^2 beyond the known SEs; none without sigma
+            if family.aux_names:
+                draws["var(Residual)"] = post["sigma"] ** 2
+                meta.append(("Residual", "", "var"))
+        else:
+            from .icc import residual_variance_draws
+            draws["var(Residual)"] = residual_variance_draws(self, post)
+            meta.append(("Residual", "", "var"))
         tab = summarize_draws(draws, prob)
         tab.insert(0, "kind", [m[2] for m in meta])
         tab.insert(0, "term", [m[1] for m in meta])
