@@ -74,7 +74,7 @@ def test_family_variant_and_typical_variance():
 @pytest.mark.parametrize("value, match", [
     (-1.0, "must be > 0"), (0.0, "must be > 0"), (np.nan, "is missing"), (np.inf, "infinite")])
 def test_bad_standard_errors_name_the_column(value, match):
-    df = EIGHT.rename(columns={"s": "stderr"})
+    df = EIGHT.rename(columns={"s": "stderr"}).astype({"stderr": float})
     df.loc[3, "stderr"] = value
     with pytest.raises(DataError, match=f"'stderr'.*{match}"):
         blmm.Model("y | se(stderr) ~ 1 + (1 | school)", df)
