@@ -43,7 +43,7 @@ from .families import get_family
 from .priors import PriorTable, draw_prior
 
 __all__ = ["TrueParameters", "draw_parameters", "draw_lkj_corr", "random_effects",
-           "simulate_response", "simulate", "grouped_frame", "parameter_labels"]
+           "simulate_response", "simulate", "grouped_frame", "parameter_labels", "estimates_sigma"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ class TrueParameters:
             C = np.asarray(self.cor.get(f.name, np.eye(f.q)))
             for i, j in f.correlation_pairs:
                 out[f"cor({f.name}, {f.terms[i]}, {f.terms[j]})"] = float(C[i, j])
-        out["sigma"] = float(self.sigma)
+        if estimates_sigma(design):
+            out["sigma"] = float(self.sigma)
         return out
 
 
@@ -117,7 +118,12 @@ def parameter_labels(design: Design) -> list[str]:
     for f in design.factors:
         labels += [f"sd({f.name}, {t})" for t in f.terms]
         labels += [f"cor({f.name}, {f.terms[i]}, {f.terms[j]})" for i, j in f.correlation_pairs]
-    return labels + ["sigma"]
+    return labels + (["sigma"] if estimates_sigma(design) else [])
+
+
+def estimates_sigma(design: Design) -> bool:
+    """False for known standard errors without sigma (``y | se(s) ~ ...``): no residual SD."""
+    return design.se is None or design.se_sigma
 
 
 def draw_lkj_corr(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
@@ -169,7 +175,7 @@ def draw_parameters(prior_table: PriorTable, design: Design, rng: np.random.Gene
                 if corr and len(block) > 1:
                     C[np.ix_(block, block)] = draw_lkj_corr(len(block), eta, rng)
             cor[f.name] = C
-    sigma = float(draw_prior(prior_table["sigma"].prior, rng))
+    sigma = float(draw_prior(prior_table["sigma"].prior, rng)) if estimates_sigma(design) else 0.0
     return TrueParameters(b=b, sd=sd, cor=cor, sigma=sigma)
 
 
@@ -209,7 +215,10 @@ def simulate_response(design: Design, params: TrueParameters, rng: np.random.Gen
     eta = design.X @ b
     for f in design.factors:
         eta = eta + np.einsum("nq,nq->n", f.Z, effects[f.name][f.codes])
-    y = get_family(family).draw(eta, params.aux, rng)
+    if design.se is None:
+        y = get_family(family).draw(eta, params.aux, rng)
+    else:   # known standard errors: N(eta_i, s_i^2 + sigma^2), sigma = 0 unless se(s, sigma = TRUE)
+        y = get_family(family).draw(eta, params.aux, rng, se=design.se)
     return y, effects
 
 

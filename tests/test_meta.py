@@ -30,6 +30,7 @@ from bayeslmm.errors import DataError, FormulaError, SpecError
 from bayeslmm.families import family_of, typical_variance
 from bayeslmm.paths import choose_path
 from bayeslmm.paths import elimination as el
+from bayeslmm.validation.meta import exact_meta_posterior
 
 EIGHT = blmm.load_dataset("eight_schools")
 PRIORS = {"Intercept": "normal(0, 5)", "sd": "halfcauchy(5)"}
@@ -198,41 +199,6 @@ def test_noncentred_likelihood_uses_the_known_standard_errors(formula):
 # --------------------------------------------------------------------------------------------
 # the eight schools against exact numerical integration
 # --------------------------------------------------------------------------------------------
-def exact_eight_schools(y, s, mu_sd=5.0, tau_scale=5.0):
-    """Posterior of (mu, tau) and of theta_j = mu + r_j on a grid, from the closed-form likelihood
-    y_j | mu, tau ~ N(mu, tau^2 + s_j^2). theta_j | y, mu, tau is normal with precision
-    1/s_j^2 + 1/tau^2 and mean (y_j/s_j^2 + mu/tau^2) / precision, so its moments are grid sums.
-    Returns a dict of exact summaries."""
-    mu = np.linspace(-30.0, 35.0, 1301)
-    u = np.linspace(np.log(1e-4), np.log(400.0), 1500)            # log tau
-    tau = np.exp(u)
-    M, T = mu[:, None], tau[None, :]
-    logp = st.norm.logpdf(M, 0, mu_sd) + st.halfcauchy.logpdf(T, scale=tau_scale) + np.log(T)
-    for yj, sj in zip(y, s):
-        logp = logp + st.norm.logpdf(yj, M, np.sqrt(T**2 + sj**2))
-    w = np.exp(logp - logp.max())
-    w *= np.outer(np.gradient(mu), np.gradient(u))               # trapezoid-like cell weights
-    w /= w.sum()
-    out = {}
-
-    def moments(name, g):
-        m1 = float((w * g).sum())
-        out[name] = (m1, float(np.sqrt((w * g**2).sum() - m1**2)))
-
-    moments("mu", M + 0 * T)
-    moments("tau", T + 0 * M)
-    for name, marg, grid in (("mu", w.sum(axis=1), mu), ("tau", w.sum(axis=0), tau)):
-        cdf = np.cumsum(marg) - 0.5 * marg
-        for p in (0.05, 0.5, 0.95):
-            out[f"{name}_q{p}"] = float(np.interp(p, cdf, grid))
-    for j, (yj, sj) in enumerate(zip(y, s)):
-        prec = 1 / sj**2 + 1 / T**2
-        mean = (yj / sj**2 + M / T**2) / prec
-        m1 = float((w * mean).sum())
-        out[f"theta_{j}"] = (m1, float(np.sqrt((w * (1 / prec + mean**2)).sum() - m1**2)))
-    return out
-
-
 @pytest.fixture(scope="module")
 def eight_fit():
     with warnings.catch_warnings():
@@ -259,7 +225,7 @@ def _check(name, draws, exact, what, prob=None):
 
 
 def test_eight_schools_posterior_matches_numerical_integration(eight_fit):
-    ex = exact_eight_schools(EIGHT["y"].to_numpy(float), EIGHT["s"].to_numpy(float))
+    ex = exact_meta_posterior(EIGHT["y"], EIGHT["s"], mu_sd=5.0, tau_prior="halfcauchy", tau_scale=5.0)
     post = eight_fit.posterior
     mu = post["b"].sel(term="Intercept").transpose("chain", "draw").to_numpy()
     tau = post["sd_school"].isel(school__term=0).transpose("chain", "draw").to_numpy()

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..posterior import component_draws, level_dim, r_var, term_dim
-from ..simulate import TrueParameters, draw_parameters, grouped_frame, parameter_labels, simulate_response
+from ..simulate import (TrueParameters, draw_parameters, estimates_sigma, grouped_frame, parameter_labels,
+                        simulate_response)
 from .refit import make_refitter
 from .uniformity import rank_statistics
 
@@ -114,9 +115,14 @@ def true_values(design, params: TrueParameters, effects: dict) -> dict[str, floa
 
 
 def posterior_scalars(posterior, design, labels: list[str] | None = None,
-                      aux_names: tuple[str, ...] = ("sigma",)) -> dict[str, np.ndarray]:
-    """Draws (chain, draw) of each tracked scalar from a posterior Dataset (names: :mod:`bayeslmm.posterior`)."""
+                      aux_names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Draws (chain, draw) of each tracked scalar from a posterior Dataset (names: :mod:`bayeslmm.posterior`).
+
+    ``aux_names`` default: ``("sigma",)``, none for known standard errors without sigma.
+    """
     labels = labels or tracked_labels(design)
+    if aux_names is None:
+        aux_names = ("sigma",) if estimates_sigma(design) else ()
     out = {t: np.asarray(posterior["b"].sel(term=t)) for t in design.fixed_terms}
     out.update({k: np.asarray(v) for k, v in component_draws(posterior, design, aux_names).items()})
     for f in design.factors:
