@@ -257,3 +257,11 @@ def test_eight_schools_i2_and_shrinkage(eight_fit):
     assert fig.axes
     # per-school LOO works from the known-SE likelihood
     assert eight_fit.log_likelihood().shape[-1] == 8
+
+
+def test_model_file_carries_se_in_the_formula_key():
+    from bayeslmm.specfile import dumps_model_file, loads_model_file
+    mf = loads_model_file('[model]\nformula = "y | se(s) ~ 1 + (1 | school)"\n[data]\ndataset = "eight_schools"\n')
+    assert (mf.spec.formula.se, mf.spec.formula.se_sigma) == ("s", False)
+    assert loads_model_file(dumps_model_file(mf)).spec == mf.spec
+    assert mf.build_model().plan().path == "collapsed"
