@@ -45,7 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import family_of, get_family
+from .families import family_of
 from .posterior import cov_draws, hdi, labelled_draws, level_dim, r_var, stack, term_dim
 from .tables import Table, as_table, format_number
 
@@ -443,7 +443,7 @@ def prior_predictive(model_or_fit, *, draws: int = 500, seed: int = 0) -> xr.Dat
                                   np.array([p.correlation(f) for p in ps])[None])
         v[r_var(f.name)] = (dims2 + (level_dim(f.name), term_dim(f.name)),
                             np.array([e[f.name] for e in effs])[None])
-    for a in get_family(family).aux_names:
+    for a in family_of(model_or_fit.spec).aux_names:
         v[a] = (dims2, np.array([p.aux[a] for p in ps])[None])
     obs = np.arange(design.n)
     prior = xr.Dataset(v, coords=coords)

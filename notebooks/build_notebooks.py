@@ -853,11 +853,11 @@ NB6 = [
     """),
     code("""
         sh = fit.shrinkage().table
-        print(sh[["level", "no_pooling", "partial_mean", "shrinkage_model"]].round(2).to_string(index=False))
+        print(sh[["level", "no_pooling", "partial_mean", "shrinkage"]].round(2).to_string(index=False))
         between = ((sh.partial_mean - sh.complete_pooling) * (sh.no_pooling - sh.complete_pooling) > 0) & (
             (sh.partial_mean - sh.complete_pooling).abs() < (sh.no_pooling - sh.complete_pooling).abs())
         assert between.all()                 # every school moves from its own estimate toward mu
-        assert sh.shrinkage_model.idxmax() == int(np.argmax(s))   # the noisiest school shrinks most
+        assert sh.shrinkage.idxmax() == int(np.argmax(s))   # the noisiest school shrinks most
         print(fit.icc())
         print(f"s_typ = {np.sqrt(typical_variance(s)):.2f}")
         fit.plot_shrinkage();

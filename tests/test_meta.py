@@ -108,6 +108,48 @@ def test_sigma_true_takes_the_noncentred_path_and_says_why():
         blmm.Model(FORMULA, EIGHT, priors={"sigma": "halfnormal(1)"})
 
 
+def test_se_belongs_to_the_gaussian_family_only():
+    """se() with another family, or beside a cbind() response, is refused before any data are read;
+    family_of keeps the spec's link for every other family."""
+    for fam in ("student_t", "bernoulli", "poisson", "negbinomial"):
+        with pytest.raises(SpecError, match="needs family='gaussian'"):
+            blmm.build_spec(FORMULA, family=fam)
+    with pytest.raises(FormulaError, match="cbind\\(\\) response cannot have known standard errors"):
+        blmm.parse_formula("cbind(s, f) | se(e) ~ 1 + (1 | g)")
+    with pytest.raises(SpecError, match="no known-standard-error variant"):
+        blmm.families.get_family("poisson").with_known_se()
+    probit = family_of(blmm.build_spec("y ~ 1 + (1 | g)", family="bernoulli", link="probit"))
+    assert (probit.name, probit.link, probit.known_se) == ("bernoulli", "probit", False)
+    assert blmm.build_spec(FORMULA).family_object.known_se
+
+
+def test_known_se_shrinkage_measure_matches_dense_algebra():
+    """The primary shrinkage measure with known standard errors, [(I + S Z_j' Omega_j^-1 Z_j)^-1 S]_tt
+    / S_tt, against a dense per-group computation (random intercept and slope, several rows per
+    group, with and without sigma); sigma -> 0 gives the no-sigma branch."""
+    from bayeslmm.shrinkage import _known_se_shrinkage
+    rng = np.random.default_rng(3)
+    n, J = 40, 5
+    df = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n), "s": rng.uniform(0.5, 2, n),
+                       "g": np.repeat(list("abcde"), n // J)})
+    f = blmm.Model("y | se(s) ~ x + (x | g)", df).design.factors[0]
+    se = df["s"].to_numpy()
+    A = rng.normal(size=(3, 2, 2))
+    S = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(2)                      # 3 draws of a 2x2 covariance
+    sigma = np.array([0.3, 1.0, 2.0])
+    for sig in (None, sigma):
+        got = _known_se_shrinkage(f, S, se, sig)
+        for d in range(3):
+            for j in range(J):
+                rows = f.codes == j
+                om = se[rows] ** 2 + (0.0 if sig is None else sig[d] ** 2)
+                Zj = f.Z[rows]
+                V = np.linalg.solve(np.eye(2) + S[d] @ Zj.T @ (Zj / om[:, None]), S[d])
+                np.testing.assert_allclose(got[d, j], np.diag(V) / np.diag(S[d]), rtol=1e-10)
+    np.testing.assert_allclose(_known_se_shrinkage(f, S, se, np.full(3, 1e-9)),
+                               _known_se_shrinkage(f, S, se, None), rtol=1e-9)
+
+
 # --------------------------------------------------------------------------------------------
 # exact identities against the dense multivariate normal
 # --------------------------------------------------------------------------------------------
@@ -251,8 +293,8 @@ def test_eight_schools_i2_and_shrinkage(eight_fit):
     np.testing.assert_allclose(res.draws[("school", "all")], tau**2 / (tau**2 + typical_variance(s)), rtol=1e-12)
     tab = eight_fit.shrinkage().table
     np.testing.assert_allclose(tab["no_pooling"], EIGHT["y"], rtol=1e-10)
-    np.testing.assert_allclose(tab["shrinkage_model"], (s**2 / (s**2 + tau[:, None] ** 2)).mean(axis=0), rtol=1e-10)
-    assert tab["shrinkage_model"].idxmax() == int(np.argmax(s))     # the noisiest school shrinks most
+    np.testing.assert_allclose(tab["shrinkage"], (s**2 / (s**2 + tau[:, None] ** 2)).mean(axis=0), rtol=1e-10)
+    assert tab["shrinkage"].idxmax() == int(np.argmax(s))     # the noisiest school shrinks most
     fig = eight_fit.plot_shrinkage()
     assert fig.axes
     # per-school LOO works from the known-SE likelihood
