@@ -45,7 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, hdi, labelled_draws, level_dim, r_var, stack, term_dim
 from .tables import Table, as_table, format_number
 
@@ -78,7 +78,7 @@ def draws_by_label(fit, name: str) -> np.ndarray:
     post = fit.posterior
     if name in post.data_vars:
         return stack(post[name])
-    labelled = labelled_draws(post, fit.design, get_family(fit.spec.family, fit.spec.link).aux_names)
+    labelled = labelled_draws(post, fit.design, family_of(fit.spec).aux_names)
     if name in labelled:
         return stack(labelled[name])
     options = list(post.data_vars) + [k for k in labelled if k not in post.data_vars]
@@ -242,7 +242,7 @@ def VarCorr(fit, *, prob: float = 0.95) -> VarCorrResult:  # noqa: N802 (lme4's 
     """
     _check_prob(prob, "VarCorr")
     post = fit.posterior
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     rows, cov, cor = [], {}, {}
     for f in fit.design.factors:
         sd = stack(post[f"sd_{f.name}"])
@@ -269,7 +269,7 @@ def _mu_blocks(fit, chunk: int = 200):
     """``mu`` for the observed rows, draws in blocks: yields (slice, mu (s, n))."""
     from .predict import linear_predictor
     design = fit.design
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     b = fit.draws("b")
     rs = [fit.draws(r_var(f.name)) for f in design.factors]
     step = max(1, int(2e7 // max(design.n, 1)))
@@ -322,8 +322,11 @@ def r2_draws(fit) -> dict[str, np.ndarray]:
     for f in design.factors:
         ZtZ_n = f.Z.T @ f.Z / design.n                      # mean_i z_i z_i'
         v_r += np.einsum("sij,ji->s", cov_draws(post, f), ZtZ_n)
-    family = get_family(fit.spec.family, fit.spec.link)
-    v_e = np.asarray(family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names}))
+    family = family_of(fit.spec)
+    aux = {a: stack(post[a]) for a in family.aux_names}
+    # known standard errors: the typical within-study variance (+ sigma^2), as in the ICC (I^2)
+    v_e = np.asarray(family.latent_residual_variance(aux, se=design.se) if family.known_se
+                     else family.latent_residual_variance(aux))
     tot = v_f + v_r + v_e
     out["marginal_R2"] = v_f / tot
     out["conditional_R2"] = (v_f + v_r) / tot
@@ -440,7 +443,7 @@ def prior_predictive(model_or_fit, *, draws: int = 500, seed: int = 0) -> xr.Dat
                                   np.array([p.correlation(f) for p in ps])[None])
         v[r_var(f.name)] = (dims2 + (level_dim(f.name), term_dim(f.name)),
                             np.array([e[f.name] for e in effs])[None])
-    for a in get_family(family).aux_names:
+    for a in family_of(model_or_fit.spec).aux_names:
         v[a] = (dims2, np.array([p.aux[a] for p in ps])[None])
     obs = np.arange(design.n)
     prior = xr.Dataset(v, coords=coords)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FormulaError
-from .families import get_family
+from .families import family_of
 from .formula import FORMULA_CONTEXT, RandomTerm, required_columns
 from .spec import ModelSpec
 
@@ -157,6 +157,10 @@ class Design:
     #: ``("failures" | "trials", column)``
     offset_source: tuple = ()
     trials_source: tuple | None = None
+    #: known standard errors of the kept rows (``y | se(s) ~ ...``; read-only), else None
+    se: np.ndarray | None = field(repr=False, default=None)
+    #: ``se(s, sigma = TRUE)``: a residual SD is estimated besides ``se``
+    se_sigma: bool = False
 
     @property
     def n(self) -> int:
@@ -296,6 +300,11 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         raise DataError("data has no rows; pass a DataFrame with observations")
     f = spec.formula
     needed: dict[str, str] = {f.response: "the response (left of '~')"}
+    se_col = getattr(f, "se", None)
+    if se_col is not None:
+        if se_col == f.response:
+            raise DataError(f"se({se_col}) names the response itself; give the column of standard errors")
+        needed[se_col] = f"the standard errors se({se_col})"
     for c in _required_columns(f.fixed, "the fixed part"):
         needed.setdefault(c, f"the fixed part {f.fixed!r}")
     for t in f.random:
@@ -303,7 +312,7 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
             needed.setdefault(c, f"random term {t.text!r}")
         for c in t.group_columns:
             needed.setdefault(c, f"the grouping factor of {t.text!r}")
-    family = get_family(spec.family, spec.link)
+    family = family_of(spec)
     trials_source = f.trials or (("trials", spec.trials) if spec.trials else None)
     if trials_source is not None:
         needed.setdefault(trials_source[1], f"the {trials_source[0]} of the binomial response")
@@ -327,6 +336,8 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         if n_na:
             raise DataError(f"offset column {c!r} has {n_na} missing value(s); an observation without "
                             "its exposure cannot be modelled. Fill them or drop those rows first.")
+    if se_col is not None:
+        _check_standard_errors(frame[se_col], se_col)
     for c in needed:
         s = frame[c]
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
@@ -374,12 +385,14 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     factors = _make_factors(f.random, frame)
     columns = tuple(ColumnData(c, _readonly(frame[c].to_numpy()), frame[c].dtype)
                     for c in frame.columns if c != f.response)
+    se = None if se_col is None else _readonly(frame[se_col].to_numpy(dtype=float))
     return Design(response=f.response, y=_readonly(y), X=_readonly(X), fixed_terms=fixed_terms,
                   factors=factors, columns=columns, fixed_spec=mm.model_spec,
                   response_position=list(frame.columns).index(f.response), n_dropped=n_dropped,
                   notes=tuple(notes), trials=None if trials is None else _readonly(trials),
                   offset=None if offset is None else _readonly(offset), offset_source=offset_source,
-                  trials_source=trials_source)
+                  trials_source=trials_source, se=se,
+                  se_sigma=bool(getattr(f, "se_sigma", False)))
 
 
 def _trials(frame: pd.DataFrame, y: np.ndarray, source: tuple, response: str) -> np.ndarray:
@@ -450,6 +463,25 @@ def offset_and_trials(design: Design, data: pd.DataFrame, response=None):
             v = data[col].to_numpy(dtype=float)
             trials = v + data[design.response].to_numpy(dtype=float) if kind == "failures" else v
     return offset, trials
+
+
+def _check_standard_errors(s: pd.Series, col: str) -> None:
+    """Known standard errors: numeric, present, finite and > 0 in every row (never dropped)."""
+    where = f"standard-error column {col!r} (se({col}) in the formula)"
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        raise DataError(f"{where} must be numeric; it has dtype {s.dtype}. Convert it "
+                        "(e.g. pd.to_numeric) or name the column of standard errors.")
+    v = s.to_numpy(dtype=float, na_value=np.nan)
+    rows = lambda m: ", ".join(map(str, np.flatnonzero(m)[:10])) + (" ..." if m.sum() > 10 else "")
+    if np.isnan(v).any():
+        raise DataError(f"{where} is missing in {int(np.isnan(v).sum())} row(s) (positions {rows(np.isnan(v))}); "
+                        "a known-SE model needs every standard error: supply them or remove those rows.")
+    if np.isinf(v).any():
+        raise DataError(f"{where} is infinite in row(s) {rows(np.isinf(v))}; remove those rows.")
+    bad = v <= 0
+    if bad.any():
+        raise DataError(f"{where} must be > 0; {int(bad.sum())} row(s) are zero or negative (positions "
+                        f"{rows(bad)}, e.g. {v[bad][0]:g}). Standard errors are positive: check the column.")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

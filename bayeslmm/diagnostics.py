@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import level_dim, r_var, term_dim
 from .predict import linear_predictor
 
@@ -394,15 +394,16 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
     cache = getattr(fit, "_cache", None)
     if cache is not None and "log_likelihood" in cache:
         return cache["log_likelihood"]
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     post = fit.posterior
     aux = {a: post[a].transpose("chain", "draw").to_numpy() for a in family.aux_names}
     y = fit.design.y
     C, D = post.sizes["chain"], post.sizes["draw"]
     out = np.empty((C, D, len(y)))
     for c, sl, mu in _mu_chunks(fit):
-        out[c, sl] = family.log_likelihood(y, mu, {a: v[c, sl][:, None] for a, v in aux.items()},
-                                           trials=fit.design.trials)
+        aux_cs = {a: v[c, sl][:, None] for a, v in aux.items()}
+        out[c, sl] = (family.log_likelihood(y, mu, aux_cs, trials=fit.design.trials) if not family.known_se
+                      else family.log_likelihood(y, mu, aux_cs, se=fit.design.se))
     ll = xr.DataArray(out, dims=("chain", "draw", "obs"),
                       coords={"chain": post["chain"].values, "draw": post["draw"].values,
                               "obs": np.arange(len(y))}, name="y")
@@ -492,7 +493,7 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
     ``observed_data``, the layout ``arviz.plot_ppc_dist`` expects. ``num_draws`` posterior draws
     are chosen at random (seeded).
     """
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     rng = np.random.default_rng(seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
@@ -504,7 +505,8 @@ def posterior_predictive(fit, *, num_draws: int = 100, seed: int = 0) -> xr.Data
             if c * D + d in wanted:
                 mus[c * D + d] = mu[k]
     mu = np.stack([mus[i] for i in pick])
-    yrep = family.draw(mu, aux, rng, trials=fit.design.trials)
+    yrep = (family.draw(mu, aux, rng, trials=fit.design.trials) if not family.known_se else
+            family.draw(mu, aux, rng, se=fit.design.se))
     obs = np.arange(fit.design.n)
     pp = xr.Dataset({"y": (("chain", "draw", "obs"), yrep[None])},
                     coords={"chain": [0], "draw": np.arange(len(pick)), "obs": obs})

@@ -37,6 +37,14 @@ sd_g(Intercept)^2 / 2)`` per draw (``b_0c`` the intercept at centred predictors)
 approximation of Nakagawa et al. (2017, Table 1; for the negative binomial with
 ``Var = mu + mu^2/phi`` its analogue ``log(1 + 1/lambda + 1/phi)``).
 
+**Known standard errors** (``y | se(s) ~ ...``, meta-analysis): the Gaussian likelihood with a
+per-row scale, y_i ~ N(eta_i, s_i^2 + sigma^2), where sigma is estimated only with
+``se(s, sigma = TRUE)`` (else it is 0 and the family has no auxiliary parameter). The variant is
+the same :class:`Gaussian` class (:func:`family_of` picks it for a spec, :meth:`Family.with_known_se`
+makes it; every other family raises :class:`~bayeslmm.errors.SpecError`); its methods take the
+per-row standard errors as ``se=``. Its latent residual variance (for the ICC, which is then I^2) is
+the typical within-study variance of Higgins & Thompson (2002) plus sigma^2: :func:`typical_variance`.
+
 Examples
 --------
 >>> fam = get_family("gaussian")
@@ -57,8 +65,8 @@ from scipy import special
 
 from .errors import DataError, SpecError
 
-__all__ = ["AuxParameter", "Family", "GAUSSIAN", "FAMILIES", "LINKS", "get_family", "link_function",
-           "inverse_link_function"]
+__all__ = ["AuxParameter", "Family", "GAUSSIAN", "FAMILIES", "LINKS", "get_family", "family_of",
+           "typical_variance", "link_function", "inverse_link_function"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 LOGIT_VARIANCE = float(np.pi ** 2 / 3.0)
@@ -151,6 +159,8 @@ class Family:
     link_scale_priors: bool = False
     #: True: the response is successes out of ``trials`` (binomial)
     needs_trials: bool = False
+    #: the known-standard-error variant (``y | se(s) ~ ...``): methods take the per-row ``se=``
+    known_se: bool = False
 
     @property
     def aux_names(self) -> tuple[str, ...]:
@@ -170,6 +180,11 @@ class Family:
     def mean(self, eta, trials=None):
         """Expected response ``E[y | eta]`` (binomial: ``trials * p``)."""
         return self.inverse_link(eta)
+
+    def with_known_se(self, sigma: bool = False) -> "Family":
+        """The variant with known per-row standard errors (``sigma``: also estimate a residual SD)."""
+        raise SpecError(f"family {self.name!r} has no known-standard-error variant; se() in the "
+                        "response needs family='gaussian'")
 
     def default_aux_prior(self, name: str, s_y: float) -> tuple[str, tuple[tuple[str, float], ...], str]:
         """``(distribution, params, source note)`` of the default prior of auxiliary ``name``."""
@@ -212,27 +227,56 @@ class Family:
 # -- identity-link families --------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Gaussian(Family):
-    """``y ~ Normal(eta, sigma)``, identity link."""
+    """``y ~ Normal(eta, sigma)``, identity link; with known standard errors (``se=``, per row)
+    ``y ~ Normal(eta, sqrt(se^2 + sigma^2))``, sigma = 0 when the family has no ``sigma``."""
+
+    @property
+    def latent_scale(self):
+        if self.known_se:
+            return ("data scale (identity link); residual variance = the typical within-study "
+                    "variance s_typ^2 (+ sigma^2), so the ICC is I^2")
+        return "data scale (identity link)"
+
+    def with_known_se(self, sigma: bool = False) -> "Gaussian":
+        aux = (AuxParameter("sigma", "residual SD beyond the known standard errors"),) if sigma else ()
+        # with sigma the residual covariance diag(se^2 + sigma^2) cannot be whitened: no collapsed path
+        return replace(self, aux=aux, supports_collapsed=not sigma, known_se=True)
 
     def default_aux_prior(self, name, s_y):
-        if name != "sigma":
+        if name != "sigma" or name not in self.aux_names:
             raise SpecError(f"family {self.name!r} has no auxiliary parameter {name!r}")
         return "halfstudentt", (("nu", 3.0), ("sigma", float(s_y))), f"default: sd(y)={s_y:.4g}"
 
-    def log_likelihood(self, y, eta, aux, trials=None):
-        s = aux["sigma"]
+    def scale(self, aux, se=None):
+        """The per-row SD of y given eta: sigma, or sqrt(se^2 + sigma^2) with known ``se``."""
+        if se is None:
+            return aux["sigma"]
+        se = np.asarray(se, dtype=float)
+        return np.sqrt(se ** 2 + aux["sigma"] ** 2) if "sigma" in aux else se
+
+    def log_likelihood(self, y, eta, aux, trials=None, se=None):
+        s = self.scale(aux, se)
         return -0.5 * LOG_2PI - np.log(s) - 0.5 * ((y - eta) / s) ** 2
 
-    def observe(self, name, eta, aux, observed, dims=None, trials=None):
+    def observe(self, name, eta, aux, observed, dims=None, trials=None, se=None):
         import pymc as pm
-        return pm.Normal(name, mu=eta, sigma=aux["sigma"], observed=observed, dims=dims)
+        if se is None:
+            sd = aux["sigma"]
+        else:
+            import pytensor.tensor as pt
+            se = np.asarray(se, dtype=float)
+            sd = pt.sqrt(se ** 2 + aux["sigma"] ** 2) if "sigma" in aux else se
+        return pm.Normal(name, mu=eta, sigma=sd, observed=observed, dims=dims)
 
-    def draw(self, eta, aux, rng, trials=None):
+    def draw(self, eta, aux, rng, trials=None, se=None):
         eta = np.asarray(eta, dtype=float)
-        return eta + np.asarray(aux["sigma"]) * rng.standard_normal(eta.shape)
+        return eta + np.asarray(self.scale(aux, se)) * rng.standard_normal(eta.shape)
 
-    def latent_residual_variance(self, aux, mean=None):
-        return aux["sigma"] ** 2
+    def latent_residual_variance(self, aux, mean=None, se=None):
+        """sigma^2; with known ``se``, the typical within-study variance (:func:`typical_variance`)
+        plus sigma^2 (when estimated). Without ``se`` and sigma: 0."""
+        extra = aux["sigma"] ** 2 if "sigma" in aux else 0.0
+        return extra if se is None else typical_variance(se) + extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +541,47 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (GAUSSIAN, STUDENT_T, BERNOULL
                                                    NEGBINOMIAL)}
 #: Valid links per family (the first is the default).
 LINKS: dict[str, tuple[str, ...]] = {k: f.links for k, f in FAMILIES.items()}
+
+
+def typical_variance(se) -> float:
+    """The typical within-study variance of Higgins & Thompson (2002), from standard errors s_i.
+
+    s_typ^2 = (k - 1) sum w_i / ((sum w_i)^2 - sum w_i^2), w_i = 1 / s_i^2 (k = number of rows).
+    With equal s_i it is s^2; I^2 = tau^2 / (tau^2 + s_typ^2) is the share of the total variance
+    that lies between studies (Higgins & Thompson 2002, Statistics in Medicine 21:1539-1558, eq. 9).
+
+    Examples
+    --------
+    >>> round(typical_variance([2.0, 2.0, 2.0]), 12)
+    4.0
+    """
+    w = 1.0 / np.asarray(se, dtype=float) ** 2
+    k = w.size
+    if k < 2:
+        raise SpecError("the typical within-study variance needs at least two standard errors")
+    return float((k - 1) * w.sum() / (w.sum() ** 2 - (w ** 2).sum()))
+
+
+def family_of(spec) -> Family:
+    """The family of a :class:`~bayeslmm.spec.ModelSpec`: ``spec.family`` with ``spec.link``, or its
+    known-standard-error variant when the formula's response has ``se()`` (``sigma`` estimated only
+    with ``sigma = TRUE``; only the Gaussian family has that variant, the others raise
+    :class:`~bayeslmm.errors.SpecError`).
+
+    Examples
+    --------
+    >>> from bayeslmm.spec import build_spec
+    >>> fam = family_of(build_spec("y | se(s) ~ 1 + (1 | study)"))
+    >>> fam.known_se, fam.aux_names, fam.supports_collapsed
+    (True, (), True)
+    >>> family_of(build_spec("y | se(s, sigma = TRUE) ~ 1 + (1 | study)")).aux_names
+    ('sigma',)
+    >>> family_of(build_spec("y ~ x + (1 | g)", family="bernoulli", link="probit")).link
+    'probit'
+    """
+    fam = get_family(spec.family, getattr(spec, "link", None))
+    se = getattr(spec.formula, "se", None)
+    return fam if se is None else fam.with_known_se(sigma=spec.formula.se_sigma)
 
 
 def get_family(name: str, link: str | None = None) -> Family:

@@ -18,6 +18,12 @@ Supported random terms (lme4 semantics):
 ``(1 | a) + (1 | b)``  crossed factors
 =====================  ===================================================================
 
+The response is one column name (for the binomial family also ``cbind(successes, failures)`` or
+``cbind(successes, n - successes)``), optionally with known standard errors (brms's addition term):
+``y | se(s) ~ ...`` means y_i ~ N(mu_i, s_i^2) with s_i from column ``s`` (meta-analysis; no
+residual SD is estimated); ``y | se(s, sigma = TRUE) ~ ...`` adds an estimated residual SD,
+y_i ~ N(mu_i, s_i^2 + sigma^2). Nothing else may follow the response's bar.
+
 Formulas are data, never code. formulaic evaluates call terms with Python's ``eval`` (numpy and the
 builtins in scope), so before anything is evaluated every term of the fixed part and of each bar
 term's left-hand side must be on an allow-list: column names (plain, ```backticked``` or
@@ -102,6 +108,10 @@ class ParsedFormula:
     trials: tuple[str, str] | None = None
     #: ``offset(expr)`` terms of the fixed part (each an allowed expression, e.g. ``log(exposure)``)
     offsets: tuple[str, ...] = ()
+    #: column of known standard errors (``y | se(s) ~ ...``), or None
+    se: str | None = None
+    #: ``se(s, sigma = TRUE)``: a residual SD is estimated besides the known standard errors
+    se_sigma: bool = False
 
     def __post_init__(self):
         # the same allow-list however the object was made (parse_formula, by hand, from a file)
@@ -113,6 +123,13 @@ class ParsedFormula:
             _check_name(self.trials[1], "cbind() column")
         for o in self.offsets:
             _check_or_raise(o, "offset()")
+        if self.se is not None:
+            _check_name(self.se, "standard-error column se()")
+        if not isinstance(self.se_sigma, bool) or (self.se_sigma and self.se is None):
+            raise FormulaError("se_sigma=True needs a standard-error column (se=...)")
+        if self.se is not None and self.trials is not None:
+            raise FormulaError("a cbind() response cannot have known standard errors se(); se() "
+                               "belongs to a Gaussian response")
         _check_or_raise(self.fixed, "the fixed part")
         for t in self.random:
             _check_or_raise(t.expr, f"random term {t.text!r}")
@@ -197,10 +214,14 @@ def parse_formula(text: str) -> ParsedFormula:
         raise _error(text, max(pos, 0), "expected exactly one '~'",
                      "Write the formula as 'response ~ predictors', e.g. 'y ~ x + (1 | g)'.")
     tilde = text.index("~")
-    response = text[:tilde].strip()
+    response, se, se_sigma = _parse_response(text, text[:tilde])
     trials = None
     m = _CBIND.match(response)
     if m:
+        if se is not None:
+            raise _error(text, 0, "a cbind() response cannot have known standard errors se()",
+                         "se() belongs to a Gaussian response ('y | se(s) ~ ...'); cbind() to the "
+                         "binomial family.")
         response, trials = _cbind(text, m)
     elif not _IDENT.match(response) or _is_dunder(response):
         raise _error(text, 0, f"response {response!r} is not a column name",
@@ -301,7 +322,7 @@ def parse_formula(text: str) -> ParsedFormula:
                          "Remove the duplicate term.")
         seen.add(key)
     return ParsedFormula(text=text.strip(), response=response, fixed=fixed, random=tuple(random),
-                         trials=trials, offsets=tuple(offsets))
+                         trials=trials, offsets=tuple(offsets), se=se, se_sigma=se_sigma)
 
 
 _CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.S)
@@ -327,6 +348,24 @@ def _cbind(text: str, m: re.Match) -> tuple[str, tuple[str, str]]:
         return s, ("trials", mm.group(1))
     raise _error(text, 0, f"the second argument {second!r} of cbind() is neither a column of failures "
                  f"nor 'n - {s}'", hint)
+
+
+_SE_RESPONSE = re.compile(r"^\s*se\s*\(\s*([A-Za-z_][A-Za-z0-9_.]*)\s*"
+                          r"(?:,\s*sigma\s*=\s*(TRUE|FALSE|True|False)\s*)?\)\s*$")
+SE_HINT = ("After the response's bar only 'se(column)' or 'se(column, sigma = TRUE)' is allowed, "
+           "e.g. 'y | se(s) ~ 1 + (1 | study)' (known standard errors, as brms).")
+
+
+def _parse_response(text: str, lhs: str) -> tuple[str, str | None, bool]:
+    """``y`` -> (y, None, False); ``y | se(s)`` -> (y, s, False); ``y | se(s, sigma = TRUE)`` -> (y, s, True)."""
+    if "|" not in lhs:
+        return lhs.strip(), None, False
+    bar = lhs.index("|")
+    m = _SE_RESPONSE.match(lhs[bar + 1:])
+    if m is None or _is_dunder(m.group(1)):
+        raise _error(text, bar + 1, f"{lhs[bar + 1:].strip()!r} after the response is not understood",
+                     SE_HINT)
+    return lhs[:bar].strip(), m.group(1), (m.group(2) or "FALSE").upper() == "TRUE"
 
 
 # --------------------------------------------------------------------------------------------

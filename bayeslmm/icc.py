@@ -16,6 +16,14 @@ and
 nested in another (``a:b`` in ``a``), the *cumulative* ICC adds the variances of the factor and all
 its ancestors: the correlation of two observations in the same ``a`` and the same ``a:b``.
 Every quantity is computed draw by draw, so the result is itself a posterior.
+
+**Meta-analysis** (known standard errors, ``y | se(s) ~ ...``): the residual variance is the
+*typical within-study variance* of Higgins & Thompson (2002),
+``s_typ^2 = (k - 1) sum w_i / ((sum w_i)^2 - sum w_i^2)``, ``w_i = 1 / s_i^2`` over the k rows
+(:func:`bayeslmm.families.typical_variance`), plus sigma^2 when ``se(s, sigma = TRUE)``. For one
+grouping factor with a random intercept the ICC is then Higgins & Thompson's
+``I^2 = tau^2 / (tau^2 + s_typ^2)``: the share of the variance of a typical study's estimate that
+lies between studies (kind ``"I2"`` in the table, with the definition in ``table.attrs``).
 """
 
 from __future__ import annotations
@@ -27,11 +35,16 @@ import pandas as pd
 import xarray as xr
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, hdi, sd_var, stack, term_dim
 
 __all__ = ["ICCResult", "icc", "icc_draws", "factor_variance", "default_points", "residual_variance_draws",
-           "mean_count_draws"]
+           "mean_count_draws", "I2_DEFINITION"]
+
+#: how the ICC reads for known standard errors (stated in the table's attrs and its printout)
+I2_DEFINITION = ("I2 = tau^2 / (tau^2 + s_typ^2) (+ sigma^2 in the denominator with se(s, sigma = TRUE)), "
+                 "s_typ^2 = (k - 1) sum w_i / ((sum w_i)^2 - sum w_i^2), w_i = 1/s_i^2: the typical "
+                 "within-study variance of Higgins & Thompson (2002), Stat. Med. 21:1539-1558.")
 
 
 def factor_variance(post: xr.Dataset, f, z: np.ndarray) -> np.ndarray:
@@ -103,10 +116,14 @@ def residual_variance_draws(fit, post: xr.Dataset | None = None) -> xr.DataArray
     """The family's latent-scale residual variance per draw, dims (chain, draw) (gaussian: sigma^2;
     logit: pi^2/3; probit: 1; log link: the log-normal approximation, see :mod:`bayeslmm.families`)."""
     post = fit.posterior if post is None else post
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     mean = mean_count_draws(fit, post) if family.link == "log" else None
-    v = family.latent_residual_variance({a: post[a] for a in family.aux_names}, mean)
-    if not isinstance(v, xr.DataArray):     # a constant (logit, probit): one value per draw
+    aux = {a: post[a] for a in family.aux_names}
+    if family.known_se:      # typical within-study variance (Higgins & Thompson 2002) + sigma^2
+        v = family.latent_residual_variance(aux, se=fit.design.se)
+    else:
+        v = family.latent_residual_variance(aux, mean)
+    if not isinstance(v, xr.DataArray):     # a constant (logit, probit, known SE): one value per draw
         v = xr.full_like(post["b"].isel(term=0, drop=True), float(v))
     return v
 
@@ -189,8 +206,9 @@ class ICCResult:
     def __repr__(self) -> str:
         from .tables import to_text
         scale = f" on the {self.table['scale'].iloc[0]}" if len(self.table) and "scale" in self.table else ""
+        note = f"\n{self.table.attrs['definition']}" if "definition" in self.table.attrs else ""
         return (f"ICC posterior ({self.prob:.0%} HDI){scale}\n"
-                f"{to_text(self.table.drop(columns='scale', errors='ignore'))}")
+                f"{to_text(self.table.drop(columns='scale', errors='ignore'))}{note}")
 
     def _repr_html_(self) -> str:
         from .tables import to_html
@@ -240,17 +258,20 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
         pts = [at] if isinstance(at, dict) else list(at)
         points = {_label(p): p for p in pts}
     rows, draws = [], {}
+    known_se = family_of(fit.spec).known_se
     for label, point in points.items():
         for g, x in icc_draws(fit, point).items():
-            kind = "cumulative" if g.endswith("(cumulative)") else "icc"
+            kind = "cumulative" if g.endswith("(cumulative)") else "I2" if known_se else "icc"
             group = g.removesuffix(" (cumulative)")
             draws[(g, label)] = x
             rows.append({"group": group, "kind": kind, "at": label, **_row(x, prob)})
     table = pd.DataFrame(rows)
-    table["scale"] = get_family(fit.spec.family, fit.spec.link).latent_scale
+    table["scale"] = family_of(fit.spec).latent_scale
     if list(points) == ["all"]:       # no random slopes: the ICC does not depend on x; no `at` column
         table = table.drop(columns="at")
     table.attrs["ci_prob"] = prob
+    if known_se:
+        table.attrs["definition"] = I2_DEFINITION
     curves = {}
     ranges = _slope_ranges(design)
     for term, (lo, hi) in ranges.items():

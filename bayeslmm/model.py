@@ -13,7 +13,7 @@ import pandas as pd
 
 from .design import Design, make_design
 from .diagnostics import warn_if_problems
-from .families import get_family
+from .families import family_of
 from .paths import Plan, choose_path
 from .posterior import stored_var_names
 from .priors import PriorTable, resolve_priors
@@ -160,7 +160,7 @@ class Model:
         else:
             from .paths.noncentred import build_model
             model = build_model(self.design, self.prior_table, self.spec.family, self.spec.link)
-            names = stored_var_names(self.design, get_family(self.spec.family).aux_names)
+            names = stored_var_names(self.design, family_of(self.spec).aux_names)
             idata, info = sample(model, settings, var_names=names, seed=seed_used)
         info["total_s"] = time.perf_counter() - t0
         info["method"] = chosen

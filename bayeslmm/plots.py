@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import component_draws, labelled_draws, sd_var
 
 __all__ = ["plot_caterpillar", "plot_shrinkage", "plot_shrinkage_vs_size", "plot_variance_components",
@@ -246,7 +246,7 @@ def plot_variance_components(fit, *, prob: float = 0.95, table=None) -> Figure:
     """
     vc = table if table is not None else fit.variance_components(prob=prob)
     post = fit.posterior
-    items = list(component_draws(post, fit.design, get_family(fit.spec.family, fit.spec.link).aux_names).items())
+    items = list(component_draws(post, fit.design, family_of(fit.spec).aux_names).items())
     ncol = min(3, len(items))
     nrow = int(np.ceil(len(items) / ncol))
     fig = Figure(figsize=(3.6 * ncol, 2.6 * nrow), layout="constrained")
@@ -301,7 +301,7 @@ def plot_icc(fit, *, result=None, prob: float = 0.95) -> Figure:
 
 
 def _default_vars(fit):
-    names = ["b"] + [sd_var(f.name) for f in fit.design.factors] + list(get_family(fit.spec.family, fit.spec.link).aux_names)
+    names = ["b"] + [sd_var(f.name) for f in fit.design.factors] + list(family_of(fit.spec).aux_names)
     return [n for n in names if n in fit.posterior]
 
 
@@ -312,7 +312,7 @@ def _figure_of(pc):
 def _by_label(fit) -> "xr.DataTree":
     """The posterior with one scalar variable per parameter label (each gets its own axis/scale)."""
     import xarray as xr
-    d = labelled_draws(fit.posterior, fit.design, get_family(fit.spec.family, fit.spec.link).aux_names)
+    d = labelled_draws(fit.posterior, fit.design, family_of(fit.spec).aux_names)
     return xr.DataTree.from_dict({"posterior": xr.Dataset(
         {k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")]) for k, v in d.items()})})
 
@@ -386,7 +386,7 @@ def plot_prior_posterior(fit, *, draws: int = 2000, seed: int = 0, prior=None) -
     >>> fit.plot_prior_posterior()                                     # doctest: +SKIP
     """
     from .accessors import prior_predictive
-    aux = get_family(fit.spec.family, fit.spec.link).aux_names
+    aux = family_of(fit.spec).aux_names
     tree = prior if prior is not None else prior_predictive(fit, draws=draws, seed=seed)
     pri = labelled_draws(tree["prior"].to_dataset(), fit.design, aux)
     post = labelled_draws(fit.posterior, fit.design, aux)

@@ -26,7 +26,7 @@ import xarray as xr
 
 from .design import offset_and_trials, predictor_arrays
 from .errors import DataError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, r_var
 
 __all__ = ["predict", "linear_predictor"]
@@ -84,7 +84,7 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
         raise DataError(f"the 'kind' parameter must be one of {KINDS}. Got {kind!r} instead.")
     design = fit.design
     X, parts = predictor_arrays(design, design.data_frame() if data is None else data)
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     rng = np.random.default_rng(fit.info.get("seed", 0) if seed is None else seed)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
@@ -121,6 +121,9 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
         mu = eta
     elif kind == "mean":
         mu = family.mean(eta, trials)
+    elif family.known_se:     # a new study's estimate: its own known s_i
+        se = design.se if data is None else _new_standard_errors(design, fit.spec.formula.se, data)
+        mu = family.draw(eta, {a: fit.draws(a)[:, None] for a in family.aux_names}, rng, se=se)
     else:
         mu = family.draw(eta, {a: fit.draws(a)[:, None] for a in family.aux_names}, rng, trials=trials)
     da = xr.DataArray(mu.reshape(C, D, -1), dims=("chain", "draw", "obs"),
@@ -135,3 +138,13 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
                        index=pd.RangeIndex(mu.shape[1], name="row") if data is None else data.index)
     tab.attrs["ci_prob"] = prob
     return tab
+
+
+def _new_standard_errors(design, column: str, data: pd.DataFrame) -> np.ndarray:
+    """The known standard errors of new rows (``se()`` column), checked as for fitting."""
+    from .design import _check_standard_errors
+    if column not in data.columns:
+        raise DataError(f"kind='response' for a known-SE model draws each new row with its own standard "
+                        f"error: the new data need the column {column!r} (or use kind='mean')")
+    _check_standard_errors(data[column], column)
+    return data[column].to_numpy(dtype=float)

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, PriorError, SpecError
-from .families import get_family
+from .families import family_of
 
 if TYPE_CHECKING:
     from .design import Design
@@ -355,7 +355,7 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     >>> m.prior_table["sd(Subject, Days)"].prior
     Prior('halfstudentt(nu=3, sigma=19.56)')
     """
-    family = get_family(spec.family, getattr(spec, "link", None))
+    family = family_of(spec)
     scales = data_scales(design)
     s_y = scales.y_sd
     if not s_y > 0:

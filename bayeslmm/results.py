@@ -15,7 +15,7 @@ import xarray as xr
 
 from .design import Design, make_design
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import component_draws, sd_var, stack, term_dim
 from .priors import PriorTable, resolve_priors
 from .spec import ModelSpec, SamplerSpec
@@ -125,7 +125,7 @@ class Fit:
         ``term``, ``kind`` (sd/var/cor) and the posterior summary.
         """
         post = self.posterior
-        family = get_family(self.spec.family, self.spec.link)
+        family = family_of(self.spec)
         draws, meta = {}, []
         for f in self.design.factors:
             for t in f.terms:
@@ -139,9 +139,14 @@ class Fit:
             for t in f.terms:
                 draws[f"var({f.name}, {t})"] = sd.sel({term_dim(f.name): t}) ** 2
                 meta.append((f.name, t, "var"))
-        from .icc import residual_variance_draws
-        draws["var(Residual)"] = residual_variance_draws(self, post)
-        meta.append(("Residual", "", "var"))
+        if family.known_se:    # var(Residual) is sigma^2 beyond the known SEs; none without sigma
+            if family.aux_names:
+                draws["var(Residual)"] = post["sigma"] ** 2
+                meta.append(("Residual", "", "var"))
+        else:
+            from .icc import residual_variance_draws
+            draws["var(Residual)"] = residual_variance_draws(self, post)
+            meta.append(("Residual", "", "var"))
         tab = summarize_draws(draws, prob)
         tab.insert(0, "kind", [m[2] for m in meta])
         tab.insert(0, "term", [m[1] for m in meta])

@@ -37,6 +37,14 @@ empirical ratio (``shrinkage_empirical``, with ``full=True``)
     each other) and unstable when no pooling is close to complete pooling: it is NaN and the
     group is flagged in ``near_complete`` when ``|no_pooling - complete_pooling|`` is below a
     tenth of the group-level SD ``sd(g, t)`` (posterior mean).
+known standard errors (meta-analysis, ``y | se(s) ~ ...``)
+    Rows are weighted by 1/s_i^2 (the whitened rows of :mod:`bayeslmm.stats`): no pooling is the
+    group's own weighted least-squares fit (one study: its own estimate y_j), complete pooling the
+    same weighted projection of the rest of the model, and the shrinkage is
+    ``[(I + S Z_j' Omega_j^-1 Z_j)^-1 S]_tt / S_tt`` with ``Omega = diag(s_i^2 + sigma^2)``
+    (sigma = 0 unless ``se(s, sigma = TRUE)``). For a random intercept and one row per study it is
+    the weight of the pooled mean in the study's conditional mean,
+    ``s_j^2 / (s_j^2 + tau^2) = 1 - tau^2 / (tau^2 + s_j^2)``.
 non-Gaussian families
     Everything on the link scale: no pooling is the group's own maximum-likelihood fit given the
     rest of the model (:func:`glm_no_pooling`), added to complete pooling; groups with complete
@@ -54,13 +62,14 @@ every column.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .errors import BayesLMMError
-from .families import get_family
+from .families import family_of
 from .posterior import cov_draws, hdi, r_var, stack
 from .stats import crossprod, group_crossprods
 
@@ -98,6 +107,9 @@ def no_pooling_estimates(fit, factor: str) -> np.ndarray:
         if k.name != f.name:
             r_hat = post[r_var(k.name)].mean(("chain", "draw")).to_numpy()     # (J_k, q_k)
             e = e - np.einsum("nq,nq->n", k.Z, r_hat[k.codes])
+    if design.se is not None:     # known standard errors: weighted least squares, weights 1/s_i^2
+        f = replace(f, Z=f.Z / design.se[:, None])
+        e = e / design.se
     ZtZ, Zte = group_crossprods(f, e)
     out = np.full((f.n_levels, f.q), np.nan)
     for j in range(f.n_levels):
@@ -130,7 +142,7 @@ def glm_no_pooling(fit, factor: str) -> tuple[np.ndarray, np.ndarray]:
     """
     from scipy.optimize import minimize
     design = fit.design
-    family = get_family(fit.spec.family, fit.spec.link)
+    family = family_of(fit.spec)
     f = design.factor(factor)
     post = fit.posterior
     b_hat = post["b"].mean(("chain", "draw")).to_numpy()
@@ -183,13 +195,15 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
     of the group effect over its population variance (see the module docstring). In [0, 1]; for a
     random intercept ``sigma^2 / (sigma^2 + n_j sd^2)``.
     """
-    family = get_family(fit.spec.family, fit.spec.link)
-    if not family.supports_collapsed:
+    family = family_of(fit.spec)
+    if not (family.supports_collapsed or family.known_se):
         raise BayesLMMError(f"the shrinkage factor needs a Gaussian conditional of the group "
                             f"effects; family {family.name!r} has none.")
     f = fit.design.factor(factor)
     post = fit.posterior
     S = cov_draws(post, f)                                        # (S, q, q)
+    if family.known_se:
+        return _known_se_shrinkage(f, S, fit.design.se, stack(post["sigma"]) if "sigma" in post else None)
     sigma2 = family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names})   # (S,)
     ZtZ, _ = group_crossprods(f)                                  # (J, q, q)
     n_s, q = S.shape[0], f.q
@@ -204,6 +218,26 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
         M = eye + np.einsum("sab,jbc->sjac", S, ZtZ[sl]) / sigma2[:, None, None, None]
         V = np.linalg.solve(M, np.broadcast_to(S[:, None], M.shape))        # (I + S M)^-1 S
         out[:, sl, :] = np.diagonal(V, axis1=-2, axis2=-1) / diagS[:, None, :]
+    return np.clip(out, 0.0, 1.0)       # exact bounds; clip only rounding
+
+
+def _known_se_shrinkage(f, S: np.ndarray, se: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
+    """``[(I + S Z_j' Omega^-1 Z_j)^-1 S]_tt / S_tt`` per draw, Omega = diag(se^2 + sigma^2): (S, J, q)."""
+    n_s, q = S.shape[0], f.q
+    eye = np.eye(q)
+    if sigma is None:                                 # weights known: one weighted Z'Z for all draws
+        ZtZ, _ = group_crossprods(replace(f, Z=f.Z / se[:, None]))
+        M = eye + np.einsum("sab,jbc->sjac", S, ZtZ)
+    else:
+        ind = sp.csr_matrix((np.ones(len(se)), (np.arange(len(se)), f.codes)), shape=(len(se), f.n_levels))
+        w = 1.0 / (se[None, :] ** 2 + sigma[:, None] ** 2)                    # (S, n)
+        ZtZ = np.empty((n_s, f.n_levels, q, q))
+        for a in range(q):
+            for b in range(a, q):
+                ZtZ[:, :, a, b] = ZtZ[:, :, b, a] = np.asarray((w * (f.Z[:, a] * f.Z[:, b])) @ ind)
+        M = eye + np.einsum("sab,sjbc->sjac", S, ZtZ)
+    V = np.linalg.solve(M, np.broadcast_to(S[:, None], M.shape))            # (I + S Z'W Z)^-1 S
+    out = np.diagonal(V, axis1=-2, axis2=-1) / np.einsum("sii->si", S)[:, None, :]
     return np.clip(out, 0.0, 1.0)       # exact bounds; clip only rounding
 
 
@@ -292,9 +326,20 @@ def _projection(design, f, ok):
     return out, ZtZ
 
 
-def _projected_other_effects(fit, f, ZtZ, ok, chunk_elems: int = 20_000_000) -> np.ndarray:
-    """``(Z_j'Z_j)^-1 Z_j' sum_{k != g} Z_k r_k`` per draw: (S, J, q)."""
-    design = fit.design
+def _whitened(design):
+    """Known standard errors: the design with every row divided by s_i (y, X and each Z), so that
+    least squares on it is weighted least squares with weights 1/s_i^2; else ``design`` itself."""
+    if design.se is None:
+        return design
+    w = 1.0 / design.se
+    return replace(design, y=design.y * w, X=design.X * w[:, None],
+                   factors=tuple(replace(k, Z=k.Z * w[:, None]) for k in design.factors))
+
+
+def _projected_other_effects(fit, f, ZtZ, ok, chunk_elems: int = 20_000_000, design=None) -> np.ndarray:
+    """``(Z_j'Z_j)^-1 Z_j' sum_{k != g} Z_k r_k`` per draw: (S, J, q) (``design``: the whitened
+    design for known standard errors, default ``fit.design``)."""
+    design = fit.design if design is None else design
     others = [k for k in design.factors if k.name != f.name]
     S = fit.n_draws
     out = np.zeros((S, f.n_levels, f.q))
@@ -354,17 +399,21 @@ def shrinkage(fit, *, factor: str | None = None, prob: float = 0.95, full: bool 
         raise BayesLMMError(f"the 'prob' parameter of shrinkage must be in (0, 1). Got {prob!r} instead.")
     design = fit.design
     b = fit.draws("b")                                             # (S, p)
-    gaussian = get_family(fit.spec.family, fit.spec.link).supports_collapsed
+    fam = family_of(fit.spec)
+    gaussian = fam.supports_collapsed or fam.known_se
     frames = []
+    wd = _whitened(design)        # known standard errors: projections weighted by 1/s_i^2
     for f in _factor(design, factor):
         r = fit.draws(r_var(f.name))                               # (S, J, q)
-        ZtZ, Zty = group_crossprods(f, design.y)
+        fw = wd.factor(f.name)
+        ZtZ, Zty = group_crossprods(fw, wd.y)
         ok = np.linalg.matrix_rank(ZtZ) == f.q                     # (J,) identified on own rows
         nopool = np.full((f.n_levels, f.q), np.nan)
         nopool[ok] = np.linalg.solve(ZtZ[ok], Zty[ok][..., None])[..., 0]
         flags = None
-        PX, _ = _projection(design, f, ok)                         # (J, q, p)
-        base = np.einsum("jqp,sp->sjq", PX, b) + _projected_other_effects(fit, f, ZtZ, ok)   # (S, J, q)
+        PX, _ = _projection(wd, fw, ok)                            # (J, q, p)
+        base = (np.einsum("jqp,sp->sjq", PX, b)
+                + _projected_other_effects(fit, fw, ZtZ, ok, design=wd))                    # (S, J, q)
         # groups that cannot fit their own coefficients: partial pooling on the coefficient scale
         for k, t in enumerate(f.terms):
             base[:, ~ok, k] = b[:, [design.fixed_terms.index(t)]] if t in design.fixed_terms else 0.0

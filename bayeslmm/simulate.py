@@ -43,7 +43,7 @@ from .families import get_family
 from .priors import PriorTable, draw_prior
 
 __all__ = ["TrueParameters", "draw_parameters", "draw_lkj_corr", "random_effects",
-           "simulate_response", "simulate", "grouped_frame", "parameter_labels"]
+           "simulate_response", "simulate", "grouped_frame", "parameter_labels", "estimates_sigma"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class TrueParameters:
         return out
 
 
-def parameter_labels(design: Design, aux_names: tuple[str, ...] = ("sigma",)) -> list[str]:
+def parameter_labels(design: Design, aux_names: tuple[str, ...] | None = None) -> list[str]:
     """Labels of every scalar model parameter, as used in :meth:`bayeslmm.Fit.variance_components`.
 
     Fixed effects by term name, then ``sd(g, term)``, ``cor(g, t1, t2)`` per factor, then the
@@ -121,7 +121,12 @@ def parameter_labels(design: Design, aux_names: tuple[str, ...] = ("sigma",)) ->
     for f in design.factors:
         labels += [f"sd({f.name}, {t})" for t in f.terms]
         labels += [f"cor({f.name}, {f.terms[i]}, {f.terms[j]})" for i, j in f.correlation_pairs]
-    return labels + list(aux_names)
+    return labels + list(aux_names if aux_names is not None else (("sigma",) if estimates_sigma(design) else ()))
+
+
+def estimates_sigma(design: Design) -> bool:
+    """False for known standard errors without sigma (``y | se(s) ~ ...``): no residual SD."""
+    return getattr(design, "se", None) is None or design.se_sigma
 
 
 def draw_lkj_corr(n: int, eta: float, rng: np.random.Generator) -> np.ndarray:
@@ -218,7 +223,8 @@ def simulate_response(design: Design, params: TrueParameters, rng: np.random.Gen
         eta = eta + np.einsum("nq,nq->n", f.Z, effects[f.name][f.codes])
     if design.offset is not None:
         eta = eta + design.offset
-    y = get_family(family, link).draw(eta, params.aux, rng, trials=design.trials)
+    extra = {} if getattr(design, "se", None) is None else {"se": design.se}   # known SEs: N(eta, s^2 + sigma^2)
+    y = get_family(family, link).draw(eta, params.aux, rng, trials=design.trials, **extra)
     return y, effects
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, fields
 
 from .errors import PriorError, SpecError
-from .families import FAMILIES, get_family
+from .families import FAMILIES, family_of, get_family
 from .formula import ParsedFormula, parse_formula
 from .priors import Prior, parse_prior
 
@@ -75,6 +75,9 @@ class ModelSpec:
         if not fam.needs_trials and (cb is not None or self.trials is not None):
             raise SpecError(f"cbind() responses and trials= belong to family='binomial', not "
                             f"{self.family!r}")
+        if self.formula.se is not None and self.family != "gaussian":
+            raise SpecError(f"se() in the response (known standard errors) needs family='gaussian', "
+                            f"not {self.family!r} (formula {self.formula.text!r})")
         if cb is not None and self.trials is not None:
             raise SpecError("give the trials once: either cbind(...) in the formula or trials=, not both")
         for name, v in (("trials", self.trials), ("offset", self.offset)):
@@ -83,8 +86,9 @@ class ModelSpec:
 
     @property
     def family_object(self):
-        """The :class:`~bayeslmm.families.Family` with this spec's link."""
-        return get_family(self.family, self.link)
+        """The :class:`~bayeslmm.families.Family` with this spec's link (its known-standard-error
+        variant with ``se()`` in the response: :func:`~bayeslmm.families.family_of`)."""
+        return family_of(self)
 
     def to_dict(self) -> dict:
         out = {"formula": self.formula.text, "family": self.family, "method": self.method,

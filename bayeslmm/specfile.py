@@ -7,6 +7,8 @@ A model file has up to five tables; only ``[model]`` (with ``formula``) and ``[d
     name = "sleepstudy_slopes"                  # optional; default: the file name
     description = "Correlated random intercepts and slopes for Days"
     formula = "Reaction ~ Days + (Days | Subject)"
+    # known standard errors (meta-analysis) are part of the formula, as in brms:
+    # formula = "y | se(s) ~ 1 + (1 | study)"   # or se(s, sigma = TRUE) for an extra residual SD
     family = "gaussian"                         # optional (default "gaussian"; see bayeslmm.families)
     # link = "probit"                           # optional: the family's link (default: its first)
     # trials = "n"                              # binomial: column of trials (or cbind(s, f) ~ ...)

@@ -11,6 +11,13 @@ the rows, computed once.
 * :func:`crossprod` / :func:`group_crossprods`: per-group cross-products A_j'B_j by integer codes
   (``np.bincount``), never a dense n x J indicator.
 
+**Known standard errors** (``y | se(s) ~ ...``, no sigma): y_i ~ N(mu_i, s_i^2). Dividing row i of
+y, X and every Z by s_i gives unit residual variance, so the statistics are those of the whitened
+rows (weighted sums with weights 1/s_i^2), the collapsed algebra runs with sigma fixed at 1, and the
+log-density gains the constant -sum_i log s_i per top-level group (``log_se`` holds sum_i log s_i).
+This is exact. With ``se(s, sigma = TRUE)`` the residual covariance diag(s_i^2 + sigma^2) has no
+such form and :func:`group_stats` refuses.
+
 Every statistic except ``b0`` is a sum over rows, so it can later be accumulated chunk by chunk
 (given b0 from a first pass, or by re-centring the sums).
 """
@@ -88,6 +95,13 @@ class GroupStats:
     ete: np.ndarray
     n_obs: np.ndarray
     n_nodes: tuple[np.ndarray, ...]
+    #: known standard errors: per top-level group sum_i log s_i (rows whitened, sigma fixed at 1)
+    log_se: np.ndarray | None = None
+
+    @property
+    def known_scale(self) -> bool:
+        """True when the rows were whitened by known standard errors (sigma is fixed at 1)."""
+        return self.log_se is not None
 
     @property
     def L(self) -> int:
@@ -135,14 +149,24 @@ def group_stats(design, chain: tuple | None = None) -> GroupStats:
         if chain is None:
             raise SpecError(f"the collapsed path does not apply: {why}")
     X, y = design.X, design.y
+    top = chain[0].codes
+    J0 = chain[0].n_levels
+    Zs = [f.Z for f in chain]
+    log_se = None
+    se = getattr(design, "se", None)
+    if se is not None:
+        if design.se_sigma:
+            raise SpecError("the collapsed path does not apply to se(..., sigma = TRUE): the residual "
+                            "covariance diag(s_i^2 + sigma^2) cannot be whitened; use method='noncentred'")
+        w = 1.0 / se
+        X, y, Zs = X * w[:, None], y * w, [Z * w[:, None] for Z in Zs]
+        log_se = _bsum(top, np.log(se), J0)
     n, p = X.shape
     b0 = np.linalg.lstsq(X, y, rcond=None)[0] if p else np.zeros(0)
     e = y - X @ b0
-    top = chain[0].codes
-    J0 = chain[0].n_levels
     anc, ZtZ, ZtZa, ZtX, Zte, n_nodes = [], [], [], [], [], []
     for l, f in enumerate(chain):
-        J, q, Z, g = f.n_levels, f.q, f.Z, f.codes
+        J, q, Z, g = f.n_levels, f.q, Zs[l], f.codes
         a = []
         for m in range(l):
             idx = np.zeros(J, dtype=np.int64)
@@ -150,7 +174,7 @@ def group_stats(design, chain: tuple | None = None) -> GroupStats:
             a.append(idx)
         anc.append(tuple(a))
         ZtZ.append(crossprod(g, J, Z))
-        ZtZa.append(tuple(crossprod(g, J, Z, chain[m].Z) for m in range(l)))
+        ZtZa.append(tuple(crossprod(g, J, Z, Zs[m]) for m in range(l)))
         ZtX.append(crossprod(g, J, Z, X))
         Zte.append(np.ascontiguousarray(crossprod(g, J, Z, e[:, None])[:, :, 0]))
         top_of_node = np.zeros(J, dtype=np.int64)
@@ -164,4 +188,4 @@ def group_stats(design, chain: tuple | None = None) -> GroupStats:
         J=tuple(f.n_levels for f in chain), p=p, b0=b0, anc=tuple(anc), ZtZ=tuple(ZtZ),
         ZtZa=tuple(ZtZa), ZtX=tuple(ZtX), Zte=tuple(Zte), XtX=XtX, Xte=Xte,
         ete=_bsum(top, e * e, J0), n_obs=np.bincount(top, minlength=J0).astype(float),
-        n_nodes=tuple(n_nodes))
+        n_nodes=tuple(n_nodes), log_se=log_se)

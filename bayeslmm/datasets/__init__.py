@@ -9,6 +9,7 @@ Dyestuff       30     Davies (1947); lme4                          ``Yield ~ 1 +
 radon_mn       919    EPA radon survey, Minnesota; Gelman & Hill   ``log_radon ~ floor_measure + (1 | county_idx)``
                       (2007)
 cbpp           56     Lesnoff et al. (2004); lme4                  binomial ``incidence/size ~ period + (1 | herd)``
+eight_schools  8      Rubin (1981); Gelman et al., BDA3 sec. 5.5   ``y | se(s) ~ 1 + (1 | school)``
 =============  =====  ==========================================  ===============================
 
 Factor columns (Subject, Batch, herd, period, county_idx) are read as strings... except
@@ -37,6 +38,9 @@ DATASETS = {
     "cbpp": ("cbpp.csv", {"herd": str, "period": str},
              "Contagious bovine pleuropneumonia: new cases (incidence) of herd size, 15 herds x 4 "
              "periods. Lesnoff et al. (2004); lme4."),
+    "eight_schools": ("eight_schools.csv", {"school": str},
+                      "SAT coaching effects (y) and their standard errors (s) in 8 schools. Rubin (1981), "
+                      "J. Educ. Stat. 6:377-401; Gelman et al., Bayesian Data Analysis (3rd ed.), sec. 5.5."),
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from ..families import get_family
+from ..families import family_of
 from ..spec import canonical_method
 from ..stats import nesting_chain
 
@@ -62,14 +62,20 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     method = canonical_method(method or spec.method)
     if method == "noncentred":
         return Plan("noncentred", "requested")
-    family = get_family(spec.family, spec.link)
-    if not family.supports_collapsed:
+    family = family_of(spec)
+    if family.known_se and not family.supports_collapsed:
+        chain, why = None, ("se(..., sigma = TRUE): the residual covariance diag(s_i^2 + sigma^2) is "
+                            "not a known matrix times one scale, so rows cannot be whitened into the "
+                            "collapsed algebra; the non-centred graph samples it")
+    elif not family.supports_collapsed:
         chain, why = None, (f"family {spec.family!r} has no exact collapsed likelihood: the collapsed "
                             "path needs a Gaussian likelihood; the random effects are sampled")
     elif getattr(design, "offset", None) is not None:
         chain, why = None, "the model has an offset, which the collapsed path does not take"
     else:
         chain, why = nesting_chain(design)
+        if chain is not None and family.known_se:
+            why = why.replace("gaussian,", "gaussian with known standard errors (rows whitened by 1/s_i),", 1)
     if method == "collapsed" and chain is None:
         raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
     if chain is not None:

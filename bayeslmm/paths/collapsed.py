@@ -16,6 +16,12 @@ grouping factors that form a nesting chain (:func:`bayeslmm.stats.nesting_chain`
 number of correlated and uncorrelated blocks on it), or nested factors ``a``, ``a:b``, ... (also
 factors nested in the data without the ``a:b`` syntax). Crossed factors use the non-centred graph.
 
+**Known standard errors** (``y | se(s) ~ ...``): the statistics are those of the rows whitened by
+1/s_i (:mod:`bayeslmm.stats`), the same algebra and kernel run with sigma fixed at 1 (no ``sigma``
+variable), and each group's log-density gains the constant -sum_i log s_i (shared ``m_log_se``):
+exact, with y_j ~ N(X_j b, diag(s_j^2) + Z_j D Z_j'). ``se(s, sigma = TRUE)`` takes the non-centred
+path (:func:`bayeslmm.paths.choose_path` says why).
+
 **Sufficient statistics** come from :mod:`bayeslmm.stats`, once per data set; the algebra from
 :mod:`bayeslmm.paths.elimination`.
 
@@ -163,7 +169,10 @@ def data_values(stats: GroupStats) -> dict[str, np.ndarray]:
     """Every shared variable of :func:`build_collapsed_model` by name, for swapping in new data
     (same structure) without rebuilding the model."""
     if stats.L == 1:
-        return kernel_inputs(stats)
+        out = kernel_inputs(stats)
+        if stats.known_scale:
+            out["m_log_se"] = stats.log_se
+        return out
     out = {}
 
     def walk(x):
@@ -191,6 +200,7 @@ def _stats_inputs(stats: GroupStats) -> dict:
         "XtX": _shared("m_XtX", stats.XtX), "Xte": _shared("m_Xte", stats.Xte),
         "ete": _shared("m_ete", stats.ete), "n_obs": _shared("m_n_obs", stats.n_obs),
         "n_nodes": [_shared(f"m_n_nodes_{l}", x) for l, x in enumerate(stats.n_nodes)],
+        **({"log_se": _shared("m_log_se", stats.log_se)} if stats.known_scale else {}),
     }
 
 
@@ -227,12 +237,15 @@ def build_collapsed_model(design: Design, prior_table: PriorTable, stats: GroupS
         coords["slope"] = slope_terms
     if stats.L == 1:
         kdata = [_shared(name, x) for name, x in kernel_inputs(stats).items()]
+        log_se = _shared("m_log_se", stats.log_se) if stats.known_scale else None
     else:
         data = _stats_inputs(stats)
+        log_se = data.get("log_se")
     with pm.Model(coords=coords) as model:
         _, b = fixed_effects(design, prior_table, linear_predictor=False)
         cov = {f.name: _covariance_tensors(f, prior_table) for f in design.factors}   # design order
-        sigma = prior_rv("sigma", [prior_table["sigma"]])
+        # known standard errors: rows whitened by 1/s_i, so the residual SD is fixed at 1
+        sigma = pt.constant(1.0) if stats.known_scale else prior_rv("sigma", [prior_table["sigma"]])
         top = chain[0].name
         if stats.L == 1:
             sd, Ls = cov[top]
@@ -243,7 +256,8 @@ def build_collapsed_model(design: Design, prior_table: PriorTable, stats: GroupS
             def logp(value, *par):
                 # PyMC hands the parameters over with a leading length-1 batch axis: drop it
                 par = [x.reshape(shape) for x, shape in zip(par, shapes)]
-                return one_factor_logp(*par, *kdata, linked=sampler != "pymc")
+                lp = one_factor_logp(*par, *kdata, linked=sampler != "pymc")
+                return lp if log_se is None else lp - log_se
         else:
             prec = [_precision_entries(f, *cov[f.name]) for f in chain]
             params = [b, sigma] + [lS for _, lS in prec] + [
@@ -260,7 +274,8 @@ def build_collapsed_model(design: Design, prior_table: PriorTable, stats: GroupS
                 for l in range(stats.L):
                     q = stats.q[l]
                     Sinv_.append([[flat.pop(0) for _ in range(q)] for _ in range(q)])
-                return collapsed_logp_graph(stats, data, b_, Sinv_, logS_, sigma_)
+                lp = collapsed_logp_graph(stats, data, b_, Sinv_, logS_, sigma_)
+                return lp if log_se is None else lp - log_se
 
         params = [pt.as_tensor_variable(x) for x in params]
         pm.CustomDist("y_marginal", *params, logp=logp, observed=np.zeros(stats.J[0]),
@@ -270,8 +285,9 @@ def build_collapsed_model(design: Design, prior_table: PriorTable, stats: GroupS
 
 def add_drawn_effects(post: xr.Dataset, design: Design, stats: GroupStats, chain: tuple, seed: int) -> xr.Dataset:
     """``post`` (b, sd, cor, sigma) plus ``r_{g}`` drawn exactly from their conditional, seeded."""
-    b, sds, cors, aux = param_draws(post, chain, AUX)
-    effects = draw_group_effects(stats, b, sds, cors, aux["sigma"], seed)
+    b, sds, cors, aux = param_draws(post, chain, () if stats.known_scale else AUX)
+    sigma = np.ones(len(b)) if stats.known_scale else aux["sigma"]     # whitened rows: sigma = 1
+    effects = draw_group_effects(stats, b, sds, cors, sigma, seed)
     return add_group_effects(post, design, chain, effects, AUX)
 
 

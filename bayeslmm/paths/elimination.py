@@ -319,14 +319,16 @@ def group_log_likelihood(fit, chunk: int = 200) -> xr.DataArray:
         raise SpecError(f"no per-group marginal log-likelihood for this model: {why}")
     stats = group_stats(design, chain)
     post = fit.posterior
-    b, sds, cors, aux = param_draws(post, chain, ("sigma",))
-    sigma = aux["sigma"]
+    b, sds, cors, aux = param_draws(post, chain, () if stats.known_scale else ("sigma",))
+    sigma = np.ones(len(b)) if stats.known_scale else aux["sigma"]     # whitened rows: sigma = 1
     out = np.empty((len(sigma), stats.J[0]))
     for s0 in range(0, len(sigma), chunk):
         sl = slice(s0, min(len(sigma), s0 + chunk))
         d, s2, logS, logdet, quad, _, ops = _numpy_pieces(stats, b[sl], [x[sl] for x in sds],
                                                           [x[sl] for x in cors], sigma[sl])
         out[sl] = _np_group_loglik(stats, d, s2, logS, logdet, quad, ops).T
+    if stats.known_scale:
+        out -= stats.log_se
     nc, nd = post.sizes["chain"], post.sizes["draw"]
     g = stats.names[0]
     return xr.DataArray(out.reshape(nc, nd, -1), dims=("chain", "draw", level_dim(g)),

@@ -69,8 +69,13 @@ def build_model(design: Design, priors: PriorTable, family: str = "gaussian",
         if design.offset is not None:      # a known term: no coefficient, no prior
             eta = eta + pm.Data("offset", design.offset, dims="obs")
         fam = get_family(family, link)
+        if design.se is not None:        # y | se(s) ~ ...: the family's known-SE variant
+            fam = fam.with_known_se(sigma=design.se_sigma)
         aux = {a: prior_rv(a, [priors[a]]) for a in fam.aux_names}
         y = pm.Data(OBSERVED_DATA, design.y, dims="obs")
         trials = None if design.trials is None else pm.Data("trials", design.trials, dims="obs")
-        fam.observe(OBSERVED, eta, aux, observed=y, dims="obs", trials=trials)
+        if design.se is None:
+            fam.observe(OBSERVED, eta, aux, observed=y, dims="obs", trials=trials)
+        else:
+            fam.observe(OBSERVED, eta, aux, observed=y, dims="obs", se=design.se)
     return model

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..families import get_family
+from ..families import family_of
 from ..paths import choose_path
 from ..posterior import stored_var_names
 
@@ -40,7 +40,7 @@ class PathRefitter:
         else:
             from ..paths.noncentred import build_model
             pm_model = build_model(self.design, model.prior_table, family, model.spec.link)
-            names = stored_var_names(self.design, get_family(family).aux_names)
+            names = stored_var_names(self.design, family_of(model.spec).aux_names)
         self.sampler = CompiledSampler(pm_model, engine, var_names=names, target_accept=target_accept)
 
     def _data(self, y):

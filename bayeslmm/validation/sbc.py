@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..posterior import component_draws, level_dim, r_var, term_dim
-from ..simulate import TrueParameters, draw_parameters, grouped_frame, parameter_labels, simulate_response
+from ..simulate import (TrueParameters, draw_parameters, estimates_sigma, grouped_frame, parameter_labels,
+                        simulate_response)
 from .refit import make_refitter
 from .uniformity import rank_statistics
 
@@ -133,7 +134,7 @@ def family_cases(families=("bernoulli", "binomial", "poisson", "negbinomial", "s
 # --------------------------------------------------------------------------------------------
 # posterior draws of every scalar parameter
 # --------------------------------------------------------------------------------------------
-def tracked_labels(design, aux_names: tuple[str, ...] = ("sigma",)) -> list[str]:
+def tracked_labels(design, aux_names: tuple[str, ...] | None = None) -> list[str]:
     """Parameters whose calibration is checked: every scalar parameter plus the first group's effects.
 
     The group effects of the first level (``r(g, <level>, <term>)``) check the random effects
@@ -154,8 +155,13 @@ def true_values(design, params: TrueParameters, effects: dict) -> dict[str, floa
 
 
 def posterior_scalars(posterior, design, labels: list[str] | None = None,
-                      aux_names: tuple[str, ...] = ("sigma",)) -> dict[str, np.ndarray]:
-    """Draws (chain, draw) of each tracked scalar from a posterior Dataset (names: :mod:`bayeslmm.posterior`)."""
+                      aux_names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Draws (chain, draw) of each tracked scalar from a posterior Dataset (names: :mod:`bayeslmm.posterior`).
+
+    ``aux_names`` default: ``("sigma",)``, none for known standard errors without sigma.
+    """
+    if aux_names is None:
+        aux_names = ("sigma",) if estimates_sigma(design) else ()
     labels = labels or tracked_labels(design, aux_names)
     out = {t: np.asarray(posterior["b"].sel(term=t)) for t in design.fixed_terms}
     out.update({k: np.asarray(v) for k, v in component_draws(posterior, design, aux_names).items()})
