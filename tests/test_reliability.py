@@ -1,0 +1,201 @@
+"""Results that never lie, same seed same draws, errors that say what is wrong (issue 18).
+
+Every defect of issue 18 (apart from the formula allow-list, tests/test_security.py) has a test
+here that failed before its fix; docs/reliability.md maps each bad-input class to its test.
+Sampling is kept tiny (Dyestuff ``(1 | Batch)`` on the collapsed path, the structure the rest of
+the suite compiles anyway); the subprocess tests are the only expensive ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeslmm as blmm
+from bayeslmm import cli
+from bayeslmm.errors import BayesLMMError, DataError, FormulaError, PriorError, SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+DYE = "Yield ~ 1 + (1 | Batch)"
+TINY = dict(chains=2, draws=60, tune=60, seed=3, progressbar=False, verbose=False)
+
+pytestmark = pytest.mark.filterwarnings("ignore::bayeslmm.diagnostics.ConvergenceWarning")
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: float = 600, **popen) -> subprocess.Popen:
+    """Start ``python -c code`` from the repository root (so it imports this tree's package)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"child ended early ({proc.returncode}):\n{out[-2000:]}\n{err[-4000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"child never reached {path}")
+        time.sleep(0.05)
+
+
+# -- 1. interrupted sampling ------------------------------------------------------------------------
+
+def interrupt_after(monkeypatch, n_draws: int):
+    """Make PyMC's sampler see a Ctrl-C after ``n_draws`` iterations of a chain (as a user would)."""
+    import pymc as pm
+
+    from bayeslmm import sampling
+    real = pm.sample
+
+    def sample(**kw):
+        def callback(trace, draw):
+            if draw.draw_idx >= n_draws:
+                raise KeyboardInterrupt
+        return real(**kw, callback=callback)
+    monkeypatch.setattr(sampling.pm, "sample", sample)
+
+
+def test_interrupted_sampling_raises_instead_of_returning_a_partial_fit(dyestuff, monkeypatch):
+    # PyMC swallows the KeyboardInterrupt and returns the draws made so far; before the fix the
+    # fit came back labelled "2 chains x 60 draws" with ~20 draws per chain
+    interrupt_after(monkeypatch, 80)
+    with pytest.raises(KeyboardInterrupt, match="interrupted: .* of the requested 2 x 60"):
+        blmm.Model(DYE, dyestuff).fit(**TINY, cores=1)
+
+
+def test_check_complete_accepts_full_and_refuses_short_posteriors():
+    import xarray as xr
+
+    from bayeslmm.errors import SamplingInterrupted
+    from bayeslmm.sampling import check_complete
+    post = xr.Dataset({"a": (("chain", "draw"), np.zeros((2, 5)))})
+    check_complete(post, 2, 5)
+    for chains, draws in ((2, 6), (3, 5)):
+        with pytest.raises(SamplingInterrupted):
+            check_complete(post, chains, draws)
+
+
+CHILD_CLI = """
+import sys, pathlib, pymc as pm
+from bayeslmm import cli, sampling
+marker = pathlib.Path(sys.argv[1])
+real = pm.sample
+def sample(**kw):
+    def callback(trace, draw):
+        if not draw.tuning and not marker.exists():
+            marker.write_text("sampling")
+    return real(**kw, callback=callback)
+sampling.pm.sample = sample
+sys.exit(cli.main(["fit", sys.argv[2], "--out", sys.argv[3], "--draws", "20000", "--tune", "100",
+                   "--chains", "2", "--seed", "1", "--no-progress", "--no-report"]))
+"""
+
+
+def test_cli_sigint_during_sampling_exits_130_and_leaves_previous_outputs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = {"fit.nc": b"previous fit", "summary.json": b"{}", "report.html": b"<html>old</html>"}
+    for name, data in previous.items():
+        (out / name).write_bytes(data)
+    marker = tmp_path / "sampling"
+    proc = run_python(CHILD_CLI.replace("sys.argv[1]", repr(str(marker)))
+                      .replace("sys.argv[2]", repr(str(ROOT / "models" / "dyestuff_icc.toml")))
+                      .replace("sys.argv[3]", repr(str(out))))
+    wait_for(marker, proc)
+    time.sleep(random.Random().uniform(0.0, 1.0))     # a random moment during sampling
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == cli.EXIT_INTERRUPTED, stderr[-3000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert {p.name for p in out.iterdir()} == set(previous)          # nothing new, no temp files
+    for name, data in previous.items():
+        assert (out / name).read_bytes() == data, name
+
+
+# -- 2. atomic writes -------------------------------------------------------------------------------
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    from bayeslmm.atomic import atomic_path, write_text
+    target = tmp_path / "a.json"
+    write_text(target, "old")
+    for exc in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(exc):
+            with atomic_path(target) as tmp:
+                tmp.write_text("half of the new cont")
+                raise exc
+        assert target.read_text() == "old"
+        assert [p.name for p in tmp_path.iterdir()] == ["a.json"]       # no temp file left
+    write_text(target, "new")
+    assert target.read_text() == "new"
+
+
+@pytest.fixture(scope="module")
+def tiny_fit():
+    return blmm.Model(DYE, blmm.load_dataset("Dyestuff")).fit(**TINY)
+
+
+CHILD_SAVE = """
+import sys, pathlib, bayeslmm as blmm
+fit = blmm.load_fit(sys.argv[1])
+marker, target = pathlib.Path(sys.argv[2]), sys.argv[3]
+fit.save(target + ".warm")          # first save imports and warms everything up
+marker.write_text("saving")
+while True:
+    fit.save(target)
+"""
+
+
+def test_sigint_during_save_leaves_the_previous_file_intact(tiny_fit, tmp_path):
+    src = tmp_path / "src.nc"
+    tiny_fit.save(src)
+    target = tmp_path / "fit.nc"
+    target.write_bytes(src.read_bytes())
+    marker = tmp_path / "saving"
+    code = (CHILD_SAVE.replace("sys.argv[1]", repr(str(src))).replace("sys.argv[2]", repr(str(marker)))
+            .replace("sys.argv[3]", repr(str(target))))
+    rng = random.Random()
+    for _ in range(2):                              # two random moments (a save runs back to back)
+        marker.unlink(missing_ok=True)
+        proc = run_python(code)
+        wait_for(marker, proc)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        again = blmm.load_fit(target)               # the file is always a complete fit
+        np.testing.assert_array_equal(again.draws("b"), tiny_fit.draws("b"))
+        assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_report_into_an_existing_file_is_a_clear_error(tiny_fit, tmp_path):
+    f = tmp_path / "report"
+    f.write_text("a file")
+    with pytest.raises(BayesLMMError, match="report folder .* is an existing file"):
+        tiny_fit.report(f)
+
+
+def test_report_files_are_written_atomically(tiny_fit, tmp_path, monkeypatch):
+    # a report that fails half-way (here: in the summary) keeps the previous summary.json whole
+    out = tmp_path / "rep"
+    tiny_fit.report(out, plots=[], loo=False, verbose=False)
+    before = (out / "summary.json").read_text()
+    import bayeslmm.report as rep
+    monkeypatch.setattr(rep.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        tiny_fit.report(out, plots=[], loo=False, verbose=False)
+    assert (out / "summary.json").read_text() == before
+    assert not list(out.rglob("*.partial-*"))
