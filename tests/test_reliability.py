@@ -36,6 +36,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::bayeslmm.diagnostics.Convergenc
 def run_python(code: str, *, env: dict | None = None, timeout: float = 600, **popen) -> subprocess.Popen:
     """Start ``python -c code`` from the repository root (so it imports this tree's package)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if env and "BAYESLMM_CACHE_DIR" in env:
+        full_env.pop("NUMBA_CACHE_DIR", None)        # the package's own cache rule, not the user's
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -199,3 +201,38 @@ def test_report_files_are_written_atomically(tiny_fit, tmp_path, monkeypatch):
         tiny_fit.report(out, plots=[], loo=False, verbose=False)
     assert (out / "summary.json").read_text() == before
     assert not list(out.rglob("*.partial-*"))
+
+
+# -- 5. same seed, same draws, whatever the cache state ---------------------------------------------
+
+CHILD_DRAWS = """
+import hashlib, json, numpy as np, warnings
+warnings.filterwarnings("ignore")
+import bayeslmm as blmm
+fit = blmm.Model("Yield ~ 1 + (1 | Batch)", blmm.load_dataset("Dyestuff"), method="collapsed").fit(
+    chains=2, draws=40, tune=40, seed=11, progressbar=False, verbose=False)
+post = fit.posterior
+print(json.dumps({v: np.asarray(post[v]).ravel().tolist() for v in sorted(post.data_vars)}))
+"""
+
+
+def test_same_seed_same_draws_with_empty_and_warm_caches(tmp_path):
+    # Two fresh processes: one with empty numba and PyTensor caches (and one thread for BLAS,
+    # OpenMP and numba), one with the caches the test session already has. The kernel's numba
+    # cache must go to the user cache folder (BAYESLMM_CACHE_DIR here), never into the package.
+    t0 = time.time()
+    env_cold = {"BAYESLMM_CACHE_DIR": str(tmp_path / "cache"),
+                "PYTENSOR_FLAGS": f"compiledir={tmp_path / 'pytensor'}",
+                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "NUMBA_NUM_THREADS": "1"}
+    cold = run_python(CHILD_DRAWS, env=env_cold)
+    warm = run_python(CHILD_DRAWS)
+    (out_c, err_c), (out_w, err_w) = cold.communicate(timeout=600), warm.communicate(timeout=600)
+    assert cold.returncode == 0, err_c[-3000:]
+    assert warm.returncode == 0, err_w[-3000:]
+    draws_c, draws_w = json.loads(out_c.splitlines()[-1]), json.loads(out_w.splitlines()[-1])
+    assert draws_c == draws_w                      # bit for bit
+    cached = list((tmp_path / "cache" / "numba").rglob("*.nbi"))
+    assert {p.name.split("-")[0] for p in cached} >= {"collapsed_kernel.one_factor_kernel"}
+    written = [p for p in (ROOT / "bayeslmm").rglob("*.nb[ic]") if p.stat().st_mtime >= t0]
+    assert not written, f"numba wrote into the package: {written}"
