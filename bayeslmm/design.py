@@ -33,7 +33,7 @@ from .formula import FORMULA_CONTEXT, RandomTerm, required_columns
 from .spec import ModelSpec
 
 __all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arrays", "offset_and_trials",
-           "MISSING_ACTIONS"]
+           "level_label", "MISSING_ACTIONS"]
 
 MISSING_ACTIONS = ("drop", "raise")
 
@@ -232,16 +232,101 @@ def _model_matrix(text: str, frame: pd.DataFrame, where: str):
         raise FormulaError(f"cannot build the model matrix of {where} {text!r}: {exc}") from exc
 
 
+# -- level identity -----------------------------------------------------------------------------
+# A level of a grouping factor is identified by its value, never by its text: a float column with
+# 1.0 (a column of integers that held a NaN) and new data with 1 are the same level; the text '1'
+# and the number 1 in one column are refused as ambiguous; the levels of an ``a:b`` factor are
+# tuples, so values that contain ':' can never make two levels one. The label of a level is the
+# canonical text of its value (``level_label``), joined with ':' for ``a:b``.
+
+
+def _column_kind(s: pd.Series) -> str:
+    """'number', 'bool' or 'text' (object, string and categorical columns)."""
+    dtype = s.dtype.categories.dtype if isinstance(s.dtype, pd.CategoricalDtype) else s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "number"
+    return "text"
+
+
+def level_label(value) -> str:
+    """Canonical text of one level: numbers by value (``1``, ``1.0`` and ``np.int64(1)`` -> '1')."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+    return str(value)
+
+
+def _column_labels(s: pd.Series, column: str, where: str) -> np.ndarray:
+    """The canonical label of every row of one grouping column; refuses text that equals a number."""
+    values = s.to_numpy(dtype=object)
+    labels = np.array([level_label(v) for v in values], dtype=object)
+    if _column_kind(s) == "text":
+        is_num = np.array([isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                           for v in values], dtype=bool)
+        if is_num.any() and (~is_num).any():
+            clash = set(labels[is_num]) & set(labels[~is_num])
+            if clash:
+                lv = sorted(clash)[0]
+                raise DataError(f"column {column!r} ({where}) holds both the number {lv} and the text "
+                                f"{lv!r}: they cannot be told apart as group levels. Convert the column "
+                                f"to one type (e.g. df[{column!r}].astype(str)).")
+    return labels
+
+
 def _encode_groups(frame: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer codes and labels for one factor (observed levels only, sorted)."""
+    """Integer codes and labels for one factor (observed levels only, sorted by value).
+
+    The one place where levels are defined (see "level identity" above); :func:`predictor_arrays`
+    matches new data with :func:`_row_keys` of the same rule.
+    """
+    name = ":".join(cols)
     if len(cols) == 1:
         codes, uniques = pd.factorize(frame[cols[0]], sort=True)
-        labels = tuple(str(u) for u in uniques)
+        _column_labels(frame[cols[0]], cols[0], f"grouping factor {name!r}")     # refuses '1' vs 1
+        labels = tuple(level_label(u) for u in uniques)
     else:
+        for c in cols:
+            _column_labels(frame[c], c, f"grouping factor {name!r}")
         idx = pd.MultiIndex.from_frame(frame[list(cols)])
         codes, uniques = pd.factorize(idx, sort=True)
-        labels = tuple(":".join(str(v) for v in u) for u in uniques)
+        labels = tuple(":".join(level_label(v) for v in u) for u in uniques)
+    if len(set(labels)) < len(labels):
+        seen: dict[str, int] = {}
+        dup = next(lv for lv in labels if seen.setdefault(lv, 0) or seen.update({lv: 1}))
+        raise DataError(f"grouping factor {name!r} has two different levels with the same label {dup!r}"
+                        + (" (a value contains ':', the separator of the levels of "
+                           f"{name!r}); remove ':' from the values of {list(cols)}" if len(cols) > 1 else
+                           f"; make the values of column {cols[0]!r} distinct as text")
+                        + ".")
     return codes.astype(np.int64), labels
+
+
+def _row_keys(design_cols: dict, frame: pd.DataFrame, cols: tuple[str, ...], factor: str) -> list[tuple]:
+    """Per row, the level of ``factor`` as a tuple of canonical labels, after checking that each
+    new column has the fitted column's kind (number / text / bool)."""
+    parts = []
+    for c in cols:
+        fitted = design_cols.get(c)
+        if fitted is not None:
+            kf = _column_kind(pd.Series(fitted.values, dtype=fitted.dtype))
+            kn = _column_kind(frame[c])
+            if kf != kn and not (kn == "text" and _all_numbers(frame[c]) and kf == "number"):
+                raise DataError(f"column {c!r} of the new data holds {kn} values but the fitted levels of "
+                                f"{factor!r} are {kf} values; convert it to the type it had in the fit "
+                                "so that its levels can be matched.")
+        parts.append(_column_labels(frame[c], c, f"grouping factor {factor!r}"))
+    return list(zip(*parts))
+
+
+def _all_numbers(s: pd.Series) -> bool:
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in s.to_numpy(dtype=object))
 
 
 def _baseline_notes(frame: pd.DataFrame, cols: set[str]) -> list[str]:
@@ -474,28 +559,48 @@ def predictor_arrays(design: Design, data: pd.DataFrame):
     if bad:
         raise DataError(f"new data has missing values in {bad}; predictions need complete rows "
                         "(drop or fill them first)")
-    try:
-        X = np.asarray(design.fixed_spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float)
-    except Exception as exc:
-        raise DataError(f"cannot build the fixed-effect design for the new data: {exc}") from exc
+    X = _new_model_matrix(design.fixed_spec, frame, "the fixed-effect design")
+    fitted_cols = {c.name: c for c in design.columns}
+    fitted_frame = None
     parts = []
     for f in design.factors:
-        Zs = []
-        for spec in f.term_specs:
-            try:
-                Zs.append(np.asarray(spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float))
-            except Exception as exc:
-                raise DataError(f"cannot build the random-effect design of {f.name!r} for the new data: "
-                                f"{exc}") from exc
+        Zs = [_new_model_matrix(spec, frame, f"the random-effect design of {f.name!r}")
+              for spec in f.term_specs]
         cols = f.columns
-        if len(cols) == 1:
-            labels = frame[cols[0]].astype(str).to_numpy()
-        else:
-            labels = frame[list(cols)].astype(str).agg(":".join, axis=1).to_numpy()
-        index = {lv: k for k, lv in enumerate(f.levels)}
-        codes = np.array([index.get(lv, -1) for lv in labels], dtype=np.int64)
+        if fitted_frame is None:
+            fitted_frame = pd.DataFrame({c.name: pd.Series(c.values, dtype=c.dtype) for c in design.columns})
+        # fitted level tuples -> codes (the same rule as _encode_groups), then new rows looked up
+        fitted_keys = _row_keys(fitted_cols, fitted_frame, cols, f.name)
+        index = dict(zip(fitted_keys, f.codes.tolist()))
+        keys = _row_keys(fitted_cols, frame, cols, f.name)
+        codes = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        labels = np.array([":".join(k) for k in keys], dtype=object)
         parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
     return X, parts
+
+
+def _new_model_matrix(spec, frame: pd.DataFrame, what: str) -> np.ndarray:
+    """A fitted formulaic model spec applied to new data; a category the fit never saw is an error
+    (formulaic would warn and code it as the baseline)."""
+    for factor, state in getattr(spec, "factor_contrasts", {}).items():
+        col = str(factor.expr).strip("`")
+        if col in frame.columns:
+            known = {level_label(v) for v in state.levels}
+            new = sorted({level_label(v) for v in frame[col].to_numpy(dtype=object)} - known)
+            if new:
+                raise DataError(f"column {col!r} of the new data has categor{'y' if len(new) == 1 else 'ies'} "
+                                f"{new[:10]} not seen in the fit (fitted: {sorted(known)[:10]}); the model "
+                                "has no estimate for an unseen category. Drop those rows or refit with them.")
+    from formulaic.errors import DataMismatchWarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DataMismatchWarning)
+            return np.asarray(spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float)
+    except DataMismatchWarning as exc:
+        raise DataError(f"{what} of the new data has a category not seen in the fit ({exc}); the model "
+                        "has no estimate for an unseen category. Drop those rows or refit with them.") from None
+    except Exception as exc:
+        raise DataError(f"cannot build {what} for the new data: {exc}") from exc
 
 
 def _make_factors(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[FactorDesign, ...]:

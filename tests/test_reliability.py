@@ -236,3 +236,73 @@ def test_same_seed_same_draws_with_empty_and_warm_caches(tmp_path):
     assert {p.name.split("-")[0] for p in cached} >= {"collapsed_kernel.one_factor_kernel"}
     written = [p for p in (ROOT / "bayeslmm").rglob("*.nb[ic]") if p.stat().st_mtime >= t0]
     assert not written, f"numba wrote into the package: {written}"
+
+
+# -- 3. level identity ------------------------------------------------------------------------------
+
+def design_of(formula, data):
+    return blmm.Model(formula, data).design
+
+
+def group_frame(g, n_per=4, seed=0, **extra):
+    r = np.random.default_rng(seed)
+    g = np.repeat(np.asarray(g, dtype=object), n_per)
+    return pd.DataFrame({"y": r.normal(size=len(g)), "x": r.normal(size=len(g)), "g": g, **extra})
+
+
+def test_float_grouping_column_matches_integer_new_data(fake_fit, tmp_path):
+    # a NaN made the grouping column float (levels 1.0, 2.0, 3.0); new data with the integers 1
+    # and 3 are known groups, not new ones (before: compared as text, '1.0' != '1')
+    df = group_frame([1, 2, 3, np.nan])
+    df["g"] = df["g"].astype(float)
+    with pytest.warns(UserWarning, match="dropped"):
+        fit = fake_fit("y ~ x + (1 | g)", df)
+    assert fit.design.factors[0].levels == ("1", "2", "3")
+    new = pd.DataFrame({"x": [0.0, 0.0, 0.0], "g": [1, 3, 7]})
+    from bayeslmm.design import predictor_arrays
+    for f in (fit, blmm.load_fit(fit.save(tmp_path / "f.nc"))):        # and after save/load
+        _, [(fac, _, codes, labels)] = predictor_arrays(f.design, new)
+        assert codes.tolist() == [0, 2, -1] and labels.tolist() == ["1", "3", "7"]
+        with pytest.raises(DataError, match=r"level\(s\) not in the fitted data: \['7'\]"):
+            f.predict(new)
+        p = f.predict(new.iloc[:2])
+        mu = f.draws("b") @ np.array([[1.0, 0.0]]).T + f.draws("r_g")[:, [0, 2], 0]
+        np.testing.assert_allclose(p["mean"].to_numpy(), mu.mean(axis=0))
+
+
+def test_text_and_number_with_the_same_label_are_refused():
+    df = group_frame(["1", 1, "2", 3])
+    with pytest.raises(DataError, match=r"column 'g' .*holds both the number 1 and the text '1'"):
+        design_of("y ~ x + (1 | g)", df)
+    ok = group_frame(["a", 1, "b", 2.0])                       # mixed but distinct: accepted
+    assert design_of("y ~ x + (1 | g)", ok).factors[0].n_levels == 4
+
+
+def test_colon_inside_values_of_an_interaction_factor(fake_fit):
+    # ('x:y', 'z') and ('x', 'y:z') would both be labelled 'x:y:z'
+    df = group_frame(["x:y", "x", "w", "v"], h=np.repeat(["z", "y:z", "u", "u"], 4))
+    with pytest.raises(DataError, match=r"same label 'x:y:z'.*contains ':'"):
+        design_of("y ~ x + (1 | g:h)", df)
+    # without a clash the labels are unique, and new data are matched by value, not by text
+    df = group_frame(["x:y", "w", "v"], h=np.repeat(["z", "u", "u"], 4))
+    fit = fake_fit("y ~ x + (1 | g:h)", df)
+    from bayeslmm.design import predictor_arrays
+    new = pd.DataFrame({"x": [0.0, 0.0], "g": ["x:y", "x"], "h": ["z", "y:z"]})
+    _, [(_, _, codes, _)] = predictor_arrays(fit.design, new)
+    assert codes[0] == fit.design.factors[0].levels.index("x:y:z") and codes[1] == -1
+
+
+def test_new_data_of_another_type_than_the_fitted_levels_is_refused(fake_fit):
+    fit = fake_fit("y ~ x + (1 | g)", group_frame(["1", "2", "3"]))
+    with pytest.raises(DataError, match=r"column 'g' of the new data holds number values but the fitted "
+                                        r"levels of 'g' are text"):
+        fit.predict(pd.DataFrame({"x": [0.0], "g": [1]}))
+
+
+def test_unseen_fixed_effect_category_is_an_error(fake_fit):
+    # before: formulaic warned and coded 'd' as the baseline, a silently wrong prediction
+    df = group_frame(["a", "b", "c"], c=np.tile(["p", "q", "r"], 4))
+    fit = fake_fit("y ~ c + (1 | g)", df)
+    with pytest.raises(DataError, match=r"column 'c' of the new data has category \['s'\] not seen in the fit"):
+        fit.predict(pd.DataFrame({"c": ["p", "s"], "g": ["a", "a"]}))
+    assert len(fit.predict(pd.DataFrame({"c": ["p", "r"], "g": ["a", "b"]}))) == 2
