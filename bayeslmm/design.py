@@ -400,6 +400,10 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         for c in cols:
             needed.setdefault(c, f"the offset {o!r}")
     _check_columns(data, needed)
+    if "Intercept" in needed:
+        raise DataError("the data column 'Intercept' is used in the formula, but 'Intercept' is the name "
+                        "of the constant term (its estimate, its prior): the two cannot be told apart. "
+                        "Rename the column, e.g. data.rename(columns={'Intercept': 'Intercept_x'}).")
 
     frame = data.loc[:, list(needed)].copy()
     y_raw = frame[f.response]
@@ -447,6 +451,14 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     mm = _model_matrix(f.fixed, frame, "the fixed part")
     X = np.asarray(mm, dtype=float)
     fixed_terms = tuple(str(c) for c in mm.columns)
+    if not fixed_terms:
+        raise FormulaError(f"{f.text!r} has no fixed effects (no intercept, no predictors); a mixed model "
+                           "here needs at least one. Use '1 + ...' (the group effects are then deviations "
+                           "from a common mean).")
+    _check_scale(f.response, y, "the response")
+    for j, name in enumerate(fixed_terms):
+        if name != "Intercept":
+            _check_scale(name, X[:, j], "a fixed-effect column")
     for j, name in enumerate(fixed_terms):
         if name != "Intercept" and np.ptp(X[:, j]) == 0:
             raise DataError(f"fixed-effect column {name!r} is constant ({X[0, j]:g} in every row); "
@@ -535,6 +547,27 @@ def offset_and_trials(design: Design, data: pd.DataFrame, response=None):
             v = data[col].to_numpy(dtype=float)
             trials = v + data[design.response].to_numpy(dtype=float) if kind == "failures" else v
     return offset, trials
+
+
+#: typical size (root mean square) outside which a column is refused: sampling works on the
+#: data's own scale, and at 1e12 or 1e-12 (squares 1e24 / 1e-24, products of both) float error and
+#: NUTS's step size adaptation give wrong answers. Ordinary data (units from mm to km, counts,
+#: money up to billions) are far inside.
+SCALE_LIMITS = (1e-8, 1e10)
+
+
+def _check_scale(name: str, v: np.ndarray, what: str) -> None:
+    m = float(np.max(np.abs(v))) if len(v) else 0.0
+    if m == 0.0 or not np.isfinite(m):
+        return                                  # zeros: the constant checks say what is wrong
+    size = m * float(np.sqrt(np.mean((v / m) ** 2)))    # root mean square, without under/overflow
+    lo, hi = SCALE_LIMITS
+    if not lo <= size <= hi:
+        factor = 10.0 ** round(np.log10(size))
+        raise DataError(f"{what} {name!r} has values of size about {size:.3g}, outside "
+                        f"[{lo:g}, {hi:g}]; at that scale the sampler's arithmetic is unreliable. Rescale "
+                        f"it (e.g. divide by {factor:g}: change its units) and read the estimates in the "
+                        "new units.")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -302,7 +302,13 @@ def allowed(cls: str, family) -> tuple[str, ...]:
 
 
 def _sd(v: np.ndarray) -> float:
-    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    if len(v) < 2:
+        return 0.0
+    sd = float(np.std(v, ddof=1))
+    if sd == 0.0 and np.ptp(v) > 0:     # tiny values (1e-300): the squares underflowed, rescale first
+        m = float(np.max(np.abs(v)))
+        sd = m * float(np.std(np.asarray(v) / m, ddof=1))
+    return sd
 
 
 def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:

@@ -306,3 +306,32 @@ def test_unseen_fixed_effect_category_is_an_error(fake_fit):
     with pytest.raises(DataError, match=r"column 'c' of the new data has category \['s'\] not seen in the fit"):
         fit.predict(pd.DataFrame({"c": ["p", "s"], "g": ["a", "a"]}))
     assert len(fit.predict(pd.DataFrame({"c": ["p", "r"], "g": ["a", "b"]}))) == 2
+
+
+# -- 4. Intercept column, no fixed effects, extreme scales ---------------------------------------------
+
+def test_a_data_column_named_intercept_is_refused():
+    df = group_frame(["a", "b", "c"], Intercept=np.arange(12.0))
+    with pytest.raises(DataError, match="data column 'Intercept' is used in the formula"):
+        design_of("y ~ Intercept + (1 | g)", df)
+    assert np.all(design_of("y ~ x + (1 | g)", df).X[:, 0] == 1.0)     # unused: the constant is kept
+
+
+def test_no_fixed_effects_is_a_clear_error_before_sampling():
+    with pytest.raises(FormulaError, match="has no fixed effects"):
+        blmm.Model("y ~ 0 + (1 | g)", group_frame(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize("column,scale", [("y", 1e12), ("x", 1e-12), ("y", 1e-300)])
+def test_extreme_scales_are_refused_with_advice_and_tiny_is_not_constant(column, scale):
+    df = group_frame(["a", "b", "c"])
+    df[column] = df[column] * scale
+    with pytest.raises(DataError, match=rf"'{column}' has values of size about .*Rescale it"):
+        design_of("y ~ x + (1 | g)", df)
+
+
+def test_sd_does_not_underflow():
+    from bayeslmm.priors import _sd
+    v = np.array([1.0, 2.0, 4.0])
+    assert _sd(v * 1e-300) == pytest.approx(_sd(v) * 1e-300, rel=1e-12, abs=0)
+    assert _sd(v) == float(np.std(v, ddof=1))                        # unchanged on ordinary data
