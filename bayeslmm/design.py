@@ -379,6 +379,10 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if len(data) == 0:
         raise DataError("data has no rows; pass a DataFrame with observations")
+    dup = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+    if dup:
+        raise DataError(f"the data has more than one column named {', '.join(map(repr, dup))}; column "
+                        "names must be unique (rename or drop the copies).")
     f = spec.formula
     needed: dict[str, str] = {f.response: "the response (left of '~')"}
     for c in _required_columns(f.fixed, "the fixed part"):
@@ -407,6 +411,12 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
 
     frame = data.loc[:, list(needed)].copy()
     y_raw = frame[f.response]
+    if pd.api.types.is_complex_dtype(y_raw):
+        raise DataError(f"response {f.response!r} is complex; a linear mixed model needs real numbers. "
+                        "Model the real part, the imaginary part or the modulus as a separate column.")
+    for c in needed:
+        if not needed[c].startswith("the grouping factor"):     # group IDs may mix numbers and text
+            _refuse_stray_text(frame[c], c, needed[c])
     if family.name != "bernoulli" and not (pd.api.types.is_numeric_dtype(y_raw)
                                            and not pd.api.types.is_bool_dtype(y_raw)):
         raise DataError(f"response {f.response!r} must be numeric; it has dtype {y_raw.dtype}. "
@@ -460,6 +470,10 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         if name != "Intercept":
             _check_scale(name, X[:, j], "a fixed-effect column")
     for j, name in enumerate(fixed_terms):
+        if name != "Intercept" and not X[:, j].any():
+            raise DataError(f"fixed-effect column {name!r} is 0 in every row: a category that does not "
+                            "occur in the data used (an unused level of a categorical column: drop it "
+                            "with .cat.remove_unused_categories()), or a predictor that is always 0.")
         if name != "Intercept" and np.ptp(X[:, j]) == 0:
             raise DataError(f"fixed-effect column {name!r} is constant ({X[0, j]:g} in every row); "
                             "drop it from the formula, it cannot be estimated beside the intercept.")
@@ -568,6 +582,42 @@ def _check_scale(name: str, v: np.ndarray, what: str) -> None:
                         f"[{lo:g}, {hi:g}]; at that scale the sampler's arithmetic is unreliable. Rescale "
                         f"it (e.g. divide by {factor:g}: change its units) and read the estimates in the "
                         "new units.")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _parses_as_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _refuse_stray_text(s: pd.Series, column: str, where: str) -> None:
+    """A numeric column with a few text values (a typo, 'n/a') would become dozens of dummy
+    columns: refuse it, naming the column and the values."""
+    if not (s.dtype == object or pd.api.types.is_string_dtype(s)):
+        return
+    vals = s.dropna().to_numpy(dtype=object)
+    texts = [v for v in vals if isinstance(v, str)]
+    if not texts:
+        return
+    numbers_ = sum(1 for v in vals if _is_number(v))
+    bad = list(dict.fromkeys(v for v in texts if not _parses_as_number(v)))
+    if numbers_ and bad:
+        stray = bad                                       # numbers and text mixed in one column
+    elif not numbers_ and bad and len(bad) <= max(1, len(vals) // 20) and len(set(texts)) > 10:
+        stray = bad                                       # numbers read as text, with a few typos
+    else:
+        return
+    rows = [int(i) for i in np.flatnonzero(s.isin(stray[:3]).to_numpy())[:3]]
+    raise DataError(f"column {column!r} ({where}) holds numbers and the text value(s) "
+                    f"{stray[:5]} (first at row(s) {rows}); it would be treated as a category with one "
+                    f"level per distinct value. Fix or remove those values, e.g. "
+                    f"pd.to_numeric(df[{column!r}], errors='coerce') turns them into missing values.")
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

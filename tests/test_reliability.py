@@ -335,3 +335,149 @@ def test_sd_does_not_underflow():
     v = np.array([1.0, 2.0, 4.0])
     assert _sd(v * 1e-300) == pytest.approx(_sd(v) * 1e-300, rel=1e-12, abs=0)
     assert _sd(v) == float(np.std(v, ddof=1))                        # unchanged on ordinary data
+
+
+# -- 6. errors that name the file, the column, the parameter ----------------------------------------
+
+def bad_files(tmp_path, good: Path) -> dict[str, Path]:
+    raw = good.read_bytes()
+    files = {"text": b"formula = 'y ~ x'\n", "empty": b"", "truncated": raw[: len(raw) // 2],
+             "hdf5 garbage": raw[:8] + bytes(range(256)) * 40, "netcdf3": b"CDF\x01" + bytes(200),
+             "corrupt middle": raw[:4096] + bytes(len(raw) - 8192) + raw[-4096:]}
+    out = {}
+    for name, data in files.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.nc"
+        p.write_bytes(data)
+        out[name] = p
+    out["folder"] = tmp_path
+    out["missing"] = tmp_path / "nope.nc"
+    return out
+
+
+def test_load_fit_and_report_on_bad_files_name_the_file(fake_fit, dyestuff, tmp_path, capsys):
+    good = fake_fit(DYE, dyestuff).save(tmp_path / "good.nc")
+    (tmp_path / "bad").mkdir()
+    for kind, path in bad_files(tmp_path / "bad", Path(good)).items():
+        with pytest.raises(BayesLMMError) as e:
+            blmm.load_fit(path)
+        assert str(path) in str(e.value), kind
+        rc = cli.main(["report", str(path), "--out", str(tmp_path / "rep")])
+        err = capsys.readouterr().err
+        assert rc == cli.EXIT_ERROR and str(path) in err and "Traceback" not in err, kind
+    assert "NetCDF3" in str(pytest.raises(BayesLMMError, blmm.load_fit, tmp_path / "bad" / "netcdf3.nc").value)
+
+
+def test_column_names_with_slash_survive_save_and_load(fake_fit, tmp_path):
+    df = group_frame(["a", "b", "c"]).rename(columns={"x": "dose/kg"})
+    fit = fake_fit("y ~ `dose/kg` + (1 | g)", df)
+    again = blmm.load_fit(fit.save(tmp_path / "f.nc"))      # before: h5netcdf raised on the '/'
+    assert again.design.fixed_terms == fit.design.fixed_terms
+    np.testing.assert_array_equal(again.design.X, fit.design.X)
+
+
+BAD_OPTIONS = [
+    (dict(target_accept="0.95"), "'target_accept' parameter must be a number in \\(0, 1\\)"),
+    (dict(target_accept="abc"), "'target_accept' parameter must be a number"),
+    (dict(target_accept=1.0), "'target_accept' parameter must be a number in \\(0, 1\\)"),
+    (dict(progressbar="no"), "'progressbar' parameter must be True or False"),
+    (dict(cores=-1), "'cores' parameter must be None .* or a positive integer"),
+    (dict(cores=0), "'cores' parameter"),
+    (dict(chains=2.0), "'chains' parameter must be a positive integer"),
+    (dict(seed=-1), "'seed' parameter"),
+    (dict(seed="1"), "'seed' parameter"),
+    (dict(sampler="stan"), "'sampler' parameter must be one of"),
+]
+
+
+@pytest.mark.parametrize("kw,match", BAD_OPTIONS, ids=lambda v: str(v)[:30])
+def test_sampler_options_are_checked_up_front_with_one_template(kw, match):
+    with pytest.raises(SpecError, match=match + ".* Got .* instead"):
+        blmm.SamplerSpec(**kw)
+
+
+def test_numpy_integers_are_accepted_and_absurd_draws_refused_before_sampling(dyestuff, monkeypatch):
+    s = blmm.SamplerSpec(seed=np.int64(1), draws=np.int32(10), chains=np.int64(2), cores=np.int64(1))
+    assert (s.seed, s.draws, type(s.seed)) == (1, 10, int)
+    json.dumps(s.to_dict())                                       # saved fits store it as JSON
+    from bayeslmm import sampling
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(SpecError, match="need about .* GiB of memory"):
+        blmm.Model(DYE, dyestuff).fit(draws=10**12, progressbar=False, verbose=False)
+
+
+def test_priors_must_be_a_dict_and_errors_name_the_parameter(dyestuff):
+    with pytest.raises(PriorError, match="'priors' parameter must be a dict"):
+        blmm.Model(DYE, dyestuff, priors=["normal(0, 1)"])
+    with pytest.raises(PriorError, match=r"prior for 'sigma': .*lam=-1.0 must be > 0"):
+        blmm.Model(DYE, dyestuff, priors={"sigma": "exponential(-1)"})
+    with pytest.raises(PriorError, match="'mu' of 'normal\\(0, sigma=1, mu=5\\)' is given twice"):
+        blmm.Model(DYE, dyestuff, priors={"Intercept": "normal(0, sigma=1, mu=5)"})
+    m = blmm.Model(DYE, dyestuff, priors={"Intercept": "Normal(1500, 100)", "sigma": "HalfNormal(50)"})
+    assert m.prior_table["Intercept"].prior == blmm.priors.parse_prior("normal(1500, 100)")
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d.assign(y=d.y + 1j), "response 'y' is complex"),
+    (lambda d: d.assign(x=d.x.astype(object).where(d.index != 3, "oops")),
+     r"column 'x' .*holds numbers and the text value\(s\) \['oops'\] \(first at row\(s\) \[3\]\)"),
+    (lambda d: d.assign(x=d.x.map(lambda v: f"{v:.3f}").where(d.index != 5, "n/a")),
+     r"column 'x' .*\['n/a'\]"),
+    (lambda d: pd.concat([d, d[["x"]]], axis=1), "more than one column named 'x'"),
+    (lambda d: d.assign(c=pd.Categorical(["p"] * len(d), categories=["p", "q"])),
+     "'c\\[T.q\\]' is 0 in every row: a category that does not occur"),
+])
+def test_data_problems_are_named(change, match):
+    df = change(group_frame(["a", "b", "c", "d", "e", "f"]))
+    formula = "y ~ c + x + (1 | g)" if "c" in df.columns else "y ~ x + (1 | g)"
+    with pytest.raises(DataError, match=match):
+        design_of(formula, df)
+
+
+def test_formula_messages_for_dot_and_offset():
+    df = group_frame(["a", "b", "c"])
+    with pytest.raises(FormulaError, match=r"'\.' \(all other columns\) is not supported"):
+        design_of("y ~ . + (1 | g)", df)
+    with pytest.raises(FormulaError) as e:
+        design_of("y ~ x + offset(x) + (1 | g)", df)
+    assert "column 'offset'" not in str(e.value)
+
+
+@pytest.mark.parametrize("resp,group,formula", [
+    ("réponse", "grüppe", "réponse ~ x + (1 | grüppe)"),
+    ("my y", "my group", "`my y` ~ x + (x || `my group`)"),
+    ("y", "my group", "y ~ x + (1 | `my group`/h)"),
+])
+def test_unicode_and_spaced_names_as_response_and_group(resp, group, formula):
+    df = group_frame(["a", "b", "c"], h=np.tile(["u", "v"], 6)).rename(columns={"y": resp, "g": group})
+    d = design_of(formula, df)
+    assert d.response == resp and d.factors[0].name == group
+    np.testing.assert_array_equal(d.y, df[resp].to_numpy())
+    assert blmm.build_spec(blmm.build_spec(formula).formula.text).formula == blmm.build_spec(formula).formula
+
+
+def test_cli_checks_out_flags_and_folders_before_sampling(tmp_path, capsys, monkeypatch):
+    from bayeslmm import model
+    monkeypatch.setattr(model.Model, "fit", lambda *a, **k: pytest.fail("sampled"))
+    toml = str(ROOT / "models" / "dyestuff_icc.toml")
+    f = tmp_path / "file"
+    f.write_text("x")
+    cases = [(["fit", toml, "--out", str(f)], "is an existing file, not a folder"),
+             (["fit", toml, "--out", str(tmp_path / "o"), "--draws", "-5"],
+              "command-line option --draws -5: the 'draws' parameter must be a positive integer"),
+             (["fit", toml, "--out", str(tmp_path / "o"), "--target-accept", "1.5"], "option --target-accept"),
+             (["check", str(tmp_path)], "is a folder, not a model file")]
+    for argv, match in cases:
+        assert cli.main(argv) == cli.EXIT_ERROR, argv
+        err = capsys.readouterr().err
+        assert match in err and "[sampler]" not in err and "Traceback" not in err, (argv, err)
+
+
+def test_cli_keeps_the_posterior_when_the_report_fails(tmp_path, capsys, monkeypatch):
+    from bayeslmm import report
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    out = tmp_path / "o"
+    rc = cli.main(["fit", str(ROOT / "models" / "dyestuff_icc.toml"), "--out", str(out), "--draws", "60",
+                   "--tune", "60", "--chains", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_ERROR and "boom" in err and f"posterior is saved in {out / 'fit.nc'}" in err
+    assert blmm.load_fit(out / "fit.nc").posterior.sizes["draw"] == 60
