@@ -481,3 +481,71 @@ def test_cli_keeps_the_posterior_when_the_report_fails(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert rc == cli.EXIT_ERROR and "boom" in err and f"posterior is saved in {out / 'fit.nc'}" in err
     assert blmm.load_fit(out / "fit.nc").posterior.sizes["draw"] == 60
+
+
+# -- 7. properties: row order and level names do not matter; the data are never changed -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (a test dependency)
+from hypothesis import strategies as st  # noqa: E402
+
+
+def collapsed_logp(design, b, sd, Cc, sigma):
+    """Per-group collapsed log-density and its gradient (the exact likelihood the collapsed path samples)."""
+    from bayeslmm.paths.collapsed_kernel import kernel_data, one_factor_kernel
+    from bayeslmm.stats import group_stats
+    data = [np.ascontiguousarray(x, dtype=float) for x in kernel_data(group_stats(design))]
+    J = len(data[-1])
+    return one_factor_kernel(np.array(1), np.ones(J), np.asarray(b, float), np.asarray(sd, float),
+                             np.asarray(Cc, float), np.array(float(sigma)), *data)
+
+
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n_groups=st.integers(2, 7), labels=st.sampled_from(["str", "int", "float"]))
+def test_collapsed_density_is_invariant_to_row_order_and_level_names(seed, n_groups, labels):
+    r = np.random.default_rng(seed)
+    sizes = r.integers(1, 6, n_groups)
+    g = np.repeat(np.arange(n_groups), sizes)
+    n = len(g)
+    df = pd.DataFrame({"y": r.normal(size=n) * 3 + g, "x": r.normal(size=n), "g": [f"g{k}" for k in g]})
+    if n < 4 or np.ptp(df["x"]) == 0:
+        return
+    before = df.copy(deep=True)
+    formula = "y ~ x + (1 + x | g)"
+    base = design_of(formula, df)
+    # shuffle the rows and give the levels new names in another order (and of another type)
+    perm = r.permutation(n)
+    new_names = r.permutation(n_groups) * 7 + 100
+    mapping = {f"g{k}": (f"level {v}" if labels == "str" else int(v) if labels == "int" else float(v) + 0.5)
+               for k, v in enumerate(new_names)}
+    other = df.iloc[perm].reset_index(drop=True).assign(g=lambda d: d["g"].map(mapping))
+    moved = design_of(formula, other)
+    pd.testing.assert_frame_equal(df, before)                              # never mutated
+    params = (r.normal(size=2), np.exp(r.normal(size=2)), np.array([[1, 0], [0.3, np.sqrt(1 - 0.09)]]),
+              np.exp(r.normal()))
+    lp0, *grad0 = collapsed_logp(base, *params)
+    lp1, *grad1 = collapsed_logp(moved, *params)
+    # the same groups, matched through their names: equal per-group densities and equal gradients
+    order = [moved.factors[0].levels.index(blmm.design.level_label(mapping[lv])) for lv in base.factors[0].levels]
+    np.testing.assert_allclose(lp1[order], lp0, rtol=1e-9, atol=1e-9)
+    for a, b in zip(grad0, grad1):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), with_nan=st.booleans(), as_category=st.booleans())
+def test_the_input_dataframe_is_never_mutated(seed, with_nan, as_category):
+    r = np.random.default_rng(seed)
+    df = group_frame(["a", "b", "c", "d"], seed=seed, c=r.choice(["p", "q"], 16))
+    if with_nan:
+        df.loc[r.integers(0, 16), "x"] = np.nan
+    if as_category:
+        df["g"] = df["g"].astype("category")
+    before = df.copy(deep=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = blmm.Model("y ~ x + c + (1 + x | g)", df)
+        from bayeslmm.design import predictor_arrays
+        predictor_arrays(m.design, df.dropna())
+    pd.testing.assert_frame_equal(df, before)
+    assert df.index.equals(before.index) and list(df.columns) == list(before.columns)
