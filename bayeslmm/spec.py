@@ -170,7 +170,7 @@ class SamplerSpec:
         ta = self.target_accept
         if (not isinstance(ta, numbers.Real) or isinstance(ta, (bool, np.bool_))
                 or not 0 < float(ta) < 1):
-            raise bad("target_accept", "a number in (0, 1)", "; 0.9-0.99 is usual, raise it if there are "
+            raise bad("target_accept", "in (0, 1) (a number)", "; 0.9-0.99 is usual, raise it if there are "
                       "divergences")
         object.__setattr__(self, "target_accept", float(ta))
         if not isinstance(self.progressbar, (bool, np.bool_)):

@@ -377,9 +377,9 @@ def test_column_names_with_slash_survive_save_and_load(fake_fit, tmp_path):
 
 
 BAD_OPTIONS = [
-    (dict(target_accept="0.95"), "'target_accept' parameter must be a number in \\(0, 1\\)"),
-    (dict(target_accept="abc"), "'target_accept' parameter must be a number"),
-    (dict(target_accept=1.0), "'target_accept' parameter must be a number in \\(0, 1\\)"),
+    (dict(target_accept="0.95"), "'target_accept' parameter must be in \\(0, 1\\)"),
+    (dict(target_accept="abc"), "'target_accept' parameter must be in"),
+    (dict(target_accept=1.0), "'target_accept' parameter must be in \\(0, 1\\)"),
     (dict(progressbar="no"), "'progressbar' parameter must be True or False"),
     (dict(cores=-1), "'cores' parameter must be None .* or a positive integer"),
     (dict(cores=0), "'cores' parameter"),
