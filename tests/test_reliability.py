@@ -457,6 +457,26 @@ def test_unicode_and_spaced_names_as_response_and_group(resp, group, formula):
     assert blmm.build_spec(blmm.build_spec(formula).formula.text).formula == blmm.build_spec(formula).formula
 
 
+@pytest.mark.parametrize("formula,succ,trials", [
+    ("cbind(réussi, échoué) ~ x + (1 | g)", "réussi", ("failures", "échoué")),
+    ("cbind(`n succ`, `n total` - `n succ`) ~ x + (1 | g)", "n succ", ("trials", "n total")),
+])
+def test_unicode_and_spaced_names_in_cbind(formula, succ, trials):
+    # the binomial response (int's cbind) follows the same column-name rule as a plain response
+    f = blmm.parse_formula(formula)
+    assert f.response == succ and f.trials == trials
+    for bad in ("cbind(`a`b`, f) ~ x", "cbind(s, `n` - t) ~ x"):
+        with pytest.raises(FormulaError):
+            blmm.parse_formula(bad)
+
+
+def test_bernoulli_text_response_passes_the_stray_text_check():
+    df = group_frame(["a", "b", "c"])
+    df["y"] = np.where(df["y"] > 0, "yes", "no")
+    d = blmm.Model("y ~ x + (1 | g)", df, family="bernoulli").design
+    np.testing.assert_array_equal(d.y, (df["y"] == "yes").to_numpy(dtype=float))
+
+
 def test_cli_checks_out_flags_and_folders_before_sampling(tmp_path, capsys, monkeypatch):
     from bayeslmm import model
     monkeypatch.setattr(model.Model, "fit", lambda *a, **k: pytest.fail("sampled"))
