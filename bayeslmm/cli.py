@@ -9,7 +9,12 @@
     bayeslmm datasets
 
 Exit codes: 0 success; 1 an error (bad model file, data, formula or prior; the message names the
-file and the key); 2 bad command-line usage; 3 ``--strict`` and a convergence check failed.
+file and the key); 2 bad command-line usage; 3 ``--strict`` and a convergence check failed;
+130 interrupted (Ctrl-C): no output that looks complete is written for an interrupted fit.
+
+Every file is written atomically (:mod:`bayeslmm.atomic`). ``fit`` checks what it can before
+sampling (the output folder, the sampler settings, the size of the posterior) and saves the
+posterior (``fit.nc``) before anything else, so a failing report never loses it.
 
 The module is imported by nothing else in the package; :func:`main` is the console script.
 """
@@ -17,13 +22,16 @@ The module is imported by nothing else in the package; :func:`main` is the conso
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_NOT_CONVERGED"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_NOT_CONVERGED",
+           "EXIT_INTERRUPTED"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_CONVERGED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130          # 128 + SIGINT, the shell's convention for Ctrl-C
 
 _EPILOG = """\
 model files: see the [model], [data], [priors], [sampler] and [report] tables documented in
@@ -31,7 +39,7 @@ bayeslmm.specfile (and the examples in models/*.toml). Data is a bundled data se
 (`bayeslmm datasets`) or a CSV/Parquet path relative to the model file.
 
 exit codes: 0 ok; 1 error (the message names the file and the key to fix); 2 usage;
-3 convergence checks failed and --strict was given.
+3 convergence checks failed and --strict was given; 130 interrupted (Ctrl-C).
 
 examples:
   bayeslmm datasets
@@ -112,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except BayesLMMError as e:
         print(f"bayeslmm {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("bayeslmm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        detail = f" ({e})" if str(e) else ""
+        print(f"bayeslmm {args.command}: interrupted{detail}. Files already in place are complete "
+              "(each is written whole or not at all); outputs not yet written were not made.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,14 +169,17 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from .specfile import load_model_file, save_model_file
+    from .errors import BayesLMMError
+    from .specfile import load_model_file
 
     t0 = time.perf_counter()
-    mf = load_model_file(args.model)
-    mf = mf.with_sampler(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-                         cores=args.cores, target_accept=args.target_accept, sampler=args.sampler,
-                         progressbar=False if args.no_progress else None)
     out = Path(args.out)
+    _check_out_dir(out)                    # before anything slow: a bad --out never costs a fit
+    flags = dict(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+                 cores=args.cores, target_accept=args.target_accept, sampler=args.sampler)
+    _check_flags(flags)
+    mf = load_model_file(args.model)
+    mf = mf.with_sampler(**flags, progressbar=False if args.no_progress else None)
     _say(f"bayeslmm fit: {mf.source} ({mf.name})")
     _say(f"  formula: {mf.spec.formula.text}")
     _say(f"  family:  {mf.spec.family} ({mf.spec.link} link)")
@@ -180,6 +194,20 @@ def _cmd_fit(args) -> int:
         kw["method"] = args.method
     fit = _quiet_fit(model, kw)
     _say(f"\nsampled in {fit.info.get('total_s', float('nan')):.1f} s")
+    saved = _save_posterior_first(fit, out)
+    try:
+        return _finish_fit(fit, mf, out, args, t0, saved)
+    except BayesLMMError as e:
+        raise BayesLMMError(f"{e}\nThe posterior is saved in {saved} (blmm.load_fit reads it; "
+                            f"`bayeslmm report {saved} --out DIR` writes the report).") from e
+    except Exception as e:  # noqa: BLE001 - never lose a finished posterior to an output step
+        raise BayesLMMError(f"writing the outputs failed ({type(e).__name__}: {e}). The posterior is "
+                            f"saved in {saved} (blmm.load_fit reads it; `bayeslmm report {saved} "
+                            "--out DIR` writes the report).") from e
+
+
+def _finish_fit(fit, mf, out: Path, args, t0: float, saved: str) -> int:
+    from .specfile import save_model_file
 
     prob = mf.report.prob
     _say("\nFixed effects")
@@ -194,13 +222,13 @@ def _cmd_fit(args) -> int:
         except Exception as e:  # noqa: BLE001 - the ICC is a summary, never a reason to lose the fit
             _say(f"\n(ICC not computed: {type(e).__name__}: {e})")
 
-    out.mkdir(parents=True, exist_ok=True)
     save_model_file(mf, out / "model.toml")
     from .bigfit import is_stats_design
-    if is_stats_design(fit.design) and not args.no_report:   # the report needs rows (PPC, shrinkage)
+    stats_only = is_stats_design(fit.design)
+    if stats_only and not args.no_report:   # the report needs rows (PPC, shrinkage)
         _say("\n(no HTML report: the model was built from per-group statistics; tables and fit.nc written)")
-    report_path = _write_outputs(fit, out, mf.report,
-                                 with_report=not args.no_report and not is_stats_design(fit.design))
+    report_path = _write_outputs(fit, out, mf.report, with_report=not args.no_report and not stats_only,
+                                 saved=saved == str(out / "fit.nc"))
     problems = _convergence_problems(fit)
     if problems:
         _say("\nConvergence checks FAILED:")
@@ -274,16 +302,83 @@ def _icc_kwargs(report, prob: float) -> dict:
     return {"prob": prob, **({"at": pts} if pts else {})}
 
 
-def _write_outputs(fit, out: Path, report, *, with_report: bool) -> str:
+def _write_outputs(fit, out: Path, report, *, with_report: bool, saved: bool = False) -> str:
     """Write the report (``fit.report``: report.html, tables, figures, fit.nc) or, with
-    ``with_report=False``, only the summary tables and fit.nc; return the main path."""
+    ``with_report=False``, only the summary tables and fit.nc; return the main path.
+    ``saved``: out/fit.nc already holds this fit (not written again)."""
+    from .atomic import atomic_path
+
     out.mkdir(parents=True, exist_ok=True)
     if with_report:
-        return str(fit.report(str(out), **report.kwargs(), verbose=False))
-    fit.summary(prob=report.prob).to_csv(out / "summary.csv")
-    fit.variance_components(prob=report.prob).to_csv(out / "variance_components.csv")
-    fit.save(out / "fit.nc")
+        return str(fit.report(str(out), **report.kwargs(), verbose=False, save_fit=not saved))
+    for name, tab in (("summary.csv", fit.summary(prob=report.prob)),
+                      ("variance_components.csv", fit.variance_components(prob=report.prob))):
+        with atomic_path(out / name) as tmp:
+            tab.to_csv(tmp)
+    if not saved:
+        fit.save(out / "fit.nc")
     return str(out / "fit.nc")
+
+
+def _check_out_dir(out: Path) -> None:
+    """``--out`` must be a folder that can be written (created if needed); checked before sampling."""
+    from .atomic import write_text
+    from .errors import BayesLMMError
+
+    if out.exists() and not out.is_dir():
+        raise BayesLMMError(f"--out {str(out)!r} is an existing file, not a folder; give a folder "
+                            "name (it is created if needed).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".bayeslmm-write-test-{os.getpid()}"
+        write_text(probe, "")
+        probe.unlink()
+    except OSError as e:
+        raise BayesLMMError(f"--out {str(out)!r} cannot be written ({e.strerror or e}); choose "
+                            "another folder.") from e
+
+
+def _check_flags(flags: dict) -> None:
+    """Each sampler flag on its own, so that an error names the flag, not the model file's key."""
+    from dataclasses import replace
+
+    from .errors import SpecError
+    from .spec import SamplerSpec
+
+    base = SamplerSpec()
+    for k, v in flags.items():
+        if v is None:
+            continue
+        try:
+            replace(base, **{k: v})
+        except SpecError as e:
+            flag = "--" + k.replace("_", "-")
+            raise SpecError(f"command-line option {flag} {v}: {e}") from None
+
+
+def _save_posterior_first(fit, out: Path) -> str:
+    """Save the fit to out/fit.nc right after sampling; if that fails, to a file in the current
+    folder (or the temp folder) whose name says it was rescued. Returns the path."""
+    import tempfile
+
+    from .errors import BayesLMMError
+
+    target = out / "fit.nc"
+    try:
+        return fit.save(target)
+    except Exception as first:  # noqa: BLE001
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+            rescue = folder / f"bayeslmm-rescued-fit-{stamp}-{os.getpid()}.nc"
+            try:
+                fit.save(rescue)
+            except Exception:  # noqa: BLE001
+                continue
+            _say(f"\ncould not write {target} ({type(first).__name__}: {first}); the posterior is "
+                 f"saved in {rescue}")
+            return str(rescue)
+        raise BayesLMMError(f"could not save the posterior to {target}: {type(first).__name__}: "
+                            f"{first}") from first
 
 
 def _convergence_problems(fit) -> list[str]:

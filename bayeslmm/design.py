@@ -33,7 +33,7 @@ from .formula import FORMULA_CONTEXT, RandomTerm, required_columns
 from .spec import ModelSpec
 
 __all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arrays", "offset_and_trials",
-           "MISSING_ACTIONS"]
+           "level_label", "MISSING_ACTIONS"]
 
 MISSING_ACTIONS = ("drop", "raise")
 
@@ -236,16 +236,101 @@ def _model_matrix(text: str, frame: pd.DataFrame, where: str):
         raise FormulaError(f"cannot build the model matrix of {where} {text!r}: {exc}") from exc
 
 
+# -- level identity -----------------------------------------------------------------------------
+# A level of a grouping factor is identified by its value, never by its text: a float column with
+# 1.0 (a column of integers that held a NaN) and new data with 1 are the same level; the text '1'
+# and the number 1 in one column are refused as ambiguous; the levels of an ``a:b`` factor are
+# tuples, so values that contain ':' can never make two levels one. The label of a level is the
+# canonical text of its value (``level_label``), joined with ':' for ``a:b``.
+
+
+def _column_kind(s: pd.Series) -> str:
+    """'number', 'bool' or 'text' (object, string and categorical columns)."""
+    dtype = s.dtype.categories.dtype if isinstance(s.dtype, pd.CategoricalDtype) else s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "number"
+    return "text"
+
+
+def level_label(value) -> str:
+    """Canonical text of one level: numbers by value (``1``, ``1.0`` and ``np.int64(1)`` -> '1')."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
+    return str(value)
+
+
+def _column_labels(s: pd.Series, column: str, where: str) -> np.ndarray:
+    """The canonical label of every row of one grouping column; refuses text that equals a number."""
+    values = s.to_numpy(dtype=object)
+    labels = np.array([level_label(v) for v in values], dtype=object)
+    if _column_kind(s) == "text":
+        is_num = np.array([isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                           for v in values], dtype=bool)
+        if is_num.any() and (~is_num).any():
+            clash = set(labels[is_num]) & set(labels[~is_num])
+            if clash:
+                lv = sorted(clash)[0]
+                raise DataError(f"column {column!r} ({where}) holds both the number {lv} and the text "
+                                f"{lv!r}: they cannot be told apart as group levels. Convert the column "
+                                f"to one type (e.g. df[{column!r}].astype(str)).")
+    return labels
+
+
 def _encode_groups(frame: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer codes and labels for one factor (observed levels only, sorted)."""
+    """Integer codes and labels for one factor (observed levels only, sorted by value).
+
+    The one place where levels are defined (see "level identity" above); :func:`predictor_arrays`
+    matches new data with :func:`_row_keys` of the same rule.
+    """
+    name = ":".join(cols)
     if len(cols) == 1:
         codes, uniques = pd.factorize(frame[cols[0]], sort=True)
-        labels = tuple(str(u) for u in uniques)
+        _column_labels(frame[cols[0]], cols[0], f"grouping factor {name!r}")     # refuses '1' vs 1
+        labels = tuple(level_label(u) for u in uniques)
     else:
+        for c in cols:
+            _column_labels(frame[c], c, f"grouping factor {name!r}")
         idx = pd.MultiIndex.from_frame(frame[list(cols)])
         codes, uniques = pd.factorize(idx, sort=True)
-        labels = tuple(":".join(str(v) for v in u) for u in uniques)
+        labels = tuple(":".join(level_label(v) for v in u) for u in uniques)
+    if len(set(labels)) < len(labels):
+        seen: dict[str, int] = {}
+        dup = next(lv for lv in labels if seen.setdefault(lv, 0) or seen.update({lv: 1}))
+        raise DataError(f"grouping factor {name!r} has two different levels with the same label {dup!r}"
+                        + (" (a value contains ':', the separator of the levels of "
+                           f"{name!r}); remove ':' from the values of {list(cols)}" if len(cols) > 1 else
+                           f"; make the values of column {cols[0]!r} distinct as text")
+                        + ".")
     return codes.astype(np.int64), labels
+
+
+def _row_keys(design_cols: dict, frame: pd.DataFrame, cols: tuple[str, ...], factor: str) -> list[tuple]:
+    """Per row, the level of ``factor`` as a tuple of canonical labels, after checking that each
+    new column has the fitted column's kind (number / text / bool)."""
+    parts = []
+    for c in cols:
+        fitted = design_cols.get(c)
+        if fitted is not None:
+            kf = _column_kind(pd.Series(fitted.values, dtype=fitted.dtype))
+            kn = _column_kind(frame[c])
+            if kf != kn and not (kn == "text" and _all_numbers(frame[c]) and kf == "number"):
+                raise DataError(f"column {c!r} of the new data holds {kn} values but the fitted levels of "
+                                f"{factor!r} are {kf} values; convert it to the type it had in the fit "
+                                "so that its levels can be matched.")
+        parts.append(_column_labels(frame[c], c, f"grouping factor {factor!r}"))
+    return list(zip(*parts))
+
+
+def _all_numbers(s: pd.Series) -> bool:
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in s.to_numpy(dtype=object))
 
 
 def _baseline_notes(frame: pd.DataFrame, cols: set[str]) -> list[str]:
@@ -298,6 +383,10 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if len(data) == 0:
         raise DataError("data has no rows; pass a DataFrame with observations")
+    dup = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+    if dup:
+        raise DataError(f"the data has more than one column named {', '.join(map(repr, dup))}; column "
+                        "names must be unique (rename or drop the copies).")
     f = spec.formula
     needed: dict[str, str] = {f.response: "the response (left of '~')"}
     se_col = getattr(f, "se", None)
@@ -324,9 +413,19 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         for c in cols:
             needed.setdefault(c, f"the offset {o!r}")
     _check_columns(data, needed)
+    if "Intercept" in needed:
+        raise DataError("the data column 'Intercept' is used in the formula, but 'Intercept' is the name "
+                        "of the constant term (its estimate, its prior): the two cannot be told apart. "
+                        "Rename the column, e.g. data.rename(columns={'Intercept': 'Intercept_x'}).")
 
     frame = data.loc[:, list(needed)].copy()
     y_raw = frame[f.response]
+    if pd.api.types.is_complex_dtype(y_raw):
+        raise DataError(f"response {f.response!r} is complex; a linear mixed model needs real numbers. "
+                        "Model the real part, the imaginary part or the modulus as a separate column.")
+    for c in needed:
+        if not needed[c].startswith("the grouping factor"):     # group IDs may mix numbers and text
+            _refuse_stray_text(frame[c], c, needed[c])
     if family.name != "bernoulli" and not (pd.api.types.is_numeric_dtype(y_raw)
                                            and not pd.api.types.is_bool_dtype(y_raw)):
         raise DataError(f"response {f.response!r} must be numeric; it has dtype {y_raw.dtype}. "
@@ -373,7 +472,19 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     mm = _model_matrix(f.fixed, frame, "the fixed part")
     X = np.asarray(mm, dtype=float)
     fixed_terms = tuple(str(c) for c in mm.columns)
+    if not fixed_terms:
+        raise FormulaError(f"{f.text!r} has no fixed effects (no intercept, no predictors); a mixed model "
+                           "here needs at least one. Use '1 + ...' (the group effects are then deviations "
+                           "from a common mean).")
+    _check_scale(f.response, y, "the response")
     for j, name in enumerate(fixed_terms):
+        if name != "Intercept":
+            _check_scale(name, X[:, j], "a fixed-effect column")
+    for j, name in enumerate(fixed_terms):
+        if name != "Intercept" and not X[:, j].any():
+            raise DataError(f"fixed-effect column {name!r} is 0 in every row: a category that does not "
+                            "occur in the data used (an unused level of a categorical column: drop it "
+                            "with .cat.remove_unused_categories()), or a predictor that is always 0.")
         if name != "Intercept" and np.ptp(X[:, j]) == 0:
             raise DataError(f"fixed-effect column {name!r} is constant ({X[0, j]:g} in every row); "
                             "drop it from the formula, it cannot be estimated beside the intercept.")
@@ -484,6 +595,63 @@ def _check_standard_errors(s: pd.Series, col: str) -> None:
                         f"{rows(bad)}, e.g. {v[bad][0]:g}). Standard errors are positive: check the column.")
 
 
+#: typical size (root mean square) outside which a column is refused: sampling works on the
+#: data's own scale, and at 1e12 or 1e-12 (squares 1e24 / 1e-24, products of both) float error and
+#: NUTS's step size adaptation give wrong answers. Ordinary data (units from mm to km, counts,
+#: money up to billions) are far inside.
+SCALE_LIMITS = (1e-8, 1e10)
+
+
+def _check_scale(name: str, v: np.ndarray, what: str) -> None:
+    m = float(np.max(np.abs(v))) if len(v) else 0.0
+    if m == 0.0 or not np.isfinite(m):
+        return                                  # zeros: the constant checks say what is wrong
+    size = m * float(np.sqrt(np.mean((v / m) ** 2)))    # root mean square, without under/overflow
+    lo, hi = SCALE_LIMITS
+    if not lo <= size <= hi:
+        factor = 10.0 ** round(np.log10(size))
+        raise DataError(f"{what} {name!r} has values of size about {size:.3g}, outside "
+                        f"[{lo:g}, {hi:g}]; at that scale the sampler's arithmetic is unreliable. Rescale "
+                        f"it (e.g. divide by {factor:g}: change its units) and read the estimates in the "
+                        "new units.")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _parses_as_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _refuse_stray_text(s: pd.Series, column: str, where: str) -> None:
+    """A numeric column with a few text values (a typo, 'n/a') would become dozens of dummy
+    columns: refuse it, naming the column and the values."""
+    if not (s.dtype == object or pd.api.types.is_string_dtype(s)):
+        return
+    vals = s.dropna().to_numpy(dtype=object)
+    texts = [v for v in vals if isinstance(v, str)]
+    if not texts:
+        return
+    numbers_ = sum(1 for v in vals if _is_number(v))
+    bad = list(dict.fromkeys(v for v in texts if not _parses_as_number(v)))
+    if numbers_ and bad:
+        stray = bad                                       # numbers and text mixed in one column
+    elif not numbers_ and bad and len(bad) <= max(1, len(vals) // 20) and len(set(texts)) > 10:
+        stray = bad                                       # numbers read as text, with a few typos
+    else:
+        return
+    rows = [int(i) for i in np.flatnonzero(s.isin(stray[:3]).to_numpy())[:3]]
+    raise DataError(f"column {column!r} ({where}) holds numbers and the text value(s) "
+                    f"{stray[:5]} (first at row(s) {rows}); it would be treated as a category with one "
+                    f"level per distinct value. Fix or remove those values, e.g. "
+                    f"pd.to_numeric(df[{column!r}], errors='coerce') turns them into missing values.")
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.array(a, copy=True)
     a.setflags(write=False)
@@ -506,28 +674,48 @@ def predictor_arrays(design: Design, data: pd.DataFrame):
     if bad:
         raise DataError(f"new data has missing values in {bad}; predictions need complete rows "
                         "(drop or fill them first)")
-    try:
-        X = np.asarray(design.fixed_spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float)
-    except Exception as exc:
-        raise DataError(f"cannot build the fixed-effect design for the new data: {exc}") from exc
+    X = _new_model_matrix(design.fixed_spec, frame, "the fixed-effect design")
+    fitted_cols = {c.name: c for c in design.columns}
+    fitted_frame = None
     parts = []
     for f in design.factors:
-        Zs = []
-        for spec in f.term_specs:
-            try:
-                Zs.append(np.asarray(spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float))
-            except Exception as exc:
-                raise DataError(f"cannot build the random-effect design of {f.name!r} for the new data: "
-                                f"{exc}") from exc
+        Zs = [_new_model_matrix(spec, frame, f"the random-effect design of {f.name!r}")
+              for spec in f.term_specs]
         cols = f.columns
-        if len(cols) == 1:
-            labels = frame[cols[0]].astype(str).to_numpy()
-        else:
-            labels = frame[list(cols)].astype(str).agg(":".join, axis=1).to_numpy()
-        index = {lv: k for k, lv in enumerate(f.levels)}
-        codes = np.array([index.get(lv, -1) for lv in labels], dtype=np.int64)
+        if fitted_frame is None:
+            fitted_frame = pd.DataFrame({c.name: pd.Series(c.values, dtype=c.dtype) for c in design.columns})
+        # fitted level tuples -> codes (the same rule as _encode_groups), then new rows looked up
+        fitted_keys = _row_keys(fitted_cols, fitted_frame, cols, f.name)
+        index = dict(zip(fitted_keys, f.codes.tolist()))
+        keys = _row_keys(fitted_cols, frame, cols, f.name)
+        codes = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        labels = np.array([":".join(k) for k in keys], dtype=object)
         parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
     return X, parts
+
+
+def _new_model_matrix(spec, frame: pd.DataFrame, what: str) -> np.ndarray:
+    """A fitted formulaic model spec applied to new data; a category the fit never saw is an error
+    (formulaic would warn and code it as the baseline)."""
+    for factor, state in getattr(spec, "factor_contrasts", {}).items():
+        col = str(factor.expr).strip("`")
+        if col in frame.columns:
+            known = {level_label(v) for v in state.levels}
+            new = sorted({level_label(v) for v in frame[col].to_numpy(dtype=object)} - known)
+            if new:
+                raise DataError(f"column {col!r} of the new data has categor{'y' if len(new) == 1 else 'ies'} "
+                                f"{new[:10]} not seen in the fit (fitted: {sorted(known)[:10]}); the model "
+                                "has no estimate for an unseen category. Drop those rows or refit with them.")
+    from formulaic.errors import DataMismatchWarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DataMismatchWarning)
+            return np.asarray(spec.get_model_matrix(frame, context=FORMULA_CONTEXT), dtype=float)
+    except DataMismatchWarning as exc:
+        raise DataError(f"{what} of the new data has a category not seen in the fit ({exc}); the model "
+                        "has no estimate for an unseen category. Drop those rows or refit with them.") from None
+    except Exception as exc:
+        raise DataError(f"cannot build {what} for the new data: {exc}") from exc
 
 
 def _make_factors(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[FactorDesign, ...]:

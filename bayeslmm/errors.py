@@ -6,7 +6,8 @@ All derive from :class:`BayesLMMError`, so ``except bayeslmm.BayesLMMError`` cat
 
 from __future__ import annotations
 
-__all__ = ["BayesLMMError", "FormulaError", "SpecError", "DataError", "PriorError", "ModelFileError"]
+__all__ = ["BayesLMMError", "FormulaError", "SpecError", "DataError", "PriorError", "ModelFileError",
+           "SamplingInterrupted"]
 
 
 class BayesLMMError(Exception):
@@ -31,3 +32,11 @@ class PriorError(BayesLMMError, ValueError):
 
 class ModelFileError(BayesLMMError, ValueError):
     """A TOML model file with an unknown key, wrong type or missing data file."""
+
+
+class SamplingInterrupted(KeyboardInterrupt):
+    """Sampling was interrupted (Ctrl-C): no fit is returned, since its draws would be incomplete.
+
+    A ``KeyboardInterrupt``, so ``except KeyboardInterrupt`` and the default handler see it as one;
+    the message says how many draws each chain had.
+    """

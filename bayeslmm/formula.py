@@ -214,19 +214,22 @@ def parse_formula(text: str) -> ParsedFormula:
         raise _error(text, max(pos, 0), "expected exactly one '~'",
                      "Write the formula as 'response ~ predictors', e.g. 'y ~ x + (1 | g)'.")
     tilde = text.index("~")
-    response, se, se_sigma = _parse_response(text, text[:tilde])
+    lhs, se, se_sigma = _parse_response(text, text[:tilde])
     trials = None
-    m = _CBIND.match(response)
+    m = _CBIND.match(lhs.strip())
     if m:
         if se is not None:
             raise _error(text, 0, "a cbind() response cannot have known standard errors se()",
                          "se() belongs to a Gaussian response ('y | se(s) ~ ...'); cbind() to the "
                          "binomial family.")
         response, trials = _cbind(text, m)
-    elif not _IDENT.match(response) or _is_dunder(response):
-        raise _error(text, 0, f"response {response!r} is not a column name",
+    else:
+        response = _column_name(lhs)
+    if response is None:
+        raise _error(text, 0, f"response {lhs.strip()!r} is not a column name",
                      "Use a single column name on the left of '~' (add a transformed column to the "
-                     "DataFrame for log(y) and similar).")
+                     "DataFrame for log(y) and similar); quote a name with spaces or symbols in "
+                     "backticks, like `my y`.")
     rhs_start = tilde + 1
     rhs = text[rhs_start:]
     if not rhs.strip():
@@ -279,11 +282,18 @@ def parse_formula(text: str) -> ParsedFormula:
                 if not group:
                     raise _error(text, offset, f"no grouping factor in {term_text!r}",
                                  "Name a column after the bar, e.g. '(1 | subject)'.")
+                quoted = re.findall(r"`([^`]*)`", group)
+                if any(not q.strip() or ":" in q or "/" in q for q in quoted):
+                    raise _error(text, offset, f"grouping factor {group!r} in {term_text!r}: a quoted "
+                                 "name is empty or holds ':' or '/' (the nesting operators)",
+                                 "Rename the grouping column without ':' and '/'.")
+                group = re.sub(r"`([^`]*)`", lambda m: m.group(1), group)
                 for piece in re.split(r"[/:]", group):
-                    if not _IDENT.match(piece.strip()) or _is_dunder(piece.strip()):
+                    if piece.strip() not in quoted and _column_name(piece) is None:
                         raise _error(text, offset, f"grouping factor {group!r} in {term_text!r} is not "
                                      "a column name, 'a:b' or 'a/b'",
-                                     "Group by plain column names; add a column for anything computed.")
+                                     "Group by column names (quote one with spaces or symbols in "
+                                     "backticks, like (1 | `my group`)); add a column for anything computed.")
                 for g in _expand_group(group):
                     g = ":".join(p.strip() for p in g.split(":"))
                     random.append(RandomTerm(expr=" ".join(expr.split()), group=g,
@@ -338,14 +348,14 @@ def _cbind(text: str, m: re.Match) -> tuple[str, tuple[str, str]]:
     if len(args) != 2:
         raise _error(text, 0, f"cbind() takes two arguments, got {len(args)}", hint)
     s, second = args
-    ok = lambda c: bool(_IDENT.match(c)) and not _is_dunder(c)    # noqa: E731
-    if not ok(s):
+    name = _column_name(s)        # the same rule as a plain response (Unicode, `quoted name`)
+    if name is None:
         raise _error(text, 0, f"the successes {s!r} in cbind() are not a column name", hint)
-    if ok(second):
-        return s, ("failures", second)
-    mm = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_.]*)\s*-\s*([A-Za-z_][A-Za-z0-9_.]*)", second)
-    if mm and ok(mm.group(1)) and mm.group(2) == s:
-        return s, ("trials", mm.group(1))
+    if _column_name(second) is not None:
+        return name, ("failures", _column_name(second))
+    mm = re.fullmatch(r"(`[^`]+`|[^\s`-]+)\s*-\s*(`[^`]+`|[^\s`-]+)", second)
+    if mm and _column_name(mm.group(1)) is not None and _column_name(mm.group(2)) == name:
+        return name, ("trials", _column_name(mm.group(1)))
     raise _error(text, 0, f"the second argument {second!r} of cbind() is neither a column of failures "
                  f"nor 'n - {s}'", hint)
 
@@ -425,11 +435,26 @@ def _is_dunder(name: str) -> bool:
     return any(p.startswith("__") and p.endswith("__") and len(p) > 4 for p in name.split("."))
 
 
+def _column_name(text: str) -> str | None:
+    """A response or grouping column as written: a name (Unicode letters, digits, '_', '.') or any
+    text in backticks (returned without them); None otherwise. These names are only ever looked
+    up as column labels, never evaluated."""
+    name = text.strip()
+    if len(name) > 2 and name[0] == name[-1] == "`" and "`" not in name[1:-1] and name[1:-1].strip():
+        return name[1:-1]
+    if name and all(p.isidentifier() for p in name.split(".")) and not _is_dunder(name):
+        return name
+    return None
+
+
 def _check_name(name, what: str) -> None:
-    """A response or grouping column: a plain identifier, never a dunder name."""
-    if not isinstance(name, str) or not _IDENT.match(name.strip()) or _is_dunder(name):
-        raise FormulaError(f"{what} {name!r} is not a column name; use a plain column name "
-                           "(letters, digits, '_' and '.'). " + ALLOWED_HINT)
+    """A response or grouping column (after backticks were removed): a column label, never a
+    dunder name or text with backticks or control characters."""
+    # never evaluated, but text that reads like a call is refused anyway (defence in depth)
+    if (not isinstance(name, str) or not name.strip() or _is_dunder(name) or not name.isprintable()
+            or any(ch in name for ch in "`()'\"\\")):
+        raise FormulaError(f"{what} {name!r} is not a column name; use a column name without brackets "
+                           "or quotes (quote one with spaces or symbols in backticks). " + ALLOWED_HINT)
 
 
 def _check_or_raise(part, where: str) -> tuple[str, ...]:

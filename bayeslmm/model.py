@@ -7,6 +7,7 @@ fitted, not when this module is imported.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pandas as pd
@@ -18,9 +19,10 @@ from .paths import Plan, choose_path
 from .posterior import stored_var_names
 from .priors import PriorTable, resolve_priors
 from .results import Fit
+from .errors import SpecError
 from .spec import ModelSpec, SamplerSpec, build_spec, canonical_method
 
-__all__ = ["Model", "fit", "group_loo"]
+__all__ = ["Model", "fit", "group_loo", "check_posterior_size"]
 
 
 class Model:
@@ -144,6 +146,7 @@ class Model:
         settings = SamplerSpec(chains=chains, draws=draws, tune=tune, seed=seed,
                                target_accept=target_accept, sampler=sampler, cores=cores,
                                progressbar=progressbar)
+        check_posterior_size(self.design, settings)
         from .sampling import resolve_seed, sample
         plan = self.plan(method)
         chosen, why = plan.path, plan.reason
@@ -170,6 +173,30 @@ class Model:
         return fit
 
 
+
+
+def check_posterior_size(design: Design, settings: SamplerSpec, memory_bytes: int | None = None) -> int:
+    """Refuse, before compiling or sampling, a posterior that cannot fit in memory.
+
+    The estimate counts 8 bytes per stored value: every parameter (fixed effects, group effects,
+    SDs, correlations, sigma) twice (constrained and unconstrained) plus ~20 sampler statistics,
+    per draw and chain. Raises :class:`SpecError` when it exceeds half of ``memory_bytes`` (default:
+    this machine's physical memory). Returns the estimate in bytes.
+    """
+    per_draw = design.X.shape[1] + 1
+    for f in design.factors:
+        per_draw += f.n_levels * f.q + f.q + len(f.correlation_pairs)
+    need = 8 * settings.chains * settings.draws * (2 * per_draw + 20)
+    if memory_bytes is None:
+        try:
+            memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return need
+    if need > memory_bytes / 2:
+        raise SpecError(f"{settings.chains} chains x {settings.draws} draws of {per_draw} parameters "
+                        f"need about {need / 2**30:.1f} GiB of memory, more than half of this machine's "
+                        f"{memory_bytes / 2**30:.1f} GiB; use fewer draws (1000-4000 per chain is usual).")
+    return need
 
 
 def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:

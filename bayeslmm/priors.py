@@ -124,7 +124,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-_PRIOR_RE = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$")
+_PRIOR_RE = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$")      # names case-insensitive
 
 
 def parse_prior(text: str | Prior, *, where: str = "prior") -> Prior:
@@ -151,6 +151,9 @@ def parse_prior(text: str | Prior, *, where: str = "prior") -> Prior:
             k, v = names[pos], a
         if k not in names:
             raise PriorError(f"{where}: {dist} has no parameter {k!r}; its parameters are {names}")
+        if k in values:
+            raise PriorError(f"{where}: parameter {k!r} of {text!r} is given twice; give each of "
+                             f"{names} once")
         try:
             values[k] = float(v)
         except ValueError:
@@ -158,7 +161,10 @@ def parse_prior(text: str | Prior, *, where: str = "prior") -> Prior:
     missing = [n for n in names if n not in values]
     if missing:
         raise PriorError(f"{where}: {text!r} is missing {', '.join(missing)} (parameters {names})")
-    return Prior(dist, tuple((n, values[n]) for n in names))
+    try:
+        return Prior(dist, tuple((n, values[n]) for n in names))
+    except PriorError as exc:                 # invalid values: say which parameter's prior it is
+        raise PriorError(f"{where}: {exc}") from None
 
 
 def pymc_prior(dist: str, name: str, params: dict, dims=None):
@@ -303,7 +309,13 @@ def allowed(cls: str, family) -> tuple[str, ...]:
 
 
 def _sd(v: np.ndarray) -> float:
-    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    if len(v) < 2:
+        return 0.0
+    sd = float(np.std(v, ddof=1))
+    if sd == 0.0 and np.ptp(v) > 0:     # tiny values (1e-300): the squares underflowed, rescale first
+        m = float(np.max(np.abs(v)))
+        sd = m * float(np.std(np.asarray(v) / m, ddof=1))
+    return sd
 
 
 @dataclass(frozen=True)

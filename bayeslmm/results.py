@@ -355,6 +355,8 @@ class Fit:
         ``bayeslmm_data``) and the spec, priors and sampler settings as JSON attributes, so the
         reloaded fit has the same design and every method works on it.
         """
+        from .atomic import atomic_path
+
         path = str(path)
         tree = self.idata.copy()
         from .bigfit import is_stats_design, stats_tree
@@ -364,7 +366,10 @@ class Fit:
             frame = self.design.data_frame()
             cats = {c: [str(v) for v in frame[c].cat.categories] for c in frame.columns
                     if isinstance(frame[c].dtype, pd.CategoricalDtype)}
-            data = xr.Dataset({c: ("row", _to_storable(frame[c])) for c in frame.columns})
+            # stored as col0, col1, ... with the names in an attribute: a name may hold '/' (an HDF5
+            # path separator) or anything else a variable name cannot
+            data = xr.Dataset({f"col{k}": ("row", _to_storable(frame[c])) for k, c in enumerate(frame.columns)})
+            data.attrs["columns"] = json.dumps([str(c) for c in frame.columns])
             data.attrs["categories"] = json.dumps(cats)
             data.attrs["dtypes"] = json.dumps({c: str(frame[c].dtype) for c in frame.columns})
             tree["bayeslmm_data"] = xr.DataTree(data)
@@ -377,7 +382,8 @@ class Fit:
             "bayeslmm_info": json.dumps(self.info, default=_jsonable),
             "bayeslmm_n_dropped": self.design.n_dropped,
         })
-        tree.to_netcdf(path, engine="h5netcdf")
+        with atomic_path(path) as tmp:      # a crash or Ctrl-C mid-save leaves the old file intact
+            tree.to_netcdf(tmp, engine="h5netcdf")
         return path
 
 
@@ -401,7 +407,7 @@ def load_fit(path) -> Fit:
     The design is rebuilt from the stored data with the stored formula, and the priors from the
     stored prior table, so the result behaves exactly like the saved fit.
     """
-    tree = xr.open_datatree(str(path), engine="h5netcdf").load()
+    tree = _open_fit_file(path)
     if "bayeslmm_spec" in tree.attrs and "bayeslmm_stats" in tree.children:   # a fit built from statistics
         from .bigfit import design_from_tree
         spec = ModelSpec.from_dict(json.loads(tree.attrs["bayeslmm_spec"]))
@@ -413,10 +419,52 @@ def load_fit(path) -> Fit:
     if "bayeslmm_spec" not in tree.attrs or "bayeslmm_data" not in tree.children:
         raise BayesLMMError(f"{path} is not a bayeslmm fit (no bayeslmm metadata); it may be a plain "
                             "ArviZ file: open it with arviz.from_netcdf instead.")
+    try:
+        return _fit_from_tree(tree, path)
+    except BayesLMMError:
+        raise
+    except Exception as exc:
+        raise BayesLMMError(f"{path}: the bayeslmm metadata in this file is damaged or from an "
+                            f"incompatible version ({type(exc).__name__}: {exc}); refit the model "
+                            "or read the draws with arviz.from_netcdf.") from exc
+
+
+def _open_fit_file(path):
+    """The file as a loaded DataTree, or a BayesLMMError naming the file and what is wrong with it."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise BayesLMMError(f"{path} is a folder, not a fit file; `bayeslmm fit` writes DIR/fit.nc.")
+    if not p.is_file():
+        raise BayesLMMError(f"fit file {str(path)!r} does not exist.")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise BayesLMMError(f"{path}: cannot read the file ({exc.strerror or exc}).") from exc
+    if head.startswith(b"CDF"):
+        raise BayesLMMError(f"{path} is a NetCDF3 (classic) file; bayeslmm fits are NetCDF4/HDF5 "
+                            "files written by Fit.save or `bayeslmm fit`.")
+    if not head.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise BayesLMMError(f"{path} is not a NetCDF4/HDF5 file (it may be text, or another format); "
+                            "bayeslmm fits are written by Fit.save or `bayeslmm fit`.")
+    try:
+        return xr.open_datatree(str(path), engine="h5netcdf").load()
+    except Exception as exc:
+        raise BayesLMMError(f"{path}: cannot read this HDF5/NetCDF4 file; it is truncated or corrupt "
+                            f"({type(exc).__name__}: {exc}).") from exc
+
+
+def _fit_from_tree(tree, path) -> Fit:
     data = tree["bayeslmm_data"].to_dataset()
     cats = json.loads(data.attrs.get("categories", "{}"))
     dtypes = json.loads(data.attrs.get("dtypes", "{}"))
-    frame = pd.DataFrame({c: data[c].to_numpy() for c in data.data_vars})
+    if "columns" in data.attrs:
+        names = json.loads(data.attrs["columns"])
+        frame = pd.DataFrame({c: data[f"col{k}"].to_numpy() for k, c in enumerate(names)})
+    else:                                   # files written before the names were stored apart
+        frame = pd.DataFrame({c: data[c].to_numpy() for c in data.data_vars})
     for c in frame.columns:
         if c in cats:
             frame[c] = pd.Categorical(frame[c].astype(str), categories=cats[c])

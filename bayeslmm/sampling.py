@@ -27,10 +27,11 @@ from pymc.logprob.transforms import LogTransform
 from pytensor.compile.mode import Mode
 from pytensor.graph.replace import vectorize_graph
 
-from .errors import SpecError
+from .errors import SamplingInterrupted, SpecError
 from .spec import SamplerSpec
 
-__all__ = ["sample", "resolve_seed", "value_trace", "constrained_posterior", "CompiledSampler"]
+__all__ = ["sample", "resolve_seed", "value_trace", "constrained_posterior", "CompiledSampler",
+           "check_complete"]
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -38,6 +39,19 @@ def resolve_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     return int(np.random.SeedSequence().entropy % (2**31 - 1))
+
+
+def check_complete(posterior, chains: int, draws: int) -> None:
+    """Raise :class:`SamplingInterrupted` unless ``posterior`` has ``chains`` x ``draws`` draws.
+
+    PyMC catches a KeyboardInterrupt during sampling and returns the draws made so far (some chains
+    dropped, the others cut to one length) as if nothing had happened; a fit built on them would be
+    labelled with the requested numbers. Interrupted sampling must stop the caller instead.
+    """
+    got_c, got_d = posterior.sizes.get("chain", 0), posterior.sizes.get("draw", 0)
+    if (got_c, got_d) != (chains, draws):
+        raise SamplingInterrupted(f"sampling was interrupted: {got_c} chain(s) x {got_d} draws of the "
+                                  f"requested {chains} x {draws}; no fit was made. Run it again.")
 
 
 def _identity(*values):
@@ -137,6 +151,7 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
         warnings.filterwarnings("ignore", message=".*BLAS.*")
         idata = pm.sample(**kwargs)
     elapsed = time.perf_counter() - t0
+    check_complete(idata["posterior"], settings.chains, settings.draws)
     if trace is not None:
         idata["posterior"] = xr.DataTree(constrained_posterior(model, idata["posterior"].to_dataset(), var_names))
     if var_names is not None and sampler != "pymc":
@@ -179,10 +194,12 @@ class CompiledSampler:
             c = self.compiled.with_data(**data)
             tr = self._nutpie.sample(c, draws=draws, tune=tune, chains=chains, cores=1, seed=seed,
                                      progress_bar=False, target_accept=self.target_accept)
+            check_complete(tr["posterior"], chains, draws)
             return tr["posterior"].to_dataset(), int(np.asarray(tr["sample_stats"]["diverging"]).sum())
         with self.model:
             pm.set_data(data)
             idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
                               progressbar=False, nuts_sampler="pymc", var_names=self.var_names,
                               target_accept=self.target_accept, compute_convergence_checks=False)
+        check_complete(idata["posterior"], chains, draws)
         return idata["posterior"].to_dataset(), int(np.asarray(idata["sample_stats"]["diverging"]).sum())

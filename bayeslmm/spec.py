@@ -8,8 +8,12 @@ saved fits.
 
 from __future__ import annotations
 
+import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from .errors import PriorError, SpecError
 from .families import FAMILIES, family_of, get_family
@@ -117,6 +121,9 @@ def build_spec(formula: str, *, family: str = "gaussian", priors: dict | None = 
     (('sigma', Prior('exponential(lam=0.02)')),)
     """
     parsed = parse_formula(formula)
+    if priors is not None and not isinstance(priors, Mapping):
+        raise PriorError(f"the 'priors' parameter must be a dict {{parameter label: prior}}, like "
+                         f"{{'sigma': 'exponential(0.1)'}}. Got {type(priors).__name__} {priors!r} instead.")
     items = []
     for k, v in (priors or {}).items():
         if not isinstance(k, str):
@@ -144,17 +151,37 @@ class SamplerSpec:
     progressbar: bool = True
 
     def __post_init__(self):
+        # every option checked here, before anything is compiled, with one message template
+        def bad(name, what, extra=""):
+            return SpecError(f"the {name!r} parameter must be {what}. Got {getattr(self, name)!r} "
+                             f"({type(getattr(self, name)).__name__}) instead{extra}.")
+
+        def is_int(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
         for name in ("chains", "draws", "tune"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name != "tune" else 0):
-                raise SpecError(f"the {name!r} parameter must be a positive integer. Got {v!r} instead.")
-        if not (0 < float(self.target_accept) < 1):
-            raise SpecError(f"the 'target_accept' parameter must be in (0, 1). Got {self.target_accept!r}"
-                            " instead; 0.9-0.99 is usual, raise it if there are divergences.")
-        if self.sampler not in SAMPLERS:
-            raise SpecError(f"the 'sampler' parameter must be one of {SAMPLERS}. Got {self.sampler!r} instead.")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise SpecError(f"the 'seed' parameter must be a non-negative integer. Got {self.seed!r} instead.")
+            if not is_int(v) or v < (1 if name != "tune" else 0):
+                raise bad(name, "a positive integer" if name != "tune" else "an integer >= 0")
+            object.__setattr__(self, name, int(v))
+        for name in ("seed", "cores"):
+            v = getattr(self, name)
+            if v is not None:
+                if not is_int(v) or v < (0 if name == "seed" else 1):
+                    raise bad(name, "None or a non-negative integer" if name == "seed"
+                              else "None (one core per chain) or a positive integer")
+                object.__setattr__(self, name, int(v))
+        ta = self.target_accept
+        if (not isinstance(ta, numbers.Real) or isinstance(ta, (bool, np.bool_))
+                or not 0 < float(ta) < 1):
+            raise bad("target_accept", "in (0, 1) (a number)", "; 0.9-0.99 is usual, raise it if there are "
+                      "divergences")
+        object.__setattr__(self, "target_accept", float(ta))
+        if not isinstance(self.progressbar, (bool, np.bool_)):
+            raise bad("progressbar", "True or False")
+        object.__setattr__(self, "progressbar", bool(self.progressbar))
+        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
+            raise bad("sampler", f"one of {SAMPLERS}")
 
     @property
     def n_cores(self) -> int:

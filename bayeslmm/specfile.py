@@ -403,6 +403,9 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
     >>> fit = mf.build_model().fit(**mf.fit_kwargs())            # doctest: +SKIP
     """
     p = Path(path)
+    if p.is_dir():
+        raise ModelFileError(f"{str(p)!r} is a folder, not a model file; give the path of a .toml "
+                             "model file (the shipped examples are in models/*.toml).")
     if not p.is_file():
         raise ModelFileError(f"model file {str(p)!r} does not exist; check the path "
                              "(the shipped examples are in models/*.toml).")
@@ -650,5 +653,6 @@ def save_model_file(mf: ModelFile, path: str | os.PathLike) -> str:
             rel = str(target)
         mf = replace(mf, data=replace(mf.data, path=Path(rel).as_posix(),
                                       base_dir=str(path.resolve().parent)))
-    path.write_text(dumps_model_file(mf), encoding="utf-8")
+    from .atomic import write_text
+    write_text(path, dumps_model_file(mf))
     return str(path)

@@ -38,12 +38,23 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
+from ..cachedir import numba_cache_dir
+
 __all__ = ["one_factor_logp", "one_factor_kernel"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _cached_njit(**options):
+    """``numba.njit(cache=True, **options)`` with the cache in the user's cache folder, never in the
+    installed package (see :mod:`bayeslmm.cachedir`)."""
+    def deco(fn):
+        with numba_cache_dir():
+            return numba.njit(cache=True, **options)(fn)
+    return deco
+
+
+@_cached_njit(nogil=True, error_model="numpy")
 def _minus_product(base, M, d):
     """base[k, j] - sum_m M[k, m, j] d[m]: a per-group matrix-vector product, group axis last."""
     out = base.copy()
@@ -55,7 +66,7 @@ def _minus_product(base, M, d):
     return out
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_cached_njit(nogil=True, error_model="numpy")
 def one_factor_kernel(grad, w, b, sd, Cc, sigma, b0, ZtZ, ZtX, Zte, XtX, Xte, ete, n_obs):
     """Per-group log-densities and the w-weighted gradient (numba; see the module docstring).
 
@@ -294,7 +305,7 @@ def _call_kernel(*args):
 
 
 def compile_kernel() -> float:
-    """Compile the kernel now (numba caches it on disk with the package); returns the seconds.
+    """Compile the kernel now (numba caches it in the user's cache folder); returns the seconds.
 
     ``make install`` runs this once, as building a compiled extension would, so the first fit
     does not wait for it. The arguments have the types every later call has.
@@ -308,7 +319,7 @@ def compile_kernel() -> float:
     return time.perf_counter() - t0
 
 
-@numba.njit(cache=True)
+@_cached_njit()
 def _op_impl(grad, w, b, sd, Cc, sigma, b0, ZtZ, ZtX, Zte, XtX, Xte, ete, n_obs):
     # The kernel runs behind an object-mode call instead of being linked into the model's compiled
     # function: numba re-links and re-optimises a callee's machine code at every enclosing level

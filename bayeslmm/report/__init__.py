@@ -25,6 +25,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from ..atomic import atomic_path, write_text
+
 __all__ = ["write_report", "export_tables"]
 
 _TEMPLATES = Path(__file__).with_name("templates")
@@ -52,7 +54,8 @@ def _html_table(df: pd.DataFrame, index: bool = True) -> Markup:
 
 
 def _save_fig(fig, path: Path, dpi: int) -> dict:
-    fig.savefig(path, dpi=dpi, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return {"name": path.stem, "path": str(path), "b64": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
@@ -62,8 +65,9 @@ def export_tables(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
     paths = []
     for name, df in tables.items():
         csv, js = out / f"{name}.csv", out / f"{name}.json"
-        df.to_csv(csv)
-        df.reset_index().to_json(js, orient="records", indent=1, default_handler=str)
+        with atomic_path(csv) as tmp:
+            df.to_csv(tmp)
+        write_text(js, df.reset_index().to_json(orient="records", indent=1, default_handler=str))
         paths += [str(csv), str(js)]
     return paths
 
@@ -101,7 +105,7 @@ def _data_table(design) -> pd.DataFrame:
 
 def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool = True,
                  max_shrinkage_rows: int = 60, verbose: bool = True, title: str | None = None,
-                 plots=None, icc_at=None) -> str:
+                 plots=None, icc_at=None, save_fit: bool = True) -> str:
     """Write a standalone HTML report of ``fit`` plus CSV/JSON tables, PNG figures and fit.nc.
 
     Parameters
@@ -126,6 +130,11 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         ``icc``, ``variance_components``, ``trace`` (trace and rank plots), ``ppc``. Default: all.
     icc_at : dict or list of dict, optional
         Covariate points for the ICC table (``at`` of :meth:`Fit.icc`); default x = 0 and mean x.
+    save_fit : bool
+        Write ``fit.nc`` (False when the caller saved this fit there already).
+
+    Every file is written atomically (:mod:`bayeslmm.atomic`) and ``summary.json`` last, so an
+    interrupted report leaves each file either as it was or complete.
 
     Returns
     -------
@@ -147,6 +156,10 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
                          plot_shrinkage_vs_size, plot_spaghetti, plot_trace, plot_variance_components)
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        from ..errors import BayesLMMError
+        raise BayesLMMError(f"the report folder {str(out)!r} is an existing file; give a folder name "
+                            "(it is created if needed).")
     fig_dir, tab_dir = out / "figures", out / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
     design = fit.design
@@ -260,7 +273,8 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     files += [f["path"] for f in all_figs]
 
     nc = out / "fit.nc"
-    fit.save(nc)
+    if save_fit:
+        fit.save(nc)
     files.append(str(nc))
 
     shr_tab = None
@@ -305,13 +319,13 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html", "j2"]))
     page = env.get_template("report.html.j2").render(**ctx)
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page)
     summary = {"formula": ctx["formula"], "family": ctx["family"], "method": ctx["method"], "n": design.n,
                "sampler": s.to_dict(), "info": info, "diagnostics_ok": diag.ok,
                "problems": [str(p) for p in diag.problems], "files": ctx["files"],
                "weakly_identified": [k for k, _ in ctx["weak"]],
                "bayeslmm_version": __version__}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     if verbose:
         print(f"bayeslmm report: {path}")
     return str(path)

@@ -1,0 +1,73 @@
+"""Where bayeslmm keeps compiled code: a per-user cache folder, never the installed package.
+
+The collapsed path's numba kernel (:mod:`bayeslmm.paths.collapsed_kernel`) is cached on disk.
+numba's default puts the cache in ``__pycache__`` beside the source, i.e. inside the installed
+package, which fails on read-only installs and mixes run-time state into the install. Here the
+kernel's cache goes to ``user_cache_dir("numba")``:
+
+* ``$BAYESLMM_CACHE_DIR`` when set, else
+* ``$XDG_CACHE_HOME/bayeslmm`` or ``~/.cache/bayeslmm`` (Linux and other POSIX),
+  ``~/Library/Caches/bayeslmm`` (macOS), ``%LOCALAPPDATA%\\bayeslmm\\Cache`` (Windows),
+* a folder in the temporary directory when none of those can be created.
+
+A ``NUMBA_CACHE_DIR`` set by the user is respected as numba documents it. Which cache is used
+never changes the draws: a cached kernel is the same machine code as a freshly compiled one
+(tests/test_reliability.py runs the same seed with empty and with warm caches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["user_cache_dir", "numba_cache_dir"]
+
+
+def _base() -> Path:
+    env = os.environ.get("BAYESLMM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        root = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(root) / "bayeslmm" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "bayeslmm"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "bayeslmm"
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """The per-user cache folder of bayeslmm (``parts`` appended), created if needed."""
+    path = _base().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        uid = getattr(os, "getuid", lambda: "user")()
+        path = Path(tempfile.gettempdir()) / f"bayeslmm-cache-{uid}" / Path(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@contextlib.contextmanager
+def numba_cache_dir():
+    """Within this block, ``numba.njit(cache=True)`` functions defined cache in :func:`user_cache_dir`.
+
+    numba fixes a function's cache folder when the decorator runs (it reads
+    ``numba.config.CACHE_DIR`` then), so the kernel module defines its functions inside this block;
+    the setting is restored afterwards, so other numba users in the process are not affected.
+    """
+    import numba
+
+    if numba.config.CACHE_DIR:          # NUMBA_CACHE_DIR set by the user: numba's own rule
+        yield Path(numba.config.CACHE_DIR)
+        return
+    folder = user_cache_dir("numba")
+    numba.config.CACHE_DIR = str(folder)
+    try:
+        yield folder
+    finally:
+        numba.config.CACHE_DIR = ""
