@@ -194,6 +194,7 @@ def _cmd_fit(args) -> int:
         kw["method"] = args.method
     fit = _quiet_fit(model, kw)
     _say(f"\nsampled in {fit.info.get('total_s', float('nan')):.1f} s")
+    out.mkdir(parents=True, exist_ok=True)
     saved = _save_posterior_first(fit, out)
     try:
         return _finish_fit(fit, mf, out, args, t0, saved)
@@ -328,9 +329,15 @@ def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BayesLMMError(f"--out {str(out)!r} is an existing file, not a folder; give a folder "
                             "name (it is created if needed).")
+    # a folder that does not exist yet is not created here (a model-file error must leave nothing
+    # behind): its nearest existing parent must be a writable folder
+    where = out
+    while not where.exists() and where != where.parent:
+        where = where.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".bayeslmm-write-test-{os.getpid()}"
+        if not where.is_dir():
+            raise NotADirectoryError(f"{where} is not a folder")
+        probe = where / f".bayeslmm-write-test-{os.getpid()}"
         write_text(probe, "")
         probe.unlink()
     except OSError as e:
