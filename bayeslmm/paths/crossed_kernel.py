@@ -61,7 +61,7 @@ __all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "cond
            "conditional_moments", "draw_effects"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
-_NB = dict(cache=True, nogil=True, error_model="numpy")
+_NB = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,8 +146,9 @@ def _symmetrise(X):
 # --------------------------------------------------------------------------------------------
 @numba.njit(**_NB)
 def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks):
-    """L_j, L_j^-1 and log|A11| per level of the eliminated factor; W = A21 L11^-T;
-    S0 = I + Lambda_2' E Lambda_2 / s2 (the Schur complement is S0 - W W')."""
+    """Per level of the eliminated factor L_j, L_j^-1, R_j = T1 L_j^-T / s2 and log|A11|;
+    BL = Lambda_2' B, BR = B R, W = A21 L11^-T = BL R, and S0 = I + Lambda_2' E Lambda_2 / s2
+    (the Schur complement is S0 - W W')."""
     J1 = D1.shape[0]
     Q2 = E.shape[0]
     L1 = np.zeros((J1, q1, q1))
@@ -188,20 +189,24 @@ def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks):
                     v += Ts[k1, a, m] * L1i[j, b, m]
                 R[j, a, b] = v / s2
     BL = _lmul(B, Ts, blocks, True)               # Lambda_2' B
-    W = np.empty((Q2, J1 * q1))
+    W = np.empty((Q2, J1 * q1))                   # W_j = BL_j R_j
+    BR = np.empty((Q2, J1 * q1))                  # B_j R_j (for the gradient)
     for i in range(Q2):
         for j in range(J1):
             for b in range(q1):
                 v = 0.0
+                v2 = 0.0
                 for a in range(q1):
                     v += BL[i, j * q1 + a] * R[j, a, b]
+                    v2 += B[i, j * q1 + a] * R[j, a, b]
                 W[i, j * q1 + b] = v
+                BR[i, j * q1 + b] = v2
     S0 = _sandwich(E, Ts, blocks)
     for i in range(Q2):
         for m in range(Q2):
             S0[i, m] /= s2
         S0[i, i] += 1.0
-    return L1, L1i, logdet, W, S0
+    return L1, L1i, R, logdet, BL, BR, W, S0
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,8 +272,9 @@ def _solve(theta, Ts, s2, n, k1, q1, L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte,
 # Stage 3: the gradient from the selected inverse
 # --------------------------------------------------------------------------------------------
 @numba.njit(**_NB)
-def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, W, Sinv, M, a, u, c, Xr, rr):
-    """w * d lp / d theta. ``Sinv`` = S^-1 (full), ``M`` = S^-1 W."""
+def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, R, BL, BR, Sinv, M, a, u, c,
+              Xr, rr):
+    """w * d lp / d theta. ``Sinv`` = S^-1 (full), ``M`` = S^-1 W; the rest from :func:`_eliminate`."""
     K = q.shape[0]
     Q = a.shape[0]
     Q2 = E.shape[0]
@@ -321,42 +327,33 @@ def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, W, 
                     t -= EL[s + a_, l] * Sinv[s + b, l]
                 G[f, a_, b] += t
     if Q1:
-        P21 = np.empty((Q2, Q1))                   # -S^-1 W L11^-1
-        for i in range(Q2):
-            for j in range(J1):
-                for b in range(q1):
-                    t = 0.0
-                    for a_ in range(b, q1):
-                        t -= M[i, j * q1 + a_] * L1i[j, a_, b]
-                    P21[i, j * q1 + b] = t
-        inner = np.zeros((J1, q1, q1))             # I + W_j' M_j
+        # With H_j = BL_j' M_j (M = S^-1 W, P21 = -M L11^-1, W_j = BL_j R_j):
+        #   P11_j = L_j^-T (I + R_j' H_j) L_j^-1,
+        #   sum_i B[i, j]' (Lambda_2 P21)[i, j] = -H_j L_j^-1,
+        #   (B Lambda_1 P12) diagonal blocks = -s2 (B R M')_{jj}.
+        H = np.zeros((J1, q1, q1))
         for i in range(Q2):
             for j in range(J1):
                 for a_ in range(q1):
-                    wv = W[i, j * q1 + a_]
+                    bv = BL[i, j * q1 + a_]
                     for b in range(q1):
-                        inner[j, a_, b] += wv * M[i, j * q1 + b]
-        LP = _lmul(P21, Ts, blocks, False)         # Lambda_2 P21
-        BL1 = np.empty((Q2, Q1))                   # B Lambda_1
-        for i in range(Q2):
-            for j in range(J1):
-                for b in range(q1):
-                    t = 0.0
-                    for a_ in range(q1):
-                        t += B[i, j * q1 + a_] * Ts[k1, a_, b]
-                    BL1[i, j * q1 + b] = t
-        # eliminated factor: D1_j T1 P11_j + sum_i B[i, j]' (Lambda_2 P21)[i, j]
+                        H[j, a_, b] += bv * M[i, j * q1 + b]
+        inner = np.empty((q1, q1))
         P11 = np.empty((q1, q1))
         DT = np.empty((q1, q1))
         for j in range(J1):
             for a_ in range(q1):
-                inner[j, a_, a_] += 1.0
-            for a_ in range(q1):                   # P11_j = L_j^-T inner_j L_j^-1
+                for b in range(q1):
+                    t = 1.0 if a_ == b else 0.0
+                    for m in range(q1):
+                        t += R[j, m, a_] * H[j, m, b]
+                    inner[a_, b] = t
+            for a_ in range(q1):
                 for b in range(q1):
                     t = 0.0
                     for m in range(q1):
                         for m2 in range(q1):
-                            t += L1i[j, m, a_] * inner[j, m, m2] * L1i[j, m2, b]
+                            t += L1i[j, m, a_] * inner[m, m2] * L1i[j, m2, b]
                     P11[a_, b] = t
             for a_ in range(q1):
                 trP += P11[a_, a_]
@@ -371,22 +368,16 @@ def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, W, 
                     t = g[j * q1 + a_] * a[j * q1 + b]
                     for m in range(q1):
                         t -= DT[a_, m] * P11[m, b]
+                        t += H[j, a_, m] * L1i[j, m, b]
                     G[k1, a_, b] += t
-        for i in range(Q2):
-            for j in range(J1):
-                for a_ in range(q1):
-                    bv = B[i, j * q1 + a_]
-                    for b in range(q1):
-                        G[k1, a_, b] -= bv * LP[i, j * q1 + b]
-        # dense-part factors: (B Lambda_1 P12)_jj
         for r in range(blocks.shape[0]):
             s, qb, f = blocks[r, 0], blocks[r, 1], blocks[r, 2]
             for a_ in range(qb):
                 for b in range(qb):
                     t = 0.0
                     for m in range(Q1):
-                        t += BL1[s + a_, m] * P21[s + b, m]
-                    G[f, a_, b] -= t
+                        t += BR[s + a_, m] * M[s + b, m]
+                    G[f, a_, b] += s2 * t
     # chain rule to sd and C (T = diag(sd) C), sigma
     o_sd = p
     o_c = p
@@ -414,12 +405,12 @@ def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, W, 
 # The kernel: one call per NUTS step
 # --------------------------------------------------------------------------------------------
 def _factorise(theta, layout, blocks, D1, B, E):
-    """Stage 1 and the dense Cholesky: (Ts, s2, L1i, logdet, W, L2)."""
+    """Stage 1 and the dense Cholesky: (Ts, s2, L1i, logdet, W, L2, (R, BL, BR))."""
     K, p, k1 = int(layout[0]), int(layout[1]), int(layout[4])
     q = layout[5:5 + K]
     Ts = _transforms(theta, p, q)
     s2 = float(theta[-1]) ** 2
-    L1, L1i, logdet, W, S0 = _eliminate(Ts, s2, k1, int(q[k1]), D1, B, E, blocks)
+    L1, L1i, R, logdet, BL, BR, W, S0 = _eliminate(Ts, s2, k1, int(q[k1]), D1, B, E, blocks)
     Q2 = S0.shape[0]
     if Q2:
         S = S0.T                                  # symmetric: the Fortran-order view LAPACK wants
@@ -431,7 +422,7 @@ def _factorise(theta, layout, blocks, D1, B, E):
         logdet += 2.0 * float(np.sum(np.log(np.diag(L2))))
     else:
         L2 = np.zeros((0, 0), order="F")
-    return Ts, s2, L1i, logdet, W, L2
+    return Ts, s2, L1i, logdet, W, L2, (R, BL, BR)
 
 
 def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete):
@@ -450,7 +441,7 @@ def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, 
     theta = np.ascontiguousarray(theta, dtype=float)
     K, p, n, k1 = int(layout[0]), int(layout[1]), int(layout[2]), int(layout[4])
     q = layout[5:5 + K]
-    Ts, s2, L1i, logdet, W, L2 = _factorise(theta, layout, blocks, D1, B, E)
+    Ts, s2, L1i, logdet, W, L2, (R, BL, BR) = _factorise(theta, layout, blocks, D1, B, E)
     lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, int(q[k1]), L1i, W, L2, blocks, b0, ZtX, Zte,
                                  XtX, Xte, float(ete))
     lp -= 0.5 * logdet
@@ -464,8 +455,8 @@ def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, 
         M = Sinv @ W
     else:
         Sinv, M = np.zeros((0, 0)), np.zeros(W.shape)
-    gtheta = _gradient(float(w), theta, Ts, s2, n, p, q, k1, int(q[k1]), blocks, D1, B, E, ZtX, L1i, W,
-                       Sinv, M, a, u, c, Xr, rr)
+    gtheta = _gradient(float(w), theta, Ts, s2, n, p, q, k1, int(q[k1]), blocks, D1, B, E, ZtX, L1i, R, BL,
+                       BR, Sinv, M, a, u, c, Xr, rr)
     return lp, gtheta
 
 
@@ -508,7 +499,7 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
 def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
     theta = pack_theta(b, sds, Ccs, sigma)
     layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete = st.kernel_data()
-    Ts, s2, L1i, logdet, W, L2 = _factorise(theta, layout, blocks, D1, B, E)
+    Ts, s2, L1i, logdet, W, L2, _ = _factorise(theta, layout, blocks, D1, B, E)
     k1 = st.order[0]
     _, a, _, _, _, _ = _solve(theta, Ts, s2, st.n, k1, st.q[k1], L1i, W, L2, blocks, b0, ZtX, Zte,
                               XtX, Xte, float(ete))
