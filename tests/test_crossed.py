@@ -180,26 +180,25 @@ def test_gradient_at_tiny_sd():
 # --------------------------------------------------------------------------------------------
 # One factor: the same numbers as the one-factor collapsed kernel
 # --------------------------------------------------------------------------------------------
-def _one_factor_modules():
-    try:                                  # after the restructuring
-        from bayeslmm.paths import collapsed as mg
+def _one_factor_reference(design):
+    """The one-factor kernel and its data, wherever the restructuring has put them."""
+    try:                                  # after the restructuring: stats.py + paths/collapsed_kernel.py
         from bayeslmm.paths import collapsed_kernel as mk
+        from bayeslmm.stats import group_stats as stats_of
     except ImportError:
-        from bayeslmm import marginal as mg
         from bayeslmm import marginal_kernel as mk
-    return mg, mk
+        from bayeslmm.marginal import marginal_stats as stats_of
+    return mk.one_factor_kernel, mk.kernel_data(stats_of(design))
 
 
 def test_one_factor_equals_collapsed_kernel(sleepstudy):
     import bayeslmm as blmm
-    mg, mk = _one_factor_modules()
-    m = blmm.Model("Reaction ~ Days + (Days | Subject)", sleepstudy)
-    d = m.design
+    d = blmm.Model("Reaction ~ Days + (Days | Subject)", sleepstudy).design
+    kernel, data = _one_factor_reference(d)
     f = d.factors[0]
     b, sd, C, sigma = np.array([250.0, 10.0]), np.array([24.0, 6.0]), \
         np.linalg.cholesky(np.array([[1.0, 0.1], [0.1, 1.0]])), 25.0
-    one = mk.one_factor_kernel(np.array(1), np.ones(f.n_levels), b, sd, C, np.array(sigma),
-                               *mk.kernel_data(mg.marginal_stats(d)))
+    one = kernel(np.array(1), np.ones(f.n_levels), b, sd, C, np.array(sigma), *data)
     st = crossed_stats(d.y, d.X, d.factors)
     lp, gb, gsd, gC, gsig = crossed_logp(st, b, [sd], [C], sigma, grad=True)
     assert lp == pytest.approx(one[0].sum(), rel=1e-10)

@@ -118,3 +118,89 @@ def crossed_logp_tensor(b, sds, Ccs, sigma, data) -> pt.TensorVariable:
     # the same inputs and PyTensor merges the two, so NUTS pays one kernel call per step
     w = pt.constant(np.array(1.0))
     return CrossedMarginal()(pt.constant(np.array(1, dtype=np.int64)), w, theta, *data)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# A PyMC model from arrays
+# --------------------------------------------------------------------------------------------
+def _lkj_cholesky():
+    try:                                   # after the restructuring
+        from .blocks import lkj_cholesky
+    except ImportError:                    # pragma: no cover - before it
+        from ..graph import lkj_cholesky
+    return lkj_cholesky
+
+
+def _blocks_of(f, q: int):
+    """(blocks, correlated) of a factor: its own attributes (FactorDesign), else one correlated block."""
+    blocks = getattr(f, "blocks", None) or (tuple(range(q)),)
+    correlated = getattr(f, "correlated", None) or (q > 1,) * len(blocks)
+    return tuple(tuple(b) for b in blocks), tuple(bool(c) for c in correlated)
+
+
+def build_crossed_model(y, X, factors, priors: dict, *, lkj_eta: float = 2.0, stats=None):
+    """The collapsed crossed / multi-factor Gaussian LMM as a ``pm.Model`` (group effects integrated out).
+
+    Parameters
+    ----------
+    y, X, factors : as :func:`.crossed_stats.crossed_stats`. A factor with ``blocks`` and
+        ``correlated`` attributes (``bayeslmm.design.FactorDesign``) gets one LKJ correlation per
+        correlated block; otherwise all its terms form one correlated block.
+    priors : dict of unnamed PyMC distributions (``pm.Normal.dist(...)``): ``"b"`` (shape p),
+        ``"sd_{name}"`` per factor (shape q_k, positive), ``"sigma"`` (positive scalar). They are
+        registered under those names with PyMC's default transforms.
+    lkj_eta : LKJ shape of every correlated block (free variables ``cpc_{name}[_{k}]``).
+    stats : precomputed :class:`.crossed_stats.CrossedStats` (else computed here).
+
+    Returns
+    -------
+    pm.Model with free variables ``b``, ``sd_{name}``, ``cpc_{name}``, ``sigma``, deterministic
+    ``cor_{name}`` and the likelihood as the potential ``y_marginal``. The data are shared
+    variables without static shapes (``model["crossed_data"]`` lists them in kernel order).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from bayeslmm.paths.crossed_stats import Factor
+    >>> rng = np.random.default_rng(0)
+    >>> s, i = np.repeat(np.arange(6), 4), np.tile(np.arange(4), 6)
+    >>> one = np.ones((24, 1))
+    >>> m = build_crossed_model(rng.normal(size=24), one, [Factor("s", s, one, 6), Factor("i", i, one, 4)],
+    ...     {"b": pm.Normal.dist(0, 5, shape=1), "sd_s": pm.HalfNormal.dist(1, shape=1),
+    ...      "sd_i": pm.HalfNormal.dist(1, shape=1), "sigma": pm.HalfNormal.dist(1)})
+    >>> sorted(v.name for v in m.free_RVs)
+    ['b', 'sd_i', 'sd_s', 'sigma']
+    """
+    import pymc as pm
+    import pytensor
+
+    from ..errors import PriorError
+    from .crossed_stats import crossed_stats
+
+    st = stats if stats is not None else crossed_stats(y, X, factors)
+    names = [f"sd_{nm}" for nm in st.names]
+    missing = [k for k in ["b", *names, "sigma"] if k not in priors]
+    if missing:
+        raise PriorError(f"build_crossed_model: no prior for {', '.join(missing)}; pass them in `priors` "
+                         "as unnamed PyMC distributions, e.g. priors['sigma'] = pm.HalfNormal.dist(10)")
+    lkj = _lkj_cholesky()
+    with pm.Model() as model:
+        data = [pytensor.shared(np.asarray(x), name=f"crossed_{k}", shape=(None,) * np.ndim(x))
+                for k, x in zip(("layout", "blocks", "b0", "D1", "B", "E", "ZtX", "Zte", "XtX", "Xte", "ete"),
+                                st.kernel_data())]
+        b = model.register_rv(priors["b"], "b")
+        sds, Ccs = [], []
+        for f, nm, qk in zip(factors, st.names, st.q):
+            sds.append(model.register_rv(priors[f"sd_{nm}"], f"sd_{nm}"))
+            blocks, correlated = _blocks_of(f, qk)
+            corr = [blk for blk, c in zip(blocks, correlated) if c and len(blk) > 1]
+            C = pt.eye(qk)
+            for k, blk in enumerate(corr):
+                L = lkj(f"cpc_{nm}" + (f"_{k}" if len(corr) > 1 else ""), len(blk), lkj_eta)
+                C = pt.set_subtensor(C[blk[0]:blk[-1] + 1, blk[0]:blk[-1] + 1], L)
+            if corr:
+                pm.Deterministic(f"cor_{nm}", pt.dot(C, C.T))
+            Ccs.append(C)
+        sigma = model.register_rv(priors["sigma"], "sigma")
+        pm.Potential("y_marginal", crossed_logp_tensor(b, sds, Ccs, sigma, data))
+    return model

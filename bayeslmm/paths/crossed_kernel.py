@@ -482,8 +482,11 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
     >>> from bayeslmm.paths.crossed_stats import Factor, crossed_stats
     >>> g = np.array([0, 0, 1, 1]); h = np.array([0, 1, 0, 1]); one = np.ones((4, 1))
     >>> st = crossed_stats(np.array([1., 2., 3., 5.]), one, [Factor("s", g, one, 2), Factor("i", h, one, 2)])
-    >>> round(crossed_logp(st, [2.5], [[1.0], [0.5]], [np.eye(1), np.eye(1)], 1.0), 6)
-    -7.720361
+    >>> lp = crossed_logp(st, [2.5], [[1.0], [0.5]], [np.eye(1), np.eye(1)], 1.0)
+    >>> V = np.eye(4) + (g[:, None] == g) + 0.25 * (h[:, None] == h)      # sigma^2 I + Z G Z'
+    >>> from scipy.stats import multivariate_normal
+    >>> bool(np.isclose(lp, multivariate_normal(np.full(4, 2.5), V).logpdf([1., 2., 3., 5.])))
+    True
     """
     theta = pack_theta(b, sds, Ccs, sigma)
     lp, g = crossed_kernel(grad, 1.0, theta, *st.kernel_data())
