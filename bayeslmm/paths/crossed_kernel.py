@@ -34,16 +34,20 @@ effects, is held dense:
 S >= I (it is the inverse of a block of P <= I), so the dense Cholesky is always well conditioned.
 The selected inverse comes from the same blocks: P22 = S^-1, P21 = -S^-1 W L11^-1 (on the pattern
 of C21 = all of it when the design is fully crossed), diagonal blocks P11_j = L_j^-T (I + W_j'
-S^-1 W_j) L_j^-1. One evaluation costs O(Q_2^2 Q_1 + Q_2^3) flops (a syrk, a potrf, a potri and a
-gemm, all LAPACK/BLAS) plus O(J_1 q_1^3), and never touches the n rows: everything starts from the
+S^-1 W_j) L_j^-1. One evaluation costs about 4 Q_2^2 Q_1 + Q_2^3 flops (two gemms, a potrf and a
+potri) plus O(Q_2 Q_1 q^2 + J_1 q_1^3), and never touches the n rows: everything starts from the
 sufficient statistics of :func:`~.crossed_stats.crossed_stats`. With ``eliminate=False`` (the
-"dense" variant) all Q effects go to the dense part.
+"dense" variant) all Q effects go to the dense part. Both are exact; bench/crossed_probe.py
+measures which is faster (the blocked one, on every design tried), and against a general sparse
+factorisation (qdldl): faster on fully crossed designs, slower on sparsely crossed ones with
+large factors (there the dense Schur complement, Q_2 x Q_2, is the limit: :attr:`CrossedStats.flops`).
 
-**Implementation**: the dense steps are single LAPACK/BLAS calls from Python (dsyrk, dpotrf,
-dpotri, dgemm); everything level by level (the q x q blocks, Lambda, the solves, the gradient
-assembly) is three numba functions, so a call costs about ten Python-level steps whatever the
-number of levels. An all-numpy version of the same algebra was 10-30x slower on a 60 x 80 design
-(hundreds of small array operations per call).
+**Implementation**: the dense steps are single LAPACK/BLAS calls from Python (dgemm through
+numpy, dpotrf, dpotri: all release the GIL, so chains sampled in threads run in parallel);
+everything level by level (the q x q blocks, Lambda, the solves, the gradient assembly) is three
+numba functions, so a call costs about ten Python-level steps whatever the number of levels. An
+all-numpy version of the same algebra was 10-30x slower on a 60 x 80 design (hundreds of small
+array operations per call).
 
 Group effects are drawn from their exact conditional: z | y ~ N(a / sigma^2, A^-1), gamma = Lambda z,
 i.e. z = a / sigma^2 + L^-T eps with one blocked triangular solve per draw.
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy.linalg import blas, lapack
+from scipy.linalg import lapack
 
 from .crossed_stats import CrossedStats
 
@@ -413,10 +417,11 @@ def _factorise(theta, layout, blocks, D1, B, E):
     L1, L1i, R, logdet, BL, BR, W, S0 = _eliminate(Ts, s2, k1, int(q[k1]), D1, B, E, blocks)
     Q2 = S0.shape[0]
     if Q2:
-        S = S0.T                                  # symmetric: the Fortran-order view LAPACK wants
         if W.shape[1]:
-            S = blas.dsyrk(-1.0, W.T, beta=1.0, c=S, trans=1, lower=1, overwrite_c=1)
-        L2, info = lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
+            # numpy's matmul, not scipy's dsyrk (half the flops): dsyrk holds the GIL, which would
+            # serialise chains sampled in threads (nutpie); dpotrf/dpotri release it
+            S0 -= W @ W.T
+        L2, info = lapack.dpotrf(S0.T, lower=1, clean=1, overwrite_a=1)   # S0.T: the Fortran view
         if info != 0:
             raise FloatingPointError(f"crossed kernel: Schur complement not positive definite (info={info})")
         logdet += 2.0 * float(np.sum(np.log(np.diag(L2))))

@@ -92,6 +92,16 @@ class CrossedStats:
     def Q2(self) -> int:
         return self.Q - self.Q1
 
+    @property
+    def flops(self) -> float:
+        """Approximate flops of one log-density + gradient (two Q_2^2 Q_1 gemms, potrf + potri).
+
+        About 1e8 is ~5 ms on one core (bench/crossed_probe.py); a path chooser can compare it
+        with the non-centred graph's O(n) per gradient.
+        """
+        Q1, Q2 = self.Q1, self.Q2
+        return 4.0 * Q2 * Q2 * Q1 + Q2 ** 3 + 8.0 * Q2 * Q1 * max(self.q) ** 2
+
     def offsets(self) -> dict[int, int]:
         """Start of each factor (by caller index) in the internal effect order."""
         out, pos = {}, 0
