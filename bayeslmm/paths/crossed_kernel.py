@@ -423,7 +423,9 @@ def _factorise(theta, layout, blocks, D1, B, E):
             S0 -= W @ W.T
         L2, info = lapack.dpotrf(S0.T, lower=1, clean=1, overwrite_a=1)   # S0.T: the Fortran view
         if info != 0:
-            raise FloatingPointError(f"crossed kernel: Schur complement not positive definite (info={info})")
+            # S >= I in exact arithmetic; rounding breaks it only when sd / sigma is extreme
+            # (~1e7 and beyond, where A's entries swamp its Schur complement): no density there
+            return None
         logdet += 2.0 * float(np.sum(np.log(np.diag(L2))))
     else:
         L2 = np.zeros((0, 0), order="F")
@@ -441,15 +443,22 @@ def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, 
 
     Returns
     -------
-    (lp, gtheta) : float and (P,) array (zeros when not ``grad``).
+    (lp, gtheta) : float and (P,) array (zeros when not ``grad``). ``(-inf, zeros)`` where the
+    density cannot be evaluated (non-finite parameters, or sd / sigma so extreme that the Schur
+    complement loses positive definiteness in floating point): NUTS then rejects the step.
     """
     theta = np.ascontiguousarray(theta, dtype=float)
     K, p, n, k1 = int(layout[0]), int(layout[1]), int(layout[2]), int(layout[4])
     q = layout[5:5 + K]
-    Ts, s2, L1i, logdet, W, L2, (R, BL, BR) = _factorise(theta, layout, blocks, D1, B, E)
+    fac = _factorise(theta, layout, blocks, D1, B, E) if np.all(np.isfinite(theta)) else None
+    if fac is None:
+        return -np.inf, np.zeros_like(theta)
+    Ts, s2, L1i, logdet, W, L2, (R, BL, BR) = fac
     lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, int(q[k1]), L1i, W, L2, blocks, b0, ZtX, Zte,
                                  XtX, Xte, float(ete))
     lp -= 0.5 * logdet
+    if not np.isfinite(lp):
+        return -np.inf, np.zeros_like(theta)
     if not grad:
         return lp, np.zeros_like(theta)
     Q2 = L2.shape[0]
@@ -507,7 +516,11 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
 def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
     theta = pack_theta(b, sds, Ccs, sigma)
     layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete = st.kernel_data()
-    Ts, s2, L1i, logdet, W, L2, _ = _factorise(theta, layout, blocks, D1, B, E)
+    fac = _factorise(theta, layout, blocks, D1, B, E)
+    if fac is None:
+        raise FloatingPointError("crossed path: the Schur complement is not positive definite at these "
+                                 "parameters (sd / sigma beyond ~1e7)")
+    Ts, s2, L1i, logdet, W, L2, _ = fac
     k1 = st.order[0]
     _, a, _, _, _, _ = _solve(theta, Ts, s2, st.n, k1, st.q[k1], L1i, W, L2, blocks, b0, ZtX, Zte,
                               XtX, Xte, float(ete))
