@@ -55,8 +55,11 @@ i.e. z = a / sigma^2 + L^-T eps with one blocked triangular solve per draw.
 
 from __future__ import annotations
 
+import ctypes
+
 import numba
 import numpy as np
+from numba.extending import get_cython_function_address
 from scipy.linalg import lapack
 
 from .crossed_stats import CrossedStats
@@ -66,6 +69,22 @@ __all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "cond
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 _NB = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+
+
+def _fortran(module: str, name: str, nargs: int):
+    """A BLAS/LAPACK routine of scipy's Cython interface as a ctypes function (all arguments pointers).
+
+    Passed to the numba kernel as an argument: numba cannot cache a function that refers to a
+    ctypes pointer as a global, but it can one that receives it.
+    """
+    addr = get_cython_function_address(f"scipy.linalg.cython_{module}", name)
+    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))(addr)
+
+
+# the kernel sees C-order arrays; to Fortran they are transposed, so its "U" is our lower triangle
+_DPOTRF = _fortran("lapack", "dpotrf", 5)       # uplo, n, a, lda, info
+_DPOTRI = _fortran("lapack", "dpotri", 5)
+_DSYRK = _fortran("blas", "dsyrk", 10)          # uplo, trans, n, k, alpha, a, lda, beta, c, ldc
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,14 +154,6 @@ def _lmul(M, Ts, blocks, transpose):
 def _sandwich(E, Ts, blocks):
     """Lambda_2' E Lambda_2 for symmetric E, as Lambda_2' (Lambda_2' E)' (row operations only)."""
     return _lmul(_lmul(E, Ts, blocks, True).T.copy(), Ts, blocks, True)
-
-
-@numba.njit(**_NB)
-def _symmetrise(X):
-    """Copy the lower triangle of a Fortran-order square array into its upper triangle, in place."""
-    for j in range(X.shape[0]):
-        for i in range(j + 1, X.shape[0]):
-            X[j, i] = X[i, j]
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,17 +261,19 @@ def _solve(theta, Ts, s2, n, k1, q1, L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte,
                 v += L1i[j, a, b] * u[j * q1 + b]
             y1[j * q1 + a] = v
     y2 = u[Q1:] - np.dot(W, y1) if Q1 and Q2 else u[Q1:].copy()
-    for jj in range(Q2):
-        y2[jj] /= L2[jj, jj]
-        for i in range(jj + 1, Q2):
-            y2[i] -= L2[i, jj] * y2[jj]
+    for i in range(Q2):                            # L2 is C-order, lower triangle: row sweeps
+        v = y2[i]
+        for k in range(i):
+            v -= L2[i, k] * y2[k]
+        y2[i] = v / L2[i, i]
     quad = np.dot(y1, y1) + np.dot(y2, y2)
     a = np.empty(Q)                                # back: a2 = L2^-T y2, a1 = L11^-T (y1 - W' a2)
-    for jj in range(Q2 - 1, -1, -1):
-        v = y2[jj]
-        for i in range(jj + 1, Q2):
-            v -= L2[i, jj] * a[Q1 + i]
-        a[Q1 + jj] = v / L2[jj, jj]
+    t2 = y2.copy()
+    for i in range(Q2 - 1, -1, -1):
+        ai = t2[i] / L2[i, i]
+        a[Q1 + i] = ai
+        for k in range(i):
+            t2[k] -= L2[i, k] * ai
     t1 = y1 - np.dot(W.T, a[Q1:]) if Q1 and Q2 else y1.copy()
     for j in range(J1):
         for a_ in range(q1):
@@ -408,28 +421,81 @@ def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, R, 
 # --------------------------------------------------------------------------------------------
 # The kernel: one call per NUTS step
 # --------------------------------------------------------------------------------------------
-def _factorise(theta, layout, blocks, D1, B, E):
-    """Stage 1 and the dense Cholesky: (Ts, s2, L1i, logdet, W, L2, (R, BL, BR))."""
-    K, p, k1 = int(layout[0]), int(layout[1]), int(layout[4])
+@numba.njit(**_NB)
+def _syrk_potrf(S, W, potrf, syrk):
+    """S <- chol(S - W W') in place (lower triangle of the C-order S); returns LAPACK's info.
+
+    To Fortran a C-order array is its transpose: S is symmetric, W (Q2 x Q1) is A = W' (Q1 x Q2),
+    so the call is syrk("U", "T"): C <- C - A'A, and "U" in Fortran is our lower triangle. The
+    scalar arguments live in three small arrays that are read after the calls, so that numba keeps
+    them alive while LAPACK holds their addresses.
+    """
+    n, k = S.shape[0], W.shape[1]
+    ints = np.array([n, k, 0], dtype=np.int32)          # n, k (= lda), info
+    chars = np.array([85, 84], dtype=np.uint8)          # "U", "T"
+    dbl = np.array([-1.0, 1.0])                          # alpha, beta
+    pi, pc, pd = ints.ctypes.data, chars.ctypes.data, dbl.ctypes.data
+    if k:
+        syrk(pc, pc + 1, pi, pi + 4, pd, W.ctypes.data, pi + 4, pd + 8, S.ctypes.data, pi)
+    potrf(pc, pi, S.ctypes.data, pi, pi + 8)
+    return ints[2] + 0 * (chars[0] + chars[1]) + int(0.0 * (dbl[0] + dbl[1]))
+
+
+@numba.njit(**_NB)
+def _potri(S, potri):
+    """S <- S^-1 in place from its Cholesky factor (lower triangle of C-order S), mirrored."""
+    n = S.shape[0]
+    ints = np.array([n, 0], dtype=np.int32)
+    chars = np.array([85], dtype=np.uint8)
+    potri(chars.ctypes.data, ints.ctypes.data, S.ctypes.data, ints.ctypes.data, ints.ctypes.data + 4)
+    for i in range(n):
+        for j in range(i):
+            S[j, i] = S[i, j]
+    return ints[1] + 0 * chars[0]
+
+
+@numba.njit(**_NB)
+def _factor_nb(theta, layout, blocks, D1, B, E, potrf, syrk):
+    """Stage 1 and the dense Cholesky. Returns (ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2) with L2
+    C-order, its lower triangle the factor (the upper one holds leftovers of S)."""
+    K, p, k1 = layout[0], layout[1], layout[4]
     q = layout[5:5 + K]
     Ts = _transforms(theta, p, q)
-    s2 = float(theta[-1]) ** 2
-    L1, L1i, R, logdet, BL, BR, W, S0 = _eliminate(Ts, s2, k1, int(q[k1]), D1, B, E, blocks)
-    Q2 = S0.shape[0]
+    s2 = theta[theta.shape[0] - 1] ** 2
+    L1, L1i, R, logdet, BL, BR, W, S = _eliminate(Ts, s2, k1, q[k1], D1, B, E, blocks)
+    Q2, Q1 = S.shape[0], W.shape[1]
+    ok = np.isfinite(logdet)
+    if Q2 and ok:
+        # S >= I in exact arithmetic; rounding breaks it only where sd / sigma is extreme (~1e7
+        # and beyond, A's entries swamping its Schur complement): there is no density there
+        ok = _syrk_potrf(S, W, potrf, syrk) == 0
+        if ok:
+            for i in range(Q2):
+                logdet += 2.0 * np.log(S[i, i])
+    return ok, Ts, s2, L1i, R, logdet, BL, BR, W, S
+
+
+@numba.njit(**_NB)
+def _kernel_nb(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, potrf, potri, syrk):
+    P = theta.shape[0]
+    K, p, n, k1 = layout[0], layout[1], layout[2], layout[4]
+    q = layout[5:5 + K]
+    ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2 = _factor_nb(theta, layout, blocks, D1, B, E, potrf, syrk)
+    if not ok:
+        return -np.inf, np.zeros(P)
+    lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, q[k1], L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete)
+    lp -= 0.5 * logdet
+    if not np.isfinite(lp):
+        return -np.inf, np.zeros(P)
+    if not grad:
+        return lp, np.zeros(P)
+    Q2 = L2.shape[0]
+    Sinv = L2                                      # overwritten: S^-1
     if Q2:
-        if W.shape[1]:
-            # numpy's matmul, not scipy's dsyrk (half the flops): dsyrk holds the GIL, which would
-            # serialise chains sampled in threads (nutpie); dpotrf/dpotri release it
-            S0 -= W @ W.T
-        L2, info = lapack.dpotrf(S0.T, lower=1, clean=1, overwrite_a=1)   # S0.T: the Fortran view
-        if info != 0:
-            # S >= I in exact arithmetic; rounding breaks it only when sd / sigma is extreme
-            # (~1e7 and beyond, where A's entries swamp its Schur complement): no density there
-            return None
-        logdet += 2.0 * float(np.sum(np.log(np.diag(L2))))
-    else:
-        L2 = np.zeros((0, 0), order="F")
-    return Ts, s2, L1i, logdet, W, L2, (R, BL, BR)
+        _potri(Sinv, potri)
+    M = np.dot(Sinv, W) if Q2 and W.shape[1] else np.zeros(W.shape)
+    return lp, _gradient(w, theta, Ts, s2, n, p, q, k1, q[k1], blocks, D1, B, E, ZtX, L1i, R, BL, BR, Sinv,
+                         M, a, u, c, Xr, rr)
 
 
 def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete):
@@ -446,32 +512,14 @@ def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, 
     (lp, gtheta) : float and (P,) array (zeros when not ``grad``). ``(-inf, zeros)`` where the
     density cannot be evaluated (non-finite parameters, or sd / sigma so extreme that the Schur
     complement loses positive definiteness in floating point): NUTS then rejects the step.
+
+    The whole evaluation is one numba call (the GIL is released throughout, LAPACK included).
     """
-    theta = np.ascontiguousarray(theta, dtype=float)
-    K, p, n, k1 = int(layout[0]), int(layout[1]), int(layout[2]), int(layout[4])
-    q = layout[5:5 + K]
-    fac = _factorise(theta, layout, blocks, D1, B, E) if np.all(np.isfinite(theta)) else None
-    if fac is None:
+    theta = np.ascontiguousarray(theta, dtype=np.float64)
+    if not np.all(np.isfinite(theta)):
         return -np.inf, np.zeros_like(theta)
-    Ts, s2, L1i, logdet, W, L2, (R, BL, BR) = fac
-    lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, int(q[k1]), L1i, W, L2, blocks, b0, ZtX, Zte,
-                                 XtX, Xte, float(ete))
-    lp -= 0.5 * logdet
-    if not np.isfinite(lp):
-        return -np.inf, np.zeros_like(theta)
-    if not grad:
-        return lp, np.zeros_like(theta)
-    Q2 = L2.shape[0]
-    if Q2:
-        X, info = lapack.dpotri(L2, lower=1)
-        _symmetrise(X)
-        Sinv = X.T                                 # C-order view of the symmetric inverse
-        M = Sinv @ W
-    else:
-        Sinv, M = np.zeros((0, 0)), np.zeros(W.shape)
-    gtheta = _gradient(float(w), theta, Ts, s2, n, p, q, k1, int(q[k1]), blocks, D1, B, E, ZtX, L1i, R, BL,
-                       BR, Sinv, M, a, u, c, Xr, rr)
-    return lp, gtheta
+    return _kernel_nb(bool(grad), float(w), theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte,
+                      float(ete), _DPOTRF, _DPOTRI, _DSYRK)
 
 
 def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
@@ -516,11 +564,10 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
 def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
     theta = pack_theta(b, sds, Ccs, sigma)
     layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete = st.kernel_data()
-    fac = _factorise(theta, layout, blocks, D1, B, E)
-    if fac is None:
+    ok, Ts, s2, L1i, _, _, _, _, W, L2 = _factor_nb(theta, layout, blocks, D1, B, E, _DPOTRF, _DSYRK)
+    if not ok:
         raise FloatingPointError("crossed path: the Schur complement is not positive definite at these "
                                  "parameters (sd / sigma beyond ~1e7)")
-    Ts, s2, L1i, logdet, W, L2, _ = fac
     k1 = st.order[0]
     _, a, _, _, _, _ = _solve(theta, Ts, s2, st.n, k1, st.q[k1], L1i, W, L2, blocks, b0, ZtX, Zte,
                               XtX, Xte, float(ete))
