@@ -7,11 +7,13 @@ Designs (simulated):
      on both factors (Q = 280 effects)
   b  500 subjects x 400 items, random intercepts, every pair observed half the time at random
      (about 100,000 rows; Q = 900)
+  b2 the same, balanced: subject s sees the 200 items i with (i + s) even (100,000 rows)
   c  2,000 subjects x 1,000 items, each subject sees 25 random items twice (100,000 rows), random
      intercepts: a sparsely crossed design, where a general sparse factorisation should win
 
-Variants: ``blocked`` (largest factor eliminated, dense Schur complement; the default),
-``dense`` (all Q effects dense), and the sparse factorisation of A = I + Lambda'Z'Z Lambda /
+Variants: ``blocked`` (largest factor eliminated, dense Schur complement), ``grouped`` (the same,
+eliminated levels with identical Z'Z blocks sharing their factorisation: balanced designs; the
+default picks it by cost), ``dense`` (all Q effects dense), and the sparse factorisation of A = I + Lambda'Z'Z Lambda /
 sigma^2 with qdldl (AMD ordering once, numeric refactorisation per step) and scipy's SuperLU:
 factorisation and log-determinant only, a lower bound for a sparse logp + gradient (the gradient
 would add a selected inverse). qdldl is optional (``pip install qdldl``); missing, it is skipped.
@@ -30,7 +32,7 @@ import scipy.sparse.linalg as spla
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bayeslmm.paths.crossed_kernel import crossed_logp  # noqa: E402
-from bayeslmm.paths.crossed_stats import Factor, crossed_stats  # noqa: E402
+from bayeslmm.paths.crossed_stats import MAX_GRAM, Factor, crossed_stats  # noqa: E402
 
 
 def design(name: str, seed: int = 0):
@@ -45,6 +47,13 @@ def design(name: str, seed: int = 0):
     elif name == "b":
         s, i = np.meshgrid(np.arange(500), np.arange(400), indexing="ij")
         keep = rng.random(s.size) < 0.5
+        s, i = s.ravel()[keep], i.ravel()[keep]
+        x = rng.standard_normal(len(s))
+        fac = [Factor("subject", s, np.ones((len(s), 1)), 500), Factor("item", i, np.ones((len(s), 1)), 400)]
+        q = 1
+    elif name == "b2":
+        s, i = np.meshgrid(np.arange(500), np.arange(400), indexing="ij")
+        keep = (s + i).ravel() % 2 == 0
         s, i = s.ravel()[keep], i.ravel()[keep]
         x = rng.standard_normal(len(s))
         fac = [Factor("subject", s, np.ones((len(s), 1)), 500), Factor("item", i, np.ones((len(s), 1)), 400)]
@@ -102,7 +111,7 @@ def sparse_A(y, X, fac, par):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--designs", nargs="*", default=["a", "b", "c"])
+    ap.add_argument("--designs", nargs="*", default=["a", "b", "b2", "c"])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--sample", type=int, default=0, metavar="DRAWS",
                     help="also sample the collapsed model with PyMC's default NUTS (2 chains, DRAWS "
@@ -118,18 +127,27 @@ def main():
         st = crossed_stats(y, X, fac)
         t_stats = time.perf_counter() - t0
         print(f"design {name}: n={len(y)}, Q={st.Q} (eliminated {st.Q1}, dense {st.Q2}); "
-              f"statistics {t_stats * 1e3:.0f} ms")
+              f"statistics {t_stats * 1e3:.0f} ms; default: {'grouped' if st.gram.shape[0] else 'blocked'}")
         reps = args.reps if st.Q2 < 1500 else max(2, args.reps // 10)
         b, sds, Cs, sigma = par
-        for label, stx in [("blocked", st), ("dense", None)]:
-            if stx is None:
-                if st.Q > 3000:
-                    print("  dense: skipped (Q > 3000)")
+        for label, opts in [("blocked", dict(group_levels=False)), ("grouped", dict(group_levels=True)),
+                            ("dense", dict(eliminate=False))]:
+            if label == "dense" and st.Q > 3000:
+                print("  dense: skipped (Q > 3000)")
+                continue
+            try:
+                stx = crossed_stats(y, X, fac, **opts)
+            except Exception as err:                    # noqa: BLE001 - a variant may not apply
+                print(f"  {label}: {err}")
+                continue
+            if label == "grouped":
+                label = f"grouped ({stx.gram.shape[0]} groups)"
+                if not stx.gram.shape[0]:
+                    print(f"  grouped: too many groups for {MAX_GRAM} Gram entries")
                     continue
-                stx = crossed_stats(y, X, fac, eliminate=False)
             t_lp = timeit(lambda: crossed_logp(stx, b, sds, Cs, sigma), reps)
             t_g = timeit(lambda: crossed_logp(stx, b, sds, Cs, sigma, grad=True), reps)
-            print(f"  {label:8s} logp {t_lp:8.2f} ms   logp+grad {t_g:8.2f} ms")
+            print(f"  {label:20s} logp {t_lp:8.2f} ms   logp+grad {t_g:8.2f} ms")
         build = sparse_A(y, X, fac, par)
         A = build()
         t_build = timeit(build, reps)

@@ -34,14 +34,20 @@ def _crossed(rng, n_s=9, n_i=7, reps=2, drop=0.25):
 
 
 def _make(rng, kind):
-    s, i, x, J_s, J_i = _crossed(rng)
+    if kind == "balanced":
+        # every subject sees every item once per condition: all subjects' Z'Z blocks are equal,
+        # so the level-group shortcut applies (one group)
+        s, i, c = (m.ravel() for m in np.meshgrid(np.arange(9), np.arange(7), np.arange(2), indexing="ij"))
+        s, i, x, J_s, J_i = s, i, c - 0.5, 9, 7
+    else:
+        s, i, x, J_s, J_i = _crossed(rng)
     n = len(s)
     X = np.column_stack([np.ones(n), x, rng.standard_normal(n)])
     one = np.ones((n, 1))
     slope = np.column_stack([np.ones(n), x])
     if kind == "intercepts":
         facs = [Factor("subject", s, one, J_s), Factor("item", i, one, J_i)]
-    elif kind == "slopes":
+    elif kind in ("slopes", "balanced"):
         facs = [Factor("subject", s, slope, J_s), Factor("item", i, slope, J_i)]
     elif kind == "nested":
         # subject:session nested in subject, crossed with item; 3 factors, different q
@@ -94,12 +100,16 @@ def _dense(y, X, facs, b, sds, Cs, sigma):
     return Z, G, sigma ** 2 * np.eye(n) + Z @ G @ Z.T
 
 
-KINDS = ["intercepts", "slopes", "nested", "blocks"]
+KINDS = ["intercepts", "slopes", "nested", "blocks", "balanced"]
+# blocked: the largest factor eliminated level by level, dense Schur complement (the default);
+# dense: every effect in the dense part; grouped: levels with equal Z'Z blocks share their
+# factorisation (forced on, also where every level is its own group)
+MODES = {"blocked": dict(group_levels=False), "dense": dict(eliminate=False), "grouped": dict(group_levels=True)}
 
 
 @pytest.fixture(params=KINDS)
 def case(request):
-    rng = np.random.default_rng(["intercepts", "slopes", "nested", "blocks"].index(request.param) + 11)
+    rng = np.random.default_rng(KINDS.index(request.param) + 11)
     y, X, facs = _make(rng, request.param)
     return request.param, y, X, facs, _params(facs, rng)
 
@@ -107,10 +117,10 @@ def case(request):
 # --------------------------------------------------------------------------------------------
 # Log-density
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("eliminate", [True, False])
-def test_logp_equals_dense_mvn(case, eliminate):
+@pytest.mark.parametrize("mode", MODES)
+def test_logp_equals_dense_mvn(case, mode):
     kind, y, X, facs, (b, sds, Cs, sigma) = case
-    st = crossed_stats(y, X, facs, eliminate=eliminate)
+    st = crossed_stats(y, X, facs, **MODES[mode])
     _, _, V = _dense(y, X, facs, b, sds, Cs, sigma)
     ref = ss.multivariate_normal(X @ b, V).logpdf(y)
     assert crossed_logp(st, b, sds, Cs, sigma) == pytest.approx(ref, rel=1e-8)
@@ -125,10 +135,11 @@ def test_design_has_the_awkward_cases():
     assert (cells == 0).any() and (np.bincount(s) == 1).any()
 
 
-def test_sd_zero_boundary_is_finite_and_exact(case):
+@pytest.mark.parametrize("mode", ["blocked", "grouped"])
+def test_sd_zero_boundary_is_finite_and_exact(case, mode):
     """sd = 0 (on one factor, and on all): the density is the one without that factor."""
     kind, y, X, facs, (b, sds, Cs, sigma) = case
-    st = crossed_stats(y, X, facs)
+    st = crossed_stats(y, X, facs, **MODES[mode])
     for zero in ([0], list(range(len(facs)))):
         sd0 = [np.zeros_like(s) if k in zero else s for k, s in enumerate(sds)]
         lp, gb, gsd, gC, gsig = crossed_logp(st, b, sd0, Cs, sigma, grad=True)
@@ -141,14 +152,14 @@ def test_sd_zero_boundary_is_finite_and_exact(case):
 # --------------------------------------------------------------------------------------------
 # Gradient
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("eliminate", [True, False])
-def test_gradient_equals_finite_differences(case, eliminate):
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_equals_finite_differences(case, mode):
     """Central differences with step 1e-5 (relative to the parameter's scale): truncation error
     ~1e-10 and round-off ~1e-16 |lp| / 1e-5 ~ 1e-9 in absolute terms, so rtol 1e-6 on each entry
     (plus atol 1e-6 for entries near zero) is a strict check; entries are compared for every
     element of each C_k (the kernel returns d/dC for the full q x q array)."""
     kind, y, X, facs, (b, sds, Cs, sigma) = case
-    st = crossed_stats(y, X, facs, eliminate=eliminate)
+    st = crossed_stats(y, X, facs, **MODES[mode])
     theta = pack_theta(b, sds, Cs, sigma)
     lp, gb, gsd, gC, gsig = crossed_logp(st, b, sds, Cs, sigma, grad=True)
     an = pack_theta(gb, gsd, gC, gsig)
@@ -211,10 +222,10 @@ def test_one_factor_equals_collapsed_kernel(sleepstudy):
 # --------------------------------------------------------------------------------------------
 # Conditional draws of the group effects
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("eliminate", [True, False])
-def test_conditional_moments_equal_dense_gaussian(case, eliminate):
+@pytest.mark.parametrize("mode", MODES)
+def test_conditional_moments_equal_dense_gaussian(case, mode):
     kind, y, X, facs, (b, sds, Cs, sigma) = case
-    st = crossed_stats(y, X, facs, eliminate=eliminate)
+    st = crossed_stats(y, X, facs, **MODES[mode])
     Z, G, V = _dense(y, X, facs, b, sds, Cs, sigma)
     VZG = np.linalg.solve(V, Z @ G)
     mean_ref = VZG.T @ (y - X @ b)
@@ -314,3 +325,16 @@ def test_bad_input_names_the_factor():
         crossed_stats(np.where(np.arange(len(y)) == 0, np.nan, y), X, facs)
     with pytest.raises(SpecError):
         crossed_stats(y, X, [])
+
+
+def test_level_groups_chosen_by_cost():
+    """Auto mode shares the factorisation on a balanced 40 x 30 x 2 design (all items' Z'Z blocks are
+    equal: one group) and not once 5% of the rows are dropped (nearly every item its own group)."""
+    rng = np.random.default_rng(1)
+    s, i, c = (m.ravel() for m in np.meshgrid(np.arange(30), np.arange(40), np.arange(2), indexing="ij"))
+    Z = np.column_stack([np.ones(len(s)), c - 0.5])
+    y = rng.standard_normal(len(s))
+    for keep, groups in [(np.ones(len(s), bool), 1), (rng.random(len(s)) > 0.05, 0)]:
+        facs = [Factor("subject", s[keep], Z[keep], 30), Factor("item", i[keep], Z[keep], 40)]
+        st = crossed_stats(y[keep], Z[keep], facs)
+        assert st.names[st.order[0]] == "item" and st.gram.shape[0] == groups

@@ -30,13 +30,13 @@ from .crossed_kernel import crossed_kernel
 
 __all__ = ["CrossedMarginal", "crossed_logp_tensor", "theta_tensor"]
 
-_THETA = 2            # inputs: grad, w, theta, then the eleven data arrays
-_N_DATA = 11
+_THETA = 2            # inputs: grad, w, theta, then the thirteen data arrays
+_N_DATA = 13
 
 
 class CrossedMarginal(Op):
     """``crossed_kernel`` as an Op: inputs (grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte,
-    XtX, Xte, ete), outputs (lp (), w * d lp / d theta (P,)).
+    XtX, Xte, ete, groups, gram), outputs (lp (), w * d lp / d theta (P,)).
 
     ``perform`` runs the kernel in Python (its dense steps are LAPACK calls, the rest numba); in a
     numba-compiled PyMC function it is reached through one object-mode call (~10 us).
@@ -81,9 +81,9 @@ _OUT_TYPE = numba.types.Tuple([numba.types.Array(numba.types.float64, 0, "C"),
 
 
 @numba.njit(cache=True)
-def _op_impl(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete):
+def _op_impl(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram):
     with numba.objmode(out=_OUT_TYPE):
-        out = _call(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete)
+        out = _call(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram)
     return out
 
 
@@ -110,7 +110,7 @@ def crossed_logp_tensor(b, sds, Ccs, sigma, data) -> pt.TensorVariable:
     Parameters
     ----------
     b : (p,) ; sds : per factor (q_k,) ; Ccs : per factor (q_k, q_k) ; sigma : scalar tensors.
-    data : the eleven arrays of :meth:`CrossedStats.kernel_data`, as numpy arrays (become constants)
+    data : the thirteen arrays of :meth:`CrossedStats.kernel_data`, as numpy arrays (become constants)
         or PyTensor shared variables (swap the data without rebuilding the graph).
     """
     theta = theta_tensor(b, sds, Ccs, sigma)
@@ -186,7 +186,8 @@ def build_crossed_model(y, X, factors, priors: dict, *, lkj_eta: float = 2.0, st
     lkj = _lkj_cholesky()
     with pm.Model() as model:
         data = [pytensor.shared(np.asarray(x), name=f"crossed_{k}", shape=(None,) * np.ndim(x))
-                for k, x in zip(("layout", "blocks", "b0", "D1", "B", "E", "ZtX", "Zte", "XtX", "Xte", "ete"),
+                for k, x in zip(("layout", "blocks", "b0", "D1", "B", "E", "ZtX", "Zte", "XtX", "Xte", "ete",
+                                 "groups", "gram"),
                                 st.kernel_data())]
         b = model.register_rv(priors["b"], "b")
         sds, Ccs = [], []

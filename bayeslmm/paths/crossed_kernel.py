@@ -37,7 +37,10 @@ of C21 = all of it when the design is fully crossed), diagonal blocks P11_j = L_
 S^-1 W_j) L_j^-1. One evaluation costs about 4 Q_2^2 Q_1 + Q_2^3 flops (two gemms, a potrf and a
 potri) plus O(Q_2 Q_1 q^2 + J_1 q_1^3), and never touches the n rows: everything starts from the
 sufficient statistics of :func:`~.crossed_stats.crossed_stats`. With ``eliminate=False`` (the
-"dense" variant) all Q effects go to the dense part. Both are exact; bench/crossed_probe.py
+"dense" variant) all Q effects go to the dense part. In balanced designs many eliminated levels
+have equal Z'Z blocks and share L_j; then W W' and the gradient's coupling terms are sums over the
+groups of precomputed Gram matrices, O(N_g q_1^2 Q_2^2) instead of O(Q_2^2 Q_1) (see
+:class:`~.crossed_stats.CrossedStats`). All variants are exact; bench/crossed_probe.py
 measures which is faster (the blocked one, on every design tried), and against a general sparse
 factorisation (qdldl): faster on fully crossed designs, slower on sparsely crossed ones with
 large factors (there the dense Schur complement, Q_2 x Q_2, is the limit: :attr:`CrossedStats.flops`).
@@ -160,10 +163,14 @@ def _sandwich(E, Ts, blocks):
 # Stage 1: eliminate the first factor level by level; the Schur complement's pieces
 # --------------------------------------------------------------------------------------------
 @numba.njit(**_NB)
-def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks):
+def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks, groups, gram):
     """Per level of the eliminated factor L_j, L_j^-1, R_j = T1 L_j^-T / s2 and log|A11|;
     BL = Lambda_2' B, BR = B R, W = A21 L11^-T = BL R, and S0 = I + Lambda_2' E Lambda_2 / s2
-    (the Schur complement is S0 - W W')."""
+    (the Schur complement is S0 - W W').
+
+    With level groups (``gram`` non-empty: levels whose Z'Z blocks are equal share L_j and R_j),
+    W W' = Lambda_2' U Lambda_2 with U = sum_g sum_ab (R_g R_g')_ab Gram_gab, so S0 is the whole
+    Schur complement, V = E / s2 - U is returned, and BL, BR, W are not formed (empty)."""
     J1 = D1.shape[0]
     Q2 = E.shape[0]
     L1 = np.zeros((J1, q1, q1))
@@ -203,6 +210,27 @@ def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks):
                 for m in range(q1):
                     v += Ts[k1, a, m] * L1i[j, b, m]
                 R[j, a, b] = v / s2
+    if gram.shape[0]:
+        Ng = gram.shape[0]
+        rep = _representatives(groups, Ng)
+        V = E / s2
+        for g in range(Ng):
+            j = rep[g]
+            for a in range(q1):
+                for b in range(q1):
+                    kab = 0.0
+                    for m in range(q1):
+                        kab += R[j, a, m] * R[j, b, m]
+                    if kab != 0.0:
+                        Gab = gram[g, a, b]
+                        for i in range(Q2):
+                            for m in range(Q2):
+                                V[i, m] -= kab * Gab[i, m]
+        S0 = _sandwich(V, Ts, blocks)
+        for i in range(Q2):
+            S0[i, i] += 1.0
+        empty = np.zeros((Q2, 0))
+        return L1, L1i, R, logdet, empty, empty, empty, S0, V
     BL = _lmul(B, Ts, blocks, True)               # Lambda_2' B
     W = np.empty((Q2, J1 * q1))                   # W_j = BL_j R_j
     BR = np.empty((Q2, J1 * q1))                  # B_j R_j (for the gradient)
@@ -221,14 +249,53 @@ def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks):
         for m in range(Q2):
             S0[i, m] /= s2
         S0[i, i] += 1.0
-    return L1, L1i, R, logdet, BL, BR, W, S0
+    return L1, L1i, R, logdet, BL, BR, W, S0, np.zeros((0, 0))
+
+
+@numba.njit(**_NB)
+def _representatives(groups, Ng):
+    """One level of each group."""
+    rep = np.full(Ng, -1, dtype=np.int64)
+    for j in range(groups.shape[0]):
+        if rep[groups[j]] < 0:
+            rep[groups[j]] = j
+    return rep
+
+
+@numba.njit(**_NB)
+def _w_mul(B, R, Ts, blocks, X):
+    """W X = Lambda_2' B (R_j X_j) for X (Q_1, m), without forming W."""
+    J1, q1 = R.shape[0], R.shape[1]
+    RX = np.zeros_like(X)
+    for j in range(J1):
+        for a in range(q1):
+            for b in range(q1):
+                r = R[j, a, b]
+                for col in range(X.shape[1]):
+                    RX[j * q1 + a, col] += r * X[j * q1 + b, col]
+    return _lmul(np.dot(B, RX), Ts, blocks, True)
+
+
+@numba.njit(**_NB)
+def _wt_mul(B, R, Ts, blocks, X):
+    """W' X = R_j' (B' Lambda_2 X)_j for X (Q_2, m), without forming W."""
+    J1, q1 = R.shape[0], R.shape[1]
+    Y = np.dot(B.T, _lmul(X, Ts, blocks, False))
+    out = np.zeros_like(Y)
+    for j in range(J1):
+        for a in range(q1):
+            for b in range(q1):
+                r = R[j, a, b]
+                for col in range(Y.shape[1]):
+                    out[j * q1 + b, col] += r * Y[j * q1 + a, col]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # Stage 2: the residual statistics, a = A^-1 Lambda' Z'r and the log-density
 # --------------------------------------------------------------------------------------------
 @numba.njit(**_NB)
-def _solve(theta, Ts, s2, n, k1, q1, L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete):
+def _solve(theta, Ts, s2, n, k1, q1, L1i, R, B, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete):
     """Returns (lp without log|A|, a, u, c, Xr, rr)."""
     p = b0.shape[0]
     Q = Zte.shape[0]
@@ -260,7 +327,7 @@ def _solve(theta, Ts, s2, n, k1, q1, L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte,
             for b in range(a + 1):
                 v += L1i[j, a, b] * u[j * q1 + b]
             y1[j * q1 + a] = v
-    y2 = u[Q1:] - np.dot(W, y1) if Q1 and Q2 else u[Q1:].copy()
+    y2 = u[Q1:] - _w_mul(B, R, Ts, blocks, y1.copy().reshape(Q1, 1))[:, 0] if Q1 and Q2 else u[Q1:].copy()
     for i in range(Q2):                            # L2 is C-order, lower triangle: row sweeps
         v = y2[i]
         for k in range(i):
@@ -274,7 +341,7 @@ def _solve(theta, Ts, s2, n, k1, q1, L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte,
         a[Q1 + i] = ai
         for k in range(i):
             t2[k] -= L2[i, k] * ai
-    t1 = y1 - np.dot(W.T, a[Q1:]) if Q1 and Q2 else y1.copy()
+    t1 = y1 - _wt_mul(B, R, Ts, blocks, a[Q1:].copy().reshape(Q2, 1))[:, 0] if Q1 and Q2 else y1.copy()
     for j in range(J1):
         for a_ in range(q1):
             v = 0.0
@@ -289,8 +356,73 @@ def _solve(theta, Ts, s2, n, k1, q1, L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte,
 # Stage 3: the gradient from the selected inverse
 # --------------------------------------------------------------------------------------------
 @numba.njit(**_NB)
+def _grouped_terms(G, Ts, k1, q1, D1, L1i, R, Sinv, blocks, groups, gram, g, a):
+    """The eliminated factor's gradient terms with level groups: adds them to G[k1], returns its
+    part of tr P. Per group (levels j sharing L_j, R_j): sum_j H_j = F_g R_g with
+    F_g[a, b] = <Lambda_2 S^-1 Lambda_2', Gram_gab>, then the same algebra as per level."""
+    J1, Ng, Q2 = L1i.shape[0], gram.shape[0], Sinv.shape[0]
+    rep = _representatives(groups, Ng)
+    count = np.zeros(Ng)
+    for j in range(J1):
+        count[groups[j]] += 1.0
+        for a_ in range(q1):
+            for b in range(q1):
+                G[k1, a_, b] += g[j * q1 + a_] * a[j * q1 + b]
+    Sg = _lmul(_lmul(Sinv, Ts, blocks, False).T.copy(), Ts, blocks, False)   # Lambda_2 S^-1 Lambda_2'
+    F = np.empty((q1, q1))
+    H = np.empty((q1, q1))
+    inner = np.empty((q1, q1))
+    P11 = np.empty((q1, q1))
+    tr = 0.0
+    for gg in range(Ng):
+        j = rep[gg]
+        for a_ in range(q1):
+            for b in range(q1):
+                t = 0.0
+                Gab = gram[gg, a_, b]
+                for x in range(Q2):
+                    for y in range(Q2):
+                        t += Sg[x, y] * Gab[x, y]
+                F[a_, b] = t
+        for a_ in range(q1):
+            for b in range(q1):
+                t = 0.0
+                for m in range(q1):
+                    t += F[a_, m] * R[j, m, b]
+                H[a_, b] = t
+        for a_ in range(q1):
+            for b in range(q1):
+                t = count[gg] if a_ == b else 0.0
+                for m in range(q1):
+                    t += R[j, m, a_] * H[m, b]
+                inner[a_, b] = t
+        for a_ in range(q1):
+            for b in range(q1):
+                t = 0.0
+                for m in range(q1):
+                    for m2 in range(q1):
+                        t += L1i[j, m, a_] * inner[m, m2] * L1i[j, m2, b]
+                P11[a_, b] = t
+        for a_ in range(q1):
+            tr += P11[a_, a_]
+        for a_ in range(q1):
+            for b in range(q1):
+                t = 0.0
+                for m in range(q1):
+                    dt = 0.0
+                    for m2 in range(q1):
+                        dt += D1[j, a_, m2] * Ts[k1, m2, m]
+                    t -= dt * P11[m, b]
+                    t += H[a_, m] * L1i[j, m, b]
+                G[k1, a_, b] += t
+    return tr
+
+
+
+# --------------------------------------------------------------------------------------------
+@numba.njit(**_NB)
 def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, R, BL, BR, Sinv, M, a, u, c,
-              Xr, rr):
+              Xr, rr, groups, gram, V):
     """w * d lp / d theta. ``Sinv`` = S^-1 (full), ``M`` = S^-1 W; the rest from :func:`_eliminate`."""
     K = q.shape[0]
     Q = a.shape[0]
@@ -334,7 +466,9 @@ def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, R, 
     trP = 0.0
     for i in range(Q2):
         trP += Sinv[i, i]
-    EL = _lmul(E, Ts, blocks, True).T.copy()      # E Lambda_2 (E symmetric)
+    grouped = gram.shape[0] > 0
+    # E Lambda_2 (E symmetric); grouped, (E - s2 U) Lambda_2 also holds the coupling term below
+    EL = _lmul(s2 * V if grouped else E, Ts, blocks, True).T.copy()
     for r in range(blocks.shape[0]):
         s, qb, f = blocks[r, 0], blocks[r, 1], blocks[r, 2]
         for a_ in range(qb):
@@ -343,7 +477,9 @@ def _gradient(w, theta, Ts, s2, n, p, q, k1, q1, blocks, D1, B, E, ZtX, L1i, R, 
                 for l in range(Q2):
                     t -= EL[s + a_, l] * Sinv[s + b, l]
                 G[f, a_, b] += t
-    if Q1:
+    if Q1 and grouped:
+        trP += _grouped_terms(G, Ts, k1, q1, D1, L1i, R, Sinv, blocks, groups, gram, g, a)
+    elif Q1:
         # With H_j = BL_j' M_j (M = S^-1 W, P21 = -M L11^-1, W_j = BL_j R_j):
         #   P11_j = L_j^-T (I + R_j' H_j) L_j^-1,
         #   sum_i B[i, j]' (Lambda_2 P21)[i, j] = -H_j L_j^-1,
@@ -455,14 +591,14 @@ def _potri(S, potri):
 
 
 @numba.njit(**_NB)
-def _factor_nb(theta, layout, blocks, D1, B, E, potrf, syrk):
-    """Stage 1 and the dense Cholesky. Returns (ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2) with L2
-    C-order, its lower triangle the factor (the upper one holds leftovers of S)."""
+def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, potrf, syrk):
+    """Stage 1 and the dense Cholesky. Returns (ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2, V) with
+    L2 C-order, its lower triangle the factor (the upper one holds leftovers of S)."""
     K, p, k1 = layout[0], layout[1], layout[4]
     q = layout[5:5 + K]
     Ts = _transforms(theta, p, q)
     s2 = theta[theta.shape[0] - 1] ** 2
-    L1, L1i, R, logdet, BL, BR, W, S = _eliminate(Ts, s2, k1, q[k1], D1, B, E, blocks)
+    L1, L1i, R, logdet, BL, BR, W, S, V = _eliminate(Ts, s2, k1, q[k1], D1, B, E, blocks, groups, gram)
     Q2, Q1 = S.shape[0], W.shape[1]
     ok = np.isfinite(logdet)
     if Q2 and ok:
@@ -472,18 +608,20 @@ def _factor_nb(theta, layout, blocks, D1, B, E, potrf, syrk):
         if ok:
             for i in range(Q2):
                 logdet += 2.0 * np.log(S[i, i])
-    return ok, Ts, s2, L1i, R, logdet, BL, BR, W, S
+    return ok, Ts, s2, L1i, R, logdet, BL, BR, W, S, V
 
 
 @numba.njit(**_NB)
-def _kernel_nb(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, potrf, potri, syrk):
+def _kernel_nb(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram, potrf, potri,
+               syrk):
     P = theta.shape[0]
     K, p, n, k1 = layout[0], layout[1], layout[2], layout[4]
     q = layout[5:5 + K]
-    ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2 = _factor_nb(theta, layout, blocks, D1, B, E, potrf, syrk)
+    ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2, V = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram,
+                                                              potrf, syrk)
     if not ok:
         return -np.inf, np.zeros(P)
-    lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, q[k1], L1i, W, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete)
+    lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, q[k1], L1i, R, B, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete)
     lp -= 0.5 * logdet
     if not np.isfinite(lp):
         return -np.inf, np.zeros(P)
@@ -495,10 +633,10 @@ def _kernel_nb(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte,
         _potri(Sinv, potri)
     M = np.dot(Sinv, W) if Q2 and W.shape[1] else np.zeros(W.shape)
     return lp, _gradient(w, theta, Ts, s2, n, p, q, k1, q[k1], blocks, D1, B, E, ZtX, L1i, R, BL, BR, Sinv,
-                         M, a, u, c, Xr, rr)
+                         M, a, u, c, Xr, rr, groups, gram, V)
 
 
-def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete):
+def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram):
     """Collapsed log-density and ``w`` x its gradient with respect to ``theta`` (one call).
 
     Parameters
@@ -519,7 +657,7 @@ def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, 
     if not np.all(np.isfinite(theta)):
         return -np.inf, np.zeros_like(theta)
     return _kernel_nb(bool(grad), float(w), theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte,
-                      float(ete), _DPOTRF, _DPOTRI, _DSYRK)
+                      float(ete), groups, gram, _DPOTRF, _DPOTRI, _DSYRK)
 
 
 def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
@@ -563,25 +701,27 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
 # --------------------------------------------------------------------------------------------
 def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
     theta = pack_theta(b, sds, Ccs, sigma)
-    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete = st.kernel_data()
-    ok, Ts, s2, L1i, _, _, _, _, W, L2 = _factor_nb(theta, layout, blocks, D1, B, E, _DPOTRF, _DSYRK)
+    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = st.kernel_data()
+    ok, Ts, s2, L1i, R, _, _, _, _, L2, _ = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, _DPOTRF,
+                                                       _DSYRK)
     if not ok:
         raise FloatingPointError("crossed path: the Schur complement is not positive definite at these "
                                  "parameters (sd / sigma beyond ~1e7)")
     k1 = st.order[0]
-    _, a, _, _, _, _ = _solve(theta, Ts, s2, st.n, k1, st.q[k1], L1i, W, L2, blocks, b0, ZtX, Zte,
+    _, a, _, _, _, _ = _solve(theta, Ts, s2, st.n, k1, st.q[k1], L1i, R, B, L2, blocks, b0, ZtX, Zte,
                               XtX, Xte, float(ete))
-    return (Ts, L1i, W, L2), a / s2
+    return (Ts, L1i, R, B, blocks, L2), a / s2
 
 
 def _back(st: CrossedStats, F, eps):
     """L^-T eps for eps (Q, m) in the internal order (a draw from N(0, A^-1) per column)."""
-    _, L1i, W, L2 = F
+    Ts, L1i, R, B, blocks, L2 = F
     Q1, Q2 = st.Q1, st.Q2
     x2 = lapack.dtrtrs(L2, eps[Q1:], lower=1, trans=1)[0] if Q2 else eps[Q1:]
     if not Q1:
         return x2
-    t1 = (eps[:Q1] - (W.T @ x2 if Q2 else 0.0)).reshape(L1i.shape[0], L1i.shape[1], -1)
+    t1 = (eps[:Q1] - (_wt_mul(B, R, Ts, blocks, np.ascontiguousarray(x2)) if Q2 else 0.0))
+    t1 = t1.reshape(L1i.shape[0], L1i.shape[1], -1)
     x1 = np.matmul(L1i.transpose(0, 2, 1), t1).reshape(Q1, -1)
     return np.concatenate([x1, x2])
 

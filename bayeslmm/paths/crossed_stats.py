@@ -15,11 +15,13 @@ import numpy as np
 
 from ..errors import DataError, SpecError
 
-__all__ = ["Factor", "CrossedStats", "crossed_stats", "MAX_DENSE"]
+__all__ = ["Factor", "CrossedStats", "crossed_stats", "MAX_DENSE", "MAX_GRAM"]
 
 # Largest dense block (entries) the statistics may hold: above it the dense Schur complement is too
 # big for this path (about 1.6 GB of float64 at the limit, and minutes per gradient).
 MAX_DENSE = 200_000_000
+# Most entries the level groups' Gram matrices may hold (160 MB of float64).
+MAX_GRAM = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class CrossedStats:
     ``Zte`` (Q,), ``XtX`` (p, p), ``Xte`` (p,), ``ete`` around the least-squares fit ``b0``
     (e0 = y - X b0, against cancellation when the mean of y is large).
 
+    **Level groups** (balanced designs): when many levels of the eliminated factor have identical
+    Z'Z blocks (every subject sees the same number of items in each condition, say), they share
+    their q_1 x q_1 factorisation, and the Schur complement's W W' and the gradient's coupling
+    terms become sums over groups of precomputed Gram matrices: ``groups`` (J_1,) is each level's
+    group and ``gram`` (N_g, q_1, q_1, Q_2, Q_2) holds Gram_gab = sum_{j in g} B_ja B_jb'. One
+    evaluation then costs O(N_g q_1^2 Q_2^2 + Q_2^3) instead of O(Q_2^2 Q_1). Empty (N_g = 0) when
+    not used.
+
     :meth:`layout` and :meth:`dense_blocks` describe this structure as integer arrays, and
     :meth:`kernel_data` lists every array the compiled kernel takes, in its order.
     """
@@ -74,6 +84,8 @@ class CrossedStats:
     XtX: np.ndarray
     Xte: np.ndarray
     ete: float
+    groups: np.ndarray
+    gram: np.ndarray
 
     @property
     def K(self) -> int:
@@ -94,12 +106,16 @@ class CrossedStats:
 
     @property
     def flops(self) -> float:
-        """Approximate flops of one log-density + gradient (two Q_2^2 Q_1 gemms, potrf + potri).
+        """Approximate flops of one log-density + gradient (two Q_2^2 Q_1 gemms or, with level
+        groups, two passes over the Gram matrices; potrf + potri).
 
         About 1e8 is ~5 ms on one core (bench/crossed_probe.py); a path chooser can compare it
         with the non-centred graph's O(n) per gradient.
         """
         Q1, Q2 = self.Q1, self.Q2
+        q1 = self.q[self.order[0]]
+        if self.gram.shape[0]:
+            return 4.0 * self.gram.shape[0] * q1 * q1 * Q2 * Q2 + Q2 ** 3 + 8.0 * Q2 * Q1 * q1
         return 4.0 * Q2 * Q2 * Q1 + Q2 ** 3 + 8.0 * Q2 * Q1 * max(self.q) ** 2
 
     def offsets(self) -> dict[int, int]:
@@ -121,9 +137,10 @@ class CrossedStats:
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 3), dtype=np.int64)
 
     def kernel_data(self) -> list[np.ndarray]:
-        """The kernel's data arguments: layout, dense_blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete."""
+        """The kernel's data arguments: layout, dense_blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete,
+        groups, gram."""
         return [self.layout(), self.dense_blocks(), self.b0, self.D1, self.B, self.E, self.ZtX, self.Zte,
-                self.XtX, self.Xte, np.array(self.ete)]
+                self.XtX, self.Xte, np.array(self.ete), self.groups, self.gram]
 
     def rest(self) -> list[tuple[int, int, int, int]]:
         """(factor, start in the dense part, J, q) for each factor of the dense part."""
@@ -163,7 +180,7 @@ def _cross(gk, Zk, Jk, gl, Zl, Jl) -> np.ndarray:
     return out.reshape(Jk * qk, Jl * ql)
 
 
-def crossed_stats(y, X, factors, *, eliminate: bool = True) -> CrossedStats:
+def crossed_stats(y, X, factors, *, eliminate: bool = True, group_levels: bool | None = None) -> CrossedStats:
     """The sufficient statistics, computed once (O(n (p + q)^2) and the dense blocks).
 
     Parameters
@@ -175,6 +192,10 @@ def crossed_stats(y, X, factors, *, eliminate: bool = True) -> CrossedStats:
     eliminate : bool
         Eliminate the factor with the most effects block-wise (default); False puts every effect
         in the dense part (cheaper only for a handful of effects, see bench/crossed_probe.py).
+    group_levels : bool or None
+        Share the factorisation among eliminated-factor levels with identical Z'Z blocks (see
+        :class:`CrossedStats`). None (default) decides by cost: when N_g q_1^2 <= J_1 q_1 / 16
+        and the Gram matrices fit in :data:`MAX_GRAM` entries.
 
     Returns
     -------
@@ -250,9 +271,33 @@ def crossed_stats(y, X, factors, *, eliminate: bool = True) -> CrossedStats:
                 blk = _cross(gk, Zk, Jk, *arrs[l])
                 E[pos[i]:pos[i + 1], pos[jj]:pos[jj + 1]] = blk
                 E[pos[jj]:pos[jj + 1], pos[i]:pos[i + 1]] = blk.T
+    groups, gram = _level_groups(D1, B, group_levels)
     return CrossedStats(
         names=names, q=q, J=J, p=p, n=n, order=order, n_elim=n_elim, b0=b0, D1=D1,
         B=np.ascontiguousarray(B), E=E, ZtX=np.concatenate([ZtX[k] for k in order], axis=0),
-        Zte=np.concatenate([Zte[k] for k in order]), XtX=X.T @ X, Xte=X.T @ e, ete=float(e @ e))
+        Zte=np.concatenate([Zte[k] for k in order]), XtX=X.T @ X, Xte=X.T @ e, ete=float(e @ e),
+        groups=groups, gram=gram)
+
+
+def _level_groups(D1, B, group_levels: bool | None):
+    """Levels of the eliminated factor with identical Z'Z blocks, and their Gram matrices."""
+    J1, q1 = D1.shape[0], D1.shape[-1]
+    Q2 = B.shape[0]
+    none = np.zeros(0, dtype=np.int64), np.zeros((0, q1, q1, Q2, Q2))
+    if not J1 or not Q2 or group_levels is False:
+        return none
+    _, groups = np.unique(D1.reshape(J1, -1), axis=0, return_inverse=True)
+    groups = groups.reshape(-1).astype(np.int64)
+    Ng = int(groups.max()) + 1
+    if Ng * q1 * q1 * Q2 * Q2 > MAX_GRAM or (group_levels is None and 16 * Ng * q1 > J1):
+        return none
+    B3 = B.reshape(Q2, J1, q1)
+    gram = np.empty((Ng, q1, q1, Q2, Q2))
+    for g in range(Ng):
+        Bg = B3[:, groups == g, :]
+        for a in range(q1):
+            for c in range(q1):
+                gram[g, a, c] = Bg[:, :, a] @ Bg[:, :, c].T
+    return groups, gram
 
 
