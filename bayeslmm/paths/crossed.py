@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+import pytensor
 import pytensor.tensor as pt
 from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
@@ -110,10 +111,14 @@ def crossed_logp_tensor(b, sds, Ccs, sigma, data) -> pt.TensorVariable:
     Parameters
     ----------
     b : (p,) ; sds : per factor (q_k,) ; Ccs : per factor (q_k, q_k) ; sigma : scalar tensors.
-    data : the thirteen arrays of :meth:`CrossedStats.kernel_data`, as numpy arrays (become constants)
-        or PyTensor shared variables (swap the data without rebuilding the graph).
+    data : the thirteen arrays of :meth:`CrossedStats.kernel_data`, as PyTensor shared variables
+        (swap the data without rebuilding the graph) or numpy arrays (made shared here).
     """
     theta = theta_tensor(b, sds, Ccs, sigma)
+    # numpy arrays become shared variables, not constants: a constant is read-only, and numba
+    # would compile the kernel again for read-only arrays
+    data = [x if isinstance(x, pt.Variable) else pytensor.shared(np.asarray(x), shape=(None,) * np.ndim(x))
+            for x in data]
     # computed with the gradient for unit weight: the pullback's application (cotangent 1) then has
     # the same inputs and PyTensor merges the two, so NUTS pays one kernel call per step
     w = pt.constant(np.array(1.0))
@@ -172,7 +177,6 @@ def build_crossed_model(y, X, factors, priors: dict, *, lkj_eta: float = 2.0, st
     ['b', 'sd_i', 'sd_s', 'sigma']
     """
     import pymc as pm
-    import pytensor
 
     from ..errors import PriorError
     from .crossed_stats import crossed_stats

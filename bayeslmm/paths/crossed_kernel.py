@@ -68,7 +68,7 @@ from scipy.linalg import lapack
 from .crossed_stats import CrossedStats
 
 __all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "conditional_effects",
-           "conditional_moments", "draw_effects"]
+           "conditional_moments", "draw_effects", "compile_kernel"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 _NB = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -795,3 +795,20 @@ def draw_effects(st: CrossedStats, b, sds, Ccs, sigma, seed: int) -> list[np.nda
         for k in range(st.K):
             out[k][s] = parts[k]
     return out
+
+
+def compile_kernel() -> float:
+    """Compile the kernel and the draw functions now (numba caches them on disk next to this file);
+    returns the seconds. For ``make install``, so that the first fit does not wait for it."""
+    import time
+
+    from .crossed_stats import Factor, crossed_stats
+    t0 = time.perf_counter()
+    g, h = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 1])
+    Z = np.column_stack([np.ones(5), np.arange(5.0)])
+    facs = [Factor("a", g, Z, 3), Factor("b", h, Z[:, :1], 2)]
+    for group in (False, True):
+        st = crossed_stats(np.arange(5.0), Z, facs, group_levels=group)
+        crossed_logp(st, [0.0, 0.0], [[1.0, 1.0], [1.0]], [np.eye(2), np.eye(1)], 1.0, grad=True)
+        conditional_effects(st, [0.0, 0.0], [[1.0, 1.0], [1.0]], [np.eye(2), np.eye(1)], 1.0, np.zeros(st.Q))
+    return time.perf_counter() - t0
