@@ -31,13 +31,13 @@ from .crossed_kernel import crossed_kernel
 
 __all__ = ["CrossedMarginal", "crossed_logp_tensor", "theta_tensor"]
 
-_THETA = 2            # inputs: grad, w, theta, then the thirteen data arrays
-_N_DATA = 13
+_THETA = 2            # inputs: grad, w, theta, then the two data arrays (ints, floats)
+_N_DATA = 2
 
 
 class CrossedMarginal(Op):
-    """``crossed_kernel`` as an Op: inputs (grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte,
-    XtX, Xte, ete, groups, gram), outputs (lp (), w * d lp / d theta (P,)).
+    """``crossed_kernel`` as an Op: inputs (grad, w, theta, ints, floats), outputs (lp (),
+    w * d lp / d theta (P,)). ``ints`` and ``floats`` are :meth:`CrossedStats.kernel_data`.
 
     ``perform`` runs the kernel in Python (its dense steps are LAPACK calls, the rest numba); in a
     numba-compiled PyMC function it is reached through one object-mode call (~10 us).
@@ -72,8 +72,8 @@ class CrossedMarginal(Op):
         return [disconnected_type(), disconnected_type(), g] + [disconnected_type() for _ in inputs[_THETA + 1:]]
 
 
-def _call(grad, w, theta, *data):
-    lp, g = crossed_kernel(int(grad), float(w), theta, *data)
+def _call(grad, w, theta, ints, floats):
+    lp, g = crossed_kernel(int(grad), float(w), theta, ints, floats)
     return np.asarray(lp, dtype=np.float64), g
 
 
@@ -82,9 +82,9 @@ _OUT_TYPE = numba.types.Tuple([numba.types.Array(numba.types.float64, 0, "C"),
 
 
 @numba.njit(cache=True)
-def _op_impl(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram):
+def _op_impl(grad, w, theta, ints, floats):
     with numba.objmode(out=_OUT_TYPE):
-        out = _call(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram)
+        out = _call(grad, w, theta, ints, floats)
     return out
 
 
@@ -111,7 +111,7 @@ def crossed_logp_tensor(b, sds, Ccs, sigma, data) -> pt.TensorVariable:
     Parameters
     ----------
     b : (p,) ; sds : per factor (q_k,) ; Ccs : per factor (q_k, q_k) ; sigma : scalar tensors.
-    data : the thirteen arrays of :meth:`CrossedStats.kernel_data`, as PyTensor shared variables
+    data : the two arrays of :meth:`CrossedStats.kernel_data`, as PyTensor shared variables
         (swap the data without rebuilding the graph) or numpy arrays (made shared here).
     """
     theta = theta_tensor(b, sds, Ccs, sigma)
@@ -160,8 +160,9 @@ def build_crossed_model(y, X, factors, priors: dict, *, lkj_eta: float = 2.0, st
     Returns
     -------
     pm.Model with free variables ``b``, ``sd_{name}``, ``cpc_{name}``, ``sigma``, deterministic
-    ``cor_{name}`` and the likelihood as the potential ``y_marginal``. The data are shared
-    variables without static shapes (``model["crossed_data"]`` lists them in kernel order).
+    ``cor_{name}`` and the likelihood as the potential ``y_marginal``. The data are two shared
+    variables without static shapes, ``crossed_ints`` and ``crossed_floats`` (the compiled model
+    depends on the design's structure, not its size).
 
     Examples
     --------
@@ -190,9 +191,7 @@ def build_crossed_model(y, X, factors, priors: dict, *, lkj_eta: float = 2.0, st
     lkj = _lkj_cholesky()
     with pm.Model() as model:
         data = [pytensor.shared(np.asarray(x), name=f"crossed_{k}", shape=(None,) * np.ndim(x))
-                for k, x in zip(("layout", "blocks", "b0", "D1", "B", "E", "ZtX", "Zte", "XtX", "Xte", "ete",
-                                 "groups", "gram"),
-                                st.kernel_data())]
+                for k, x in zip(("ints", "floats"), st.kernel_data())]
         b = model.register_rv(priors["b"], "b")
         sds, Ccs = [], []
         for f, nm, qk in zip(factors, st.names, st.q):

@@ -67,7 +67,7 @@ from scipy.linalg import lapack
 
 from .crossed_stats import CrossedStats
 
-__all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "conditional_effects",
+__all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "unpack_data", "conditional_effects",
            "conditional_moments", "draw_effects", "compile_kernel"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -612,8 +612,49 @@ def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, potrf, syrk):
 
 
 @numba.njit(**_NB)
-def _kernel_nb(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram, potrf, potri,
-               syrk):
+def unpack_data(ints, floats):
+    """Views of the statistics packed by :meth:`CrossedStats.kernel_data`: (layout, blocks, b0, D1,
+    B, E, ZtX, Zte, XtX, Xte, ete, groups, gram)."""
+    K, p, n_elim, k1 = ints[0], ints[1], ints[3], ints[4]
+    q, J = ints[5:5 + K], ints[5 + K:5 + 2 * K]
+    nb, Ng = ints[5 + 2 * K], ints[6 + 2 * K]
+    o = 7 + 2 * K
+    blocks = ints[o:o + 3 * nb].reshape((nb, 3))
+    o += 3 * nb
+    q1 = q[k1]
+    J1 = J[k1] if n_elim else 0
+    groups = ints[o:o + (J1 if Ng else 0)]
+    Q = 0
+    for k in range(K):
+        Q += J[k] * q[k]
+    Q1 = J1 * q1
+    Q2 = Q - Q1
+    f = 0
+    b0 = floats[f:f + p]
+    f += p
+    D1 = floats[f:f + J1 * q1 * q1].reshape((J1, q1, q1))
+    f += J1 * q1 * q1
+    B = floats[f:f + Q2 * Q1].reshape((Q2, Q1))
+    f += Q2 * Q1
+    E = floats[f:f + Q2 * Q2].reshape((Q2, Q2))
+    f += Q2 * Q2
+    ZtX = floats[f:f + Q * p].reshape((Q, p))
+    f += Q * p
+    Zte = floats[f:f + Q]
+    f += Q
+    XtX = floats[f:f + p * p].reshape((p, p))
+    f += p * p
+    Xte = floats[f:f + p]
+    f += p
+    ete = floats[f]
+    f += 1
+    gram = floats[f:f + Ng * q1 * q1 * Q2 * Q2].reshape((Ng, q1, q1, Q2, Q2))
+    return ints[:5 + 2 * K], blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram
+
+
+@numba.njit(**_NB)
+def _kernel_nb(grad, w, theta, ints, floats, potrf, potri, syrk):
+    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = unpack_data(ints, floats)
     P = theta.shape[0]
     K, p, n, k1 = layout[0], layout[1], layout[2], layout[4]
     q = layout[5:5 + K]
@@ -636,14 +677,14 @@ def _kernel_nb(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte,
                          M, a, u, c, Xr, rr, groups, gram, V)
 
 
-def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram):
+def crossed_kernel(grad, w, theta, ints, floats):
     """Collapsed log-density and ``w`` x its gradient with respect to ``theta`` (one call).
 
     Parameters
     ----------
     grad : bool or 0-d int ; w : cotangent of the log-density (float)
     theta : (P,) parameters, see :func:`pack_theta`
-    layout, blocks, b0, ... : :meth:`CrossedStats.kernel_data`
+    ints, floats : :meth:`CrossedStats.kernel_data`
 
     Returns
     -------
@@ -653,11 +694,21 @@ def crossed_kernel(grad, w, theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, 
 
     The whole evaluation is one numba call (the GIL is released throughout, LAPACK included).
     """
-    theta = np.ascontiguousarray(theta, dtype=np.float64)
+    theta = np.array(theta, dtype=np.float64)                 # a writable contiguous copy
     if not np.all(np.isfinite(theta)):
         return -np.inf, np.zeros_like(theta)
-    return _kernel_nb(bool(grad), float(w), theta, layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte,
-                      float(ete), groups, gram, _DPOTRF, _DPOTRI, _DSYRK)
+    return _kernel_nb(bool(grad), float(w), theta, _readonly(ints, np.int64), _readonly(floats, np.float64),
+                      _DPOTRF, _DPOTRI, _DSYRK)
+
+
+def _readonly(x, dtype):
+    """A read-only contiguous view (no copy when x already is one): numba types read-only and
+    writable arrays apart, and compiling the kernel twice would double its cold start."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    if x.flags.writeable:
+        x = x.view()
+        x.flags.writeable = False
+    return x
 
 
 def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
@@ -701,7 +752,7 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
 # --------------------------------------------------------------------------------------------
 def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
     theta = pack_theta(b, sds, Ccs, sigma)
-    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = st.kernel_data()
+    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = unpack_data(*st.kernel_data())
     ok, Ts, s2, L1i, R, _, _, _, _, L2, _ = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, _DPOTRF,
                                                        _DSYRK)
     if not ok:

@@ -65,7 +65,7 @@ class CrossedStats:
     not used.
 
     :meth:`layout` and :meth:`dense_blocks` describe this structure as integer arrays, and
-    :meth:`kernel_data` lists every array the compiled kernel takes, in its order.
+    :meth:`kernel_data` packs everything the compiled kernel takes into two flat arrays.
     """
 
     names: tuple[str, ...]
@@ -137,10 +137,25 @@ class CrossedStats:
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 3), dtype=np.int64)
 
     def kernel_data(self) -> list[np.ndarray]:
-        """The kernel's data arguments: layout, dense_blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete,
-        groups, gram."""
-        return [self.layout(), self.dense_blocks(), self.b0, self.D1, self.B, self.E, self.ZtX, self.Zte,
-                self.XtX, self.Xte, np.array(self.ete), self.groups, self.gram]
+        """The kernel's data: ``[ints (int64), floats (float64)]``, every statistic packed flat.
+
+        ``ints`` = [K, p, n, n_elim, order[0], q_0.., J_0.., n_blocks, N_g, dense_blocks (flat),
+        groups]; ``floats`` = [b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, gram] (each flattened);
+        :func:`.crossed_kernel.unpack_data` reads them back as views. Two 1-d arrays instead of
+        thirteen of assorted ranks: a sampler such as nutpie compiles the handling of each input's
+        array type (tens of seconds for the thirteen, with a cold cache).
+        """
+        blocks = self.dense_blocks()
+        head = [self.K, self.p, self.n, self.n_elim, self.order[0], *self.q, *self.J, len(blocks),
+                self.gram.shape[0]]
+        ints = np.concatenate([np.array(head, dtype=np.int64), blocks.ravel(), self.groups]).astype(np.int64)
+        floats = np.concatenate([self.b0, self.D1.ravel(), self.B.ravel(), self.E.ravel(), self.ZtX.ravel(),
+                                 self.Zte, self.XtX.ravel(), self.Xte, [self.ete], self.gram.ravel()])
+        floats = np.ascontiguousarray(floats, dtype=np.float64)
+        # read-only, as samplers hand them over (nutpie does): numba compiles one specialisation
+        ints.flags.writeable = False
+        floats.flags.writeable = False
+        return [ints, floats]
 
     def rest(self) -> list[tuple[int, int, int, int]]:
         """(factor, start in the dense part, J, q) for each factor of the dense part."""
