@@ -94,7 +94,7 @@ def main():
     import pytensor.tensor as pt
 
     from bayeslmm.paths.crossed import build_crossed_model
-    from bayeslmm.paths.crossed_kernel import draw_effects
+    from bayeslmm.paths.crossed_draws import draw_effects
     from bayeslmm.paths.crossed_stats import crossed_stats
 
     y, X, factors = simulate(args.design)
@@ -126,8 +126,9 @@ def main():
         ess = az.ess(ds)
         div = int(idata.sample_stats["diverging"].sum())
         min_ess_b = float(np.min(ess["b"].values))
+        extra = f", effects drawn in {eff_s:.1f} s" if label == "collapsed" else ""
         print(f"{label:10s}: {wall:6.1f} s (incl. compile), divergences {div}, min ESS(b) {min_ess_b:.0f}, "
-              f"ESS/s(b) {min_ess_b / wall:.1f}" + (f", effects drawn in {eff_s:.1f} s" if label == "collapsed" else ""))
+              f"ESS/s(b) {min_ess_b / wall:.1f}{extra}")
         res[label] = (flat, {v: np.asarray(ess[v]) for v in flat})
     worst = 0.0
     (fa, ea), (fb, eb) = res["collapsed"], res["noncentred"]

@@ -13,8 +13,8 @@ import scipy.linalg as sla
 import scipy.stats as ss
 
 from bayeslmm.errors import DataError, SpecError
-from bayeslmm.paths.crossed_kernel import (conditional_effects, conditional_moments, crossed_logp,
-                                           draw_effects, pack_theta, unpack_theta)
+from bayeslmm.paths.crossed_draws import conditional_effects, conditional_moments, draw_effects
+from bayeslmm.paths.crossed_kernel import crossed_logp, pack_theta, unpack_theta
 from bayeslmm.paths.crossed_stats import Factor, crossed_stats
 
 
