@@ -193,12 +193,8 @@ def test_gradient_at_tiny_sd():
 # --------------------------------------------------------------------------------------------
 def _one_factor_reference(design):
     """The one-factor kernel and its data, wherever the restructuring has put them."""
-    try:                                  # after the restructuring: stats.py + paths/collapsed_kernel.py
-        from bayeslmm.paths import collapsed_kernel as mk
-        from bayeslmm.stats import group_stats as stats_of
-    except ImportError:
-        from bayeslmm import marginal_kernel as mk
-        from bayeslmm.marginal import marginal_stats as stats_of
+    from bayeslmm.paths import collapsed_kernel as mk
+    from bayeslmm.stats import group_stats as stats_of
     return mk.one_factor_kernel, mk.kernel_data(stats_of(design))
 
 

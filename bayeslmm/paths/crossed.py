@@ -129,10 +129,7 @@ def crossed_logp_tensor(b, sds, Ccs, sigma, data) -> pt.TensorVariable:
 # A PyMC model from arrays
 # --------------------------------------------------------------------------------------------
 def _lkj_cholesky():
-    try:                                   # after the restructuring
-        from .blocks import lkj_cholesky
-    except ImportError:                    # pragma: no cover - before it
-        from ..graph import lkj_cholesky
+    from .blocks import lkj_cholesky
     return lkj_cholesky
 
 
