@@ -151,7 +151,8 @@ class Fit:
         tab.insert(0, "kind", [m[2] for m in meta])
         tab.insert(0, "term", [m[1] for m in meta])
         tab.insert(0, "group", [m[0] for m in meta])
-        if float(np.ptp(stack(draws["var(Residual)"]))) == 0.0:   # logit/probit: a constant
+        # logit/probit: a constant; known standard errors without sigma: no residual row at all
+        if "var(Residual)" in draws and float(np.ptp(stack(draws["var(Residual)"]))) == 0.0:
             tab.loc["var(Residual)", ["sd", "mcse_mean", "mcse_sd"]] = 0.0
         tab.attrs["residual_scale"] = family.latent_scale
         return as_table(tab)

@@ -297,6 +297,10 @@ def test_eight_schools_i2_and_shrinkage(eight_fit):
     assert tab["shrinkage"].idxmax() == int(np.argmax(s))     # the noisiest school shrinks most
     fig = eight_fit.plot_shrinkage()
     assert fig.axes
+    # no residual SD is estimated: no Residual rows in the variance components
+    vc = eight_fit.variance_components()
+    assert "var(school, Intercept)" in vc.index and not any(str(i).endswith("(Residual)") or i == "sigma"
+                                                            for i in vc.index)
     # per-school LOO works from the known-SE likelihood
     assert eight_fit.log_likelihood().shape[-1] == 8
 
