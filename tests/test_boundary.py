@@ -75,7 +75,7 @@ def test_report_says_the_component_is_weakly_identified(boundary_fit, tmp_path):
     import json
     path = boundary_fit.report(tmp_path, loo=False, plots=[])
     html = open(path, encoding="utf-8").read()
-    assert "Weakly identified component(s)" in html and "sd(g, Intercept)</b>: weakly identified" in html
+    assert "Note: weakly identified component(s)" in html and "sd(g, Intercept)</b>: weakly identified" in html
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["weakly_identified"] == ["sd(g, Intercept)"]
     assert (tmp_path / "tables" / "identification.csv").exists()
