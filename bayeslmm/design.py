@@ -676,20 +676,16 @@ def predictor_arrays(design: Design, data: pd.DataFrame):
                         "(drop or fill them first)")
     X = _new_model_matrix(design.fixed_spec, frame, "the fixed-effect design")
     fitted_cols = {c.name: c for c in design.columns}
-    fitted_frame = None
     parts = []
     for f in design.factors:
         Zs = [_new_model_matrix(spec, frame, f"the random-effect design of {f.name!r}")
               for spec in f.term_specs]
-        cols = f.columns
-        if fitted_frame is None:
-            fitted_frame = pd.DataFrame({c.name: pd.Series(c.values, dtype=c.dtype) for c in design.columns})
-        # fitted level tuples -> codes (the same rule as _encode_groups), then new rows looked up
-        fitted_keys = _row_keys(fitted_cols, fitted_frame, cols, f.name)
-        index = dict(zip(fitted_keys, f.codes.tolist()))
-        keys = _row_keys(fitted_cols, frame, cols, f.name)
-        codes = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        # a level's label is unique per factor (_encode_groups refuses clashes), so new rows are
+        # matched by label; this needs no fitted rows (a fit from per-group statistics has none)
+        index = {label: code for code, label in enumerate(f.levels)}
+        keys = _row_keys(fitted_cols, frame, f.columns, f.name)
         labels = np.array([":".join(k) for k in keys], dtype=object)
+        codes = np.array([index.get(lab, -1) for lab in labels], dtype=np.int64)
         parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
     return X, parts
 

@@ -183,7 +183,7 @@ def check_posterior_size(design: Design, settings: SamplerSpec, memory_bytes: in
     per draw and chain. Raises :class:`SpecError` when it exceeds half of ``memory_bytes`` (default:
     this machine's physical memory). Returns the estimate in bytes.
     """
-    per_draw = design.X.shape[1] + 1
+    per_draw = len(design.fixed_terms) + 1
     for f in design.factors:
         per_draw += f.n_levels * f.q + f.q + len(f.correlation_pairs)
     need = 8 * settings.chains * settings.draws * (2 * per_draw + 20)

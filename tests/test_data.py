@@ -37,7 +37,7 @@ FORMULAS = {
     "nested": "y ~ x + c + (1 + x | a) + (1 | a:b)",
     "nested, slash": "y ~ np.log(x) + (1 | a/b)",
     "three levels": "y ~ x + (1 | a) + (1 | a:b) + (1 | a:b:c)",
-    "no fixed part": "y ~ 0 + (1 + x | a)",
+    "no intercept": "y ~ 0 + x + (1 + x | a)",
 }
 
 
@@ -263,8 +263,8 @@ def test_first_pass_nan_and_categorical_levels():
         design_codes[g] = _encode_groups(kept, g)[1]
         assert fp.groups[":".join(g)].labels == design_codes[g]
     assert fp.groups["g"].labels == ("z", "w")            # category order; 'x' only next to NaN h
-    assert fp.groups["h"].labels == ("1.0", "2.0", "3.0")
-    assert fp.groups["g:h"].labels == ("w:1.0", "w:2.0", "z:3.0")     # MultiIndex: sorted by value
+    assert fp.groups["h"].labels == ("1", "2", "3")         # numbers by value (design.level_label)
+    assert fp.groups["g:h"].labels == ("w:1", "w:2", "z:3")     # MultiIndex: sorted by value
     assert fp.missing == {"y": 0, "g": 1, "h": 1} and fp.n_complete == 4
 
 
