@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .data import Source, as_source
-from .design import MISSING_ACTIONS, _baseline_notes, _check_columns, _model_matrix, _required_columns
+from .design import MISSING_ACTIONS, _baseline_notes, _check_columns, _model_matrix, _required_columns, term_columns
 from .errors import DataError, FormulaError
 from .firstpass import FirstPass, GroupLevels, first_pass
 from .spec import ModelSpec
@@ -128,13 +128,8 @@ def needed_columns(spec: ModelSpec) -> dict[str, str]:
     """Used column -> where it is used, in ``make_design``'s order (response, fixed, random)."""
     f = spec.formula
     needed: dict[str, str] = {f.response: "the response (left of '~')"}
-    for c in _required_columns(f.fixed, "the fixed part"):
-        needed.setdefault(c, f"the fixed part {f.fixed!r}")
-    for t in f.random:
-        for c in _required_columns(t.expr, f"random term {t.text}"):
-            needed.setdefault(c, f"random term {t.text!r}")
-        for c in t.group_columns:
-            needed.setdefault(c, f"the grouping factor of {t.text!r}")
+    for c, where in term_columns(f).items():
+        needed.setdefault(c, where)
     return needed
 
 

@@ -210,6 +210,20 @@ class Design:
         return any(f.parent(self.factors) is not None for f in self.factors)
 
 
+def term_columns(f) -> dict[str, str]:
+    """Columns used by the fixed part and the random terms of a parsed formula -> where they are
+    used (the fixed part first, then each term's expression and grouping columns)."""
+    cols: dict[str, str] = {}
+    for c in _required_columns(f.fixed, "the fixed part"):
+        cols.setdefault(c, f"the fixed part {f.fixed!r}")
+    for t in f.random:
+        for c in _required_columns(t.expr, f"random term {t.text}"):
+            cols.setdefault(c, f"random term {t.text!r}")
+        for c in t.group_columns:
+            cols.setdefault(c, f"the grouping factor of {t.text!r}")
+    return cols
+
+
 def _required_columns(formula_text: str, where: str) -> set[str]:
     try:  # never formulaic's required_variables: it evaluates parts of the terms
         return set(required_columns(formula_text))
@@ -394,13 +408,8 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         if se_col == f.response:
             raise DataError(f"se({se_col}) names the response itself; give the column of standard errors")
         needed[se_col] = f"the standard errors se({se_col})"
-    for c in _required_columns(f.fixed, "the fixed part"):
-        needed.setdefault(c, f"the fixed part {f.fixed!r}")
-    for t in f.random:
-        for c in _required_columns(t.expr, f"random term {t.text}"):
-            needed.setdefault(c, f"random term {t.text!r}")
-        for c in t.group_columns:
-            needed.setdefault(c, f"the grouping factor of {t.text!r}")
+    for c, where in term_columns(f).items():
+        needed.setdefault(c, where)
     family = family_of(spec)
     trials_source = f.trials or (("trials", spec.trials) if spec.trials else None)
     if trials_source is not None:

@@ -92,32 +92,30 @@ class AuxParameter:
 
 
 # -- links (numpy) -----------------------------------------------------------------------------
+#: link -> (inverse link: eta -> mu, link: mu -> eta)
+_LINKS = {
+    "identity": (lambda eta: eta, lambda mu: mu),
+    "logit": (special.expit, special.logit),
+    "probit": (special.ndtr, special.ndtri),
+    "log": (np.exp, np.log),
+}
+
+
+def _link_pair(link: str):
+    try:
+        return _LINKS[link]
+    except KeyError:
+        raise SpecError(f"unknown link {link!r}; links are {list(_LINKS)}") from None
+
+
 def inverse_link_function(link: str, eta):
     """``mu`` from ``eta`` for ``link`` (identity, logit, probit, log)."""
-    eta = np.asarray(eta, dtype=float)
-    if link == "identity":
-        return eta
-    if link == "logit":
-        return special.expit(eta)
-    if link == "probit":
-        return special.ndtr(eta)
-    if link == "log":
-        return np.exp(eta)
-    raise SpecError(f"unknown link {link!r}")
+    return _link_pair(link)[0](np.asarray(eta, dtype=float))
 
 
 def link_function(link: str, mu):
     """``eta`` from ``mu`` for ``link``."""
-    mu = np.asarray(mu, dtype=float)
-    if link == "identity":
-        return mu
-    if link == "logit":
-        return special.logit(mu)
-    if link == "probit":
-        return special.ndtri(mu)
-    if link == "log":
-        return np.log(mu)
-    raise SpecError(f"unknown link {link!r}")
+    return _link_pair(link)[1](np.asarray(mu, dtype=float))
 
 
 def _log_p(link: str, eta):

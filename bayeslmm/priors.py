@@ -385,18 +385,9 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
             sx = scales.x_sd[j]
             entries.append(ResolvedPrior(term, "b", Prior("normal", (("mu", 0.0), ("sigma", 2.5 * s_y / sx))),
                                          f"default: 2.5 sd(y)/sd(x), sd(y)={sy}, sd(x)={sx:.4g}", term=term))
-    for i, fac in enumerate(design.factors if not family.link_scale_priors else ()):
-        for k, term in enumerate(fac.terms):
-            sz = scales.z_sd[i][k] if term != "Intercept" else 1.0
-            scale = s_y / sz if sz > 0 else s_y
-            src = (f"default: sd(y)={sy}" if term == "Intercept"
-                   else f"default: sd(y)/sd(x), sd(y)={sy}, sd(x)={sz:.4g}")
-            entries.append(ResolvedPrior(f"sd({fac.name}, {term})", "sd",
-                                         Prior("halfstudentt", (("nu", 3.0), ("sigma", scale))), src,
-                                         factor=fac.name, term=term))
-        if fac.has_correlation:
-            entries.append(ResolvedPrior(f"cor({fac.name})", "cor", Prior("lkj", (("eta", 2.0),)),
-                                         "default", factor=fac.name))
+    if not family.link_scale_priors:
+        entries += _group_level_defaults(design, scales, s_y, f"default: sd(y)={sy}",
+                                         lambda sz: f"default: sd(y)/sd(x), sd(y)={sy}, sd(x)={sz:.4g}")
     for aux in family.aux:
         dist, params, src = family.default_aux_prior(aux.name, s_y)
         entries.append(ResolvedPrior(aux.name, aux.name, Prior(dist, params), src))
@@ -459,12 +450,21 @@ def _link_scale_defaults(design: "Design", family, scales: DataScales) -> list[R
             entries.append(ResolvedPrior(term, "b", Prior("normal", (("mu", 0.0), ("sigma", LINK_SCALE / sx))),
                                          f"default: {LINK_SCALE}/sd(x) on the {link} scale, sd(x)={sx:.4g}",
                                          term=term))
+    entries += _group_level_defaults(
+        design, scales, LINK_SD_SCALE, f"default: {LINK_SD_SCALE:g} on the {link} scale",
+        lambda sz: f"default: {LINK_SD_SCALE:g}/sd(x) on the {link} scale, sd(x)={sz:.4g}")
+    return entries
+
+
+def _group_level_defaults(design, scales, base: float, intercept_source: str, slope_source) -> list:
+    """Default group-level priors, for every family: ``sd(g, term) ~ halfstudentt(3, base / sd(z))``
+    (``base`` for an intercept) and ``cor(g) ~ lkj(2)``; ``slope_source(sd_z)`` words the source."""
+    entries = []
     for i, fac in enumerate(design.factors):
         for k, term in enumerate(fac.terms):
             sz = scales.z_sd[i][k] if term != "Intercept" else 1.0
-            scale = LINK_SD_SCALE / sz if sz > 0 else LINK_SD_SCALE
-            src = (f"default: {LINK_SD_SCALE:g} on the {link} scale" if term == "Intercept"
-                   else f"default: {LINK_SD_SCALE:g}/sd(x) on the {link} scale, sd(x)={sz:.4g}")
+            scale = base / sz if sz > 0 else base
+            src = intercept_source if term == "Intercept" else slope_source(sz)
             entries.append(ResolvedPrior(f"sd({fac.name}, {term})", "sd",
                                          Prior("halfstudentt", (("nu", 3.0), ("sigma", scale))), src,
                                          factor=fac.name, term=term))

@@ -37,7 +37,7 @@ def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = 
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = methods or _available_methods()
+    methods = _available_methods() if methods is None else methods
     n_rep = replicates or (100 if quick else 1000)
     summary: dict = {"replicates": n_rep, "seed": seed, "alpha": alpha, "methods": list(methods),
                      "cases": {}, "families": list(families), "notes": []}
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--replicates", type=int, default=None, help="replicates per case (overrides --quick)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--methods", default=None,
-                   help="comma-separated: noncentred,collapsed ('marginal' = collapsed; default: both)")
+                   help="comma-separated: noncentred,collapsed ('marginal' = collapsed; default: both), "
+                        "or 'none' for the families' cases only")
     p.add_argument("--engine", default="auto", choices=["auto", "nutpie", "pymc", "model"])
     p.add_argument("--families", default=",".join(FAMILIES),
                    help="comma-separated non-Gaussian families with an SBC case, or 'none' "
@@ -170,7 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-peers", action="store_true",
                    help="skip the statsmodels / bambi comparisons and the prior-sensitivity example")
     a = p.parse_args(argv)
-    methods = tuple(canonical_method(m) for m in a.methods.split(",")) if a.methods else None
+    methods = (() if a.methods == "none" else
+               tuple(canonical_method(m) for m in a.methods.split(",")) if a.methods else None)
     s = run_study(a.out, quick=a.quick, replicates=a.replicates, seed=a.seed, methods=methods,
                   peers=not a.no_peers, engine=a.engine,
                   families=() if a.families == "none" else tuple(f for f in a.families.split(",") if f))
