@@ -22,7 +22,7 @@ from .results import Fit
 from .errors import SpecError
 from .spec import ModelSpec, SamplerSpec, build_spec, canonical_method
 
-__all__ = ["Model", "fit", "group_loo", "check_posterior_size"]
+__all__ = ["Model", "fit", "group_loo", "check_posterior_size", "stage_profile", "STAGES"]
 
 
 class Model:
@@ -83,11 +83,13 @@ class Model:
             self.spec = build_spec(formula, family=family, priors=priors, method=method, link=link,
                                    trials=trials, offset=offset)
         from .bigfit import in_memory, stats_design, wants_statistics
+        t0 = time.perf_counter()
         if wants_statistics(data, engine):
             self.design = stats_design(self.spec, data, missing=missing, engine=engine, scheduler=scheduler)
         else:
             self.design: Design = make_design(self.spec, in_memory(data), missing=missing)
         self.prior_table: PriorTable = resolve_priors(self.spec, self.design)
+        self.design_s = time.perf_counter() - t0      # the first stage of fit.info["stages"]
 
     @property
     def priors(self) -> pd.DataFrame:
@@ -164,13 +166,41 @@ class Model:
             from .paths.noncentred import build_model
             model = build_model(self.design, self.prior_table, self.spec.family, self.spec.link)
             names = stored_var_names(self.design, family_of(self.spec).aux_names)
+            setup_s = time.perf_counter() - t0
             idata, info = sample(model, settings, var_names=names, seed=seed_used)
+            info["setup_s"] = setup_s
         info["total_s"] = time.perf_counter() - t0
         info["method"] = chosen
         info["method_reason"] = why
+        t1 = time.perf_counter()
         fit = Fit(idata, self.spec, self.design, self.prior_table, settings, info)
         warn_if_problems(fit)   # a fit with problems says so loudly when it returns
+        fit.info["stages"] = stage_profile(info, design_s=getattr(self, "design_s", 0.0),
+                                           result_s=time.perf_counter() - t1)
         return fit
+
+
+#: The stages of a fit, in order, as ``fit.info["stages"]`` reports them (seconds).
+STAGES = ("design", "model build", "compile + init", "sampling", "posterior values",
+          "group effects", "diagnostics + result")
+
+
+def stage_profile(info: dict, *, design_s: float = 0.0, result_s: float = 0.0) -> dict[str, float]:
+    """Seconds per stage of one fit, from the timings the sampling path put in ``info``.
+
+    ``design``: formula, design and priors (``Model(...)``); ``model build``: sufficient statistics
+    and the PyMC graph (``setup_s``); ``compile + init``: PyMC's compilation of the log-density and
+    gradient and the initial point (``pm.sample``'s time outside its sampling loop); ``sampling``:
+    the NUTS loop (PyMC's ``sampling_time``); ``posterior values``: the stored variables computed
+    from the recorded unconstrained draws; ``group effects``: the exact draws of the group effects
+    (collapsed paths); ``diagnostics + result``: building the :class:`Fit` and its convergence
+    checks. Python imports are not included (measure them in a fresh process, as ``make bench``).
+    """
+    nuts = float(info.get("nuts_s", info.get("sampling_s", 0.0)))
+    return dict(zip(STAGES, (
+        float(design_s), float(info.get("setup_s", 0.0)),
+        max(float(info.get("sampling_s", 0.0)) - nuts, 0.0), nuts,
+        float(info.get("values_s", 0.0)), float(info.get("effects_s", 0.0)), float(result_s))))
 
 
 

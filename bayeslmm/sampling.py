@@ -151,13 +151,16 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
         warnings.filterwarnings("ignore", message=".*BLAS.*")
         idata = pm.sample(**kwargs)
     elapsed = time.perf_counter() - t0
+    nuts_s = float(idata["posterior"].attrs.get("sampling_time", elapsed))
     check_complete(idata["posterior"], settings.chains, settings.draws)
+    t1 = time.perf_counter()
     if trace is not None:
         idata["posterior"] = xr.DataTree(constrained_posterior(model, idata["posterior"].to_dataset(), var_names))
     if var_names is not None and sampler != "pymc":
         keep = [v for v in var_names if v in idata["posterior"].data_vars]
         idata["posterior"] = idata["posterior"].to_dataset()[keep]
-    info = {"seed": seed, "cores": settings.n_cores, "sampler": sampler, "sampling_s": elapsed}
+    info = {"seed": seed, "cores": settings.n_cores, "sampler": sampler, "sampling_s": elapsed,
+            "nuts_s": min(nuts_s, elapsed), "values_s": time.perf_counter() - t1}
     return idata, info
 
 

@@ -136,7 +136,10 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
         variance = [v for v in post.data_vars if v.startswith("sd_") or v == "sigma"]
         fixed = ["b"]
         stats = fit.idata["sample_stats"].to_dataset()
+        stages = dict(fit.info.get("stages", {}))
     sampling = float(post.attrs.get("sampling_time", float("nan")))
+    if engine == "bambi":           # bambi's own stages cannot be split finer than this
+        stages = {"model build + compile + init": total - sampling, "sampling": sampling}
     min_ess, max_rhat, div = _summaries(post, stats, variance, fixed)
     gcol = {"sleepstudy": "Subject", "sleepstudy_corr": "Subject", "radon": "county", "sim": "g",
             "bernoulli": "g"}[case]
@@ -144,7 +147,7 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
             "chains": chains, "draws": draws, "tune": tune, "import_s": import_s,
             "setup_s": total - sampling, "sampling_s": sampling, "total_s": total,
             "min_ess": min_ess, "ess_per_s": min_ess / total, "divergences": div,
-            "max_rhat": max_rhat}
+            "max_rhat": max_rhat, "stages": {"import": import_s, **stages}}
 
 
 def _spawn(args, engine, case, groups, rows, compiledir, label, timeout, numba_dir=None):
@@ -169,6 +172,8 @@ def _spawn(args, engine, case, groups, rows, compiledir, label, timeout, numba_d
     res["process_wall_s"] = wall
     print(f"[bench]   total {res['total_s']:.1f}s (setup {res['setup_s']:.1f}s, sampling "
           f"{res['sampling_s']:.1f}s), min ESS {res['min_ess']:.0f}, {res['ess_per_s']:.1f} ESS/s",
+          flush=True)
+    print("[bench]   stages: " + ", ".join(f"{k} {v:.2f}" for k, v in res.get("stages", {}).items()),
           flush=True)
     return res
 
@@ -204,6 +209,19 @@ def _markdown(results: list[dict], meta: dict) -> str:
         lines.append(f"| {r['case']} | {size} | {r['engine']} | {r['cache']} | {r['setup_s']:.1f} | "
                      f"{r['sampling_s']:.1f} | {_total(r)} | {r['min_ess']:.0f} | "
                      f"{r['ess_per_s']:.1f} | {xb} | {r['divergences']} | {r['max_rhat']:.3f} |")
+    return "\n".join(lines) + "\n" + _profile(results)
+
+
+def _profile(results: list[dict]) -> str:
+    """Where each fit spent its time (issue 17): ``fit.info["stages"]`` plus the import, seconds."""
+    rows = [r for r in results if r.get("stages")]
+    if not rows:
+        return ""
+    lines = ["", "Stage profile (seconds; `fit.info[\"stages\"]`, import measured in the same fresh process):", "",
+             "| case | engine | cache | stages |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        st = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
+        lines.append(f"| {r['case']} | {r['engine']} | {r['cache']} | {st} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,21 @@ def test_unseeded_fit_records_its_seed(dyestuff):
     np.testing.assert_array_equal(a.draws("sigma"), b.draws("sigma"))
 
 
+@pytest.mark.parametrize("method", ["noncentred", "collapsed"])
+def test_stage_profile_accounts_for_the_fit(get_fit, sleepstudy, method):
+    """fit.info["stages"] (issue 17): every stage present, none negative, and model build + compile
+    + sampling + posterior values + group effects add up to the fit's own total (the rest of
+    total_s is bookkeeping, under 10% of it), so no stage is missing or counted twice."""
+    from bayeslmm.model import STAGES
+    fit = get_fit(SLEEP, sleepstudy, method=method)
+    st = fit.info["stages"]
+    assert tuple(st) == STAGES and min(st.values()) >= 0
+    assert st["sampling"] > 0 and st["compile + init"] > 0
+    inner = sum(st[k] for k in ("model build", "compile + init", "sampling", "posterior values", "group effects"))
+    assert 0.9 * fit.info["total_s"] <= inner <= fit.info["total_s"] + 1e-6, (inner, fit.info["total_s"])
+    assert (st["group effects"] > 0) == (method == "collapsed")
+
+
 def test_posterior_names_dims_and_tables(sleep_fit):
     post = sleep_fit.posterior
     assert set(post.data_vars) == {"b", "sd_Subject", "cor_Subject", "r_Subject", "sigma"}

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["PEER_MODELS", "statsmodels_fit", "peer_comparison", "bambi_comparison"]
+__all__ = ["PEER_MODELS", "statsmodels_fit", "peer_comparison", "bambi_comparison", "bambi_cbpp_comparison"]
 
 
 #: Data sets and formulas of the peer comparison (statsmodels MixedLM).
@@ -151,6 +151,66 @@ def bambi_comparison(data: pd.DataFrame, *, response: str, x: str, group: str, c
         rows.append({"parameter": lab, "bayeslmm_mean": float(a["mean"]), "bayeslmm_mcse": float(a["mcse_mean"]),
                      "bambi_mean": mean_b, "bambi_mcse": mcse_b, "post_sd": float(a["sd"]),
                      "diff": diff, "z": diff / se})
+    tab = pd.DataFrame(rows).set_index("parameter")
+    tab.attrs.update({"bayeslmm_s": t_a, "bambi_s": t_b})
+    return tab
+
+
+def bambi_cbpp_comparison(*, chains: int = 4, draws: int = 1000, seed: int = 1) -> pd.DataFrame:
+    """bayeslmm against bambi on cbpp (binomial logit GLMM, issue 12), with the same priors.
+
+    ``cbind(incidence, size - incidence) ~ period + (1 | herd)`` against bambi's
+    ``p(incidence, size) ~ period + (1|herd)``, both non-centred, bayeslmm's default priors given
+    to bambi: the intercept normal(mu, sigma) at centred predictors (bambi centres too), each
+    period effect normal(0, 2.5 / sd(dummy)), sd(herd) half-Student-t(3, 1).
+
+    Returns the same table as :func:`bambi_comparison`: per parameter both posterior means and
+    MCSEs, the difference and ``z = diff / sqrt(mcse_a^2 + mcse_b^2)``.
+    """
+    import arviz as az
+    import bambi as bmb
+
+    from ..datasets import load_dataset
+    from ..model import Model
+    data = load_dataset("cbpp")
+    m = Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", data, family="binomial",
+              method="noncentred")
+    pt = m.prior_table
+    k = lambda lab: pt[lab].prior.kwargs  # noqa: E731
+    levels = ("2", "3", "4")
+    priors = {
+        "Intercept": bmb.Prior("Normal", **k("Intercept")),
+        "period": bmb.Prior("Normal", mu=0.0, sigma=np.array([k(f"period[T.{v}]")["sigma"] for v in levels])),
+        "1|herd": bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfStudentT", **k("sd(herd, Intercept)"))),
+    }
+    t0 = time.perf_counter()
+    fit = m.fit(chains=chains, draws=draws, tune=1000, seed=seed, progressbar=False, verbose=False)
+    t_a = time.perf_counter() - t0
+    bdata = data.assign(period=data["period"].astype(str), herd=data["herd"].astype(str))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bm = bmb.Model("p(incidence, size) ~ period + (1|herd)", bdata, family="binomial", priors=priors,
+                       noncentered=True)
+        tr = bm.fit(draws=draws, tune=1000, chains=chains, cores=min(chains, 2), random_seed=seed,
+                    progressbar=False)
+    t_b = time.perf_counter() - t0
+    bpost = tr["posterior"].to_dataset()
+    b_draws = {"Intercept": bpost["Intercept"], "sd(herd, Intercept)": bpost["1|herd_sigma"]}
+    pdim = [d for d in bpost["period"].dims if d not in ("chain", "draw")][0]
+    for v in levels:
+        b_draws[f"period[T.{v}]"] = bpost["period"].sel({pdim: v})
+    a_tab = pd.concat([fit.summary(), fit.variance_components()])
+    rows = []
+    for lab, v in b_draws.items():
+        arr = np.asarray(v.transpose("chain", "draw").to_numpy(), dtype=float)
+        mean_b = float(arr.mean())
+        mcse_b = float(np.asarray(az.mcse(arr, method="mean")))
+        a = a_tab.loc[lab]
+        diff = float(a["mean"]) - mean_b
+        rows.append({"parameter": lab, "bayeslmm_mean": float(a["mean"]), "bayeslmm_mcse": float(a["mcse_mean"]),
+                     "bambi_mean": mean_b, "bambi_mcse": mcse_b, "post_sd": float(a["sd"]),
+                     "diff": diff, "z": diff / float(np.hypot(a["mcse_mean"], mcse_b))})
     tab = pd.DataFrame(rows).set_index("parameter")
     tab.attrs.update({"bayeslmm_s": t_a, "bambi_s": t_b})
     return tab
