@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(PY) -m bayeslmm.demo --out out/demo
 
 test: $(STAMP) chromium
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
