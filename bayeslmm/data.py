@@ -206,8 +206,12 @@ class Source:
     def _parquet_chunks(self) -> Iterator[pd.DataFrame]:
         import pyarrow as pa
         # bounded memory: a small read-ahead instead of pyarrow's default (16 batches x 4 files)
+        import pyarrow.dataset as pads
+        # use_threads=False and no pre-buffering: pyarrow's threaded scan does not wait for a slow
+        # consumer, so decoded batches pile up (measured: +200 MiB at 10M rows against +100 MiB)
         batches = self.obj.to_batches(columns=list(self.columns), batch_size=min(self.chunk_rows, 1 << 17),
-                                      batch_readahead=2, fragment_readahead=1)
+                                      batch_readahead=2, fragment_readahead=1, use_threads=False,
+                                      fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
         pending, rows = [], 0
         for b in batches:
             if b.num_rows == 0:
