@@ -133,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_datasets(args) -> int:
-    import pandas as pd
+    import textwrap
 
-    from .datasets import list_datasets
+    from .datasets import dataset_info
 
-    tab = list_datasets()
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(tab.to_string(index=False))
+    for d in dataset_info():        # plain text: importing pandas alone would take seconds
+        print(f"{d['name']}  ({d['rows']} rows; columns: {d['columns']})")
+        print(textwrap.indent(textwrap.fill(d["description"], 96), "    "))
     print("\nuse one in a model file with:  [data]  dataset = \"NAME\"")
     return EXIT_OK
 

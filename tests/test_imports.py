@@ -156,6 +156,15 @@ def test_light_entry_points_import_nothing_heavy(code):
     assert _heavy(_loaded_after(code), also=("arviz",)) == []
 
 
+@pytest.mark.parametrize("code", ["import bayeslmm.cli",
+                                  "from bayeslmm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+                                  "from bayeslmm.cli import main; main(['datasets'])"])
+def test_cli_help_and_datasets_load_no_pandas(code):
+    """``bayeslmm --help`` and ``bayeslmm datasets`` answer in well under a second (issue 17): they
+    import neither pandas nor scipy (each costs seconds on a cold, busy machine)."""
+    assert _heavy(_loaded_after(code), also=("pandas", "scipy")) == []
+
+
 def test_import_check_can_fail():
     """The run-time check sees a heavy import when there is one."""
     assert "pymc" in _heavy(_loaded_after("import bayeslmm.paths.blocks"))

@@ -18,13 +18,16 @@ Factor columns (Subject, Batch, herd, period, county_idx) are read as strings...
 
 from __future__ import annotations
 
+import csv
 from importlib import resources
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
 
-__all__ = ["load_dataset", "list_datasets", "DATASETS"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["load_dataset", "list_datasets", "dataset_info", "DATASETS"]
 
 DATASETS = {
     "sleepstudy": ("sleepstudy.csv", {"Subject": str},
@@ -44,13 +47,29 @@ DATASETS = {
 }
 
 
+def dataset_info() -> list[dict]:
+    """Name, rows, columns and provenance of every bundled data set, read without pandas (so that
+    ``bayeslmm datasets`` answers at once)."""
+    out = []
+    for name, (fname, _, desc) in DATASETS.items():
+        with resources.files(__package__).joinpath(fname).open("r", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            n = sum(1 for _ in reader)
+        out.append({"name": name, "rows": n, "columns": ", ".join(header), "description": desc})
+    return out
+
+
 def list_datasets() -> pd.DataFrame:
-    """Name, rows, columns and provenance of every bundled data set."""
-    rows = []
-    for name, (_, _, desc) in DATASETS.items():
-        df = load_dataset(name)
-        rows.append({"name": name, "rows": len(df), "columns": ", ".join(df.columns), "description": desc})
-    return pd.DataFrame(rows)
+    """Name, rows, columns and provenance of every bundled data set.
+
+    Examples
+    --------
+    >>> list_datasets().set_index("name").loc["sleepstudy", "rows"]
+    180
+    """
+    import pandas as pd
+    return pd.DataFrame(dataset_info())
 
 
 def load_dataset(name: str) -> pd.DataFrame:
@@ -63,6 +82,7 @@ def load_dataset(name: str) -> pd.DataFrame:
     """
     if name not in DATASETS:
         raise DataError(f"no bundled data set {name!r}; available: {', '.join(DATASETS)}")
+    import pandas as pd
     fname, dtypes, _ = DATASETS[name]
     with resources.files(__package__).joinpath(fname).open("r") as fh:
         return pd.read_csv(fh, dtype=dtypes)
