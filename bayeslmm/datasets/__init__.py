@@ -65,7 +65,7 @@ def list_datasets() -> pd.DataFrame:
 
     Examples
     --------
-    >>> list_datasets().set_index("name").loc["sleepstudy", "rows"]
+    >>> int(list_datasets().set_index("name").loc["sleepstudy", "rows"])
     180
     """
     import pandas as pd
