@@ -251,16 +251,14 @@ class Fit:
         from .diagnostics import pointwise_log_likelihood
         return pointwise_log_likelihood(self)
 
-    def loo(self, **kwargs):
-        """PSIS-LOO; see :func:`bayeslmm.diagnostics.loo`. Does not change the fit. A fit built from
-        per-group statistics (data read in chunks) gives leave-one-group-out LOO over the top-level
-        groups (:func:`bayeslmm.model.group_loo`)."""
-        from .bigfit import is_stats_design
-        if is_stats_design(self.design):     # statistics only: leave-one-group-out (top-level groups)
-            from .model import group_loo
-            return group_loo(self, **kwargs)
-        from .diagnostics import loo
-        return loo(self, **kwargs)
+    def loo(self, kind: str = "auto", **kwargs):
+        """PSIS-LOO, by observation or by group; see :func:`bayeslmm.elpd.loo`. Does not change the fit.
+
+        ``kind="auto"``: leave-one-group-out (top-level groups, from the per-group collapsed
+        log-likelihood) for more than 20,000 rows where it exists and for fits built from per-group
+        statistics; else leave-one-observation-out. The result says which (``.loo_kind``)."""
+        from .elpd import loo
+        return loo(self, kind=kind, **kwargs)
 
     def posterior_predictive(self, **kwargs) -> xr.DataTree:
         """Replicated data for PPCs; see :func:`bayeslmm.diagnostics.posterior_predictive`."""

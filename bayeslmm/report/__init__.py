@@ -105,7 +105,7 @@ def _data_table(design) -> pd.DataFrame:
 
 def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool = True,
                  max_shrinkage_rows: int = 60, verbose: bool = True, title: str | None = None,
-                 plots=None, icc_at=None, save_fit: bool = True) -> str:
+                 plots=None, icc_at=None, save_fit: bool = True, progress: bool | None = None) -> str:
     """Write a standalone HTML report of ``fit`` plus CSV/JSON tables, PNG figures and fit.nc.
 
     Parameters
@@ -118,7 +118,9 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     dpi : int
         Resolution of the figures.
     loo : bool
-        Include PSIS-LOO (skipped automatically when chains x draws x rows exceeds 5e7).
+        Include PSIS-LOO: by group for more than 20,000 rows where it exists (nested factors,
+        Gaussian), else by observation (:mod:`bayeslmm.elpd`); the section says which, and says why
+        when it is not computed (loo=False, or observation LOO over chains x draws x rows = 5e7).
     max_shrinkage_rows : int
         Rows of the per-group shrinkage table shown in the HTML (all of them are in the CSV).
     verbose : bool
@@ -132,6 +134,9 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         Covariate points for the ICC table (``at`` of :meth:`Fit.icc`); default x = 0 and mean x.
     save_fit : bool
         Write ``fit.nc`` (False when the caller saved this fit there already).
+    progress : bool, optional
+        Show a progress bar of the report's steps; default: when ``verbose`` and the post-processing
+        is long (chains x draws x rows above 2e7).
 
     Every file is written atomically (:mod:`bayeslmm.atomic`) and ``summary.json`` last, so an
     interrupted report leaves each file either as it was or complete.
@@ -165,6 +170,10 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     design = fit.design
     has_groups = bool(design.factors)
 
+    from tqdm.auto import tqdm
+    show = verbose if progress is None else progress
+    bar = tqdm(total=4, desc="bayeslmm report", unit="step", leave=False,
+               disable=not show or (progress is None and fit.n_draws * design.n < 2e7))
     fixed = fit.summary(prob=prob)
     vc = fit.variance_components(prob=prob)
     diag = diagnostics(fit)
@@ -190,28 +199,12 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         tables["pooling_factors"] = shr.pooling
         for term, cur in icc_res.curves.items():
             tables[f"icc_curve_{_safe(term)}"] = cur
-    loo_text, loo_advice = "", ""
-    if loo and fit.n_draws * design.n <= 5e7:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                lo = fit.loo()
-            k = np.asarray(lo.pareto_k).ravel()
-            n_bad = int((k > 0.7).sum())
-            loo_text = (f"elpd_loo = {float(lo.elpd):.1f} (SE {float(lo.se):.1f}), effective number of "
-                        f"parameters p_loo = {float(lo.p):.1f}; Pareto k > 0.7 for {n_bad} of {len(k)} "
-                        "observations.")
-            if n_bad:
-                loo_advice = (f"For {n_bad} observation(s) the importance sampling behind PSIS-LOO is "
-                              "unreliable (Pareto k > 0.7). This is common in mixed models: leaving out "
-                              "one row of a small group changes that group's effect a lot. The elpd is "
-                              "then optimistic for those rows. To compare models reliably, refit "
-                              "leaving out those rows (exact LOO) or whole groups (K-fold by group).")
-            tables["loo"] = pd.DataFrame({"elpd_loo": [float(lo.elpd)], "se": [float(lo.se)],
-                                          "p_loo": [float(lo.p)],
-                                          "n_pareto_k_gt_0.7": [int((np.asarray(lo.pareto_k) > 0.7).sum())]})
-        except Exception as exc:  # LOO is optional in the report
-            loo_advice = f"PSIS-LOO could not be computed ({type(exc).__name__}: {exc})."
+    bar.update()
+    from .loo_section import loo_section
+    loo_sec = loo_section(fit, loo)
+    if loo_sec.table is not None:
+        tables["loo"] = loo_sec.table
+    bar.update()
     files = export_tables(tables, tab_dir)
 
     figs_vc, figs_icc, figs_shr, figs_chk = [], [], [], []
@@ -271,11 +264,14 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
                             | {"caption": "Posterior predictive check: observed y against 100 replicated data sets."})
     all_figs = figs_vc + figs_icc + figs_shr + figs_chk
     files += [f["path"] for f in all_figs]
+    bar.update()
 
     nc = out / "fit.nc"
     if save_fit:
         fit.save(nc)
     files.append(str(nc))
+    bar.update()
+    bar.close()
 
     shr_tab = None
     if has_groups:
@@ -312,7 +308,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
         shrinkage_table=_html_table(shr_tab, index=False) if has_groups else Markup(""),
         shrink_truncated=has_groups and len(shr.table) > max_shrinkage_rows,
         shrink_rows=max_shrinkage_rows, shrink_total=len(shr.table) if has_groups else 0,
-        loo_text=loo_text, loo_advice=loo_advice,
+        loo_title=loo_sec.title, loo_text=loo_sec.text, loo_advice=loo_sec.advice,
         figures_vc=figs_vc, figures_icc=figs_icc, figures_shrinkage=figs_shr, figures_checks=figs_chk,
         files=[str(Path(p).relative_to(out)) for p in files] + ["report.html", "summary.json"],
     )
@@ -323,7 +319,7 @@ def write_report(fit, out_dir, *, prob: float = 0.95, dpi: int = 100, loo: bool 
     summary = {"formula": ctx["formula"], "family": ctx["family"], "method": ctx["method"], "n": design.n,
                "sampler": s.to_dict(), "info": info, "diagnostics_ok": diag.ok,
                "problems": [str(p) for p in diag.problems], "files": ctx["files"],
-               "weakly_identified": [k for k, _ in ctx["weak"]],
+               "weakly_identified": [k for k, _ in ctx["weak"]], "loo": loo_sec.title,
                "bayeslmm_version": __version__}
     write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     if verbose:
