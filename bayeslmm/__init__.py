@@ -33,13 +33,13 @@ _EXPORTS = {
     "make_design": "design", "Design": "design", "FactorDesign": "design",
     "get_family": "families", "FAMILIES": "families",
     "rank_inverse_normal": "transforms",
-    "compare": "diagnostics", "Table": "tables",
+    "compare": "diagnostics", "Table": "tables", "load_model_file": "specfile",
     "BayesLMMError": "errors", "FormulaError": "errors", "SpecError": "errors", "DataError": "errors",
     "PriorError": "errors", "ModelFileError": "errors",
 }
 
 __all__ = [
-    "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets", "compare", "Table",
+    "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets", "compare", "Table", "load_model_file",
     "parse_formula", "build_spec", "parse_prior", "make_design", "resolve_priors", "get_family",
     "FAMILIES", "rank_inverse_normal",
     "ModelSpec", "SamplerSpec", "Prior", "PriorTable", "Design", "FactorDesign", "ParsedFormula",

@@ -161,6 +161,8 @@ class Design:
     se: np.ndarray | None = field(repr=False, default=None)
     #: ``se(s, sigma = TRUE)``: a residual SD is estimated besides ``se``
     se_sigma: bool = False
+    #: likelihood weights of the kept rows (``weights=``; read-only), else None
+    weights: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def n(self) -> int:
@@ -421,6 +423,8 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         offset_cols += [c for c in cols if c not in offset_cols]
         for c in cols:
             needed.setdefault(c, f"the offset {o!r}")
+    if getattr(spec, "weights", None):
+        needed.setdefault(spec.weights, "the observation weights")
     _check_columns(data, needed)
     if "Intercept" in needed:
         raise DataError("the data column 'Intercept' is used in the formula, but 'Intercept' is the name "
@@ -446,6 +450,8 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
                             "its exposure cannot be modelled. Fill them or drop those rows first.")
     if se_col is not None:
         _check_standard_errors(frame[se_col], se_col)
+    if getattr(spec, "weights", None):
+        _check_weights(frame[spec.weights], spec.weights)
     for c in needed:
         s = frame[c]
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
@@ -512,7 +518,21 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
                   notes=tuple(notes), trials=None if trials is None else _readonly(trials),
                   offset=None if offset is None else _readonly(offset), offset_source=offset_source,
                   trials_source=trials_source, se=se,
-                  se_sigma=bool(getattr(f, "se_sigma", False)))
+                  se_sigma=bool(getattr(f, "se_sigma", False)),
+                  weights=_readonly(frame[spec.weights].to_numpy(dtype=float)) if getattr(spec, "weights", None) else None)
+
+
+def _check_weights(s: pd.Series, col: str) -> None:
+    """Likelihood weights: numeric, finite, >= 0, not all 0, none missing."""
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        raise DataError(f"weights column {col!r} must be numeric; it has dtype {s.dtype}.")
+    v = s.to_numpy(dtype=float, na_value=np.nan)
+    bad = int((~np.isfinite(v)).sum() + (v < 0).sum())
+    if bad:
+        raise DataError(f"weights column {col!r} has {bad} missing, infinite or negative value(s); a "
+                        "likelihood weight is a finite number >= 0 (0 = the row is ignored). Fix or drop them.")
+    if not (v > 0).any():
+        raise DataError(f"weights column {col!r} is 0 in every row: no observation would count.")
 
 
 def _trials(frame: pd.DataFrame, y: np.ndarray, source: tuple, response: str) -> np.ndarray:

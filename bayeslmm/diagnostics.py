@@ -404,6 +404,8 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
         aux_cs = {a: v[c, sl][:, None] for a, v in aux.items()}
         out[c, sl] = (family.log_likelihood(y, mu, aux_cs, trials=fit.design.trials) if not family.known_se
                       else family.log_likelihood(y, mu, aux_cs, se=fit.design.se))
+    if getattr(fit.design, "weights", None) is not None:     # likelihood weights: w_i log p(y_i | .)
+        out *= fit.design.weights
     ll = xr.DataArray(out, dims=("chain", "draw", "obs"),
                       coords={"chain": post["chain"].values, "draw": post["draw"].values,
                               "obs": np.arange(len(y))}, name="y")

@@ -63,6 +63,12 @@ class Model:
     scheduler : str or dask scheduler, optional
         For the statistics passes: ``"tcp://host:8786"`` (a ``dask.distributed`` scheduler), a
         ``distributed.Client``, or ``"threads"``; default the active client, else local threads.
+    weights : str, optional
+        A column of observation weights (family gaussian), as lme4's ``weights`` and brms's
+        ``| weights()``: **likelihood weights**, row i's log-likelihood counts ``w_i`` times
+        (``w_i log N(y_i | eta_i, sigma)``), so an integer weight k is exactly the same as k copies
+        of the row. Weights >= 0 (0 ignores the row); they are not precision weights of known
+        variances (use ``y | se(s) ~ ...`` for those) and do not rescale to the number of rows.
 
     Examples
     --------
@@ -76,15 +82,18 @@ class Model:
     def __init__(self, formula: str | ModelSpec, data: pd.DataFrame, *, family: str = "gaussian",
                  priors: dict | None = None, method: str = "auto", missing: str = "drop",
                  link: str | None = None, trials: str | None = None, offset: str | None = None,
-                 engine: str = "auto", scheduler=None):
+                 engine: str = "auto", scheduler=None, weights: str | None = None):
         if isinstance(formula, ModelSpec):
             self.spec = formula
         else:
             self.spec = build_spec(formula, family=family, priors=priors, method=method, link=link,
-                                   trials=trials, offset=offset)
+                                   trials=trials, offset=offset, weights=weights)
         from .bigfit import in_memory, stats_design, wants_statistics
         t0 = time.perf_counter()
         if wants_statistics(data, engine):
+            if weights is not None:
+                raise SpecError("weights= needs the rows in memory (engine='memory'); the statistics "
+                                "passes for Parquet paths and Dask DataFrames do not read weights yet.")
             self.design = stats_design(self.spec, data, missing=missing, engine=engine, scheduler=scheduler)
         else:
             self.design: Design = make_design(self.spec, in_memory(data), missing=missing)
@@ -235,7 +244,8 @@ def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
     Model options (family, link, trials, offset, priors, method, missing) and fit options (chains, draws, seed, ...)
     are routed to the right place.
     """
-    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset", "engine", "scheduler"}
+    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset", "engine", "scheduler",
+                  "weights"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     fk = {k: v for k, v in kwargs.items() if k not in model_keys}
     return Model(formula, data, **mk).fit(**fk)

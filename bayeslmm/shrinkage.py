@@ -328,10 +328,14 @@ def _projection(design, f, ok):
 
 def _whitened(design):
     """Known standard errors: the design with every row divided by s_i (y, X and each Z), so that
-    least squares on it is weighted least squares with weights 1/s_i^2; else ``design`` itself."""
-    if design.se is None:
+    least squares on it is weighted least squares with weights 1/s_i^2; likelihood weights
+    (``weights=``) multiply row i by sqrt(w_i) likewise; else ``design`` itself."""
+    lw = getattr(design, "weights", None)
+    if design.se is None and lw is None:
         return design
-    w = 1.0 / design.se
+    w = np.ones(design.n) if design.se is None else 1.0 / design.se
+    if lw is not None:
+        w = w * np.sqrt(lw)
     return replace(design, y=design.y * w, X=design.X * w[:, None],
                    factors=tuple(replace(k, Z=k.Z * w[:, None]) for k in design.factors))
 

@@ -62,6 +62,8 @@ class ModelSpec:
     trials: str | None = None
     #: column added to the linear predictor as is (link scale, e.g. a log-exposure column)
     offset: str | None = None
+    #: column of observation weights: likelihood weights (row i's log-likelihood counts w_i times)
+    weights: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -84,7 +86,10 @@ class ModelSpec:
                             f"not {self.family!r} (formula {self.formula.text!r})")
         if cb is not None and self.trials is not None:
             raise SpecError("give the trials once: either cbind(...) in the formula or trials=, not both")
-        for name, v in (("trials", self.trials), ("offset", self.offset)):
+        if self.weights is not None and (self.formula.se is not None or self.family != "gaussian"):
+            raise SpecError(f"weights= (likelihood weights) are supported for family='gaussian' without "
+                            f"se() in the response; got family {self.family!r} (formula {self.formula.text!r})")
+        for name, v in (("trials", self.trials), ("offset", self.offset), ("weights", self.weights)):
             if v is not None and (not isinstance(v, str) or not v):
                 raise SpecError(f"the {name!r} option must be a column name. Got {v!r} instead.")
 
@@ -99,19 +104,21 @@ class ModelSpec:
                "priors": {k: p.text for k, p in self.priors}}
         if self.link != FAMILIES[self.family].link:
             out["link"] = self.link
-        out.update({k: v for k, v in (("trials", self.trials), ("offset", self.offset)) if v})
+        out.update({k: v for k, v in (("trials", self.trials), ("offset", self.offset),
+                                      ("weights", self.weights)) if v})
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         return build_spec(d["formula"], family=d.get("family", "gaussian"),
                           priors=d.get("priors") or None, method=d.get("method", "auto"),
-                          link=d.get("link"), trials=d.get("trials"), offset=d.get("offset"))
+                          link=d.get("link"), trials=d.get("trials"), offset=d.get("offset"),
+                          weights=d.get("weights"))
 
 
 def build_spec(formula: str, *, family: str = "gaussian", priors: dict | None = None,
                method: str = "auto", link: str | None = None, trials: str | None = None,
-               offset: str | None = None) -> ModelSpec:
+               offset: str | None = None, weights: str | None = None) -> ModelSpec:
     """Parse and validate a formula and options into a :class:`ModelSpec`.
 
     Examples
@@ -130,7 +137,7 @@ def build_spec(formula: str, *, family: str = "gaussian", priors: dict | None = 
             raise PriorError(f"prior keys must be parameter labels (strings), got {k!r}")
         items.append((k, parse_prior(v, where=f"prior for {k!r}")))
     return ModelSpec(formula=parsed, family=family, priors=tuple(items), method=method, link=link,
-                     trials=trials, offset=offset)
+                     trials=trials, offset=offset, weights=weights)
 
 
 @dataclass(frozen=True, slots=True)

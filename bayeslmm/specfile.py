@@ -13,6 +13,7 @@ A model file has up to five tables; only ``[model]`` (with ``formula``) and ``[d
     # link = "probit"                           # optional: the family's link (default: its first)
     # trials = "n"                              # binomial: column of trials (or cbind(s, f) ~ ...)
     # offset = "log_exposure"                   # column added to the linear predictor as is
+    # weights = "w"                             # gaussian: likelihood weights (weight k = k copies of the row)
     method = "auto"                             # "auto" | "collapsed" | "noncentred" ("marginal" = "collapsed")
     missing = "drop"                            # "drop" (with a printed count) | "raise"
 
@@ -84,6 +85,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "link": ("str", "the family's link: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in LINKS.items())),
         "trials": ("str", "binomial: column of trials (the response holds successes)"),
         "offset": ("str", "column added to the linear predictor as is (link scale), no coefficient"),
+        "weights": ("str", "gaussian: column of likelihood weights (row i counts w_i times; >= 0)"),
         "method": ("str", f"one of {', '.join(METHODS)}"),
         "missing": ("str", f"one of {', '.join(MISSING)}"),
         "name": ("str", "a short name for outputs"),
@@ -348,7 +350,7 @@ class ModelFile:
             model["description"] = self.description
         model.update({"formula": self.spec.formula.text, "family": self.spec.family,
                       "method": self.spec.method, "missing": self.missing})
-        model.update({k: v for k, v in self.spec.to_dict().items() if k in ("link", "trials", "offset")})
+        model.update({k: v for k, v in self.spec.to_dict().items() if k in ("link", "trials", "offset", "weights")})
         data: dict = {}
         if self.data.dataset is not None:
             data["dataset"] = self.data.dataset
@@ -463,7 +465,7 @@ def parse_model_dict(raw: dict, *, source: str = "<dict>", base_dir: str = ".",
     try:
         spec = build_spec(m["formula"], family=m.get("family", "gaussian"), priors=parsed_priors or None,
                           method=m.get("method", "auto"), link=m.get("link"), trials=m.get("trials"),
-                          offset=m.get("offset"))
+                          offset=m.get("offset"), weights=m.get("weights"))
     except BayesLMMError as e:
         raise ModelFileError(f"{source}: key 'model.formula' = {m['formula']!r}: {e}") from e
 

@@ -161,6 +161,10 @@ def group_stats(design, chain: tuple | None = None) -> GroupStats:
         w = 1.0 / se
         X, y, Zs = X * w[:, None], y * w, [Z * w[:, None] for Z in Zs]
         log_se = _bsum(top, np.log(se), J0)
+    lw = getattr(design, "weights", None)
+    if lw is not None:               # likelihood weights: rows times sqrt(w_i), n_obs = sum of w_i
+        sw = np.sqrt(lw)
+        X, y, Zs = X * sw[:, None], y * sw, [Z * sw[:, None] for Z in Zs]
     n, p = X.shape
     b0 = np.linalg.lstsq(X, y, rcond=None)[0] if p else np.zeros(0)
     e = y - X @ b0
@@ -187,5 +191,6 @@ def group_stats(design, chain: tuple | None = None) -> GroupStats:
         blocks=tuple(f.blocks for f in chain), correlated=tuple(f.correlated for f in chain),
         J=tuple(f.n_levels for f in chain), p=p, b0=b0, anc=tuple(anc), ZtZ=tuple(ZtZ),
         ZtZa=tuple(ZtZa), ZtX=tuple(ZtX), Zte=tuple(Zte), XtX=XtX, Xte=Xte,
-        ete=_bsum(top, e * e, J0), n_obs=np.bincount(top, minlength=J0).astype(float),
+        ete=_bsum(top, e * e, J0),
+        n_obs=np.bincount(top, minlength=J0).astype(float) if lw is None else _bsum(top, lw, J0),
         n_nodes=tuple(n_nodes), log_se=log_se)

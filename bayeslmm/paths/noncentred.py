@@ -74,7 +74,10 @@ def build_model(design: Design, priors: PriorTable, family: str = "gaussian",
         aux = {a: prior_rv(a, [priors[a]]) for a in fam.aux_names}
         y = pm.Data(OBSERVED_DATA, design.y, dims="obs")
         trials = None if design.trials is None else pm.Data("trials", design.trials, dims="obs")
-        if design.se is None:
+        if getattr(design, "weights", None) is not None:   # likelihood weights: w_i * log N(y_i | eta_i, sigma)
+            w = pm.Data("weights", design.weights, dims="obs")
+            pm.Potential("weighted_loglik", (w * pm.logp(pm.Normal.dist(mu=eta, sigma=aux["sigma"]), y)).sum())
+        elif design.se is None:
             fam.observe(OBSERVED, eta, aux, observed=y, dims="obs", trials=trials)
         else:
             fam.observe(OBSERVED, eta, aux, observed=y, dims="obs", se=design.se)
