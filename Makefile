@@ -12,7 +12,7 @@ FIND_PY = pyenv_bins() { ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$1*/bin/p
 	  "$$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo "$$p"; break; }; \
 	done
 
-.PHONY: chromium demo test test-fast bench bench-big validate install clean
+.PHONY: chromium demo test test-fast bench bench-big validate install clean notebooks
 
 $(STAMP): pyproject.toml
 	@py=$$($(FIND_PY)); \
@@ -55,3 +55,8 @@ BIG_ROWS ?= 2000000
 BIG_GROUPS ?= 10000
 bench-big: $(STAMP)
 	$(PY) bench/bigdata.py --rows $(BIG_ROWS) --groups $(BIG_GROUPS) --reps 1 --out bench/results
+
+# Re-execute the teaching notebooks and store them with their outputs (after changing notebooks/build_notebooks.py
+# or merging new notebooks); tests/test_notebooks.py checks that the stored ones are current and executed.
+notebooks: $(STAMP)
+	$(PY) notebooks/build_notebooks.py --execute

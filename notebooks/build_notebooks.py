@@ -1,18 +1,25 @@
 """Write the teaching notebooks (notebooks/*.ipynb) from the cell sources below.
 
 The notebooks are generated so that their content is reviewable as plain Python here; they are
-stored without outputs and executed by tests/test_notebooks.py (nbclient). Rebuild them with::
+stored WITH their outputs (so they read on a code host without running) and executed again by
+tests/test_notebooks.py (nbclient). After changing a cell here, rebuild and re-execute them::
 
-    .venv/bin/python notebooks/build_notebooks.py
+    make notebooks          # = .venv/bin/python notebooks/build_notebooks.py --execute
+    .venv/bin/python notebooks/build_notebooks.py --execute --only 02_   # one notebook
 
-Every notebook asserts its teaching claim, so the test suite fails if the claim stops holding.
+Every notebook checks its teaching claims: the trailing ``assert`` lines of a cell go into a
+separate cell tagged ``check`` (source hidden in Jupyter; see :func:`code`), so a student need not
+read them and the test suite fails if a claim stops holding. Exercises are markdown cells followed
+by a ``solution`` cell (source hidden).
 Chains are short (2 x 400 draws) to keep the suite fast; the prose says so.
 """
 
 from __future__ import annotations
 
-import sys
+import os
+import re
 import textwrap
+import time
 from pathlib import Path
 
 import nbformat
@@ -26,7 +33,42 @@ def md(text: str):
 
 
 def code(text: str):
-    return new_code_cell(textwrap.dedent(text).strip())
+    """A code cell; its trailing checks (``assert`` lines, with the assignments between them) go to
+    a separate cell tagged ``check`` (collapsed in Jupyter; the tests run every cell, so each claim
+    is still checked) and the cell is returned as a tuple (body, check)."""
+    src = textwrap.dedent(text).strip()
+    lines = src.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("assert ")), None)
+    if first is None or not all(_check_line(line) for line in lines[first:]):
+        return new_code_cell(src)
+    while first > 0 and lines[first - 1].startswith("#"):       # its comment goes with it
+        first -= 1
+    body = "\n".join(lines[:first]).strip()
+    chk = check("\n".join(lines[first:]))
+    return (new_code_cell(body), chk) if body else chk
+
+
+def _check_line(line: str) -> bool:
+    """A line of a trailing check block: an assert, a continuation, a comment or a plain assignment."""
+    return (not line or line[0] in " #)]}" or line.startswith("assert ")
+            or re.match(r"^[A-Za-z_][A-Za-z_0-9]* = ", line) is not None)
+
+
+def check(text: str):
+    """A code cell that checks a claim of the notebook: tagged ``check``, its source hidden."""
+    return new_code_cell(textwrap.dedent(text).strip(),
+                         metadata={"tags": ["check"], "jupyter": {"source_hidden": True}})
+
+
+def solution(text: str):
+    """The solution of an exercise: tagged ``solution``, its source hidden until clicked."""
+    return new_code_cell(textwrap.dedent(text).strip(),
+                         metadata={"tags": ["solution"], "jupyter": {"source_hidden": True}})
+
+
+def flatten(cells) -> list:
+    """The notebook's cells, with the (body, check) pairs of :func:`code` spread out."""
+    return [c for item in cells for c in (item if isinstance(item, tuple) else (item,))]
 
 
 SETUP = code("""
@@ -38,7 +80,6 @@ SETUP = code("""
     import pandas as pd
 
     import bayeslmm as blmm
-    from bayeslmm.specfile import load_model_file
 
     warnings.filterwarnings("ignore", message=".*BLAS.*")
     ROOT = Path.cwd() if (Path.cwd() / "models").is_dir() else Path.cwd().parent   # repo root
@@ -81,7 +122,7 @@ NB1 = [
     code("""
     import statsmodels.formula.api as smf
 
-    mf = load_model_file(ROOT / "models" / "pigeons_repeated.toml")
+    mf = blmm.load_model_file(ROOT / "models" / "pigeons_repeated.toml")
     df = mf.load_data()
     print(mf.spec.formula.text, "|", len(df), "rows,", df["pigeon"].nunique(), "pigeons")
     df.head()
@@ -273,7 +314,7 @@ NB2 = [
     code("""
     import statsmodels.formula.api as smf
 
-    mf = load_model_file(ROOT / "models" / "radon_county_shrinkage.toml")
+    mf = blmm.load_model_file(ROOT / "models" / "radon_county_shrinkage.toml")
     df = mf.load_data()                      # county_idx is read as a label (see the model file)
     sizes = df.groupby("county_idx").size()
     print(f"{len(df)} homes in {len(sizes)} counties; homes per county: min {sizes.min()}, "
@@ -373,6 +414,117 @@ NB2 = [
     assert model_shr.corr(est["shrinkage"]) > 0.95, "fit.shrinkage() agrees with the formula"
     """),
     md("""
+    ## Shrinkage against county size
+
+    The counties differ in size (1 to over 100 homes), so they shrink by different amounts.
+    `fit.plot_shrinkage_vs_size()` puts the three estimates side by side with the size (left) and
+    the shrinkage itself (right): `shrinkage` is the fraction of the way from the county's own
+    estimate (no pooling, 0) to the model's population value (complete pooling, 1). It falls
+    steadily with size. (In a balanced design every group has the same size and the same
+    shrinkage, and this plot would say nothing.)
+    """),
+    code("""
+    display(fit.plot_shrinkage_vs_size())
+    """),
+    md("""
+    ## Prior against posterior
+
+    Where did the answer come from: the data or the prior? `fit.plot_prior_posterior()` overlays
+    the prior (grey) and the posterior (colour) of every parameter. All of them here are far
+    narrower than their priors: with 919 homes in 85 counties the data decide. (Compare the eight
+    schools of notebook 6, where the between-school SD is as much prior as data.)
+    """),
+    code("""
+    display(fit.plot_prior_posterior(draws=500))
+    """),
+    md("""
+    ## Play with it: what makes a group shrink?
+
+    For a random intercept the shrinkage of a group of `n` rows is
+
+    `shrinkage = sigma^2 / (sigma^2 + n tau^2)`  (residual SD `sigma`, group SD `tau`),
+
+    and the partial-pooling estimate is `shrinkage * (population mean) + (1 - shrinkage) * (group's
+    own mean)`. The function below simulates 30 groups with the settings you choose and draws
+    the arrows from each group's own mean (no pooling) to its partial-pooling estimate (with the
+    true `tau` and `sigma`, so no fitting is needed). Drag the sliders (if `ipywidgets` is
+    installed: `pip install ipywidgets`); the static figure below shows three settings.
+
+    * a larger **group SD** means the groups really differ: less shrinkage;
+    * a larger **residual SD** means each group's mean is noisier: more shrinkage;
+    * a larger **group size** means each group's mean is more precise: less shrinkage.
+    """),
+    code("""
+    def shrinkage_demo(group_sd=0.3, resid_sd=0.8, n=5, n_groups=30, seed=1, ax=None):
+        \"\"\"Simulate n_groups groups of n rows; draw no pooling -> partial pooling arrows.\"\"\"
+        rng = np.random.default_rng(seed)
+        truth = rng.normal(0, group_sd, n_groups)
+        own = truth + rng.normal(0, resid_sd / np.sqrt(n), n_groups)      # each group's own mean
+        shrink = resid_sd**2 / (resid_sd**2 + n * group_sd**2)
+        partial = shrink * own.mean() + (1 - shrink) * own
+        if ax is None:
+            ax = plt.subplots(figsize=(5, 3.2))[1]
+        for k in range(n_groups):
+            ax.annotate("", (partial[k], 0), (own[k], 1), arrowprops=dict(arrowstyle="->", alpha=0.6))
+        ax.scatter(own, np.ones(n_groups), s=12, label="no pooling (own mean)")
+        ax.scatter(partial, np.zeros(n_groups), s=12, color="C3", label="partial pooling")
+        ax.axvline(own.mean(), color="k", ls="--", lw=1)
+        ax.set(yticks=[], xlim=(-2, 2), title=f"sd {group_sd}, sigma {resid_sd}, n {n}: shrinkage {shrink:.2f}")
+        return own, partial, shrink
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2), sharex=True)
+    for ax, n in zip(axes, (1, 5, 50)):
+        shrinkage_demo(n=n, ax=ax)
+    axes[0].legend(loc="lower left", fontsize=8)
+    plt.show()
+
+    try:                               # the interactive version, where ipywidgets is installed
+        import ipywidgets as widgets
+        widgets.interact(lambda group_sd, resid_sd, n: (shrinkage_demo(group_sd, resid_sd, n), plt.show()),
+                         group_sd=widgets.FloatSlider(value=0.3, min=0.05, max=1.0, step=0.05),
+                         resid_sd=widgets.FloatSlider(value=0.8, min=0.1, max=2.0, step=0.1),
+                         n=widgets.IntSlider(value=5, min=1, max=100))
+    except ImportError:
+        print("(pip install ipywidgets for the sliders)")
+    """),
+    check("""
+    # the demo's partial pooling lies between the two ends, and the model's shrinkage of a county
+    # of n homes is the formula at the posterior's tau and sigma (a plug-in: close, not equal)
+    own, partial, sh = shrinkage_demo(0.3, 0.8, 5)
+    plt.close("all")
+    assert np.allclose(partial - own.mean(), (1 - sh) * (own - own.mean()))
+    assert 0 < sh < 1 and abs(sh - 0.8**2 / (0.8**2 + 5 * 0.3**2)) < 1e-12
+    n_shr = shr.groupby("n")["shrinkage"].mean()
+    assert (np.diff(n_shr.to_numpy()) < 0).all(), "bigger counties shrink less"
+    assert np.max(np.abs(n_shr - sigma**2 / (sigma**2 + n_shr.index * tau**2))) < 0.05
+    """),
+    md("""
+    ## Exercises
+
+    1. A county with 4 homes: compute its shrinkage by hand from the posterior means of `tau` and
+       `sigma` above, and compare it with the `shrinkage` column of `fit.shrinkage()` for a
+       4-home county. Why are they close but not equal? (Hint: the model averages the formula
+       over the posterior of `tau` and `sigma`.)
+    2. With group SD 0.3 and residual SD 0.8, how many rows does a group need before it moves
+       less than half way to the population mean (shrinkage below 0.5)? Check with
+       `shrinkage_demo`.
+
+    The solutions are in the hidden cells below (click to show them).
+    """),
+    solution("""
+    # 1. plug-in formula against the model's posterior mean of the same formula
+    by_hand = sigma**2 / (sigma**2 + 4 * tau**2)
+    print(f"by hand {by_hand:.3f}; fit.shrinkage() {shr.loc[shr['n'] == 4, 'shrinkage'].iloc[0]:.3f}")
+    # The model computes the formula draw by draw and averages; the average of a nonlinear function
+    # is not the function of the averages (Jensen), so the two differ a little.
+    """),
+    solution("""
+    # 2. shrinkage < 0.5  <=>  n tau^2 > sigma^2  <=>  n > (sigma / tau)^2 = (0.8 / 0.3)^2 = 7.1
+    print(f"n > {(0.8 / 0.3) ** 2:.1f}: a group needs 8 rows")
+    print([round(shrinkage_demo(0.3, 0.8, n)[2], 3) for n in (7, 8)])
+    plt.close("all")
+    """),
+    md("""
     **Fixed or random?** Fixed county effects (no pooling) treat each county as unrelated to the
     others and need a lot of data in every county. Random effects say "counties are different, but
     they are all Minnesota counties" and let the data decide, through `tau`, how much the counties
@@ -403,7 +555,7 @@ NB3 = [
     """),
     SETUP,
     code("""
-    mf = load_model_file(ROOT / "models" / "schools_icc.toml")
+    mf = blmm.load_model_file(ROOT / "models" / "schools_icc.toml")
     schools = mf.load_data()
     TRUE_ICC = 0.35 / (0.35 + 2.10)
     print(f"{len(schools)} pupils in {schools['school'].nunique()} schools; true ICC = {TRUE_ICC:.3f}")
@@ -478,7 +630,7 @@ NB3 = [
     between-batch variance is poorly determined, and a Bayesian posterior shows it honestly.
     """),
     code("""
-    mf_dye = load_model_file(ROOT / "models" / "dyestuff_icc.toml")
+    mf_dye = blmm.load_model_file(ROOT / "models" / "dyestuff_icc.toml")
     dye = mf_dye.load_data()
     fit_dye = mf_dye.build_model().fit(**FAST, seed=mf_dye.sampler.seed, target_accept=0.95, verbose=False)
     icc_dye = fit_dye.icc()
@@ -576,7 +728,7 @@ NB4 = [
     """),
     FAST_NOTE,
     code("""
-    mf = load_model_file(ROOT / "models" / "sleepstudy_slopes.toml")
+    mf = blmm.load_model_file(ROOT / "models" / "sleepstudy_slopes.toml")
     fit = mf.build_model().fit(**FAST, seed=mf.sampler.seed, verbose=False)
     cols = ["mean", "sd", "hdi_lower", "hdi_upper"]
     display(fit.summary()[cols])
@@ -702,18 +854,17 @@ NB5 = [
     """),
     SETUP,
     code("""
-    from bayeslmm.diagnostics import compare
 
     fits = {}
     for name in ("sleepstudy_intercept", "sleepstudy_slopes"):
-        mf = load_model_file(ROOT / "models" / f"{name}.toml")
+        mf = blmm.load_model_file(ROOT / "models" / f"{name}.toml")
         fits[name.split("_")[1]] = mf.build_model().fit(**FAST, seed=mf.sampler.seed, verbose=False)
     loos = {k: f.loo() for k, f in fits.items()}
     for k, l in loos.items():
         print(f"{k:9s}  elpd_loo = {l.elpd:8.1f} (SE {l.se:.1f}),  p_loo = {l.p:5.1f}")
     """),
     code("""
-    cmp = compare(fits, round_to="none")      # raw numbers (ArviZ rounds the table by default)
+    cmp = blmm.compare(fits, round_to="none")      # raw numbers (ArviZ rounds the table by default)
     cmp
     """),
     code("""
@@ -1229,21 +1380,93 @@ NOTEBOOKS = {
 }
 
 
-def build(out_dir: Path = HERE) -> list[Path]:
-    """Write every notebook to ``out_dir``; returns their paths."""
+def execute(nb, timeout: int = 600):
+    """Run every cell of ``nb`` in a fresh kernel in notebooks/ (nbclient); the outputs go into ``nb``.
+    A failing cell (a check whose claim no longer holds) raises ``nbclient.exceptions.CellExecutionError``."""
+    from nbclient import NotebookClient
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + ([old] if old else []))  # this checkout's package
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+    return nb
+
+
+_SAMPLER_LOG = re.compile(r"^(Initializing NUTS|Multiprocess sampling|Sequential sampling|NUTS: \[|Sampling \d+ chains?"
+                          r"|Only \d+ samples per chain|\s+warnings\.warn\(|\s+return |\s+fit_cache)")
+_WARNING_AT = re.compile(r"^\S+\.py:\d+: (\w+: )")
+
+
+def clean_outputs(nb):
+    """Stored outputs without machine noise: PyMC's sampler log lines are dropped, and a warning's
+    source path (this machine's site-packages or a temporary kernel file) is cut to its message."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outs = []
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                lines = [_WARNING_AT.sub(r"\1", line) for line in o["text"].splitlines()
+                         if not _SAMPLER_LOG.match(line)]
+                if not any(line.strip() for line in lines):
+                    continue
+                o["text"] = "\n".join(lines) + "\n"
+            outs.append(o)
+        cell["outputs"] = outs
+    return nb
+
+
+def notebook(name: str):
+    """The notebook ``name`` as built from its cell sources (no outputs)."""
+    cells = flatten(NOTEBOOKS[name])
+    for i, cell in enumerate(cells):
+        cell["id"] = f"{Path(name).stem[:2]}-{i:02d}"   # stable ids: rebuilding gives no diff
+    return new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}})
+
+
+def same_sources(a, b) -> bool:
+    return [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells]
+
+
+def build(out_dir: Path = HERE, *, run: bool = False, only=None) -> list[Path]:
+    """Write the notebooks to ``out_dir``; returns their paths.
+
+    With ``run=True`` each notebook is executed and stored with its outputs (so it reads on a code
+    host without running). Without it, a stored notebook whose cell sources are unchanged is kept
+    as it is (with its outputs); a changed one is written without outputs and must be executed.
+    """
     paths = []
-    for name, cells in NOTEBOOKS.items():
-        for i, cell in enumerate(cells):
-            cell["id"] = f"{Path(name).stem[:2]}-{i:02d}"   # stable ids: rebuilding gives no diff
-        nb = new_notebook(cells=cells, metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-            "language_info": {"name": "python"}})
-        path = out_dir / name
+    for name in NOTEBOOKS:
+        if only and not any(o in name for o in only):
+            continue
+        nb, path = notebook(name), Path(out_dir) / name
+        if run:
+            t0 = time.perf_counter()
+            clean_outputs(execute(nb))
+            print(f"executed {name} in {time.perf_counter() - t0:.0f} s")
+        elif path.exists() and same_sources(nbformat.read(path, as_version=4), nb):
+            paths.append(path)
+            continue
+        else:
+            print(f"{name}: sources changed, written without outputs (run with --execute)")
         nbformat.write(nb, path)
         paths.append(path)
     return paths
 
 
 if __name__ == "__main__":
-    for p in build(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir", nargs="?", default=str(HERE))
+    ap.add_argument("--execute", action="store_true", help="run each notebook and store its outputs")
+    ap.add_argument("--only", nargs="*", help="only the notebooks whose names contain one of these")
+    args = ap.parse_args()
+    for p in build(Path(args.out_dir), run=args.execute, only=args.only):
         print("wrote", p)
