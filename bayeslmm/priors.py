@@ -351,6 +351,24 @@ def data_scales(design) -> DataScales:
                       tuple(tuple(_sd(f.Z[:, k]) for k in range(f.q)) for f in design.factors))
 
 
+def _alias_matches(key: str, entries) -> list[str]:
+    """Labels that ``key`` names in another spelling: a PyMC variable name (``sd_Batch``,
+    ``cor_Subject``, ``b_Days``), another case or punctuation (``SD(batch)``). Letters and digits
+    only, lower case: a label matches when it equals the key, or starts with it (``sd_Batch`` ->
+    every ``sd(Batch, ...)``), with or without its class in front."""
+    import re
+
+    def norm(t: str) -> str:
+        return re.sub(r"[^0-9a-z]+", "", t.lower())
+
+    nk = norm(key)
+    if not nk:
+        return []
+    out = [e.label for e in entries
+           if norm(e.label) == nk or norm(e.cls + e.label) == nk or (len(nk) > 2 and norm(e.label).startswith(nk))]
+    return out[:4]
+
+
 def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
     """Build the full prior table: data-scaled defaults plus the spec's overrides.
 
@@ -400,7 +418,8 @@ def resolve_priors(spec: "ModelSpec", design: "Design") -> PriorTable:
         import difflib
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(k, sorted(labels | classes), n=2, cutoff=0.6)
+            close = _alias_matches(k, entries) or difflib.get_close_matches(k, sorted(labels | classes),
+                                                                            n=2, cutoff=0.6)
             if close:
                 hints.append(f"did you mean {' or '.join(repr(c) for c in close)} for {k!r}?")
         raise PriorError(f"the following priors do not correspond to any model parameter: {unknown}. "
