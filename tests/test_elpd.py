@@ -84,7 +84,8 @@ def test_auto_kind_follows_the_number_of_rows(fit, monkeypatch):
 
 def test_the_report_section_says_which_loo_and_why_it_is_missing(fit, monkeypatch):
     sec = loo_section(fit)
-    assert sec.title.startswith("PSIS-LOO (leave-one-observation-out") and "elpd_loo" in sec.text
+    assert sec.title == "PSIS-LOO, leave one observation out" and "elpd_loo" in sec.text
+    assert sec.text.startswith("Leave-one-observation-out PSIS-LOO: one row left out")
     assert sec.table["kind"].iloc[0] == "observation"
     off = loo_section(fit, enabled=False)
     assert "loo=False" in off.text
@@ -94,4 +95,4 @@ def test_the_report_section_says_which_loo_and_why_it_is_missing(fit, monkeypatc
     assert skipped.table is None and "Not computed" in skipped.advice and "kind='group'" in skipped.advice
     monkeypatch.setattr(elpd, "GROUP_LOO_ROWS", 10)
     big = loo_section(fit)
-    assert big.kind == "group" and "leave-one-group-out" in big.title and "groups" in big.text
+    assert big.kind == "group" and big.title == "PSIS-LOO, leave one group out" and "of 10 groups" in big.text

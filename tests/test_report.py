@@ -106,6 +106,7 @@ def test_report_is_standalone(report_dir):
                     "Intraclass correlation", "Shrinkage", "Convergence"):
         assert f"<h2>{section}" in page
     assert "Reaction ~ Days + (Days | Subject)" in page
+    assert "<h3>PSIS-LOO, leave one observation out</h3>" in page      # says which LOO (issue 19)
     assert "&amp;lt;" not in page                                  # no double escaping
 
 

@@ -53,7 +53,7 @@ def loo_section(fit, enabled: bool = True) -> LooSection:
     unit = "groups" if kind == "group" else "observations"
     k = np.asarray(lo.pareto_k).ravel()
     n_bad = int((k > 0.7).sum())
-    text = (f"elpd_loo = {float(lo.elpd):.1f} (SE {float(lo.se):.1f}), effective number of parameters "
+    text = (f"{what[0].upper() + what[1:]}. elpd_loo = {float(lo.elpd):.1f} (SE {float(lo.se):.1f}), effective number of parameters "
             f"p_loo = {float(lo.p):.1f}; Pareto k > 0.7 for {n_bad} of {len(k)} {unit}.")
     if kind == "group" and fit.design.n > 20_000:
         text += (" Leave-one-group-out is the default for more than 20,000 rows (it needs one number per "
@@ -70,4 +70,5 @@ def loo_section(fit, enabled: bool = True) -> LooSection:
                   "one). To compare models reliably, refit leaving out those groups (K-fold by group).")
     table = pd.DataFrame({"kind": [kind], "elpd_loo": [float(lo.elpd)], "se": [float(lo.se)],
                           "p_loo": [float(lo.p)], "n_points": [len(k)], "n_pareto_k_gt_0.7": [n_bad]})
-    return LooSection(f"PSIS-LOO ({what})", text, advice, kind, table)
+    title = "PSIS-LOO, leave one group out" if kind == "group" else "PSIS-LOO, leave one observation out"
+    return LooSection(title, text, advice, kind, table)
