@@ -203,6 +203,10 @@ class ICCResult:
     curves: dict = field(repr=False)
     prob: float = 0.95
 
+    def __post_init__(self):
+        from .tables import as_table         # shown rounded in notebooks, whole when printed
+        self.table = as_table(self.table)
+
     def __repr__(self) -> str:
         from .tables import to_text
         scale = f" on the {self.table['scale'].iloc[0]}" if len(self.table) and "scale" in self.table else ""

@@ -298,6 +298,10 @@ class ShrinkageResult:
     prob: float = 0.95
     full: bool = False
 
+    def __post_init__(self):
+        from .tables import as_table         # shown rounded in notebooks, whole when printed
+        self.table, self.pooling = as_table(self.table), as_table(self.pooling)
+
     @property
     def view(self) -> pd.DataFrame:
         """The displayed table: every column with ``full``, else the narrow view."""
