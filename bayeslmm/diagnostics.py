@@ -400,7 +400,11 @@ def pointwise_log_likelihood(fit) -> xr.DataArray:
     y = fit.design.y
     C, D = post.sizes["chain"], post.sizes["draw"]
     out = np.empty((C, D, len(y)))
-    for c, sl, mu in _mu_chunks(fit):
+    chunks = _mu_chunks(fit)
+    if C * D * len(y) > 2e7:          # long: a progress bar (chains x draws of the linear predictor)
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="bayeslmm: pointwise log-likelihood", unit="chunk", leave=False)
+    for c, sl, mu in chunks:
         aux_cs = {a: v[c, sl][:, None] for a, v in aux.items()}
         out[c, sl] = (family.log_likelihood(y, mu, aux_cs, trials=fit.design.trials) if not family.known_se
                       else family.log_likelihood(y, mu, aux_cs, se=fit.design.se))
