@@ -23,7 +23,6 @@ observation version. The result prints which one it is (its first line) and carr
 from __future__ import annotations
 
 import arviz as az
-import xarray as xr
 
 from .errors import SpecError
 
@@ -99,14 +98,12 @@ def loo(fit, *, kind: str = "auto", **kwargs):
     >>> fit.loo(kind="group").elpd                                      # doctest: +SKIP
     """
     kind = loo_kind(fit, kind)
-    if kind == "group":
-        from .paths.elimination import group_log_likelihood
-        tree = xr.DataTree.from_dict({k: fit.idata[k].to_dataset() for k in fit.idata.children})
-        tree["log_likelihood"] = xr.DataTree(xr.Dataset({"y": group_log_likelihood(fit)}))
+    if kind == "group":      # the collapsed per-group marginal log-likelihood (model owns the paths)
+        from .model import group_loo
+        res = group_loo(fit, **kwargs)
     else:
         from .diagnostics import log_likelihood_tree
-        tree = log_likelihood_tree(fit)
-    res = az.loo(tree, var_name="y", **kwargs)
+        res = az.loo(log_likelihood_tree(fit), var_name="y", **kwargs)
     return _label(res, kind, describe(kind, fit))
 
 
