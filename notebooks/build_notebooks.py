@@ -87,6 +87,7 @@ SETUP = code("""
     # defaults (4 chains x 1000 draws) and check fit.diagnostics().
     FAST = dict(chains=2, draws=400, tune=400, progressbar=False)
     plt.rcParams["figure.dpi"] = 80
+    pd.options.display.precision = 4       # tables made here print rounded (bayeslmm's own tables do already)
 """)
 
 FAST_NOTE = md("""
