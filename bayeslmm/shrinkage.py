@@ -205,7 +205,7 @@ def model_shrinkage_draws(fit, factor: str, chunk: int = 256) -> np.ndarray:
     if family.known_se:
         return _known_se_shrinkage(f, S, fit.design.se, stack(post["sigma"]) if "sigma" in post else None)
     sigma2 = family.latent_residual_variance({a: stack(post[a]) for a in family.aux_names})   # (S,)
-    ZtZ, _ = group_crossprods(f)                                  # (J, q, q)
+    ZtZ, _ = group_crossprods(_whitened(fit.design).factor(factor))   # (J, q, q); Z'WZ with weights
     n_s, q = S.shape[0], f.q
     out = np.empty((n_s, f.n_levels, q))
     if q == 1:

@@ -86,3 +86,22 @@ def test_a_model_file_takes_weights(data, tmp_path):
     design = mf.build_model().design
     np.testing.assert_array_equal(design.weights, df["w"].to_numpy(float))
     assert "weights" in (tmp_path / "m.toml").read_text() and mf.spec.to_dict()["weights"] == "w"
+
+
+def test_shrinkage_and_log_likelihood_with_weights_equal_duplicated_rows(data, fake_fit):
+    """Same posterior draws, weighted rows vs duplicated rows: the per-group no pooling, complete and
+    partial pooling and the exact shrinkage agree, and each row's log-likelihood counts w_i times."""
+    from bayeslmm.results import Fit
+    df, dup = data
+    fd = fake_fit(FORMULA, dup, seed=4)
+    mw = blmm.Model(FORMULA, df, weights="w")
+    fw = Fit(fd.idata, mw.spec, mw.design, mw.prior_table, fd.sampler, {"seed": 4, "method": "fake"})
+    cols = ["no_pooling", "complete_pooling", "partial_mean", "shrinkage"]
+    a, b = fw.shrinkage().table, fd.shrinkage().table
+    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-8, atol=1e-10)
+    unweighted = Fit(fd.idata, blmm.Model(FORMULA, df).spec, blmm.Model(FORMULA, df).design, mw.prior_table,
+                     fd.sampler, {"seed": 4, "method": "fake"}).shrinkage().table
+    assert not np.allclose(unweighted["no_pooling"], b["no_pooling"])     # the check can fail
+    ll_w, ll_d = fw.log_likelihood().to_numpy(), fd.log_likelihood().to_numpy()
+    first = np.r_[0, np.cumsum(df["w"].to_numpy())[:-1]]                  # each row's first copy in dup
+    np.testing.assert_allclose(ll_w, ll_d[..., first] * df["w"].to_numpy(), rtol=1e-12)
