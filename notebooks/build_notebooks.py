@@ -664,6 +664,29 @@ NB3 = [
     pin the schools ICC down to a few hundredths. When you report an ICC, report its uncertainty,
     and remember that it is governed by the number of **groups**, not the number of rows.
     """),
+    md("""
+    ## Exercises
+
+    1. You plan a new study with classes of 25 pupils and expect the schools ICC above. Using the
+       posterior draws of the ICC, what is the posterior median and 95% interval of the design
+       effect `1 + (m - 1) ICC`, and how many independent pupils is a class of 25 worth?
+    2. Why is the Dyestuff ICC interval so much wider than the schools one, although the Dyestuff
+       ICC is larger? (Hint: count the groups.)
+
+    The solutions are in the hidden cells below (click to show them).
+    """),
+    solution("""
+    # 1. the design effect is a function of the ICC, so its posterior is the ICC's draws transformed
+    deff25 = 1 + (25 - 1) * draws
+    lo25, med25, hi25 = np.quantile(deff25, [0.025, 0.5, 0.975])
+    print(f"design effect for classes of 25: {med25:.2f} (95% interval {lo25:.2f} to {hi25:.2f}); "
+          f"a class of 25 is worth about {25 / med25:.1f} independent pupils")
+    """),
+    solution("""
+    # 2. the ICC's precision is set by the number of groups (6 batches vs 40 schools), not by the rows
+    print(f"schools: 40 groups, 95% interval width {hi - lo:.2f}; "
+          f"Dyestuff: 6 groups, width {row['hdi_upper'] - row['hdi_lower']:.2f}")
+    """),
 ]
 
 # -------------------------------------------------------------------------------------------------
