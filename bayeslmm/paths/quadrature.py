@@ -1,0 +1,286 @@
+"""The collapsed GLMM path: each group's random effects integrated out by adaptive Gauss-Hermite quadrature.
+
+For a non-Gaussian family with one grouping factor and q <= 3 terms on it, the likelihood of
+group j is the q-dimensional integral
+
+    L_j(b, Sigma, phi) = int prod_i p(y_ij | offset_ij + x_ij'b + z_ij'u) N(u | 0, Sigma) du,
+
+computed by adaptive Gauss-Hermite quadrature (AGHQ) at each group's mode
+(:mod:`bayeslmm.paths.quadrature_kernel`), with its exact gradient, in one compiled kernel that
+NUTS calls once per step (:mod:`bayeslmm.paths.quadrature_op`). NUTS then samples only b, the
+SDs, the correlations (and phi), and the group effects are drawn afterwards from their exact
+conditional (:mod:`bayeslmm.paths.quadrature_draws`).
+
+This module is the array-level entry point: :func:`prepare` sorts the rows by group once and
+checks them; :func:`group_loglik` and :func:`group_loglik_grad` evaluate the kernel in numpy;
+:func:`gauss_hermite_rule` builds the node sets; :data:`DEFAULT_NODES` is the default number of
+nodes per axis and why (measured in tests/test_quadrature.py).
+
+Families (``family``, ``link``): ``bernoulli`` / ``binomial`` (``trials``) with ``logit`` or
+``probit``; ``poisson`` and ``negbinomial`` (dispersion ``phi``, Var = mu + mu^2 / phi) with
+``log``. Offsets are added to the linear predictor. Student-t residuals do not fit this path: the
+latent t scale mixture does not make a log-concave, low-dimensional integrand per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaln
+
+from ..errors import DataError, SpecError
+from .quadrature_families import BINOMIAL_LOGIT, BINOMIAL_PROBIT, NEGBINOMIAL_LOG, POISSON_LOG
+
+__all__ = ["QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes", "DEFAULT_NODES",
+           "group_loglik", "group_loglik_grad", "family_code", "MAX_Q"]
+
+MAX_Q = 3
+
+_CODES = {("bernoulli", "logit"): BINOMIAL_LOGIT, ("binomial", "logit"): BINOMIAL_LOGIT,
+          ("bernoulli", "probit"): BINOMIAL_PROBIT, ("binomial", "probit"): BINOMIAL_PROBIT,
+          ("poisson", "log"): POISSON_LOG, ("negbinomial", "log"): NEGBINOMIAL_LOG}
+_DEFAULT_LINK = {"bernoulli": "logit", "binomial": "logit", "poisson": "log", "negbinomial": "log"}
+
+#: Default nodes per axis by q (product rule, k^q nodes in all). Chosen from the error table in
+#: tests/test_quadrature.py: see :func:`default_nodes`.
+DEFAULT_NODES = {1: 9, 2: 5, 3: 3}
+
+
+def default_nodes(q: int) -> int:
+    """Nodes per axis used when none are given: 9 for one term, 5 for two, 3 for three.
+
+    Measured (tests/test_quadrature.py, ``test_error_table``) on bernoulli / binomial / Poisson
+    groups of 1 to 30 rows with SDs up to 2 on the link scale, the hard case being a bernoulli group
+    of 1-5 rows with a large SD, where the integrand is furthest from Gaussian: the absolute error of
+    the group log-likelihood is below 1e-6 with these numbers of nodes (below 1e-8 for groups of 10
+    rows or more), while the cost of a node grows as k^q. With J groups the total error of the log
+    posterior is below J * 1e-6, far under the Monte Carlo error of any posterior summary.
+    """
+    if not 1 <= q <= MAX_Q:
+        raise SpecError(f"the quadrature path handles 1 to {MAX_Q} group-level terms per factor, got {q}; "
+                        "use method='noncentred'")
+    return DEFAULT_NODES[q]
+
+
+def family_code(family: str, link: str | None = None) -> int:
+    """The kernel's integer code of a family/link pair (SpecError for a pair that does not exist)."""
+    link = _DEFAULT_LINK.get(family) if link is None else link
+    try:
+        return _CODES[(family, link)]
+    except KeyError:
+        ok = ", ".join(f"{f}/{l}" for f, l in _CODES)
+        raise SpecError(f"family {family!r} with link {link!r} is not available on the quadrature path; "
+                        f"available: {ok}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeRule:
+    """A product Gauss-Hermite rule for the standard normal in q dimensions.
+
+    ``nodes`` (M, q) with M = k^q; ``lwn`` (M,) = log W_k + z_k'z_k / 2 (the log weight with the
+    standard-normal kernel divided out, as the kernel uses it); ``center`` the index of the node at
+    the origin (odd k) or -1.
+    """
+
+    k: int
+    q: int
+    nodes: np.ndarray
+    lwn: np.ndarray
+    center: int
+
+
+def gauss_hermite_rule(k: int, q: int) -> NodeRule:
+    """The k^q-node product rule; ``k = 1`` is the Laplace approximation (one node at the mode)."""
+    if not (isinstance(k, (int, np.integer)) and 1 <= k <= 64):
+        raise SpecError(f"n_nodes must be an integer from 1 to 64 (1 = Laplace), got {k!r}")
+    z, wt = np.polynomial.hermite_e.hermegauss(int(k))
+    lw1 = np.log(wt / wt.sum())
+    grids = np.meshgrid(*([z] * q), indexing="ij")
+    nodes = np.stack([g.ravel() for g in grids], axis=1)
+    lw = sum(g.ravel() for g in np.meshgrid(*([lw1] * q), indexing="ij"))
+    lwn = lw + 0.5 * np.sum(nodes ** 2, axis=1)
+    center = -1
+    if k % 2 == 1:
+        center = int(np.flatnonzero(np.all(np.abs(nodes) < 1e-300, axis=1))[0])
+        nodes[center] = 0.0
+    return NodeRule(int(k), q, np.ascontiguousarray(nodes), np.ascontiguousarray(lwn), center)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuadratureData:
+    """Rows of one grouping factor sorted by group (the kernel's data), built by :func:`prepare`.
+
+    ``Xt`` (p, n) and ``Zt`` (q, n) are the designs transposed (rows last, so that the kernel's
+    loops over a group's rows vectorise). ``order`` maps sorted rows to the caller's
+    (``y_sorted = y[order]``); ``starts`` (J + 1,) the
+    first row of each group; ``const`` (J,) the data-only part of each group's log-likelihood
+    (log binomial coefficients, -log y!), so that :func:`group_loglik` is the full log-density.
+    """
+
+    family: str
+    link: str
+    code: int
+    y: np.ndarray
+    trials: np.ndarray
+    offset: np.ndarray
+    Xt: np.ndarray
+    Zt: np.ndarray
+    starts: np.ndarray
+    order: np.ndarray
+    const: np.ndarray
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def q(self) -> int:
+        return self.Zt.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.Xt.shape[0]
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+
+def _column(x, n: int, name: str, default: float) -> np.ndarray:
+    if x is None:
+        return np.full(n, default)
+    x = np.asarray(x, dtype=float).reshape(-1)
+    if x.shape[0] != n:
+        raise DataError(f"{name} has {x.shape[0]} values but y has {n}; give one per row")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{name} has {int(np.sum(~np.isfinite(x)))} NaN or infinite values; remove those rows")
+    return x
+
+
+def prepare(y, X, codes, Z=None, *, family: str, link: str | None = None, trials=None, offset=None,
+            n_groups: int | None = None) -> QuadratureData:
+    """Check the arrays and sort the rows by group once.
+
+    Parameters
+    ----------
+    y : (n,) responses: 0/1 (bernoulli), successes (binomial, with ``trials``), counts.
+    X : (n, p) fixed-effects design.
+    codes : (n,) integer group of each row, 0 .. J - 1.
+    Z : (n, q) group-level design (q = 1..3); None for a random intercept (a column of ones).
+    family, link : see :func:`family_code`.
+    trials : (n,) binomial trials (None: 1, i.e. bernoulli).
+    offset : (n,) added to the linear predictor (None: 0).
+    n_groups : J (default: max(codes) + 1); groups without rows contribute log L_j = 0.
+
+    Raises
+    ------
+    DataError naming the array and the problem (NaN, negative or non-integer counts, successes
+    above trials, codes out of range); SpecError for an unknown family/link or q > 3.
+    """
+    code = family_code(family, link)
+    link = _DEFAULT_LINK[family] if link is None else link
+    y = np.asarray(y, dtype=float).reshape(-1)
+    n = y.shape[0]
+    y = _column(y, n, "y", 0.0)
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[0] != n:
+        raise DataError(f"X must be (n, p) with n = {n} rows, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise DataError("X has NaN or infinite values; remove those rows")
+    Z = np.ones((n, 1)) if Z is None else np.asarray(Z, dtype=float)
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    if Z.shape[0] != n:
+        raise DataError(f"Z must have n = {n} rows, got shape {Z.shape}")
+    if not 1 <= Z.shape[1] <= MAX_Q:
+        raise SpecError(f"the quadrature path handles 1 to {MAX_Q} group-level terms, got {Z.shape[1]}; "
+                        "use method='noncentred'")
+    if not np.all(np.isfinite(Z)):
+        raise DataError("Z has NaN or infinite values; remove those rows")
+    codes = np.asarray(codes)
+    if codes.shape != (n,) or not np.issubdtype(codes.dtype, np.integer):
+        raise DataError(f"codes must be n = {n} integers (the group of each row)")
+    J = int(codes.max()) + 1 if n_groups is None else int(n_groups)
+    if n and (codes.min() < 0 or codes.max() >= J):
+        raise DataError(f"codes must lie in 0 .. {J - 1}")
+    trials = _column(trials, n, "trials", 1.0)
+    offset = _column(offset, n, "offset", 0.0)
+    if code in (BINOMIAL_LOGIT, BINOMIAL_PROBIT):
+        if np.any(trials < 1) or np.any(trials != np.round(trials)):
+            raise DataError("trials must be positive integers")
+        if np.any(y < 0) or np.any(y > trials) or np.any(y != np.round(y)):
+            bad = int(np.flatnonzero((y < 0) | (y > trials) | (y != np.round(y)))[0])
+            raise DataError(f"y must be whole numbers of successes between 0 and trials "
+                            f"(row {bad}: y = {y[bad]}, trials = {trials[bad]})")
+        row_const = gammaln(trials + 1) - gammaln(y + 1) - gammaln(trials - y + 1)
+    else:
+        if np.any(y < 0) or np.any(y != np.round(y)):
+            bad = int(np.flatnonzero((y < 0) | (y != np.round(y)))[0])
+            raise DataError(f"{family} counts must be non-negative whole numbers (row {bad}: y = {y[bad]})")
+        row_const = -gammaln(y + 1)
+    order = np.argsort(codes, kind="stable")
+    starts = np.zeros(J + 1, dtype=np.int64)
+    starts[1:] = np.cumsum(np.bincount(codes, minlength=J))
+    const = np.bincount(codes, weights=row_const, minlength=J)
+    c = np.ascontiguousarray
+    return QuadratureData(family, link, code, c(y[order]), c(trials[order]), c(offset[order]), c(X[order].T),
+                          c(Z[order].T), starts, order, const)
+
+
+# --------------------------------------------------------------------------------------------
+# numpy evaluation
+# --------------------------------------------------------------------------------------------
+def _params(data: QuadratureData, b, sd, Cc, phi):
+    q = data.q
+    b = np.ascontiguousarray(b, dtype=float).reshape(data.p)
+    sd = np.ascontiguousarray(sd, dtype=float).reshape(q)
+    Cc = np.eye(q) if Cc is None else np.ascontiguousarray(Cc, dtype=float).reshape(q, q)
+    return b, sd, Cc, np.array(float(phi))
+
+
+def kernel_arrays(data: QuadratureData, rule: NodeRule) -> list[np.ndarray]:
+    """The kernel's data arguments after ``v0``: y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const."""
+    if rule.q != data.q:
+        raise SpecError(f"a rule for q = {rule.q} does not fit data with q = {data.q}")
+    ictl = np.array([data.code, rule.center], dtype=np.int64)
+    return [data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl, rule.nodes, rule.lwn, data.const]
+
+
+def _run(data, b, sd, Cc, phi, n_nodes, weights, grad, start):
+    from .quadrature_kernel import aghq_kernel
+    rule = gauss_hermite_rule(default_nodes(data.q) if n_nodes is None else n_nodes, data.q)
+    b, sd, Cc, phi = _params(data, b, sd, Cc, phi)
+    J = data.n_groups
+    w = np.ones(J) if weights is None else np.ascontiguousarray(weights, dtype=float)
+    v0 = np.zeros((J, data.q)) if start is None else np.ascontiguousarray(start, dtype=float).reshape(J, data.q)
+    return aghq_kernel(np.array(int(grad)), w, b, sd, Cc, phi, v0, *kernel_arrays(data, rule))
+
+
+def group_loglik(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes: int | None = None,
+                 start=None) -> np.ndarray:
+    """log L_j for every group (J,), by AGHQ with ``n_nodes`` per axis (default :func:`default_nodes`).
+
+    ``sd`` (q,) and ``Cc`` (q, q) the lower Cholesky factor of the terms' correlation (None: the
+    identity); ``phi`` the negative-binomial dispersion (ignored by the other families); ``start``
+    optional (J, q) Newton starting points in the standardised scale (the result does not depend on
+    them beyond rounding).
+    """
+    return _run(data, b, sd, Cc, phi, n_nodes, None, False, start)[0]
+
+
+def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes: int | None = None,
+                      weights=None, start=None) -> dict[str, np.ndarray]:
+    """log L_j (J,) and the gradient of sum_j weights_j log L_j (weights default to ones).
+
+    Returns a dict with ``logl`` (J,), ``b`` (p,), ``sd`` (q,), ``Cc`` (q, q), ``phi`` (), and
+    ``modes`` (J, q), the groups' modes in the standardised scale u = T v.
+    """
+    lp, gb, gsd, gC, gphi, modes = _run(data, b, sd, Cc, phi, n_nodes, weights, True, start)
+    return {"logl": lp, "b": gb, "sd": gsd, "Cc": gC, "phi": gphi, "modes": modes}

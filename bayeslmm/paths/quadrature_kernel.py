@@ -1,0 +1,486 @@
+"""Each group's GLMM likelihood by adaptive Gauss-Hermite quadrature, and its exact gradient (numba).
+
+The integral, for one grouping factor with q <= 3 terms and Sigma = T T', T = diag(sd) C_chol:
+
+    L_j = int prod_i p(y_ij | eta0_ij + z_ij'u) N(u | 0, Sigma) du,    eta0 = offset + X b.
+
+It is written in the standardised effects v (u = T v, v ~ N(0, I)), so the integrand is
+exp f(v) with f(v) = sum_i l_i(eta0_i + w_i'v) - v'v/2 - (q/2) log 2 pi and w_i = T'z_i. This
+keeps everything finite at sd = 0 (the boundary variance components often sit near), and the
+negative Hessian H = I + sum_i c_i w_i w_i' (c_i = -l_i'' >= 0 for these log-concave families) is
+never below the identity, so Newton's method is safe and the mode unique.
+
+**AGHQ** (Liu & Pierce 1994; Pinheiro & Bates 1995; as GLMMadaptive and lme4's nAGQ): v* = the
+mode, H = L L' (Cholesky) at v*, standard-normal product nodes z_k with weights W_k (k nodes per
+axis, M = k^q in all), v_k = v* + L^-T z_k:
+
+    log L_j ~= -log|L| + logsumexp_k [log W_k + z_k'z_k/2 - v_k'v_k/2 + sum_i l_i(eta0_i + w_i'v_k)].
+
+One node (z = 0) is the Laplace approximation. The value is a deterministic function of the
+parameters: Newton runs to a step below ``NEWTON_TOL`` and then takes that last step, so the mode
+is exact to rounding whatever the starting point (a warm start changes the value only at ~1e-15).
+
+**Gradient** of this approximation (not of the exact integral), by reverse mode through the
+mode and the Cholesky factor. With pi_k the softmax weights of the nodes, G_k = grad_v f(v_k):
+  * the nodes give dF/dv* = sum_k pi_k G_k and dF/dL = -diag(1/L) - sum_k pi_k tril(L^-T z_k (L^-1 G_k)');
+  * the Cholesky adjoint turns dF/dL into dF/dH = sym(L^-T Phi(L' dF/dL) L^-1) (Murray 2016);
+  * H depends on v* through c_i(eta_i*), whose derivative is -l_i''' (closed form per family);
+  * the implicit function theorem (grad_v f(v*) = 0) gives dv*/dtheta = H^-1 d(grad_v f)/dtheta,
+    applied as one solve lambda = H^-1 (dF/dv*).
+Every contribution is collected per row as d/d eta0_i and d/d w_i (plus d/d phi), then mapped to
+b (eta0 = offset + X b), to T (w_i = T'z_i) and to sd and C_chol. Checked against central
+finite differences of the kernel itself (tests/test_quadrature.py).
+
+Rows are sorted by group once (``starts``); the kernel loops per group, so each group's rows stay
+in cache through its Newton iterations and node passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .quadrature_families import NEGBINOMIAL_LOG, fam_mode, fam_newton, fam_node, nb_phi_part
+
+__all__ = ["aghq_kernel", "NEWTON_TOL", "MAX_NEWTON"]
+
+NEWTON_TOL = 1e-8       # largest |Newton step| (standardised scale) after which one last step is taken
+MAX_NEWTON = 100
+_NJIT = dict(cache=True, nogil=True, error_model="numpy")
+_VEC = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
+
+
+# --------------------------------------------------------------------------------------------
+# q x q algebra (q <= 3), written out
+# --------------------------------------------------------------------------------------------
+@numba.njit(**_NJIT)
+def chol(A, q, L):
+    """Lower Cholesky factor of the SPD A into L; False if A is not positive definite."""
+    for i in range(q):
+        for k in range(i + 1):
+            v = A[i, k]
+            for m in range(k):
+                v -= L[i, m] * L[k, m]
+            if i == k:
+                if not v > 0.0:
+                    return False
+                L[i, i] = math.sqrt(v)
+            else:
+                L[i, k] = v / L[k, k]
+        for k in range(i + 1, q):
+            L[i, k] = 0.0
+    return True
+
+
+@numba.njit(**_NJIT)
+def solve_lower(L, q, b, x):
+    """x = L^-1 b."""
+    for i in range(q):
+        v = b[i]
+        for m in range(i):
+            v -= L[i, m] * x[m]
+        x[i] = v / L[i, i]
+
+
+@numba.njit(**_NJIT)
+def solve_upper_t(L, q, b, x):
+    """x = L^-T b."""
+    for i in range(q - 1, -1, -1):
+        v = b[i]
+        for m in range(i + 1, q):
+            v -= L[m, i] * x[m]
+        x[i] = v / L[i, i]
+
+
+@numba.njit(**_NJIT)
+def _chol_adjoint(L, Lbar, q, Hbar, P, Y, col, out):
+    """dF/dH (symmetric) from dF/dL for H = L L': sym(L^-T Phi(L' Lbar) L^-1); P, Y (q, q), col,
+    out (q,) are scratch."""
+    for i in range(q):
+        for k in range(i + 1):
+            v = 0.0
+            for m in range(q):
+                v += L[m, i] * Lbar[m, k]
+            P[i, k] = 0.5 * v if i == k else v
+        for k in range(i + 1, q):
+            P[i, k] = 0.0
+    # M = L^-T P L^-1: first Y = L^-T P (columns), then M = Y L^-1 (rows of M' = L^-T Y')
+    for k in range(q):
+        for i in range(q):
+            col[i] = P[i, k]
+        solve_upper_t(L, q, col, out)
+        for i in range(q):
+            Y[i, k] = out[i]
+    for i in range(q):
+        for k in range(q):
+            col[k] = Y[i, k]
+        solve_upper_t(L, q, col, out)
+        for k in range(q):
+            Hbar[i, k] = out[k]
+    for i in range(q):
+        for k in range(i):
+            s = 0.5 * (Hbar[i, k] + Hbar[k, i])
+            Hbar[i, k] = s
+            Hbar[k, i] = s
+
+
+# --------------------------------------------------------------------------------------------
+# Row passes (vectorised over the group's rows; w is (q, m), rows last)
+# --------------------------------------------------------------------------------------------
+@numba.njit(**_VEC)
+def _linpred(eta0, w, vv, eta):
+    """eta = eta0 + w' vv."""
+    m = eta0.shape[0]
+    for i in range(m):
+        eta[i] = eta0[i]
+    for a in range(w.shape[0]):
+        va = vv[a]
+        for i in range(m):
+            eta[i] += w[a, i] * va
+
+
+@numba.njit(**_VEC)
+def _rowsum(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s
+
+
+@numba.njit(**_VEC)
+def _grad_hess(d1, d2, w, v, q, g, H):
+    """g = w d1 - v (gradient of f) and H = I - w diag(d2) w' (its negative Hessian)."""
+    m = d1.shape[0]
+    for a in range(q):
+        s = 0.0
+        for i in range(m):
+            s += d1[i] * w[a, i]
+        g[a] = s - v[a]
+        for c in range(a + 1):
+            s = 0.0
+            for i in range(m):
+                s -= d2[i] * w[a, i] * w[c, i]
+            H[a, c] = s + (1.0 if a == c else 0.0)
+            H[c, a] = H[a, c]
+
+
+@numba.njit(**_NJIT)
+def find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1, d2, mats, vecs):
+    """Newton's method from v (overwritten with the mode); False if it did not converge.
+
+    Steps are halved until the gradient norm decreases (a merit function whose only stationary
+    point is the mode, since H >= I); once a step is below NEWTON_TOL it is taken and the
+    iteration stops, so the mode is exact to rounding. ``mats`` (>= 1, q, q) and ``vecs`` (>= 5, q)
+    are scratch.
+    """
+    Hn = mats[0]
+    g, step, tmp, vn, gn = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4]
+    _linpred(eta0, w, v, eta)
+    fam_newton(fam, y, n, eta, phi, lphi, d1, d2)
+    _grad_hess(d1, d2, w, v, q, g, H)
+    g2 = 0.0
+    for a in range(q):
+        g2 += g[a] * g[a]
+    for it in range(MAX_NEWTON):
+        if not chol(H, q, L):
+            return False
+        solve_lower(L, q, g, tmp)
+        solve_upper_t(L, q, tmp, step)
+        big = 0.0
+        for a in range(q):
+            big = max(big, abs(step[a]))
+        if not big < np.inf:
+            return False
+        if big < NEWTON_TOL:
+            for a in range(q):
+                v[a] += step[a]
+            return True
+        t = 1.0
+        gn2 = 0.0
+        for half in range(60):
+            for a in range(q):
+                vn[a] = v[a] + t * step[a]
+            _linpred(eta0, w, vn, eta)
+            fam_newton(fam, y, n, eta, phi, lphi, d1, d2)
+            _grad_hess(d1, d2, w, vn, q, gn, Hn)
+            gn2 = 0.0
+            for a in range(q):
+                gn2 += gn[a] * gn[a]
+            if gn2 < g2:
+                break
+            t *= 0.5
+        for a in range(q):
+            v[a] = vn[a]
+            g[a] = gn[a]
+            for c in range(q):
+                H[a, c] = Hn[a, c]
+        g2 = gn2
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# One group
+# --------------------------------------------------------------------------------------------
+@numba.njit(**_NJIT)
+def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km):
+    """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
+    and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
+    (logL, dphi, ok).
+
+    Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the phi-derivatives of l, dl, d2l
+    (ls is reused for the nodes' l once S0 is summed); nd1, npl the nodes' l' and dl/dphi; acc_e
+    and acc_o (q, m) the softmax-weighted sums over nodes. All contiguous, so the row loops
+    vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),
+    ``kq`` (3, M, q), ``km`` (2, M).
+    """
+    nj = eta0.shape[0]
+    M = nodes.shape[0]
+    H, L, Lbar, Hbar = mats[0], mats[1], mats[2], mats[3]
+    g, zk, av, h, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[8], vecs[9], vecs[10]
+    G, VK, SK = kq[0], kq[1], kq[2]           # SK_k = L^-T z_k
+    P, lw = km[0], km[1]
+    if not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
+        return -np.inf, 0.0, False
+    # the mode pass: everything the gradient needs at v*
+    _linpred(eta0, w, v, eta)
+    fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
+    S0 = _rowsum(ls)
+    P0 = _rowsum(pls)
+    _grad_hess(d1s, d2s, w, v, q, g, H)
+    if not chol(H, q, L):
+        return -np.inf, 0.0, False
+    logdet = 0.0
+    for a in range(q):
+        logdet += math.log(L[a, a])
+    # nodes: log-sum-exp with a running reference (rescaled when a node outweighs it by e^30)
+    G[:, :] = 0.0
+    P[:] = 0.0
+    ref = -np.inf
+    tot = 0.0
+    if want_grad:
+        acc_e[:] = 0.0
+        acc_o[:, :] = 0.0
+    for k in range(M):
+        for a in range(q):
+            zk[a] = nodes[k, a]
+        solve_upper_t(L, q, zk, SK[k])
+        for a in range(q):
+            VK[k, a] = v[a] + SK[k, a]
+        if k == center:
+            S = S0
+            P[k] = P0
+            dk = d1s
+        else:
+            _linpred(eta0, w, VK[k], eta)
+            fam_node(fam, y, n, eta, phi, lphi, ls, nd1, npl)
+            S = _rowsum(ls)
+            P[k] = _rowsum(npl)
+            dk = nd1
+        vk2 = 0.0
+        for a in range(q):
+            vk2 += VK[k, a] * VK[k, a]
+        lw[k] = lwn[k] - 0.5 * vk2 + S
+        if not abs(lw[k]) < np.inf:
+            return -np.inf, 0.0, False
+        if lw[k] > ref + 30.0:
+            scale = math.exp(ref - lw[k]) if ref > -np.inf else 0.0
+            tot *= scale
+            if want_grad:
+                for i in range(nj):
+                    acc_e[i] *= scale
+                for a in range(q):
+                    for i in range(nj):
+                        acc_o[a, i] *= scale
+            ref = lw[k]
+        wk = math.exp(lw[k] - ref)
+        tot += wk
+        if want_grad:
+            for i in range(nj):
+                acc_e[i] += wk * dk[i]
+            for a in range(q):
+                c = wk * VK[k, a]
+                s = 0.0
+                for i in range(nj):
+                    acc_o[a, i] += c * dk[i]
+                    s += dk[i] * w[a, i]
+                G[k, a] = s - VK[k, a]
+    logL = -logdet + ref + math.log(tot)
+    if not want_grad:
+        return logL, 0.0, True
+    # --- reverse mode ---
+    itot = 1.0 / tot
+    av[:] = 0.0
+    Lbar[:, :] = 0.0
+    dphi = 0.0
+    for k in range(M):
+        pk = math.exp(lw[k] - ref) * itot
+        dphi += pk * P[k]
+        for a in range(q):
+            av[a] += pk * G[k, a]
+            zk[a] = G[k, a]
+        solve_lower(L, q, zk, h)
+        for a in range(q):
+            for c in range(a + 1):
+                Lbar[a, c] -= pk * SK[k, a] * h[c]
+    for a in range(q):
+        Lbar[a, a] -= 1.0 / L[a, a]
+    _chol_adjoint(L, Lbar, q, Hbar, mats[4], mats[5], vecs[0], vecs[1])
+    # m_i = w_i' Hbar w_i (into nd1); dF/dv* = av - sum_i m_i l'''_i w_i
+    mrow = nd1
+    mrow[:] = 0.0
+    for a in range(q):
+        for c in range(q):
+            hac = Hbar[a, c]
+            for i in range(nj):
+                mrow[i] += hac * w[a, i] * w[c, i]
+    for a in range(q):
+        vbar[a] = av[a]
+    for a in range(q):
+        s = 0.0
+        for i in range(nj):
+            s += mrow[i] * d3s[i] * w[a, i]
+        vbar[a] -= s
+    solve_lower(L, q, vbar, zk)
+    solve_upper_t(L, q, zk, lam)
+    # lambda' w_i (into npl)
+    lwr = npl
+    lwr[:] = 0.0
+    for a in range(q):
+        la = lam[a]
+        for i in range(nj):
+            lwr[i] += la * w[a, i]
+    for i in range(nj):
+        coef = -mrow[i] * d3s[i] + d2s[i] * lwr[i]       # multiplies d eta_i* (eta0 and the w'v* part)
+        acc_e[i] = acc_e[i] * itot + coef
+        dphi += -mrow[i] * p2s[i] + lwr[i] * p1s[i]
+        ls[i] = coef
+    for a in range(q):
+        va = v[a]
+        la = lam[a]
+        for i in range(nj):
+            Hw = 0.0
+            for c in range(q):
+                Hw += Hbar[a, c] * w[c, i]
+            gw[a, i] = acc_o[a, i] * itot + ls[i] * va - 2.0 * d2s[i] * Hw + d1s[i] * la
+    return logL, dphi, True
+
+
+# --------------------------------------------------------------------------------------------
+# All groups
+# --------------------------------------------------------------------------------------------
+@numba.njit(**_NJIT)
+def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const):
+    """Per-group AGHQ log-likelihoods and the wgt-weighted gradient.
+
+    Parameters
+    ----------
+    grad : 0-d int64 array; nonzero to compute the gradient (else zeros are returned for it).
+    wgt : (J,) weights of the gradient (sum_j wgt_j d logL_j / d theta).
+    b (p,), sd (q,), Cc (q, q) lower Cholesky factor of the correlation, phi 0-d (negbinomial).
+    v0 : (J, q) Newton starting points in the standardised scale (zeros for a cold start).
+    y, trials, offset (n,), Xt (p, n), Zt (q, n): rows sorted by group (X and Z transposed, so
+        that the loops over a group's rows vectorise); starts (J + 1,).
+    ictl : int64 [family code, index of the node at z = 0 or -1].
+    nodes (M, q), lwn (M,): standard-normal product nodes and log W_k + z_k'z_k / 2.
+    const : (J,) data-only log-density constants per group (log binomial coefficients, -log y!).
+
+    Returns
+    -------
+    (logL (J,), d/db (p,), d/dsd (q,), d/dCc (q, q), d/dphi (), modes (J, q))
+    """
+    fam = ictl[0]
+    center = ictl[1]
+    want_grad = grad[()] != 0
+    J = starts.shape[0] - 1
+    p = Xt.shape[0]
+    q = Zt.shape[0]
+    ph = phi[()]
+    lphi = math.log(ph) if fam == NEGBINOMIAL_LOG else 0.0
+    T = np.empty((q, q))
+    for a in range(q):
+        for c in range(q):
+            T[a, c] = sd[a] * Cc[a, c]
+    maxn = 1
+    for j in range(J):
+        maxn = max(maxn, starts[j + 1] - starts[j])
+    work = np.empty(12 * maxn)
+    work_q = np.empty(3 * q * maxn)
+    M = nodes.shape[0]
+    mats = np.zeros((7, q, q))
+    vecs = np.zeros((12, q))
+    kq = np.zeros((3, M, q))
+    km = np.zeros((2, M))
+    v = np.empty(q)
+    lp = np.empty(J)
+    modes = np.empty((J, q))
+    gb = np.zeros(p)
+    Tbar = np.zeros((q, q))
+    gphi = 0.0
+    for j in range(J):
+        s0 = starts[j]
+        s1 = starts[j + 1]
+        nj = s1 - s0
+        # contiguous per-group views of the scratch (2-D ones by reshaping a flat slice)
+        eta0 = work[0:nj]
+        ge = work[11 * nj:12 * nj]
+        w = work_q[0:q * nj].reshape((q, nj))
+        acc_o = work_q[q * nj:2 * q * nj].reshape((q, nj))
+        gw = work_q[2 * q * nj:3 * q * nj].reshape((q, nj))
+        for i in range(nj):
+            eta0[i] = offset[s0 + i]
+        for k in range(p):
+            bk = b[k]
+            for i in range(nj):
+                eta0[i] += Xt[k, s0 + i] * bk
+        for a in range(q):
+            for i in range(nj):
+                w[a, i] = 0.0
+            for m in range(q):
+                t = T[m, a]
+                for i in range(nj):
+                    w[a, i] += t * Zt[m, s0 + i]
+        for a in range(q):
+            v[a] = v0[j, a]
+        logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes, lwn,
+                                center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
+                                work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj],
+                                work[8 * nj:9 * nj], work[9 * nj:10 * nj], work[10 * nj:11 * nj], ge, acc_o, gw,
+                                mats, vecs, kq, km)
+        extra = 0.0
+        dextra = 0.0
+        if fam == NEGBINOMIAL_LOG:
+            for i in range(nj):
+                a0, a1 = nb_phi_part(y[s0 + i], ph)
+                extra += a0
+                dextra += a1
+        lp[j] = logL + const[j] + extra
+        for a in range(q):
+            modes[j, a] = v[a]
+        if not ok or not want_grad:
+            continue
+        wj = wgt[j]
+        gphi += wj * (dphi + dextra)
+        for k in range(p):
+            s = 0.0
+            for i in range(nj):
+                s += ge[i] * Xt[k, s0 + i]
+            gb[k] += wj * s
+        for m in range(q):
+            for a in range(q):
+                s = 0.0
+                for i in range(nj):
+                    s += Zt[m, s0 + i] * gw[a, i]
+                Tbar[m, a] += wj * s
+    gsd = np.zeros(q)
+    gC = np.zeros((q, q))
+    if want_grad:
+        for a in range(q):
+            for c in range(q):
+                gsd[a] += Tbar[a, c] * Cc[a, c]
+                gC[a, c] = Tbar[a, c] * sd[a]
+    gph = np.zeros(())
+    gph[()] = gphi
+    return lp, gb, gsd, gC, gph, modes
