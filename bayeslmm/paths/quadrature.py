@@ -33,7 +33,7 @@ from ..errors import DataError, SpecError
 from .quadrature_families import BINOMIAL_LOGIT, BINOMIAL_PROBIT, NEGBINOMIAL_LOG, POISSON_LOG
 
 __all__ = ["QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes", "DEFAULT_NODES",
-           "group_loglik", "group_loglik_grad", "family_code", "MAX_Q"]
+           "group_loglik", "group_loglik_grad", "draw_group_effects", "kernel_arrays", "family_code", "MAX_Q"]
 
 MAX_Q = 3
 
@@ -284,3 +284,36 @@ def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes:
     """
     lp, gb, gsd, gC, gphi, modes = _run(data, b, sd, Cc, phi, n_nodes, weights, True, start)
     return {"logl": lp, "b": gb, "sd": gsd, "Cc": gC, "phi": gphi, "modes": modes}
+
+
+# --------------------------------------------------------------------------------------------
+# Group effects after sampling
+# --------------------------------------------------------------------------------------------
+def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: int,
+                       n_proposals: int = 64, min_ess: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of every group's effects u_j from p(u_j | y_j, b, Sigma, phi) per posterior draw.
+
+    Parameters
+    ----------
+    b (S, p), sd (S, q), Cc (S, q, q) or None (identity), phi (S,) or None: S posterior draws.
+    seed : the draws are a deterministic function of (seed, draw index, group index).
+    n_proposals, min_ess : importance resampling for q >= 2 (see
+        :mod:`bayeslmm.paths.quadrature_draws`); q = 1 uses exact rejection sampling.
+
+    Returns
+    -------
+    (u, diag) : u (S, J, q) on the scale of the terms (u = T v); diag (S, J) the proposals used per
+    accepted draw (q = 1) or the importance weights' effective sample size (q >= 2). NaN marks a
+    group whose mode could not be found (non-finite parameters).
+    """
+    from .quadrature_draws import draw_kernel
+    q, p = data.q, data.p
+    b = np.ascontiguousarray(np.atleast_2d(np.asarray(b, dtype=float)).reshape(-1, p))
+    S = b.shape[0]
+    sd = np.ascontiguousarray(np.asarray(sd, dtype=float).reshape(S, q))
+    Cc = (np.broadcast_to(np.eye(q), (S, q, q)).copy() if Cc is None
+          else np.ascontiguousarray(np.asarray(Cc, dtype=float).reshape(S, q, q)))
+    phi = np.ones(S) if phi is None else np.ascontiguousarray(np.asarray(phi, dtype=float).reshape(S))
+    ictl = np.array([data.code, -1], dtype=np.int64)
+    return draw_kernel(b, sd, Cc, phi, data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl,
+                       int(seed) & 0x7FFFFFFFFFFFFFFF, int(n_proposals), float(min_ess))
