@@ -42,13 +42,15 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import NEGBINOMIAL_LOG, fam_mode, fam_newton, fam_node, nb_phi_part
+from .quadrature_families import (NEGBINOMIAL_LOG, fam_mode, fam_newton, fam_node, mode_q1, nb_phi_part, newton_q1,
+                                  node_q1)
 
 __all__ = ["aghq_kernel", "NEWTON_TOL", "MAX_NEWTON"]
 
-NEWTON_TOL = 1e-8       # largest |Newton step| (standardised scale) after which one last step is taken
+NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one last step is taken:
+                        # quadratic convergence leaves an error ~1e-12 after it
 MAX_NEWTON = 100
-_NJIT = dict(cache=True, nogil=True, error_model="numpy")
+_NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
 _VEC = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
 
 
@@ -167,6 +169,36 @@ def _grad_hess(d1, d2, w, v, q, g, H):
 
 
 @numba.njit(**_NJIT)
+def _find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L):
+    """find_mode for one term: scalars, and one fused pass over the rows per step."""
+    vv = v[0]
+    gs, hs = newton_q1(fam, y, n, eta0, w, vv, phi, lphi)
+    g = gs - vv
+    h = 1.0 + hs
+    for it in range(MAX_NEWTON):
+        step = g / h
+        if not abs(step) < np.inf:
+            return False
+        if abs(step) < NEWTON_TOL:
+            v[0] = vv + step
+            H[0, 0] = h
+            L[0, 0] = math.sqrt(h)
+            return True
+        t = 1.0
+        for half in range(60):
+            vn = vv + t * step
+            gs, hs = newton_q1(fam, y, n, eta0, w, vn, phi, lphi)
+            gn = gs - vn
+            if gn * gn < g * g:
+                break
+            t *= 0.5
+        vv = vn
+        g = gn
+        h = 1.0 + hs
+    return False
+
+
+@numba.njit(**_NJIT)
 def find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1, d2, mats, vecs):
     """Newton's method from v (overwritten with the mode); False if it did not converge.
 
@@ -175,6 +207,8 @@ def find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1, d2, mats, vecs
     iteration stops, so the mode is exact to rounding. ``mats`` (>= 1, q, q) and ``vecs`` (>= 5, q)
     are scratch.
     """
+    if q == 1:
+        return _find_mode_q1(fam, y, n, eta0, w[0], v, phi, lphi, H, L)
     Hn = mats[0]
     g, step, tmp, vn, gn = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4]
     _linpred(eta0, w, v, eta)
@@ -273,12 +307,20 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
             S = S0
             P[k] = P0
             dk = d1s
+        elif q == 1:
+            S, P[k], G[k, 0] = node_q1(fam, y, n, eta0, w[0], VK[k, 0], phi, lphi, nd1)
+            dk = nd1
         else:
             _linpred(eta0, w, VK[k], eta)
             fam_node(fam, y, n, eta, phi, lphi, ls, nd1, npl)
             S = _rowsum(ls)
             P[k] = _rowsum(npl)
             dk = nd1
+            for a in range(q):
+                sg = 0.0
+                for i in range(nj):
+                    sg += dk[i] * w[a, i]
+                G[k, a] = sg
         vk2 = 0.0
         for a in range(q):
             vk2 += VK[k, a] * VK[k, a]
@@ -302,11 +344,8 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
                 acc_e[i] += wk * dk[i]
             for a in range(q):
                 c = wk * VK[k, a]
-                s = 0.0
                 for i in range(nj):
                     acc_o[a, i] += c * dk[i]
-                    s += dk[i] * w[a, i]
-                G[k, a] = s - VK[k, a]
     logL = -logdet + ref + math.log(tot)
     if not want_grad:
         return logL, 0.0, True
@@ -316,6 +355,14 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
     Lbar[:, :] = 0.0
     dphi = 0.0
     for k in range(M):
+        if k == center:
+            for a in range(q):
+                sg = 0.0
+                for i in range(nj):
+                    sg += d1s[i] * w[a, i]
+                G[k, a] = sg
+        for a in range(q):
+            G[k, a] -= VK[k, a]
         pk = math.exp(lw[k] - ref) * itot
         dphi += pk * P[k]
         for a in range(q):
@@ -368,6 +415,87 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
     return logL, dphi, True
 
 
+@numba.njit(**_NJIT)
+def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
+              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km):
+    """:func:`_group` for one term, with scalars for the 1 x 1 algebra and one fused pass over the
+    rows per node. ``w`` (m,); d/d eta0 is returned in acc_e and d/d w in acc_o."""
+    nj = eta0.shape[0]
+    M = nodes.shape[0]
+    H = np.empty((1, 1))
+    L = np.empty((1, 1))
+    if not _find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L):
+        return -np.inf, 0.0, False
+    vs = v[0]
+    S0, P0, G0, Hs = mode_q1(fam, y, n, eta0, w, vs, phi, lphi, d1s, d2s, d3s, p1s, p2s)
+    h = 1.0 + Hs
+    if not h > 0.0:
+        return -np.inf, 0.0, False
+    Lf = math.sqrt(h)
+    lw, Gk = km[0], km[1]
+    P, SK = km[2], km[3]
+    ref = -np.inf
+    tot = 0.0
+    if want_grad:
+        acc_e[:] = 0.0
+        acc_o[:] = 0.0
+    for k in range(M):
+        sk = nodes[k, 0] / Lf
+        vk = vs + sk
+        SK[k] = sk
+        if k == center:
+            S = S0
+            P[k] = P0
+            Gk[k] = G0 - vk
+            dk = d1s
+        else:
+            S, P[k], gk = node_q1(fam, y, n, eta0, w, vk, phi, lphi, nd1)
+            Gk[k] = gk - vk
+            dk = nd1
+        lw[k] = lwn[k] - 0.5 * vk * vk + S
+        if not abs(lw[k]) < np.inf:
+            return -np.inf, 0.0, False
+        if lw[k] > ref + 30.0:
+            scale = math.exp(ref - lw[k]) if ref > -np.inf else 0.0
+            tot *= scale
+            if want_grad:
+                for i in range(nj):
+                    acc_e[i] *= scale
+                    acc_o[i] *= scale
+            ref = lw[k]
+        wk = math.exp(lw[k] - ref)
+        tot += wk
+        if want_grad:
+            c = wk * vk
+            for i in range(nj):
+                acc_e[i] += wk * dk[i]
+                acc_o[i] += c * dk[i]
+    logL = -math.log(Lf) + ref + math.log(tot)
+    if not want_grad:
+        return logL, 0.0, True
+    itot = 1.0 / tot
+    av = 0.0
+    Lbar = -1.0 / Lf
+    dphi = 0.0
+    for k in range(M):
+        pk = math.exp(lw[k] - ref) * itot
+        dphi += pk * P[k]
+        av += pk * Gk[k]
+        Lbar -= pk * SK[k] * Gk[k] / Lf
+    Hbar = 0.5 * Lbar / Lf
+    s3 = 0.0
+    for i in range(nj):
+        s3 += d3s[i] * w[i] * w[i] * w[i]
+    lam = (av - Hbar * s3) / h
+    for i in range(nj):
+        wi = w[i]
+        coef = -Hbar * wi * wi * d3s[i] + d2s[i] * lam * wi
+        acc_e[i] = acc_e[i] * itot + coef
+        acc_o[i] = acc_o[i] * itot + coef * vs - 2.0 * d2s[i] * Hbar * wi + d1s[i] * lam
+        dphi += -Hbar * wi * wi * p2s[i] + lam * wi * p1s[i]
+    return logL, dphi, True
+
+
 # --------------------------------------------------------------------------------------------
 # All groups
 # --------------------------------------------------------------------------------------------
@@ -412,7 +540,7 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
     kq = np.zeros((3, M, q))
-    km = np.zeros((2, M))
+    km = np.zeros((4, M))
     v = np.empty(q)
     lp = np.empty(J)
     modes = np.empty((J, q))
@@ -444,11 +572,16 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                     w[a, i] += t * Zt[m, s0 + i]
         for a in range(q):
             v[a] = v0[j, a]
-        logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes, lwn,
-                                center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
-                                work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj],
-                                work[8 * nj:9 * nj], work[9 * nj:10 * nj], work[10 * nj:11 * nj], ge, acc_o, gw,
-                                mats, vecs, kq, km)
+        if q == 1:
+            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes, lwn,
+                                       center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
+                                       work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km)
+        else:
+            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes, lwn,
+                                    center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
+                                    work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
+                                    work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],
+                                    work[10 * nj:11 * nj], ge, acc_o, gw, mats, vecs, kq, km)
         extra = 0.0
         dextra = 0.0
         if fam == NEGBINOMIAL_LOG:
