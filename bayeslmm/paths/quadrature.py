@@ -129,8 +129,9 @@ class QuadratureData:
     """Rows of one grouping factor sorted by group (the kernel's data), built by :func:`prepare`.
 
     ``Xt`` (p, n) and ``Zt`` (q, n) are the designs transposed (rows last, so that the kernel's
-    loops over a group's rows vectorise). ``order`` maps sorted rows to the caller's
-    (``y_sorted = y[order]``); ``starts`` (J + 1,) the
+    loops over a group's rows vectorise). ``row_of`` (n,) gives, for each of the caller's rows,
+    the kernel row that holds it (rows with the same group, predictors and offset may be merged:
+    see :func:`prepare`); ``starts`` (J + 1,) the
     first row of each group; ``const`` (J,) the data-only part of each group's log-likelihood
     (log binomial coefficients, -log y!), so that :func:`group_loglik` is the full log-density.
     """
@@ -144,7 +145,7 @@ class QuadratureData:
     Xt: np.ndarray
     Zt: np.ndarray
     starts: np.ndarray
-    order: np.ndarray
+    row_of: np.ndarray
     const: np.ndarray
 
     @property
@@ -176,8 +177,15 @@ def _column(x, n: int, name: str, default: float) -> np.ndarray:
 
 
 def prepare(y, X, codes, Z=None, *, family: str, link: str | None = None, trials=None, offset=None,
-            n_groups: int | None = None) -> QuadratureData:
+            n_groups: int | None = None, merge: bool = True) -> QuadratureData:
     """Check the arrays and sort the rows by group once.
+
+    With ``merge`` (binomial, bernoulli and Poisson), rows of one group with identical predictors,
+    group-level predictors and offset are merged into one: their likelihoods are a function of the
+    sums (successes and trials; counts, with log(number of rows) added to the offset), so the
+    kernel is exact and its cost falls with the number of distinct rows (bernoulli trials under a
+    few conditions per subject collapse to a few rows per subject). The data-only constants are
+    computed from the original rows, so the log-likelihood is unchanged.
 
     Parameters
     ----------
@@ -236,13 +244,33 @@ def prepare(y, X, codes, Z=None, *, family: str, link: str | None = None, trials
             bad = int(np.flatnonzero((y < 0) | (y != np.round(y)))[0])
             raise DataError(f"{family} counts must be non-negative whole numbers (row {bad}: y = {y[bad]})")
         row_const = -gammaln(y + 1)
-    order = np.argsort(codes, kind="stable")
-    starts = np.zeros(J + 1, dtype=np.int64)
-    starts[1:] = np.cumsum(np.bincount(codes, minlength=J))
     const = np.bincount(codes, weights=row_const, minlength=J)
     c = np.ascontiguousarray
+    if merge and code != NEGBINOMIAL_LOG and n:
+        key = np.column_stack([codes, X, Z, offset])
+        uniq, row_of = np.unique(key, axis=0, return_inverse=True)
+        row_of = row_of.reshape(-1)
+        if len(uniq) < n:
+            g = uniq[:, 0].astype(np.int64)
+            Xm, Zm, off = uniq[:, 1:1 + X.shape[1]], uniq[:, 1 + X.shape[1]:-1], uniq[:, -1]
+            ym = np.bincount(row_of, weights=y)
+            if code == POISSON_LOG:
+                m = np.bincount(row_of).astype(float)
+                off = off + np.log(m)
+                tm = np.ones(len(uniq))
+                const -= np.bincount(g, weights=ym * np.log(m), minlength=J)   # the kernel's y log m
+            else:
+                tm = np.bincount(row_of, weights=trials)
+            starts = np.zeros(J + 1, dtype=np.int64)
+            starts[1:] = np.cumsum(np.bincount(g, minlength=J))
+            return QuadratureData(family, link, code, c(ym), c(tm), c(off), c(Xm.T), c(Zm.T), starts, row_of, const)
+    order = np.argsort(codes, kind="stable")
+    row_of = np.empty(n, dtype=np.int64)
+    row_of[order] = np.arange(n)
+    starts = np.zeros(J + 1, dtype=np.int64)
+    starts[1:] = np.cumsum(np.bincount(codes, minlength=J))
     return QuadratureData(family, link, code, c(y[order]), c(trials[order]), c(offset[order]), c(X[order].T),
-                          c(Z[order].T), starts, order, const)
+                          c(Z[order].T), starts, row_of, const)
 
 
 # --------------------------------------------------------------------------------------------
