@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from .quadrature_families import fam_newton, fam_node
-from .quadrature_kernel import _grad_hess, _linpred, _rowsum, chol, find_mode, solve_upper_t
+from .quadrature_mode import chol, find_mode, grad_hess, linpred, rowsum, solve_upper_t
 
 __all__ = ["draw_kernel", "T_DF"]
 
@@ -73,9 +73,9 @@ def _seed_state(seed, s, j, state):
 @numba.njit(**_NJIT)
 def _h(fam, y, n, eta0, w, q, vv, phi, lphi, eta, l, d1, pl):
     """f(vv) (without constants) and fill d1 with l' at vv."""
-    _linpred(eta0, w, vv, eta)
+    linpred(eta0, w, vv, eta)
     fam_node(fam, y, n, eta, phi, lphi, l, d1, pl)
-    s = _rowsum(l)
+    s = rowsum(l)
     for a in range(q):
         s -= 0.5 * vv[a] * vv[a]
     return s
@@ -238,9 +238,9 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
             if not find_mode(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, H, L, eta, d1, d2, mats, vecs):
                 continue
             # the curvature at the mode itself (find_mode's H is that of the last iterate)
-            _linpred(eta0, w, v, eta)
+            linpred(eta0, w, v, eta)
             fam_newton(fam, yj, nj_tr, eta, ph, lphi, d1, d2)
-            _grad_hess(d1, d2, w, v, q, g, H)
+            grad_hess(d1, d2, w, v, q, g, H)
             if not chol(H, q, L):
                 continue
             _seed_state(seed, s, j, state)

@@ -17,8 +17,8 @@ axis, M = k^q in all), v_k = v* + L^-T z_k:
     log L_j ~= -log|L| + logsumexp_k [log W_k + z_k'z_k/2 - v_k'v_k/2 + sum_i l_i(eta0_i + w_i'v_k)].
 
 One node (z = 0) is the Laplace approximation. The value is a deterministic function of the
-parameters: Newton runs to a step below ``NEWTON_TOL`` and then takes that last step, so the mode
-is exact to rounding whatever the starting point (a warm start changes the value only at ~1e-15).
+parameters: the mode (:mod:`bayeslmm.paths.quadrature_mode`) is exact to ~1e-12 whatever Newton's
+starting point (the tests check < 1e-10 from random starts).
 
 **Gradient** of this approximation (not of the exact integral), by reverse mode through the
 mode and the Cholesky factor. With pi_k the softmax weights of the nodes, G_k = grad_v f(v_k):
@@ -32,7 +32,8 @@ b (eta0 = offset + X b), to T (w_i = T'z_i) and to sd and C_chol. Checked agains
 finite differences of the kernel itself (tests/test_quadrature.py).
 
 Rows are sorted by group once (``starts``); the kernel loops per group, so each group's rows stay
-in cache through its Newton iterations and node passes.
+in cache through its Newton iterations and node passes; one term (q = 1) has a scalar path whose
+Newton steps and nodes are each a single vectorised pass over the rows (:func:`_group_q1`).
 """
 
 from __future__ import annotations
@@ -42,216 +43,14 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import (NEGBINOMIAL_LOG, fam_mode, fam_newton, fam_node, mode_q1, nb_phi_part, newton_q1,
-                                  node_q1)
+from .quadrature_families import (BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG, exp_rows, fam_mode, fam_node, mode_q1,
+                                  nb_phi_part, node_q1, node_q1_intercept)
+from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
+                              solve_lower, solve_upper_t)
 
-__all__ = ["aghq_kernel", "NEWTON_TOL", "MAX_NEWTON"]
+__all__ = ["aghq_kernel"]
 
-NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one last step is taken:
-                        # quadratic convergence leaves an error ~1e-12 after it
-MAX_NEWTON = 100
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
-_VEC = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
-
-
-# --------------------------------------------------------------------------------------------
-# q x q algebra (q <= 3), written out
-# --------------------------------------------------------------------------------------------
-@numba.njit(**_NJIT)
-def chol(A, q, L):
-    """Lower Cholesky factor of the SPD A into L; False if A is not positive definite."""
-    for i in range(q):
-        for k in range(i + 1):
-            v = A[i, k]
-            for m in range(k):
-                v -= L[i, m] * L[k, m]
-            if i == k:
-                if not v > 0.0:
-                    return False
-                L[i, i] = math.sqrt(v)
-            else:
-                L[i, k] = v / L[k, k]
-        for k in range(i + 1, q):
-            L[i, k] = 0.0
-    return True
-
-
-@numba.njit(**_NJIT)
-def solve_lower(L, q, b, x):
-    """x = L^-1 b."""
-    for i in range(q):
-        v = b[i]
-        for m in range(i):
-            v -= L[i, m] * x[m]
-        x[i] = v / L[i, i]
-
-
-@numba.njit(**_NJIT)
-def solve_upper_t(L, q, b, x):
-    """x = L^-T b."""
-    for i in range(q - 1, -1, -1):
-        v = b[i]
-        for m in range(i + 1, q):
-            v -= L[m, i] * x[m]
-        x[i] = v / L[i, i]
-
-
-@numba.njit(**_NJIT)
-def _chol_adjoint(L, Lbar, q, Hbar, P, Y, col, out):
-    """dF/dH (symmetric) from dF/dL for H = L L': sym(L^-T Phi(L' Lbar) L^-1); P, Y (q, q), col,
-    out (q,) are scratch."""
-    for i in range(q):
-        for k in range(i + 1):
-            v = 0.0
-            for m in range(q):
-                v += L[m, i] * Lbar[m, k]
-            P[i, k] = 0.5 * v if i == k else v
-        for k in range(i + 1, q):
-            P[i, k] = 0.0
-    # M = L^-T P L^-1: first Y = L^-T P (columns), then M = Y L^-1 (rows of M' = L^-T Y')
-    for k in range(q):
-        for i in range(q):
-            col[i] = P[i, k]
-        solve_upper_t(L, q, col, out)
-        for i in range(q):
-            Y[i, k] = out[i]
-    for i in range(q):
-        for k in range(q):
-            col[k] = Y[i, k]
-        solve_upper_t(L, q, col, out)
-        for k in range(q):
-            Hbar[i, k] = out[k]
-    for i in range(q):
-        for k in range(i):
-            s = 0.5 * (Hbar[i, k] + Hbar[k, i])
-            Hbar[i, k] = s
-            Hbar[k, i] = s
-
-
-# --------------------------------------------------------------------------------------------
-# Row passes (vectorised over the group's rows; w is (q, m), rows last)
-# --------------------------------------------------------------------------------------------
-@numba.njit(**_VEC)
-def _linpred(eta0, w, vv, eta):
-    """eta = eta0 + w' vv."""
-    m = eta0.shape[0]
-    for i in range(m):
-        eta[i] = eta0[i]
-    for a in range(w.shape[0]):
-        va = vv[a]
-        for i in range(m):
-            eta[i] += w[a, i] * va
-
-
-@numba.njit(**_VEC)
-def _rowsum(x):
-    s = 0.0
-    for i in range(x.shape[0]):
-        s += x[i]
-    return s
-
-
-@numba.njit(**_VEC)
-def _grad_hess(d1, d2, w, v, q, g, H):
-    """g = w d1 - v (gradient of f) and H = I - w diag(d2) w' (its negative Hessian)."""
-    m = d1.shape[0]
-    for a in range(q):
-        s = 0.0
-        for i in range(m):
-            s += d1[i] * w[a, i]
-        g[a] = s - v[a]
-        for c in range(a + 1):
-            s = 0.0
-            for i in range(m):
-                s -= d2[i] * w[a, i] * w[c, i]
-            H[a, c] = s + (1.0 if a == c else 0.0)
-            H[c, a] = H[a, c]
-
-
-@numba.njit(**_NJIT)
-def _find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L):
-    """find_mode for one term: scalars, and one fused pass over the rows per step."""
-    vv = v[0]
-    gs, hs = newton_q1(fam, y, n, eta0, w, vv, phi, lphi)
-    g = gs - vv
-    h = 1.0 + hs
-    for it in range(MAX_NEWTON):
-        step = g / h
-        if not abs(step) < np.inf:
-            return False
-        if abs(step) < NEWTON_TOL:
-            v[0] = vv + step
-            H[0, 0] = h
-            L[0, 0] = math.sqrt(h)
-            return True
-        t = 1.0
-        for half in range(60):
-            vn = vv + t * step
-            gs, hs = newton_q1(fam, y, n, eta0, w, vn, phi, lphi)
-            gn = gs - vn
-            if gn * gn < g * g:
-                break
-            t *= 0.5
-        vv = vn
-        g = gn
-        h = 1.0 + hs
-    return False
-
-
-@numba.njit(**_NJIT)
-def find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1, d2, mats, vecs):
-    """Newton's method from v (overwritten with the mode); False if it did not converge.
-
-    Steps are halved until the gradient norm decreases (a merit function whose only stationary
-    point is the mode, since H >= I); once a step is below NEWTON_TOL it is taken and the
-    iteration stops, so the mode is exact to rounding. ``mats`` (>= 1, q, q) and ``vecs`` (>= 5, q)
-    are scratch.
-    """
-    if q == 1:
-        return _find_mode_q1(fam, y, n, eta0, w[0], v, phi, lphi, H, L)
-    Hn = mats[0]
-    g, step, tmp, vn, gn = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4]
-    _linpred(eta0, w, v, eta)
-    fam_newton(fam, y, n, eta, phi, lphi, d1, d2)
-    _grad_hess(d1, d2, w, v, q, g, H)
-    g2 = 0.0
-    for a in range(q):
-        g2 += g[a] * g[a]
-    for it in range(MAX_NEWTON):
-        if not chol(H, q, L):
-            return False
-        solve_lower(L, q, g, tmp)
-        solve_upper_t(L, q, tmp, step)
-        big = 0.0
-        for a in range(q):
-            big = max(big, abs(step[a]))
-        if not big < np.inf:
-            return False
-        if big < NEWTON_TOL:
-            for a in range(q):
-                v[a] += step[a]
-            return True
-        t = 1.0
-        gn2 = 0.0
-        for half in range(60):
-            for a in range(q):
-                vn[a] = v[a] + t * step[a]
-            _linpred(eta0, w, vn, eta)
-            fam_newton(fam, y, n, eta, phi, lphi, d1, d2)
-            _grad_hess(d1, d2, w, vn, q, gn, Hn)
-            gn2 = 0.0
-            for a in range(q):
-                gn2 += gn[a] * gn[a]
-            if gn2 < g2:
-                break
-            t *= 0.5
-        for a in range(q):
-            v[a] = vn[a]
-            g[a] = gn[a]
-            for c in range(q):
-                H[a, c] = Hn[a, c]
-        g2 = gn2
-    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,11 +78,11 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
     if not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
         return -np.inf, 0.0, False
     # the mode pass: everything the gradient needs at v*
-    _linpred(eta0, w, v, eta)
+    linpred(eta0, w, v, eta)
     fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
-    S0 = _rowsum(ls)
-    P0 = _rowsum(pls)
-    _grad_hess(d1s, d2s, w, v, q, g, H)
+    S0 = rowsum(ls)
+    P0 = rowsum(pls)
+    grad_hess(d1s, d2s, w, v, q, g, H)
     if not chol(H, q, L):
         return -np.inf, 0.0, False
     logdet = 0.0
@@ -311,10 +110,10 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
             S, P[k], G[k, 0] = node_q1(fam, y, n, eta0, w[0], VK[k, 0], phi, lphi, nd1)
             dk = nd1
         else:
-            _linpred(eta0, w, VK[k], eta)
+            linpred(eta0, w, VK[k], eta)
             fam_node(fam, y, n, eta, phi, lphi, ls, nd1, npl)
-            S = _rowsum(ls)
-            P[k] = _rowsum(npl)
+            S = rowsum(ls)
+            P[k] = rowsum(npl)
             dk = nd1
             for a in range(q):
                 sg = 0.0
@@ -374,7 +173,7 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
                 Lbar[a, c] -= pk * SK[k, a] * h[c]
     for a in range(q):
         Lbar[a, a] -= 1.0 / L[a, a]
-    _chol_adjoint(L, Lbar, q, Hbar, mats[4], mats[5], vecs[0], vecs[1])
+    chol_adjoint(L, Lbar, q, Hbar, mats[4], mats[5], vecs[0], vecs[1])
     # m_i = w_i' Hbar w_i (into nd1); dF/dv* = av - sum_i m_i l'''_i w_i
     mrow = nd1
     mrow[:] = 0.0
@@ -417,14 +216,16 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
 
 @numba.njit(**_NJIT)
 def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
-              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km):
+              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km, A, emax):
     """:func:`_group` for one term, with scalars for the 1 x 1 algebra and one fused pass over the
-    rows per node. ``w`` (m,); d/d eta0 is returned in acc_e and d/d w in acc_o."""
+    rows per node. ``w`` (m,); d/d eta0 is returned in acc_e and d/d w in acc_o. With a random
+    intercept and bernoulli-logit or Poisson rows, ``A`` = e^eta0 and ``emax`` = max |eta0| (else
+    inf) select the exponential-free passes of the families module."""
     nj = eta0.shape[0]
     M = nodes.shape[0]
     H = np.empty((1, 1))
     L = np.empty((1, 1))
-    if not _find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L):
+    if not find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
         return -np.inf, 0.0, False
     vs = v[0]
     S0, P0, G0, Hs = mode_q1(fam, y, n, eta0, w, vs, phi, lphi, d1s, d2s, d3s, p1s, p2s)
@@ -448,6 +249,10 @@ def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
             P[k] = P0
             Gk[k] = G0 - vk
             dk = d1s
+        elif nj > 0 and intercept_ok(emax, w[0], vk):
+            S, P[k], gk = node_q1_intercept(fam, y, A, eta0, w[0], vk, nd1)
+            Gk[k] = gk - vk
+            dk = nd1
         else:
             S, P[k], gk = node_q1(fam, y, n, eta0, w, vk, phi, lphi, nd1)
             Gk[k] = gk - vk
@@ -573,9 +378,18 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         for a in range(q):
             v[a] = v0[j, a]
         if q == 1:
+            A = work[nj:2 * nj]
+            emax = np.inf
+            if fam == BINOMIAL_LOGIT or fam == POISSON_LOG:
+                ok = True
+                for i in range(nj):
+                    ok = ok and Zt[0, s0 + i] == 1.0 and trials[s0 + i] == 1.0
+                if ok:
+                    emax = exp_rows(eta0, A)
             logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes, lwn,
                                        center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
-                                       work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km)
+                                       work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
+                                       A, emax)
         else:
             logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes, lwn,
                                     center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
