@@ -492,9 +492,68 @@ def node_q1_intercept(fam, y, A, eta0, w, v, d1):
 
 @numba.njit(**_LOOP)
 def exp_rows(eta0, A):
-    """A_i = e^eta0_i (vectorised) and max_i |eta0_i|."""
-    big = 0.0
+    """A_i = e^eta0_i and max_i |eta0_i| (two loops, so that both vectorise)."""
     for i in range(eta0.shape[0]):
         A[i] = vexp(eta0[i])
-        big = max(big, abs(eta0[i]))
+    big = 0.0
+    for i in range(eta0.shape[0]):
+        a = abs(eta0[i])
+        big = a if a > big else big
     return big
+
+
+@numba.njit(**_LOOP)
+def unit_rows(z, n):
+    """Whether every z_i and n_i is 1 (a random intercept over single-trial rows)."""
+    s = 0.0
+    for i in range(z.shape[0]):
+        s += abs(z[i] - 1.0) + abs(n[i] - 1.0)
+    return s == 0.0
+
+
+@numba.njit(**_LOOP)
+def mode_q1_intercept(fam, y, A, eta0, w, v, d1, d2, d3, p1, p2):
+    """mode_q1 for a random intercept (same outputs; the phi-derivatives are zero)."""
+    m = A.shape[0]
+    c = w * v
+    B = math.exp(c)
+    S = 0.0
+    G = 0.0
+    H = 0.0
+    if fam == BINOMIAL_LOGIT:
+        logs = 0.0
+        for s0 in range(0, m, _BLOCK):
+            prod = 1.0
+            lin = 0.0
+            for i in range(s0, min(m, s0 + _BLOCK)):
+                eta = eta0[i] + c
+                ab = A[i] * B
+                r = 1.0 / (1.0 + ab)
+                s = ab * r
+                big = ab > 1.0
+                prod *= s if big else r
+                lin += eta if big else 0.0
+                S += y[i] * eta
+                a1 = y[i] * r - (1.0 - y[i]) * s
+                sr = s * r
+                d1[i] = a1
+                d2[i] = -sr
+                d3[i] = -sr * (r - s)
+                p1[i] = 0.0
+                p2[i] = 0.0
+                G += a1
+                H += sr
+            logs += lin - math.log(prod)
+        S -= logs
+    else:
+        for i in range(m):
+            mu = A[i] * B
+            S += y[i] * (eta0[i] + c) - mu
+            d1[i] = y[i] - mu
+            d2[i] = -mu
+            d3[i] = -mu
+            p1[i] = 0.0
+            p2[i] = 0.0
+            G += y[i] - mu
+            H += mu
+    return S, 0.0, G * w, H * w * w

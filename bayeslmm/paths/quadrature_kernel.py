@@ -44,7 +44,7 @@ import numba
 import numpy as np
 
 from .quadrature_families import (BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG, exp_rows, fam_mode, fam_node, mode_q1,
-                                  nb_phi_part, node_q1, node_q1_intercept)
+                                  mode_q1_intercept, nb_phi_part, node_q1, node_q1_intercept, unit_rows)
 from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
                               solve_lower, solve_upper_t)
 
@@ -228,7 +228,10 @@ def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
     if not find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
         return -np.inf, 0.0, False
     vs = v[0]
-    S0, P0, G0, Hs = mode_q1(fam, y, n, eta0, w, vs, phi, lphi, d1s, d2s, d3s, p1s, p2s)
+    if nj > 0 and intercept_ok(emax, w[0], vs):
+        S0, P0, G0, Hs = mode_q1_intercept(fam, y, A, eta0, w[0], vs, d1s, d2s, d3s, p1s, p2s)
+    else:
+        S0, P0, G0, Hs = mode_q1(fam, y, n, eta0, w, vs, phi, lphi, d1s, d2s, d3s, p1s, p2s)
     h = 1.0 + Hs
     if not h > 0.0:
         return -np.inf, 0.0, False
@@ -380,12 +383,8 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         if q == 1:
             A = work[nj:2 * nj]
             emax = np.inf
-            if fam == BINOMIAL_LOGIT or fam == POISSON_LOG:
-                ok = True
-                for i in range(nj):
-                    ok = ok and Zt[0, s0 + i] == 1.0 and trials[s0 + i] == 1.0
-                if ok:
-                    emax = exp_rows(eta0, A)
+            if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], trials[s0:s1]):
+                emax = exp_rows(eta0, A)
             logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes, lwn,
                                        center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
                                        work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
