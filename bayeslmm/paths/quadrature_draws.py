@@ -31,8 +31,9 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import fam_newton, fam_node
-from .quadrature_mode import chol, find_mode, grad_hess, linpred, rowsum, solve_upper_t
+from .quadrature_families import (BINOMIAL_LOGIT, POISSON_LOG, exp_rows, fam_newton, fam_node, node_q1,
+                                  node_q1_intercept, unit_rows)
+from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum, solve_upper_t
 
 __all__ = ["draw_kernel", "T_DF"]
 
@@ -82,25 +83,28 @@ def _h(fam, y, n, eta0, w, q, vv, phi, lphi, eta, l, d1, pl):
 
 
 @numba.njit(**_NJIT)
-def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, eta, l, d1, pl, state, vv):
-    """One exact draw of v (q = 1) by rejection from the three-tangent envelope; returns the
-    number of proposals it took."""
+def _h1(fam, y, n, eta0, w, v, phi, lphi, d1, A, emax):
+    """(f(v), f'(v)) for one term, by the fused row pass (exponential-free for a random intercept)."""
+    if eta0.shape[0] > 0 and intercept_ok(emax, w[0], v):
+        S, _, G = node_q1_intercept(fam, y, A, eta0, w[0], v, d1)
+    else:
+        S, _, G = node_q1(fam, y, n, eta0, w, v, phi, lphi, d1)
+    return S - 0.5 * v * v, G - v
+
+
+@numba.njit(**_NJIT)
+def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
+    """One exact draw of v (q = 1) by rejection from the three-tangent envelope, into vv[0];
+    returns the number of proposals it took."""
     a = math.sqrt(2.0)
-    f0 = _h(fam, y, n, eta0, w, 1, v, phi, lphi, eta, l, d1, pl)
-    hs = np.empty(2)
-    ss = np.empty(2)
-    for side in range(2):
-        t = -a if side == 0 else a
-        vv[0] = v[0] + t / Lf
-        hs[side] = _h(fam, y, n, eta0, w, 1, vv, phi, lphi, eta, l, d1, pl) - f0
-        g = -vv[0]
-        for i in range(eta0.shape[0]):
-            g += d1[i] * w[0, i]
-        ss[side] = g / Lf                       # slope in x
-    s1 = max(ss[0], 1e-300)
-    s2 = min(ss[1], -1e-300)
-    z1 = min(-a - hs[0] / s1, 0.0)
-    z2 = max(a - hs[1] / s2, 0.0)
+    f0, _ = _h1(fam, y, n, eta0, w, v[0], phi, lphi, d1, A, emax)
+    fl, gl = _h1(fam, y, n, eta0, w, v[0] - a / Lf, phi, lphi, d1, A, emax)
+    fr, gr = _h1(fam, y, n, eta0, w, v[0] + a / Lf, phi, lphi, d1, A, emax)
+    # in x = (v - v*) Lf: h(x) = f - f0, slope h'(x) = f'(v) / Lf
+    s1 = max(gl / Lf, 1e-300)
+    s2 = min(gr / Lf, -1e-300)
+    z1 = min(-a - (fl - f0) / s1, 0.0)
+    z2 = max(a - (fr - f0) / s2, 0.0)
     m1 = 1.0 / s1
     m2 = z2 - z1
     m3 = -1.0 / s2
@@ -117,8 +121,8 @@ def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, eta, l, d1, pl, state, vv):
             x = z2 + math.log(_uniform(state)) / s2
             env = s2 * (x - z2)
         vv[0] = v[0] + x / Lf
-        hx = _h(fam, y, n, eta0, w, 1, vv, phi, lphi, eta, l, d1, pl) - f0
-        if math.log(_uniform(state)) <= hx - env:
+        hx, _ = _h1(fam, y, n, eta0, w, vv[0], phi, lphi, d1, A, emax)
+        if math.log(_uniform(state)) <= hx - f0 - env:
             return tries
     return -1
 
@@ -235,6 +239,19 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
                 v[a] = 0.0
             yj = y[s0:s1]
             nj_tr = trials[s0:s1]
+            if q == 1:
+                A = d2
+                emax = np.inf
+                if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], nj_tr):
+                    emax = exp_rows(eta0, A)
+                if not find_mode_q1(fam, yj, nj_tr, eta0, w[0], v, ph, lphi, H, L, A, emax):
+                    continue
+                _seed_state(seed, s, j, state)
+                # any tangent points give a valid envelope: the curvature of the last Newton iterate will do
+                diag[s, j] = _draw_q1(fam, yj, nj_tr, eta0, w[0], v, L[0, 0], ph, lphi, d1, A, emax, state, vv)
+                for a in range(q):
+                    u[s, j, a] = T[a, 0] * vv[0]
+                continue
             if not find_mode(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, H, L, eta, d1, d2, mats, vecs):
                 continue
             # the curvature at the mode itself (find_mode's H is that of the last iterate)
@@ -244,15 +261,12 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
             if not chol(H, q, L):
                 continue
             _seed_state(seed, s, j, state)
-            if q == 1:
-                diag[s, j] = _draw_q1(fam, yj, nj_tr, eta0, w, v, L[0, 0], ph, lphi, eta, l, d1, pl, state, vv)
-            else:
-                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
+            ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
+                            props, lw, zbuf, xbuf)
+            if ess < min_ess:
+                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, big, vv,
                                 props, lw, zbuf, xbuf)
-                if ess < min_ess:
-                    ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, big, vv,
-                                    props, lw, zbuf, xbuf)
-                diag[s, j] = ess
+            diag[s, j] = ess
             for a in range(q):
                 acc = 0.0
                 for m in range(q):
