@@ -34,7 +34,7 @@ from ..errors import DataError, SpecError
 from .quadrature_families import BINOMIAL_LOGIT, BINOMIAL_PROBIT, NEGBINOMIAL_LOG, POISSON_LOG
 
 __all__ = ["QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes", "DEFAULT_NODES",
-           "ERROR_TOL", "choose_n_nodes",
+           "ERROR_TOL", "choose_n_nodes", "compile_kernels",
            "group_loglik", "group_loglik_grad", "draw_group_effects", "kernel_arrays", "family_code", "MAX_Q"]
 
 MAX_Q = 3
@@ -387,3 +387,17 @@ def choose_n_nodes(data: QuadratureData, b, sd, Cc=None, phi=None, *, tol: float
         if sds[k] <= tol:
             return k, sds
     return ref, sds
+
+
+def compile_kernels() -> float:
+    """Compile the AGHQ kernel and the draw kernel now (numba caches them on disk); returns seconds.
+
+    One call covers every family, link, q and number of nodes (they are run-time values), so
+    ``make install`` can run it once, as for the Gaussian kernel, and the first fit does not wait.
+    """
+    import time
+    t0 = time.perf_counter()
+    data = prepare(np.array([0.0, 1.0, 1.0]), np.ones((3, 1)), np.array([0, 0, 1]), family="bernoulli")
+    group_loglik_grad(data, np.zeros(1), np.ones(1), n_nodes=3)
+    draw_group_effects(data, np.zeros((1, 1)), np.ones((1, 1)), seed=0)
+    return time.perf_counter() - t0
