@@ -31,13 +31,19 @@ import numpy as np
 from scipy.special import gammaln
 
 from ..errors import DataError, SpecError
-from .quadrature_families import BINOMIAL_LOGIT, BINOMIAL_PROBIT, NEGBINOMIAL_LOG, POISSON_LOG
 
 __all__ = ["QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes", "DEFAULT_NODES",
            "ERROR_TOL", "choose_n_nodes", "compile_kernels",
            "group_loglik", "group_loglik_grad", "draw_group_effects", "kernel_arrays", "family_code", "MAX_Q"]
 
 MAX_Q = 3
+
+# the kernel's family/link codes (quadrature_families.py branches on them); defined here so that
+# this module does not import numba
+BINOMIAL_LOGIT = 0
+BINOMIAL_PROBIT = 1
+POISSON_LOG = 2
+NEGBINOMIAL_LOG = 3
 
 _CODES = {("bernoulli", "logit"): BINOMIAL_LOGIT, ("binomial", "logit"): BINOMIAL_LOGIT,
           ("bernoulli", "probit"): BINOMIAL_PROBIT, ("binomial", "probit"): BINOMIAL_PROBIT,

@@ -41,10 +41,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-BINOMIAL_LOGIT = 0
-BINOMIAL_PROBIT = 1
-POISSON_LOG = 2
-NEGBINOMIAL_LOG = 3
+from .quadrature import BINOMIAL_LOGIT, BINOMIAL_PROBIT, NEGBINOMIAL_LOG, POISSON_LOG  # noqa: F401
+
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

@@ -18,8 +18,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from ..errors import PriorError
-from .quadrature import QuadratureData, draw_group_effects
-from .quadrature_families import NEGBINOMIAL_LOG
+from .quadrature import NEGBINOMIAL_LOG, QuadratureData, draw_group_effects
 from .quadrature_op import aghq_logp, op_data
 
 __all__ = ["build_collapsed_glmm", "group_effect_draws"]
