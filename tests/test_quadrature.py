@@ -439,7 +439,8 @@ def test_cost_at_100k_rows():
         for r in range(10):
             Q.group_loglik_grad(data, b * (1 + 1e-3 * r), sd, n_nodes=k)
         costs[k] = (time.process_time() - t0) / 10
-    print("\nlogp + gradient, 100k rows / 2k groups: " + ", ".join(f"k={k}: {c * 1e3:.1f} ms" for k, c in costs.items()))
+    print("\nlogp + gradient, 100k rows / 2k groups: "
+          + ", ".join(f"k={k}: {c * 1e3:.1f} ms" for k, c in costs.items()))
     assert costs[Q.default_nodes(1)] < 0.2
 
 
@@ -456,7 +457,7 @@ def test_posterior_matches_noncentred_pymc():
     import pymc as pm
     import pytensor.tensor as pt
 
-    from bayeslmm.paths.quadrature_model import build_collapsed_glmm, group_effect_draws
+    from bayeslmm.paths.quadrature_model import build_glmm_collapsed_model, group_effect_draws
     rng = np.random.default_rng(123)
     J = 25
     sizes = rng.integers(2, 16, size=J)
@@ -466,7 +467,7 @@ def test_posterior_matches_noncentred_pymc():
     y = (rng.random(n) < special.expit(X @ np.array([-0.3, 0.8]) + rng.normal(size=J)[codes])).astype(float)
     data = Q.prepare(y, X, codes, None, family="bernoulli")
     kw = dict(draws=500, tune=500, chains=2, cores=2, random_seed=1, progressbar=False, nuts_sampler="pymc")
-    collapsed = build_collapsed_glmm(data, b_prior=pm.Normal.dist(0, 2.5, shape=2),
+    collapsed = build_glmm_collapsed_model(data, b_prior=pm.Normal.dist(0, 2.5, shape=2),
                                      sd_prior=pm.HalfNormal.dist(1.0, shape=1))
     post_c = pm.sample(model=collapsed, **kw).posterior.to_dataset()
     u = group_effect_draws(post_c, data, seed=2)

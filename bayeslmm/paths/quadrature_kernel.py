@@ -63,7 +63,8 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
     (logL, dphi, ok).
 
-    Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the phi-derivatives of l, dl, d2l
+    Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
+    phi-derivatives of l, dl, d2l
     (ls is reused for the nodes' l once S0 is summed); nd1, npl the nodes' l' and dl/dphi; acc_e
     and acc_o (q, m) the softmax-weighted sums over nodes. All contiguous, so the row loops
     vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),

@@ -19,8 +19,8 @@ import numpy as np
 
 from .quadrature_families import fam_newton, newton_q1, newton_q1_intercept
 
-__all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower", "solve_upper_t",
-           "chol_adjoint", "NEWTON_TOL", "MAX_NEWTON"]
+__all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower",
+           "solve_upper_t", "chol_adjoint", "NEWTON_TOL", "MAX_NEWTON"]
 
 NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one last step is taken:
                         # quadratic convergence leaves an error ~1e-12 after it

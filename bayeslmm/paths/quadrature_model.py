@@ -1,6 +1,6 @@
 """A PyMC model with each group's effects integrated out by AGHQ, from arrays and prior distributions.
 
-The array-level builder the formula front end will call (:func:`build_collapsed_glmm`), and
+The array-level builder the formula front end will call (:func:`build_glmm_collapsed_model`), and
 :func:`group_effect_draws`, which adds the group effects to a posterior afterwards. Free variables:
 ``b`` (p,), ``sd`` (q,), ``cpc`` (the LKJ partial correlations, q > 1; the same construction as
 :func:`bayeslmm.graph.lkj_cholesky`) and ``phi`` (negative binomial). The likelihood is a
@@ -21,7 +21,7 @@ from ..errors import PriorError
 from .quadrature import NEGBINOMIAL_LOG, QuadratureData, draw_group_effects
 from .quadrature_op import aghq_logp, op_data
 
-__all__ = ["build_collapsed_glmm", "group_effect_draws"]
+__all__ = ["build_glmm_collapsed_model", "group_effect_draws"]
 
 
 def _register(model: pm.Model, dist, name: str, shape: tuple, what: str):
@@ -33,8 +33,8 @@ def _register(model: pm.Model, dist, name: str, shape: tuple, what: str):
     return model.register_rv(dist, name)
 
 
-def build_collapsed_glmm(data: QuadratureData, *, b_prior, sd_prior, lkj_eta: float = 2.0, phi_prior=None,
-                         n_nodes: int | None = None, linked: bool = True) -> pm.Model:
+def build_glmm_collapsed_model(data: QuadratureData, *, b_prior, sd_prior, lkj_eta: float = 2.0,
+                               phi_prior=None, n_nodes: int | None = None, linked: bool = True) -> pm.Model:
     """The GLMM with its group effects integrated out, as a ``pm.Model``.
 
     Parameters
@@ -56,7 +56,8 @@ def build_collapsed_glmm(data: QuadratureData, *, b_prior, sd_prior, lkj_eta: fl
     >>> import numpy as np, pymc as pm
     >>> from bayeslmm.paths.quadrature import prepare
     >>> d = prepare([0, 1, 1, 0], np.ones((4, 1)), np.array([0, 0, 1, 1]), family="bernoulli")
-    >>> m = build_collapsed_glmm(d, b_prior=pm.Normal.dist(0, 2.5, shape=1), sd_prior=pm.HalfNormal.dist(1, shape=1))
+    >>> m = build_glmm_collapsed_model(d, b_prior=pm.Normal.dist(0, 2.5, shape=1),
+    ...                                sd_prior=pm.HalfNormal.dist(1, shape=1))
     >>> sorted(v.name for v in m.free_RVs)
     ['b', 'sd']
     """

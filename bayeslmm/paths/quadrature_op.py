@@ -11,7 +11,7 @@ the model from Rust threads that would wait for the GIL at every object-mode cal
 through numba's object mode, which saves linking it into every enclosing compiled function (a cold
 PyTensor cache compiled in 15 s instead of 33 s here) but each call was ~1.7x slower at 100,000
 rows (13.7 against 8 ms, identical arguments, interleaved; unexplained), so
-:func:`~bayeslmm.paths.quadrature_model.build_collapsed_glmm` links by default.
+:func:`~bayeslmm.paths.quadrature_model.build_glmm_collapsed_model` links by default.
 """
 
 from __future__ import annotations
