@@ -43,8 +43,8 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import (BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG, exp_rows, fam_mode, fam_node, mode_q1,
-                                  mode_q1_intercept, nb_phi_part, node_q1, node_q1_intercept, unit_rows)
+from .quadrature_families import (BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG, exp_rows, fam_mode, mode_q1,
+                                  mode_q1_intercept, nb_phi_part, node_q1, node_q1_intercept, node_q3, unit_rows)
 from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
                               solve_lower, solve_upper_t)
 
@@ -56,6 +56,20 @@ _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", 
 # --------------------------------------------------------------------------------------------
 # One group
 # --------------------------------------------------------------------------------------------
+@numba.njit(**_NJIT)
+def _accumulate(acc_e, acc_o, q, d, wk, vk):
+    """acc_e += wk d, acc_o[a] += wk vk[a] d (a < q; acc_o has 3 rows), in one loop."""
+    c0 = wk * vk[0]
+    c1 = wk * vk[1] if q > 1 else 0.0
+    c2 = wk * vk[2] if q > 2 else 0.0
+    o0, o1, o2 = acc_o[0], acc_o[1], acc_o[2]
+    for i in range(d.shape[0]):
+        acc_e[i] += wk * d[i]
+        o0[i] += c0 * d[i]
+        o1[i] += c1 * d[i]
+        o2[i] += c2 * d[i]
+
+
 @numba.njit(**_NJIT)
 def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
            eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km):
@@ -111,16 +125,14 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
             S, P[k], G[k, 0] = node_q1(fam, y, n, eta0, w[0], VK[k, 0], phi, lphi, nd1)
             dk = nd1
         else:
-            linpred(eta0, w, VK[k], eta)
-            fam_node(fam, y, n, eta, phi, lphi, ls, nd1, npl)
-            S = rowsum(ls)
-            P[k] = rowsum(npl)
+            w2 = w[2] if q == 3 else w[1]
+            v2 = VK[k, 2] if q == 3 else 0.0
+            S, P[k], g0, g1, g2 = node_q3(fam, y, n, eta0, w[0], w[1], w2, VK[k, 0], VK[k, 1], v2, phi, lphi, nd1)
+            G[k, 0] = g0
+            G[k, 1] = g1
+            if q == 3:
+                G[k, 2] = g2
             dk = nd1
-            for a in range(q):
-                sg = 0.0
-                for i in range(nj):
-                    sg += dk[i] * w[a, i]
-                G[k, a] = sg
         vk2 = 0.0
         for a in range(q):
             vk2 += VK[k, a] * VK[k, a]
@@ -140,12 +152,7 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
         wk = math.exp(lw[k] - ref)
         tot += wk
         if want_grad:
-            for i in range(nj):
-                acc_e[i] += wk * dk[i]
-            for a in range(q):
-                c = wk * VK[k, a]
-                for i in range(nj):
-                    acc_o[a, i] += c * dk[i]
+            _accumulate(acc_e, acc_o, q, dk, wk, VK[k])
     logL = -logdet + ref + math.log(tot)
     if not want_grad:
         return logL, 0.0, True
@@ -344,7 +351,8 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     for j in range(J):
         maxn = max(maxn, starts[j + 1] - starts[j])
     work = np.empty(12 * maxn)
-    work_q = np.empty(3 * q * maxn)
+    work_q = np.empty(2 * q * maxn)
+    work_o = np.empty(3 * maxn)
     M = nodes.shape[0]
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
@@ -364,8 +372,8 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         eta0 = work[0:nj]
         ge = work[11 * nj:12 * nj]
         w = work_q[0:q * nj].reshape((q, nj))
-        acc_o = work_q[q * nj:2 * q * nj].reshape((q, nj))
-        gw = work_q[2 * q * nj:3 * q * nj].reshape((q, nj))
+        gw = work_q[q * nj:2 * q * nj].reshape((q, nj))
+        acc_o = work_o[:3 * nj].reshape((3, nj))
         for i in range(nj):
             eta0[i] = offset[s0 + i]
         for k in range(p):
