@@ -26,9 +26,20 @@ bernoulli probit, SD 1.65, J=300 x 1-30    7.1e-1  2.2e-1  5.7e-2  1.0e-2  2.0e-
 poisson log, SD 1, J=200 x 1-20            5.2e-2  5.3e-3  3.3e-4  5.9e-5  5.0e-5  2.1e-6
 =========================================  ======  ======  ======  ======  ======  ======
 
-Two terms (binomial, trials 1-10, SD (1, 0.5), J=100 x 2-15): k=3 2.3e-2, k=4 2.4e-3, k=5
-1.9e-3, k=7 1.2e-4. Three terms (bernoulli, SD (1, .5, .5), J=150 x 3-25): k=3 9.0e-2, k=4
-1.6e-2, k=5 6.9e-3. Pruning the product grid's low-weight nodes cost more accuracy than it saved.
+Two and three terms, nodes per axis (k^q nodes in all), 120 groups of 1-30 rows unless stated:
+
+==============================================  ======  ======  ======  ======
+design                                          k=3     k=4     k=5     k=7
+==============================================  ======  ======  ======  ======
+binomial logit, trials 1-10, SD (1, .5), J=100  2.3e-2  2.4e-3  1.9e-3  1.2e-4
+bernoulli logit, SD (1.5, .7)                   1.1e-1  1.7e-2  1.4e-2  1.8e-3
+bernoulli probit, SD (1.2, .6)                  1.5e-1  2.6e-2  2.9e-2  4.2e-3
+negative binomial, SD (.8, .4)                  1.9e-2  1.3e-3
+bernoulli logit, three terms SD (1, .5, .5)     9.6e-2  1.6e-2  1.2e-2  1.1e-3
+==============================================  ======  ======  ======  ======
+
+Pruning the product grid's low-weight nodes cost more accuracy than it saved. Since the total
+error adds up over groups, ``auto_n_nodes`` checks the candidates on each data set before sampling.
 """
 
 from __future__ import annotations
@@ -262,50 +273,34 @@ def test_gradient_matches_finite_differences(family, link, q):
 # --------------------------------------------------------------------------------------------
 # The default number of nodes
 # --------------------------------------------------------------------------------------------
-def _posterior_like_draws(data, q, n_draws, seed, k_fit):
-    """Draws of (b, sd, C) from a Laplace approximation of the posterior (flat priors on b, log sd,
-    atanh r), fitted with the kernel's own gradient."""
-    p = data.p
-
-    def unpack(th):
-        C = np.eye(q)
-        if q == 2:
-            r = np.tanh(th[p + q])
-            C = np.array([[1.0, 0.0], [r, np.sqrt(1 - r * r)]])
-        return th[:p], np.exp(th[p:p + q]), C
-
-    def nll(th):
-        b, sd, C = unpack(th)
-        o = Q.group_loglik_grad(data, b, sd, C, n_nodes=k_fit)
-        g = np.concatenate([o["b"], o["sd"] * sd])
-        if q == 2:
-            r = np.tanh(th[p + q])
-            g = np.append(g, np.sum(o["Cc"] * np.array([[0, 0], [1, -r / np.sqrt(1 - r * r)]])) * (1 - r * r))
-        return -o["logl"].sum(), -g
-    th0 = np.zeros(p + q + (q == 2))
-    fit = optimize.minimize(nll, th0, jac=True, method="BFGS")
-    k = len(th0)
-    H = np.array([(nll(fit.x + 1e-4 * e)[1] - nll(fit.x - 1e-4 * e)[1]) / 2e-4 for e in np.eye(k)])
-    ths = np.random.default_rng(seed).multivariate_normal(fit.x, np.linalg.inv((H + H.T) / 2), size=n_draws)
-    parts = [unpack(t) for t in ths]
-    return (np.array([x[0] for x in parts]), np.array([x[1] for x in parts]), np.array([x[2] for x in parts]))
-
-
 @pytest.mark.parametrize("family,link,q,sd", [("bernoulli", "logit", 1, [2.0]), ("bernoulli", "probit", 1, [1.5]),
-                                              ("binomial", "logit", 2, [1.0, 0.5])])
+                                              ("binomial", "logit", 2, [1.0, 0.5]),
+                                              ("bernoulli", "logit", 2, [1.5, 0.7])])
 def test_default_nodes_meet_the_bound(family, link, q, sd):
-    """The SD over posterior draws of the total log-likelihood error is <= ERROR_TOL (0.01) with the
-    default nodes on hard designs (SD up to 2 on the link scale, groups of 1-30 rows, all-zero and
-    all-one groups), and a too-small rule (3 per axis) fails the same check (negative control)."""
+    """The SD over posterior-like draws (a Laplace sketch of the likelihood) of the total
+    log-likelihood error is <= ERROR_TOL (0.01) with the default nodes on hard designs (SD up to 2
+    on the link scale, 120 groups of 1-30 rows, all-zero and all-one groups), and a too-small rule
+    (3 per axis) fails the same check (negative control)."""
+    from bayeslmm.paths.quadrature_nodes import posterior_sketch
     rng = np.random.default_rng(20)
     sizes = rng.integers(1, 31, size=120)
     data, _ = make_design(family, link, q, sizes, sd, seed=21)
-    b, sds, Cs = _posterior_like_draws(data, q, 40, seed=22, k_fit=Q.default_nodes(q))
-    k, table = Q.choose_n_nodes(data, b, sds, Cs, candidates=[3, Q.default_nodes(q)])
+    sk = posterior_sketch(data, n_draws=30, seed=22)
+    k, table = Q.choose_n_nodes(data, sk["b"], sk["sd"], sk["Cc"], candidates=[3, Q.default_nodes(q)])
     print(f"\n{family}/{link} q={q}: SD over the posterior of the total error: {table}")
     assert table[Q.default_nodes(q)] <= Q.ERROR_TOL
     assert table[3] > Q.ERROR_TOL
     assert k == Q.default_nodes(q)
+
+
+def test_auto_n_nodes_picks_fewer_nodes_where_the_data_allow():
+    """Negative binomial with two terms: the check on the data settles for 4 per axis (16 nodes
+    instead of the default 49), and 4 does meet the bound against the reference."""
+    from bayeslmm.paths.quadrature_nodes import auto_n_nodes
+    rng = np.random.default_rng(20)
+    data, _ = make_design("negbinomial", "log", 2, rng.integers(1, 31, size=120), [0.8, 0.4], seed=26)
+    k, table = auto_n_nodes(data, candidates=[3, 4, 5, 7])
+    assert k == 4 and table[4] <= Q.ERROR_TOL < table[3]
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ _CODES = {("bernoulli", "logit"): BINOMIAL_LOGIT, ("binomial", "logit"): BINOMIA
 _DEFAULT_LINK = {"bernoulli": "logit", "binomial": "logit", "poisson": "log", "negbinomial": "log"}
 
 #: Default nodes per axis by q (product rule, k^q nodes in all); see :func:`default_nodes`.
-DEFAULT_NODES = {1: 11, 2: 5, 3: 5}
+DEFAULT_NODES = {1: 11, 2: 7, 3: 7}
 
 #: The accuracy the defaults were chosen for: the SD, over the posterior, of the error of the total
 #: log-likelihood. Reweighting a posterior by e^E moves a posterior mean by at most sd(E) posterior
@@ -61,18 +61,23 @@ ERROR_TOL = 0.01
 
 
 def default_nodes(q: int) -> int:
-    """Nodes per axis used when none are given: 11 for one term, 5 for two or three (25 or 125 nodes).
+    """Nodes per axis used when none are given: 11 for one term, 7 for two or three (49 or 343 nodes).
 
-    Chosen by a measured criterion (tests/test_quadrature.py, ``test_default_nodes_meet_the_bound``;
-    numbers from the study in its docstring): with draws of (b, sd, C) from the posterior, the SD of
+    Chosen by a measured criterion (tests/test_quadrature.py, ``test_default_nodes_meet_the_bound``,
+    and the study in its docstring): with draws of (b, sd, C) near the posterior, the SD of
     E = sum_j (log L_j by AGHQ - log L_j exact) is below :data:`ERROR_TOL` = 0.01 on every study
-    design: bernoulli logit with SD 1 and 2.2, probit with SD 1.65, Poisson, binomial with trials and
-    two correlated terms, bernoulli with three terms, groups of 1 to 50 rows, all-zero and all-one
-    groups included. The per-group error is then below about 1e-3 (large SD, all-zero groups) and
-    below 1e-5 for SD <= 1. One node per axis is the Laplace approximation, whose error SD was 0.1 to
-    0.8 on the same designs (biased variance components), which is why it is never the default.
-    Eleven nodes for one term is also GLMMadaptive's default. :func:`choose_n_nodes` picks the
-    smallest sufficient number for a given data set (7 sufficed for bernoulli groups of 50 rows).
+    design: bernoulli logit with SD 1 and 2.2, probit with SD 1.65, Poisson, binomial with trials,
+    bernoulli and probit with two or three terms (SDs up to 1.5), groups of 1 to 50 rows, all-zero
+    and all-one groups included. Two or three terms needed 7 per axis on bernoulli/probit groups of
+    1-30 rows (5 gave 0.012-0.029), while binomial and count designs met the bound with 4. One node
+    is the Laplace approximation, whose error SD was 0.1 to 0.8 on the same designs (biased
+    variance components), which is why it is never the default. Eleven nodes for one term is also
+    GLMMadaptive's default.
+
+    The error of the total adds up over groups, so no fixed number bounds it for every data set:
+    :func:`bayeslmm.paths.quadrature_nodes.auto_n_nodes` checks the candidates on the data before
+    sampling (a second or two on these designs) and usually needs fewer nodes (7 sufficed for
+    bernoulli groups of 50 rows, 4 for the negative binomial with two terms).
     """
     if not 1 <= q <= MAX_Q:
         raise SpecError(f"the quadrature path handles 1 to {MAX_Q} group-level terms per factor, got {q}; "
