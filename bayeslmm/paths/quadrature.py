@@ -34,7 +34,8 @@ from ..errors import DataError, SpecError
 
 __all__ = ["QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes", "DEFAULT_NODES",
            "ERROR_TOL", "choose_n_nodes", "compile_kernels",
-           "group_loglik", "group_loglik_grad", "draw_group_effects", "kernel_arrays", "family_code", "MAX_Q"]
+           "group_loglik", "group_loglik_grad", "draw_group_effects", "kernel_arrays", "node_table", "family_code",
+           "MAX_Q"]
 
 MAX_Q = 3
 
@@ -295,27 +296,52 @@ def _params(data: QuadratureData, b, sd, Cc, phi):
     return b, sd, Cc, np.array(float(phi))
 
 
-def kernel_arrays(data: QuadratureData, rule: NodeRule) -> list[np.ndarray]:
-    """The kernel's data arguments after ``v0``: y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const."""
-    if rule.q != data.q:
-        raise SpecError(f"a rule for q = {rule.q} does not fit data with q = {data.q}")
-    ictl = np.array([data.code, rule.center], dtype=np.int64)
-    return [data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl, rule.nodes, rule.lwn, data.const]
+def node_table(data: QuadratureData, n_nodes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's node arrays for ``n_nodes`` per axis, one number or one per group (J,).
+
+    Returns (nodes (M, q), lwn (M,), rules (R, 3) [first, end, centre or -1], rule_of (J,)): the
+    distinct rules one after another, and which one each group uses.
+    """
+    q, J = data.q, data.n_groups
+    k = default_nodes(q) if n_nodes is None else n_nodes
+    if np.ndim(k) and np.shape(k) != (J,):
+        raise SpecError(f"n_nodes must be one number or one per group ({J}), got shape {np.shape(k)}")
+    ks = np.broadcast_to(np.asarray(k), (J,))
+    distinct, rule_of = np.unique(ks, return_inverse=True)
+    if len(distinct) == 0:
+        distinct = np.array([default_nodes(q)])
+    parts, lws, rules, start = [], [], [], 0
+    for k in distinct:
+        r = gauss_hermite_rule(k, q)
+        parts.append(r.nodes)
+        lws.append(r.lwn)
+        rules.append((start, start + len(r.lwn), r.center))
+        start += len(r.lwn)
+    return (np.ascontiguousarray(np.concatenate(parts)), np.ascontiguousarray(np.concatenate(lws)),
+            np.array(rules, dtype=np.int64).reshape(-1, 3), np.ascontiguousarray(rule_of.reshape(-1), dtype=np.int64))
+
+
+def kernel_arrays(data: QuadratureData, n_nodes=None) -> list[np.ndarray]:
+    """The kernel's data arguments after ``v0``: y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn,
+    rules, rule_of, const (``n_nodes`` as in :func:`node_table`)."""
+    nodes, lwn, rules, rule_of = node_table(data, n_nodes)
+    ictl = np.array([data.code], dtype=np.int64)
+    return [data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl, nodes, lwn, rules, rule_of,
+            data.const]
 
 
 def _run(data, b, sd, Cc, phi, n_nodes, weights, grad, start):
     from .quadrature_kernel import aghq_kernel
-    rule = gauss_hermite_rule(default_nodes(data.q) if n_nodes is None else n_nodes, data.q)
     b, sd, Cc, phi = _params(data, b, sd, Cc, phi)
     J = data.n_groups
     w = np.ones(J) if weights is None else np.ascontiguousarray(weights, dtype=float)
     v0 = np.zeros((J, data.q)) if start is None else np.ascontiguousarray(start, dtype=float).reshape(J, data.q)
-    return aghq_kernel(np.array(int(grad)), w, b, sd, Cc, phi, v0, *kernel_arrays(data, rule))
+    return aghq_kernel(np.array(int(grad)), w, b, sd, Cc, phi, v0, *kernel_arrays(data, n_nodes))
 
 
-def group_loglik(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes: int | None = None,
-                 start=None) -> np.ndarray:
-    """log L_j for every group (J,), by AGHQ with ``n_nodes`` per axis (default :func:`default_nodes`).
+def group_loglik(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes=None, start=None) -> np.ndarray:
+    """log L_j for every group (J,), by AGHQ with ``n_nodes`` per axis (default :func:`default_nodes`;
+    one number, or one per group).
 
     ``sd`` (q,) and ``Cc`` (q, q) the lower Cholesky factor of the terms' correlation (None: the
     identity); ``phi`` the negative-binomial dispersion (ignored by the other families); ``start``
@@ -325,8 +351,8 @@ def group_loglik(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes: int 
     return _run(data, b, sd, Cc, phi, n_nodes, None, False, start)[0]
 
 
-def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes: int | None = None,
-                      weights=None, start=None) -> dict[str, np.ndarray]:
+def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes=None, weights=None,
+                      start=None) -> dict[str, np.ndarray]:
     """log L_j (J,) and the gradient of sum_j weights_j log L_j (weights default to ones).
 
     Returns a dict with ``logl`` (J,), ``b`` (p,), ``sd`` (q,), ``Cc`` (q, q), ``phi`` (), and
@@ -364,7 +390,7 @@ def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: 
     Cc = (np.broadcast_to(np.eye(q), (S, q, q)).copy() if Cc is None
           else np.ascontiguousarray(np.asarray(Cc, dtype=float).reshape(S, q, q)))
     phi = np.ones(S) if phi is None else np.ascontiguousarray(np.asarray(phi, dtype=float).reshape(S))
-    ictl = np.array([data.code, -1], dtype=np.int64)
+    ictl = np.array([data.code], dtype=np.int64)
     return draw_kernel(b, sd, Cc, phi, data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl,
                        int(seed) & 0x7FFFFFFFFFFFFFFF, int(n_proposals), float(min_ess))
 

@@ -316,7 +316,8 @@ def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
 # All groups
 # --------------------------------------------------------------------------------------------
 @numba.njit(**_NJIT)
-def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const):
+def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of,
+                const):
     """Per-group AGHQ log-likelihoods and the wgt-weighted gradient.
 
     Parameters
@@ -327,8 +328,10 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     v0 : (J, q) Newton starting points in the standardised scale (zeros for a cold start).
     y, trials, offset (n,), Xt (p, n), Zt (q, n): rows sorted by group (X and Z transposed, so
         that the loops over a group's rows vectorise); starts (J + 1,).
-    ictl : int64 [family code, index of the node at z = 0 or -1].
-    nodes (M, q), lwn (M,): standard-normal product nodes and log W_k + z_k'z_k / 2.
+    ictl : int64 [family code].
+    nodes (M, q), lwn (M,): standard-normal product nodes and log W_k + z_k'z_k / 2, the rules one
+        after another; rules (R, 3) int64 [first, end, index of the node at z = 0 or -1] of each
+        rule in them; rule_of (J,) the rule of each group (groups may use different numbers of nodes).
     const : (J,) data-only log-density constants per group (log binomial coefficients, -log y!).
 
     Returns
@@ -336,7 +339,6 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     (logL (J,), d/db (p,), d/dsd (q,), d/dCc (q, q), d/dphi (), modes (J, q))
     """
     fam = ictl[0]
-    center = ictl[1]
     want_grad = grad[()] != 0
     J = starts.shape[0] - 1
     p = Xt.shape[0]
@@ -353,7 +355,9 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     work = np.empty(12 * maxn)
     work_q = np.empty(2 * q * maxn)
     work_o = np.empty(3 * maxn)
-    M = nodes.shape[0]
+    M = 1
+    for r in range(rules.shape[0]):
+        M = max(M, rules[r, 1] - rules[r, 0])
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
     kq = np.zeros((3, M, q))
@@ -368,6 +372,9 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         s0 = starts[j]
         s1 = starts[j + 1]
         nj = s1 - s0
+        r0, r1, center = rules[rule_of[j], 0], rules[rule_of[j], 1], rules[rule_of[j], 2]
+        nodes_j = nodes[r0:r1]
+        lwn_j = lwn[r0:r1]
         # contiguous per-group views of the scratch (2-D ones by reshaping a flat slice)
         eta0 = work[0:nj]
         ge = work[11 * nj:12 * nj]
@@ -394,12 +401,12 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
             emax = np.inf
             if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], trials[s0:s1]):
                 emax = exp_rows(eta0, A)
-            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes, lwn,
+            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes_j, lwn_j,
                                        center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
                                        work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
                                        A, emax)
         else:
-            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes, lwn,
+            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes_j, lwn_j,
                                     center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
                                     work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
                                     work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],

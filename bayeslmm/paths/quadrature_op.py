@@ -27,29 +27,29 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
-from .quadrature import NodeRule, QuadratureData, gauss_hermite_rule, default_nodes, kernel_arrays
+from .quadrature import QuadratureData, kernel_arrays
 from .quadrature_kernel import aghq_kernel
 
 __all__ = ["AGHQLogLik", "aghq_logp", "op_data", "DATA_NAMES"]
 
 N_PARAMS = 4          # b, sd, C_chol, phi; after (grad, w), before the data arrays
 FIRST = 2
-DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "const")
+DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "rules", "rule_of", "const")
 
 
 @numba.njit(cache=True, nogil=True)
-def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const):
+def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, const):
     """:func:`aghq_kernel` from a cold start (v0 = 0), without the modes: the Op's five outputs."""
     v0 = np.zeros((starts.shape[0] - 1, Zt.shape[0]))
     lp, gb, gsd, gC, gphi, _ = aghq_kernel(grad, w, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl,
-                                           nodes, lwn, const)
+                                           nodes, lwn, rules, rule_of, const)
     return lp, gb, gsd, gC, gphi
 
 
 class AGHQLogLik(Op):
     """Inputs (grad, w, b, sd, C_chol, phi, *data), outputs (logL (J,), d/db, d/dsd, d/dC_chol, d/dphi).
 
-    ``data`` are the ten arrays of :func:`op_data` in the order of :data:`DATA_NAMES`.
+    ``data`` are the twelve arrays of :func:`op_data` in the order of :data:`DATA_NAMES`.
     """
 
     __props__ = ("linked",)
@@ -83,7 +83,7 @@ class AGHQLogLik(Op):
                 + [disconnected_type() for _ in inputs[FIRST + N_PARAMS:]])
 
 
-_INT = (0, 11, 12)        # grad, starts, ictl: int64; the rest float64
+_INT = (0, 11, 12, 15, 16)        # grad, starts, ictl, rules, rule_of: int64; the rest float64
 
 
 def _call_kernel(*args):
@@ -99,10 +99,11 @@ _OUT_TYPE = numba.types.Tuple([_F64[1], _F64[1], _F64[1], _F64[2], _F64[0]])
 
 
 @numba.njit(cache=True)
-def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const):
+def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, const):
     # object mode: see the module docstring (and marginal_kernel._op_impl for the measured why)
     with numba.objmode(out=_OUT_TYPE):
-        out = _call_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, const)
+        out = _call_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules,
+                           rule_of, const)
     return out
 
 
@@ -119,10 +120,12 @@ def _numba_aghq(op, node, **kwargs):
     return (op_kernel if op.linked else _op_impl), _SOURCE_KEY
 
 
-def op_data(data: QuadratureData, n_nodes: int | None = None) -> dict[str, np.ndarray]:
-    """The Op's data arrays by name (:data:`DATA_NAMES`), for ``pytensor.shared`` or constants."""
-    rule: NodeRule = gauss_hermite_rule(default_nodes(data.q) if n_nodes is None else n_nodes, data.q)
-    return dict(zip(DATA_NAMES, kernel_arrays(data, rule)))
+def op_data(data: QuadratureData, n_nodes=None) -> dict[str, np.ndarray]:
+    """The Op's data arrays by name (:data:`DATA_NAMES`), for ``pytensor.shared`` or constants.
+
+    ``n_nodes``: nodes per axis, one number or one per group (J,); default :func:`default_nodes`.
+    """
+    return dict(zip(DATA_NAMES, kernel_arrays(data, n_nodes)))
 
 
 def aghq_logp(b, sd, Cc, phi, *data, linked: bool = False):
