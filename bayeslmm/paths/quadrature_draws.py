@@ -31,8 +31,9 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import (BINOMIAL_LOGIT, POISSON_LOG, exp_rows, fam_newton, fam_node, node_q1,
-                                  node_q1_intercept, unit_rows)
+from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
+from .quadrature_families import fam_newton, fam_node
+from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, unit_rows
 from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum, solve_upper_t
 
 __all__ = ["draw_kernel", "T_DF"]

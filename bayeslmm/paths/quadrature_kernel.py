@@ -43,8 +43,9 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import (BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG, exp_rows, fam_mode, mode_q1,
-                                  mode_q1_intercept, nb_phi_part, node_q1, node_q1_intercept, node_q3, unit_rows)
+from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
+from .quadrature_families import fam_mode, nb_phi_part
+from .quadrature_fused import exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, node_q3, unit_rows
 from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
                               solve_lower, solve_upper_t)
 

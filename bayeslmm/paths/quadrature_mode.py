@@ -17,7 +17,8 @@ import math
 import numba
 import numpy as np
 
-from .quadrature_families import fam_newton, newton_q1, newton_q1_intercept
+from .quadrature_families import fam_newton
+from .quadrature_fused import newton_q1, newton_q1_intercept
 
 __all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower",
            "solve_upper_t", "chol_adjoint", "NEWTON_TOL", "MAX_NEWTON"]
