@@ -614,3 +614,24 @@ def test_nodes_chosen_per_group_meet_the_bound_on_fresh_draws():
     assert np.std(err) <= Q.ERROR_TOL
     sizes = data.group_sizes
     assert np.sum(sizes * ks ** 2) < 0.7 * np.sum(sizes * info["uniform"] ** 2)
+
+
+def test_collapsed_model_logp_is_the_kernel_sum():
+    """build_glmm_collapsed_model with two correlated terms and a negative binomial: the likelihood
+    term at a point equals the sum of the kernel's group log-likelihoods at that point's b, sd,
+    correlation factor and phi."""
+    import pymc as pm
+
+    from bayeslmm.paths.quadrature_model import build_glmm_collapsed_model
+    data, _ = make_design("negbinomial", "log", 2, [2, 5, 9], [0.6, 0.3], seed=120)
+    model = build_glmm_collapsed_model(data, b_prior=pm.Normal.dist(0, 2.5, shape=2),
+                                       sd_prior=pm.HalfNormal.dist(1.0, shape=2), phi_prior=pm.Gamma.dist(2, 0.1),
+                                       n_nodes=5)
+    assert sorted(v.name for v in model.free_RVs) == ["b", "cpc", "phi", "sd"]
+    point = {"b": np.array([0.2, -0.1]), "sd_log__": np.log([0.6, 0.3]), "cpc": np.array([0.4]),
+             "phi_log__": np.log(3.0)}
+    lik = model.compile_logp(vars=[model["y_collapsed"]], jacobian=False)(point)
+    Cc = model.compile_fn(model["cor_chol"], inputs=[model["cpc"]], point_fn=False)(point["cpc"])
+    ref = Q.group_loglik(data, point["b"], [0.6, 0.3], Cc, 3.0, n_nodes=5).sum()
+    np.testing.assert_allclose(lik, ref, rtol=1e-12)
+    assert abs(Cc[1, 0] - np.tanh(0.4)) < 1e-12

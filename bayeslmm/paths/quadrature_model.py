@@ -61,7 +61,10 @@ def build_glmm_collapsed_model(data: QuadratureData, *, b_prior, sd_prior, lkj_e
     >>> sorted(v.name for v in m.free_RVs)
     ['b', 'sd']
     """
-    from ..graph import lkj_cholesky
+    try:                                   # main after the restructuring
+        from .blocks import lkj_cholesky
+    except ImportError:                    # this branch's base
+        from ..graph import lkj_cholesky
     p, q, J = data.p, data.q, data.n_groups
     nb = data.code == NEGBINOMIAL_LOG
     if nb and phi_prior is None:
