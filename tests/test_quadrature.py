@@ -367,19 +367,22 @@ def test_draws_are_seeded():
 # --------------------------------------------------------------------------------------------
 # The PyTensor Op
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("linked", [False, True])
-def test_op_matches_kernel_in_one_call(linked):
+def test_op_matches_kernel_in_one_call():
     """The Op's log-likelihood and gradient equal the numpy kernel's, and the compiled function
-    holds a single kernel application (value and gradient merged: one call per NUTS step)."""
+    holds a single kernel application (value and gradient merged: one call per NUTS step).
+    Python linker: the Op's own perform (the numba-linked dispatch is what every fit runs, e.g.
+    tests/test_families.py and tests/test_quadrature_path.py; compiling it here cost ~90 s cold)."""
     import pytensor
     import pytensor.tensor as pt
+    from pytensor.compile.mode import Mode
 
     from bayeslmm.paths.quadrature_op import AGHQLogLik, aghq_logp, op_data
     data, _ = make_design("negbinomial", "log", 2, [1, 3, 10], [0.7, 0.4], seed=60)
     b, sd, C, phi = pt.vector("b"), pt.vector("sd"), pt.matrix("C"), pt.scalar("phi")
     shared = [pytensor.shared(v, name=k, shape=(None,) * np.ndim(v)) for k, v in op_data(data, 5).items()]
-    lp = aghq_logp(b, sd, C, phi, *shared, linked=linked).sum()
-    f = pytensor.function([b, sd, C, phi], [lp] + pytensor.grad(lp, [b, sd, C, phi]))
+    lp = aghq_logp(b, sd, C, phi, *shared, linked=True).sum()
+    f = pytensor.function([b, sd, C, phi], [lp] + pytensor.grad(lp, [b, sd, C, phi]),
+                          mode=Mode(linker="py", optimizer="fast_run"))
     bv, sv, Cv = np.array([0.1, 0.2]), np.array([0.7, 0.4]), np.array([[1.0, 0.0], [0.6, 0.8]])
     out = f(bv, sv, Cv, np.array(2.0))
     ref = Q.group_loglik_grad(data, bv, sv, Cv, 2.0, n_nodes=5)
@@ -442,48 +445,6 @@ def test_cost_at_100k_rows():
 # --------------------------------------------------------------------------------------------
 # The posterior against a plain non-centred PyMC model
 # --------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_posterior_matches_noncentred_pymc():
-    """Bernoulli random intercept, 25 groups of 2-15 rows: the collapsed model (AGHQ, 11 nodes) and
-    a hand-written non-centred PyMC model with the same priors, 2 chains x 500 draws each (500 tune,
-    PyMC's NUTS, seeded), agree on the posterior means of b, sd and five groups' effects within
-    4 combined Monte Carlo SEs (two-sided false-alarm rate ~6e-5 per comparison, 8 comparisons)."""
-    import arviz as az
-    import pymc as pm
-    import pytensor.tensor as pt
-
-    from bayeslmm.paths.quadrature_model import build_glmm_collapsed_model, group_effect_draws
-    rng = np.random.default_rng(123)
-    J = 25
-    sizes = rng.integers(2, 16, size=J)
-    n = int(sizes.sum())
-    codes = np.repeat(np.arange(J), sizes)
-    X = np.column_stack([np.ones(n), rng.normal(size=n)])
-    y = (rng.random(n) < special.expit(X @ np.array([-0.3, 0.8]) + rng.normal(size=J)[codes])).astype(float)
-    data = Q.prepare(y, X, codes, None, family="bernoulli")
-    kw = dict(draws=500, tune=500, chains=2, cores=2, random_seed=1, progressbar=False, nuts_sampler="pymc")
-    collapsed = build_glmm_collapsed_model(data, b_prior=pm.Normal.dist(0, 2.5, shape=2),
-                                     sd_prior=pm.HalfNormal.dist(1.0, shape=1))
-    post_c = pm.sample(model=collapsed, **kw).posterior.to_dataset()
-    u = group_effect_draws(post_c, data, seed=2)
-    with pm.Model() as noncentred:
-        b = pm.Normal("b", 0, 2.5, shape=2)
-        sd = pm.HalfNormal("sd", 1.0, shape=1)
-        z = pm.Normal("z", 0, 1, shape=J)
-        pm.Deterministic("r", z * sd[0])
-        pm.Bernoulli("y", logit_p=pt.dot(X, b) + (z * sd[0])[codes], observed=y)
-    post_n = pm.sample(model=noncentred, **kw).posterior.to_dataset()
-
-    def stats_of(x):
-        return x.mean(("chain", "draw")).values.ravel(), az.mcse(x).values.ravel()
-    pairs = [(post_c["b"], post_n["b"]), (post_c["sd"], post_n["sd"]),
-             (u.isel(group=slice(0, 5), term=0), post_n["r"].isel(r_dim_0=slice(0, 5)))]
-    for a, bb in pairs:
-        ma, sa = stats_of(a)
-        mb, sb = stats_of(bb)
-        assert np.all(np.abs(ma - mb) < 4 * np.sqrt(sa ** 2 + sb ** 2)), (ma, mb, sa, sb)
-
-
 @pytest.mark.parametrize("family,link", [("bernoulli", "logit"), ("binomial", "probit"), ("poisson", "log")])
 def test_merged_rows_give_the_same_likelihood(family, link):
     """Rows with identical group, predictors and offset are merged (successes and trials summed;
@@ -617,21 +578,33 @@ def test_nodes_chosen_per_group_meet_the_bound_on_fresh_draws():
 
 
 def test_collapsed_model_logp_is_the_kernel_sum():
-    """build_glmm_collapsed_model with two correlated terms and a negative binomial: the likelihood
-    term at a point equals the sum of the kernel's group log-likelihoods at that point's b, sd,
-    correlation factor and phi."""
-    import pymc as pm
+    """The formula front end's model (build_quadrature_model) with two correlated terms and a negative
+    binomial: the likelihood term at a point equals the sum of the kernel's group log-likelihoods at
+    that point's b, sd, correlation factor (LKJ from paths/blocks.py) and phi, and b[Intercept] is
+    Intercept_c - mean(x) beta (the centring of paths/blocks.py). Python linker (no compilation)."""
+    import pandas as pd
+    import pytensor
+    from pytensor.compile.mode import Mode
 
-    from bayeslmm.paths.quadrature_model import build_glmm_collapsed_model
-    data, _ = make_design("negbinomial", "log", 2, [2, 5, 9], [0.6, 0.3], seed=120)
-    model = build_glmm_collapsed_model(data, b_prior=pm.Normal.dist(0, 2.5, shape=2),
-                                       sd_prior=pm.HalfNormal.dist(1.0, shape=2), phi_prior=pm.Gamma.dist(2, 0.1),
-                                       n_nodes=5)
-    assert sorted(v.name for v in model.free_RVs) == ["b", "cpc", "phi", "sd"]
-    point = {"b": np.array([0.2, -0.1]), "sd_log__": np.log([0.6, 0.3]), "cpc": np.array([0.4]),
-             "phi_log__": np.log(3.0)}
-    lik = model.compile_logp(vars=[model["y_collapsed"]], jacobian=False)(point)
-    Cc = model.compile_fn(model["cor_chol"], inputs=[model["cpc"]], point_fn=False)(point["cpc"])
-    ref = Q.group_loglik(data, point["b"], [0.6, 0.3], Cc, 3.0, n_nodes=5).sum()
-    np.testing.assert_allclose(lik, ref, rtol=1e-12)
+    import bayeslmm as blmm
+    from bayeslmm.paths.quadrature_path import build_quadrature_model, quadrature_data
+    rng = np.random.default_rng(120)
+    g = np.repeat(np.arange(9), 5)
+    x = rng.normal(0.7, 1.0, len(g))
+    df = pd.DataFrame({"c": rng.poisson(np.exp(0.3 + 0.2 * x)), "x": x, "g": g.astype(str)})
+    m = blmm.Model("c ~ x + (1 + x | g)", df, family="negbinomial")
+    model = build_quadrature_model(m.design, m.prior_table, "negbinomial", None, n_nodes=5)
+    assert sorted(v.name for v in model.free_RVs) == ["Intercept_c", "beta", "cpc_g", "phi", "sd_g"]
+    lp = model.logp(vars=[model["y_collapsed"]], jacobian=False)
+    outs = model.replace_rvs_by_values([model["b"], model["cor_g"]])
+    fn = pytensor.function(model.value_vars, [lp, *outs], mode=Mode(linker="py", optimizer="fast_compile"),
+                           on_unused_input="ignore")
+    point = {"Intercept_c": 0.4, "beta": np.array([0.25]), "sd_g_log__": np.log([0.6, 0.3]),
+             "cpc_g": np.array([0.4]), "phi_log__": np.log(3.0)}
+    lik, b, cor = fn(*[np.asarray(point[v.name], dtype=float) for v in model.value_vars])
+    np.testing.assert_allclose(b, [0.4 - x.mean() * 0.25, 0.25], rtol=1e-12)
+    Cc = np.linalg.cholesky(cor)
     assert abs(Cc[1, 0] - np.tanh(0.4)) < 1e-12
+    data = quadrature_data(m.design, "negbinomial", None)
+    ref = Q.group_loglik(data, b, [0.6, 0.3], Cc, 3.0, n_nodes=5).sum()
+    np.testing.assert_allclose(lik, ref, rtol=1e-12)

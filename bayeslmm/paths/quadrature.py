@@ -32,7 +32,8 @@ from scipy.special import gammaln
 
 from ..errors import DataError, SpecError
 
-__all__ = ["QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes", "DEFAULT_NODES",
+__all__ = ["FAMILIES", "applies", "QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes",
+           "DEFAULT_NODES",
            "ERROR_TOL", "choose_n_nodes", "compile_kernels",
            "group_loglik", "group_loglik_grad", "draw_group_effects", "kernel_arrays", "node_table", "family_code",
            "MAX_Q"]
@@ -95,6 +96,29 @@ def family_code(family: str, link: str | None = None) -> int:
         ok = ", ".join(f"{f}/{l}" for f, l in _CODES)
         raise SpecError(f"family {family!r} with link {link!r} is not available on the quadrature path; "
                         f"available: {ok}") from None
+
+
+#: the families whose likelihood the AGHQ kernel evaluates (Student-t: see the module docstring)
+FAMILIES = ("bernoulli", "binomial", "poisson", "negbinomial")
+
+
+def applies(family, design) -> tuple[bool, str]:
+    """Whether the quadrature path applies to ``design`` with ``family`` (a :class:`Family`), and why."""
+    if family.name not in FAMILIES:
+        return False, f"family {family.name!r} has no collapsed likelihood"
+    if getattr(design, "group_stats", None) is not None:
+        return False, "the design holds per-group statistics, not rows"
+    if len(design.factors) != 1:
+        return False, (f"the quadrature path integrates one grouping factor; the model has "
+                       f"{len(design.factors)}: the random effects are sampled")
+    f = design.factors[0]
+    if f.q > MAX_Q:
+        return False, (f"{f.q} terms on {f.name} (the quadrature path handles 1 to {MAX_Q}): the random "
+                       "effects are sampled")
+    return True, (f"{family.name} ({family.link}) with one grouping factor ({f.name}, {f.q} term"
+                  f"{'s' if f.q > 1 else ''}): each group's effects are integrated out by adaptive "
+                  "Gauss-Hermite quadrature (nodes checked on the data: total log-likelihood error SD "
+                  "<= 0.01) and drawn exactly afterwards")
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import fam_newton, fam_node
+from .quadrature_families import njit, fam_newton, fam_node
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, unit_rows
 from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum, solve_upper_t
 
@@ -45,14 +44,14 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _mix(z):
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _uniform(state):
     """A uniform on (0, 1) from the splitmix64 stream in state[0] (advanced)."""
     state[0] += _GOLD
@@ -60,19 +59,19 @@ def _uniform(state):
     return ((z >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740994.0)
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _normal(state):
     u1 = _uniform(state)
     u2 = _uniform(state)
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _seed_state(seed, s, j, state):
     state[0] = _mix(np.uint64(seed) ^ _mix(np.uint64(s) * _GOLD + np.uint64(j) + np.uint64(1)))
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _h(fam, y, n, eta0, w, q, vv, phi, lphi, eta, l, d1, pl):
     """f(vv) (without constants) and fill d1 with l' at vv."""
     linpred(eta0, w, vv, eta)
@@ -83,7 +82,7 @@ def _h(fam, y, n, eta0, w, q, vv, phi, lphi, eta, l, d1, pl):
     return s
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _h1(fam, y, n, eta0, w, v, phi, lphi, d1, A, emax):
     """(f(v), f'(v)) for one term, by the fused row pass (exponential-free for a random intercept)."""
     if eta0.shape[0] > 0 and intercept_ok(emax, w[0], v):
@@ -93,7 +92,7 @@ def _h1(fam, y, n, eta0, w, v, phi, lphi, d1, A, emax):
     return S - 0.5 * v * v, G - v
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
     """One exact draw of v (q = 1) by rejection from the three-tangent envelope, into vv[0];
     returns the number of proposals it took."""
@@ -128,7 +127,7 @@ def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
     return -1
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_prop, out, props, lw, zbuf, xbuf):
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
@@ -172,7 +171,7 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_p
     return s * s / s2
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess):
     """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
 

@@ -41,6 +41,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ..cachedir import numba_cache_dir
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 
 
@@ -62,6 +63,15 @@ _INL_IR = dict(_INL, inline="always")
 LOOP_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM)
 
 
+def njit(**options):
+    """``numba.njit(**options)`` with its on-disk cache in the user's cache folder, never in the installed
+    package (:mod:`bayeslmm.cachedir`; the same rule as the Gaussian kernel's ``_cached_njit``)."""
+    def decorate(fn):
+        with numba_cache_dir():
+            return numba.njit(**options)(fn)
+    return decorate
+
+
 @intrinsic
 def _bits_to_double(typingctx, x):
     sig = types.float64(types.int64)
@@ -71,7 +81,7 @@ def _bits_to_double(typingctx, x):
     return sig, codegen
 
 
-@numba.njit(**_INL)
+@njit(**_INL)
 def vexp(x):
     """e^x (relative error < 1e-15) for x clamped to [-708, 709]; vectorisable."""
     x = min(max(x, -708.0), 709.0)
@@ -83,7 +93,7 @@ def vexp(x):
     return p * _bits_to_double((np.int64(k) + 1023) << 52)
 
 
-@numba.njit(**_INL)
+@njit(**_INL)
 def vlog1p01(e):
     """log(1 + e) for e in [0, 1] (absolute error < 3e-16); vectorisable.
 
@@ -101,7 +111,7 @@ def vlog1p01(e):
     return p + (_LN2 if big else 0.0)
 
 
-@numba.njit(**_INL_IR)
+@njit(**_INL_IR)
 def logistic(x):
     """(log(1 + e^x), sigmoid(x), sigmoid(-x)), stable for any x; vectorisable."""
     e = vexp(-abs(x))
@@ -110,7 +120,7 @@ def logistic(x):
     return max(x, 0.0) + vlog1p01(e), inv if pos else e * inv, e * inv if pos else inv
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def log_ndtr_mills(x):
     """(log Phi(x), phi(x) / Phi(x)) for any finite x."""
     if x < -37.0:
@@ -126,7 +136,7 @@ def log_ndtr_mills(x):
     return math.log(cdf), dens / cdf
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def probit_row(y, n, eta):
     """(l, l', l'', l''') of one probit row; r(x) = phi/Phi, r' = -r (x + r), r'' = -r'(x + r) - r (1 + r')."""
     l = 0.0
@@ -150,7 +160,7 @@ def probit_row(y, n, eta):
     return l, d1, d2, d3
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def digamma(x):
     """psi(x) for x > 0 (recurrence up to 6, then the asymptotic series; error < 1e-14)."""
     acc = 0.0
@@ -162,7 +172,7 @@ def digamma(x):
     return acc + math.log(x) - 0.5 / x - s
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def nb_phi_part(y, phi):
     """(lgamma(y + phi) - lgamma(phi) - y log phi, its derivative in phi) of one row."""
     if y == 0.0:
@@ -174,7 +184,7 @@ def nb_phi_part(y, phi):
 # --------------------------------------------------------------------------------------------
 # Row loops (one per family, branch-free inside)
 # --------------------------------------------------------------------------------------------
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def fam_newton(fam, y, n, eta, phi, lphi, d1, d2):
     """l' and l'' of every row (what a Newton step needs)."""
     m = eta.shape[0]
@@ -200,7 +210,7 @@ def fam_newton(fam, y, n, eta, phi, lphi, d1, d2):
             d2[i] = a2
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def fam_node(fam, y, n, eta, phi, lphi, l, d1, pl):
     """l, l' and dl/dphi of every row (what a quadrature node needs)."""
     m = eta.shape[0]
@@ -231,7 +241,7 @@ def fam_node(fam, y, n, eta, phi, lphi, l, d1, pl):
             pl[i] = 0.0
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def fam_mode(fam, y, n, eta, phi, lphi, l, d1, d2, d3, pl, p1, p2):
     """l, l', l'', l''', and the phi-derivatives of l, l', l'' of every row (at the mode)."""
     m = eta.shape[0]

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
-from .quadrature_families import LOOP_JIT, probit_row, logistic, vexp
+from .quadrature_families import njit, LOOP_JIT, probit_row, logistic, vexp
 
 __all__ = ["newton_q1", "node_q1", "mode_q1", "newton_q1_intercept", "node_q1_intercept", "mode_q1_intercept",
            "exp_rows", "unit_rows", "node_q3"]
@@ -23,7 +22,7 @@ __all__ = ["newton_q1", "node_q1", "mode_q1", "newton_q1_intercept", "node_q1_in
 # One term (q = 1, the common random intercept): the linear predictor and the sums fused into
 # the row loop, so that a Newton step or a node is a single vectorised pass over the rows
 # --------------------------------------------------------------------------------------------
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def newton_q1(fam, y, n, eta0, w, v, phi, lphi):
     """(sum_i l'_i w_i, -sum_i l''_i w_i^2) at eta = eta0 + w v."""
     m = eta0.shape[0]
@@ -52,7 +51,7 @@ def newton_q1(fam, y, n, eta0, w, v, phi, lphi):
     return g, h
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def node_q1(fam, y, n, eta0, w, v, phi, lphi, d1):
     """(sum_i l_i, sum_i dl_i/dphi, sum_i l'_i w_i) at eta = eta0 + w v; l'_i into d1."""
     m = eta0.shape[0]
@@ -94,7 +93,7 @@ def node_q1(fam, y, n, eta0, w, v, phi, lphi, d1):
     return S, P, G
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def mode_q1(fam, y, n, eta0, w, v, phi, lphi, d1, d2, d3, p1, p2):
     """At eta = eta0 + w v: l', l'', l''', dl'/dphi, dl''/dphi per row into the arrays, and
     (sum l, sum dl/dphi, sum l' w, -sum l'' w^2)."""
@@ -169,7 +168,7 @@ def mode_q1(fam, y, n, eta0, w, v, phi, lphi, d1, d2, d3, p1, p2):
 _BLOCK = 512          # factors in [1/2, 1]: a product of 512 stays far from underflow
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def newton_q1_intercept(fam, y, A, w, v):
     """newton_q1 for a random intercept: (sum_i l'_i w, -sum_i l''_i w^2)."""
     m = A.shape[0]
@@ -191,7 +190,7 @@ def newton_q1_intercept(fam, y, A, w, v):
     return g * w, h * w * w
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def node_q1_intercept(fam, y, A, eta0, w, v, d1):
     """node_q1 for a random intercept: (sum_i l_i, 0, sum_i l'_i w); l'_i into d1.
 
@@ -233,7 +232,7 @@ def node_q1_intercept(fam, y, A, eta0, w, v, d1):
     return S, 0.0, G * w
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def exp_rows(eta0, A):
     """A_i = e^eta0_i and max_i |eta0_i| (two loops, so that both vectorise)."""
     for i in range(eta0.shape[0]):
@@ -245,7 +244,7 @@ def exp_rows(eta0, A):
     return big
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def unit_rows(z, n):
     """Whether every z_i and n_i is 1 (a random intercept over single-trial rows)."""
     s = 0.0
@@ -254,7 +253,7 @@ def unit_rows(z, n):
     return s == 0.0
 
 
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def mode_q1_intercept(fam, y, A, eta0, w, v, d1, d2, d3, p1, p2):
     """mode_q1 for a random intercept (same outputs; the phi-derivatives are zero)."""
     m = A.shape[0]
@@ -306,7 +305,7 @@ def mode_q1_intercept(fam, y, A, eta0, w, v, d1, d2, d3, p1, p2):
 # Two or three terms: the linear predictor and the sums fused into the row loop (the unused
 # third term gets v2 = 0), so that a node is one vectorised pass over the rows
 # --------------------------------------------------------------------------------------------
-@numba.njit(**LOOP_JIT)
+@njit(**LOOP_JIT)
 def node_q3(fam, y, n, eta0, w0, w1, w2, v0, v1, v2, phi, lphi, d1):
     """(sum_i l_i, sum_i dl_i/dphi, sum_i l'_i w_i (3,)) at eta = eta0 + w'v; l'_i into d1."""
     m = eta0.shape[0]

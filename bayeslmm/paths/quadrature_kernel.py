@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
-from .quadrature_families import fam_mode, nb_phi_part
+from .quadrature_families import njit, fam_mode, nb_phi_part
 from .quadrature_fused import exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, node_q3, unit_rows
 from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
                               solve_lower, solve_upper_t)
@@ -57,7 +56,7 @@ _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", 
 # --------------------------------------------------------------------------------------------
 # One group
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _accumulate(acc_e, acc_o, q, d, wk, vk):
     """acc_e += wk d, acc_o[a] += wk vk[a] d (a < q; acc_o has 3 rows), in one loop."""
     c0 = wk * vk[0]
@@ -71,7 +70,7 @@ def _accumulate(acc_e, acc_o, q, d, wk, vk):
         o2[i] += c2 * d[i]
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
            eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
@@ -223,7 +222,7 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
     return logL, dphi, True
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
               d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km, A, emax):
     """:func:`_group` for one term, with scalars for the 1 x 1 algebra and one fused pass over the
@@ -316,7 +315,7 @@ def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
 # --------------------------------------------------------------------------------------------
 # All groups
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of,
                 const):
     """Per-group AGHQ log-likelihoods and the wgt-weighted gradient.

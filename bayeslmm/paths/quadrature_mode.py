@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
-from .quadrature_families import fam_newton
+from .quadrature_families import njit, fam_newton
 from .quadrature_fused import newton_q1, newton_q1_intercept
 
 __all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower",
@@ -34,7 +33,7 @@ _VEC = _NJIT
 # --------------------------------------------------------------------------------------------
 # q x q algebra (q <= 3), written out
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def chol(A, q, L):
     """Lower Cholesky factor of the SPD A into L; False if A is not positive definite."""
     for i in range(q):
@@ -53,7 +52,7 @@ def chol(A, q, L):
     return True
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def solve_lower(L, q, b, x):
     """x = L^-1 b."""
     for i in range(q):
@@ -63,7 +62,7 @@ def solve_lower(L, q, b, x):
         x[i] = v / L[i, i]
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def solve_upper_t(L, q, b, x):
     """x = L^-T b."""
     for i in range(q - 1, -1, -1):
@@ -73,7 +72,7 @@ def solve_upper_t(L, q, b, x):
         x[i] = v / L[i, i]
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def chol_adjoint(L, Lbar, q, Hbar, P, Y, col, out):
     """dF/dH (symmetric) from dF/dL for H = L L': sym(L^-T Phi(L' Lbar) L^-1); P, Y (q, q), col,
     out (q,) are scratch."""
@@ -108,7 +107,7 @@ def chol_adjoint(L, Lbar, q, Hbar, P, Y, col, out):
 # --------------------------------------------------------------------------------------------
 # Row passes (vectorised over the group's rows; w is (q, m), rows last)
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_VEC)
+@njit(**_VEC)
 def linpred(eta0, w, vv, eta):
     """eta = eta0 + w' vv."""
     m = eta0.shape[0]
@@ -120,7 +119,7 @@ def linpred(eta0, w, vv, eta):
             eta[i] += w[a, i] * va
 
 
-@numba.njit(**_VEC)
+@njit(**_VEC)
 def rowsum(x):
     s = 0.0
     for i in range(x.shape[0]):
@@ -128,7 +127,7 @@ def rowsum(x):
     return s
 
 
-@numba.njit(**_VEC)
+@njit(**_VEC)
 def grad_hess(d1, d2, w, v, q, g, H):
     """g = w d1 - v (gradient of f) and H = I - w diag(d2) w' (its negative Hessian)."""
     m = d1.shape[0]
@@ -145,20 +144,20 @@ def grad_hess(d1, d2, w, v, q, g, H):
             H[c, a] = H[a, c]
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def intercept_ok(emax, w, v):
     """Whether the random-intercept passes are safe at v: |eta| stays below 700 (no overflow)."""
     return emax + abs(w * v) < 700.0
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def _newton_q1_any(fam, y, n, eta0, w, v, phi, lphi, A, emax):
     if eta0.shape[0] > 0 and intercept_ok(emax, w[0], v):
         return newton_q1_intercept(fam, y, A, w[0], v)
     return newton_q1(fam, y, n, eta0, w, v, phi, lphi)
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
     """find_mode for one term: scalars, and one fused pass over the rows per step.
 
@@ -192,7 +191,7 @@ def find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
     return False
 
 
-@numba.njit(**_NJIT)
+@njit(**_NJIT)
 def find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1, d2, mats, vecs):
     """Newton's method from v (overwritten with the mode); False if it did not converge.
 

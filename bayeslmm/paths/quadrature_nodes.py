@@ -24,7 +24,7 @@ __all__ = ["cpc_cholesky", "posterior_sketch", "choose_nodes_per_group", "auto_n
 
 def cpc_cholesky(z: np.ndarray, q: int) -> np.ndarray:
     """Cholesky factor of a correlation matrix from q(q-1)/2 partial correlations in (-1, 1), row
-    by row as in :func:`bayeslmm.graph.lkj_cholesky` (L_i0 = z_i0, L_ij = z_ij sqrt(1 - sum_k<j L_ik^2))."""
+    by row as in :func:`bayeslmm.paths.blocks.lkj_cholesky` (L_i0 = z_i0, L_ij = z_ij sqrt(1 - sum_k<j L_ik^2))."""
     L = np.zeros((q, q))
     L[0, 0] = 1.0
     k = 0

@@ -1,6 +1,6 @@
 """The AGHQ kernel as a PyTensor Op, so that NUTS evaluates the collapsed GLMM likelihood in one call.
 
-Same design as :mod:`bayeslmm.marginal_kernel` (the Gaussian kernel): the log-likelihood is output 0
+Same design as :mod:`bayeslmm.paths.collapsed_kernel` (the Gaussian kernel): the log-likelihood is output 0
 of an application with ``grad = 1`` and unit weights; its gradient is outputs 1-4 of an application
 of the same Op with ``grad = 1`` and the incoming cotangent as weights. When the per-group
 log-likelihoods are summed (a model's logp) the cotangent is ones, the two applications have the
@@ -11,7 +11,7 @@ the model from Rust threads that would wait for the GIL at every object-mode cal
 through numba's object mode, which saves linking it into every enclosing compiled function (a cold
 PyTensor cache compiled in 15 s instead of 33 s here) but each call was ~1.7x slower at 100,000
 rows (13.7 against 8 ms, identical arguments, interleaved; unexplained), so
-:func:`~bayeslmm.paths.quadrature_model.build_glmm_collapsed_model` links by default.
+:func:`~bayeslmm.paths.quadrature_path.build_quadrature_model` links.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
 from .quadrature import QuadratureData, kernel_arrays
+from .quadrature_families import njit
 from .quadrature_kernel import aghq_kernel
 
 __all__ = ["AGHQLogLik", "aghq_logp", "op_data", "DATA_NAMES"]
@@ -37,7 +38,7 @@ FIRST = 2
 DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "rules", "rule_of", "const")
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, const):
     """:func:`aghq_kernel` from a cold start (v0 = 0), without the modes: the Op's five outputs."""
     v0 = np.zeros((starts.shape[0] - 1, Zt.shape[0]))
@@ -98,9 +99,9 @@ _F64 = [numba.types.Array(numba.types.float64, nd, "C") for nd in range(3)]
 _OUT_TYPE = numba.types.Tuple([_F64[1], _F64[1], _F64[1], _F64[2], _F64[0]])
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, const):
-    # object mode: see the module docstring (and marginal_kernel._op_impl for the measured why)
+    # object mode: see the module docstring (and collapsed_kernel._op_impl for the measured why)
     with numba.objmode(out=_OUT_TYPE):
         out = _call_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules,
                            rule_of, const)
