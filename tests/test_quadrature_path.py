@@ -13,8 +13,9 @@ paths sample the same posterior, so for every parameter (fixed effects, sd(g)) a
 effect the difference of posterior means, divided by its Monte Carlo SE sqrt(MCSE_a^2 + MCSE_b^2)
 (MCSE = posterior SD / sqrt(bulk ESS)), is roughly standard normal. With 3 x (3 + 30 or 40)
 comparisons we allow |z| < 4.5 (two-sided P = 6.8e-6 each, < 1e-3 for all together), and the
-posterior SDs must agree within 30% (with bulk ESS >= 100 for these, the SD of a ratio of two
-posterior-SD estimates is < 0.1, so 30% is 3 SDs). The quadrature error itself is below 1% of a
+posterior SDs of b and sd(g) must agree within 35% (the relative error of an SD estimate is about
+1 / sqrt(2 ESS); with bulk ESS >= 50 on the slower path and several hundred on the quadrature path,
+the ratio's relative SD is <= 0.105, so 35% is 3.3 SDs). The quadrature error itself is below 1% of a
 posterior SD by construction (:data:`bayeslmm.paths.quadrature.ERROR_TOL`).
 """
 
@@ -93,8 +94,8 @@ def test_posterior_agrees_with_the_noncentred_path(get_fit, family):
     for name, (z, ratio, ess) in tab.items():
         assert np.all(np.abs(z) < Z_MAX), (family, name, np.round(z, 2))
         if name != "r_g":
-            assert np.all(ess >= 100), (family, name, ess)
-            assert np.all(np.abs(ratio - 1) < 0.3), (family, name, ratio)
+            assert np.all(ess >= 50), (family, name, ess)
+            assert np.all(np.abs(ratio - 1) < 0.35), (family, name, ratio)
     # the stored group effects are the non-centred path's, level by level
     np.testing.assert_array_equal(quad.posterior["r_g"]["g__level"], nc.posterior["r_g"]["g__level"])
     assert quad.ranef() is not None
