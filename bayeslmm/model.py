@@ -38,8 +38,9 @@ class Model:
         and never holds all rows (Gaussian family, nested factors; see :mod:`bayeslmm.bigfit`).
     family : str
         ``"gaussian"`` (default), ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
-        ``"negbinomial"`` (see :mod:`bayeslmm.families`); non-Gaussian families are sampled on the
-        non-centred path.
+        ``"negbinomial"`` (see :mod:`bayeslmm.families`); bernoulli, binomial, Poisson and negative
+        binomial models with one grouping factor (1-3 terms) take the exact quadrature path
+        (:mod:`bayeslmm.paths.quadrature_path`), other non-Gaussian models the non-centred path.
     priors : dict, optional
         Overrides keyed by parameter label or class, values like ``"normal(0, 10)"``; see
         :attr:`priors` for the labels and defaults.
@@ -123,6 +124,9 @@ class Model:
 
     def build(self, method: str = "noncentred"):
         """The PyMC model for ``method`` (for inspection, or to sample yourself)."""
+        if canonical_method(method) != "noncentred" and self.plan(method).path == "quadrature":
+            from .paths.quadrature_path import build_quadrature_model
+            return build_quadrature_model(self.design, self.prior_table, self.spec.family, self.spec.link)
         if canonical_method(method) == "collapsed":
             from .paths.collapsed import build_collapsed_model
             return build_collapsed_model(self.design, self.prior_table, chain=self.plan("collapsed").chain)
@@ -167,7 +171,11 @@ class Model:
                   f"{settings.chains} chains x {settings.draws} draws ({settings.tune} tune), "
                   f"cores={settings.n_cores}, target_accept={settings.target_accept}, seed={seed_used}")
         t0 = time.perf_counter()
-        if chosen == "collapsed":
+        if chosen == "quadrature":
+            from .paths.quadrature_path import sample_quadrature
+            idata, info = sample_quadrature(self.design, self.prior_table, settings, self.spec.family,
+                                            self.spec.link, seed=seed_used)
+        elif chosen == "collapsed":
             from .paths.collapsed import sample_collapsed
             idata, info = sample_collapsed(self.design, self.prior_table, settings, seed=seed_used,
                                            chain=plan.chain)

@@ -59,9 +59,15 @@ CASES = {
     "sim": ("y ~ x + (x|g)", "y ~ x + (x || g)"),
     "sleepstudy_corr": (None, "Reaction ~ Days + (Days | Subject)"),    # bayeslmm only (LKJ)
     "bernoulli": ("y ~ x + (1|g)", "y ~ x + (1 | g)"),                  # logit GLMM (issue 12)
+    # issue 13: the quadrature path (engine bayeslmm-quadrature) against bambi and the non-centred graph
+    "glmm_bernoulli": ("y ~ x + (1|g)", "y ~ x + (1 | g)"),             # 100k rows / 2k groups
+    "glmm_binomial_slope": ("p(y, n) ~ x + (x|g)", "cbind(y, n - y) ~ x + (x || g)"),
 }
-#: family of a case (default gaussian); non-Gaussian cases have no collapsed path
-FAMILY = {"bernoulli": "bernoulli"}
+#: family of a case (default gaussian)
+FAMILY = {"bernoulli": "bernoulli", "glmm_bernoulli": "bernoulli", "glmm_binomial_slope": "binomial"}
+#: the GLMM cases of the quadrature path: (groups, rows) full and --quick
+GLMM_SIZES = {"glmm_bernoulli": ((2_000, 100_000), (200, 10_000)),
+              "glmm_binomial_slope": ((500, 10_000), (100, 2_000))}
 
 
 def _data(case: str, groups: int = 0, rows: int = 0):
@@ -78,7 +84,14 @@ def _data(case: str, groups: int = 0, rows: int = 0):
         df["county"] = df["county_idx"].astype(str)
         return df[["log_radon", "floor_measure", "county"]]
     rng = np.random.default_rng(2024)
-    if case == "bernoulli":                     # logit random intercept: b = (-0.5, 0.8), sd(g) = 1
+    if case == "glmm_binomial_slope":           # logit, uncorrelated slope: b = (-0.3, 0.6), sd = (0.8, 0.4)
+        g = np.repeat(np.arange(groups), rows // groups)
+        x = rng.normal(size=len(g))
+        eta = -0.3 + 0.6 * x + rng.normal(0, 0.8, groups)[g] + rng.normal(0, 0.4, groups)[g] * x
+        n = rng.integers(1, 11, len(g))
+        y = rng.binomial(n, 1 / (1 + np.exp(-eta)))
+        return pd.DataFrame({"y": y, "n": n, "x": x, "g": pd.Categorical([f"g{k:05d}" for k in g])})
+    if case in ("bernoulli", "glmm_bernoulli"):  # logit random intercept: b = (-0.5, 0.8), sd(g) = 1
         g = np.repeat(np.arange(groups), rows // groups)
         x = rng.normal(size=len(g))
         eta = -0.5 + 0.8 * x + rng.normal(0, 1.0, groups)[g]
@@ -127,7 +140,7 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
         fixed = [v for v in post.data_vars if "|" not in v and v not in variance]
         stats = idata["sample_stats"].to_dataset()
     else:
-        method = "noncentred" if engine == "bayeslmm-noncentred" else "marginal"
+        method = "noncentred" if engine == "bayeslmm-noncentred" else "marginal"   # quadrature for GLMMs
         m = blmm.Model(ours_f, df, family=FAMILY.get(case, "gaussian"))
         fit = m.fit(chains=chains, draws=draws, tune=tune, seed=seed, cores=min(chains, 2),
                     progressbar=False, verbose=False, method=method)
@@ -142,7 +155,7 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
         stages = {"model build + compile + init": total - sampling, "sampling": sampling}
     min_ess, max_rhat, div = _summaries(post, stats, variance, fixed)
     gcol = {"sleepstudy": "Subject", "sleepstudy_corr": "Subject", "radon": "county", "sim": "g",
-            "bernoulli": "g"}[case]
+            "bernoulli": "g", "glmm_bernoulli": "g", "glmm_binomial_slope": "g"}[case]
     return {"engine": engine, "case": case, "groups": int(df[gcol].nunique()), "rows": int(len(df)),
             "chains": chains, "draws": draws, "tune": tune, "import_s": import_s,
             "setup_s": total - sampling, "sampling_s": sampling, "total_s": total,
@@ -284,6 +297,9 @@ def main(argv=None) -> int:
     for engine in engines:
         results.append(_spawn(args, engine, "sim", *big, warm_dir, "shared", 3600))
     results.append(_spawn(args, "bayeslmm-marginal", "sim", *huge, warm_dir, "shared", 3600))
+    for case, (full, quick) in GLMM_SIZES.items():       # issue 13: engines interleaved per case
+        for engine in ["bambi", "bayeslmm-noncentred", "bayeslmm-quadrature"]:
+            results.append(_spawn(args, engine, case, *(quick if args.quick else full), warm_dir, "shared", 7200))
     for engine in engines[:2]:                # no collapsed path for a logit GLMM
         results.append(_spawn(args, engine, "bernoulli", *bern, warm_dir, "shared", 3600))
 
@@ -309,10 +325,16 @@ def _one_case(args, out: Path, engines: list[str], bern: tuple[int, int]) -> int
     """``--case NAME``: that case's engines once each, in one warm cache shared by the engines."""
     case = args.case
     sizes = {"bernoulli": bern, "sim": (200, 10_000) if args.quick else (2_000, 100_000)}.get(case, (0, 0))
+    if case in GLMM_SIZES:
+        sizes = GLMM_SIZES[case][1 if args.quick else 0]
     engs = [e for e in engines if not (e == "bambi" and CASES[case][0] is None)
             and not (e == "bayeslmm-marginal" and FAMILY.get(case, "gaussian") != "gaussian")]
+    if case in GLMM_SIZES:
+        engs.append("bayeslmm-quadrature")
     warm_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-warm-")
-    results = [_spawn(args, e, case, *sizes, warm_dir, "shared", 3600) for e in engs]
+    results = []
+    for _ in range(args.reps if case in GLMM_SIZES else 1):      # engines interleaved, repeated
+        results += [_spawn(args, e, case, *sizes, warm_dir, "shared", 7200) for e in engs]
     _ratios(results)
     meta = _meta(args)
     (out / f"bench_{case}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
@@ -332,7 +354,8 @@ def _meta(args) -> dict:
                     "construction + compile + sampling, imports excluded). bambi's (x|g) is "
                     "uncorrelated, so bayeslmm fits (x || g). x bambi = ESS/s ratio to bambi in "
                     "the same run (sim 1M: bayeslmm marginal only; bernoulli: a logit GLMM, "
-                    "random intercept, no collapsed path)."}
+                    "random intercept, on the non-centred graph; glmm_*: bayeslmm-quadrature is "
+                    "the exact collapsed GLMM path of issue 13, AGHQ with nodes checked on the data)."}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 * :mod:`bayeslmm.paths.noncentred`: the full graph, every random effect sampled (any family);
 * :mod:`bayeslmm.paths.collapsed`: the exact Gaussian path, random effects integrated out and
   drawn afterwards (one factor or nested factors);
+* :mod:`bayeslmm.paths.quadrature_path`: the exact collapsed GLMM path (bernoulli, binomial, Poisson,
+  negative binomial; one grouping factor, 1-3 terms): group effects integrated out by adaptive
+  Gauss-Hermite quadrature (:mod:`bayeslmm.paths.quadrature`) and drawn afterwards;
 * :mod:`bayeslmm.paths.blocks`: the pieces both share (fixed effects and their centring, LKJ).
 
 :func:`choose_path` returns a :class:`Plan` (which path, and why); ``Model.fit`` prints the reason.
@@ -18,10 +21,12 @@ from ..errors import SpecError
 from ..families import family_of
 from ..spec import canonical_method
 from ..stats import nesting_chain
+from .quadrature import FAMILIES as QUADRATURE_FAMILIES
+from .quadrature import applies as quadrature_applies
 
 __all__ = ["Plan", "choose_path", "PATHS"]
 
-PATHS = ("noncentred", "collapsed")
+PATHS = ("noncentred", "collapsed", "quadrature")
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Plan:
     Attributes
     ----------
     path : str
-        ``"noncentred"`` or ``"collapsed"``.
+        ``"noncentred"``, ``"collapsed"`` or ``"quadrature"`` (the collapsed GLMM path).
     reason : str
         Why, in words (printed by ``fit``).
     chain : tuple of FactorDesign or None
@@ -47,7 +52,8 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     """The sampling path for ``spec`` and ``design`` (``method`` overrides ``spec.method``).
 
     ``"auto"`` takes the exact collapsed path where it applies (a family that supports it and
-    grouping factors that form a nesting chain), else the non-centred graph. Asking for
+    grouping factors that form a nesting chain; for bernoulli, binomial, Poisson and negative
+    binomial models with one factor of 1-3 terms, the quadrature path), else the non-centred graph. Asking for
     ``"collapsed"`` (alias ``"marginal"``) where it does not apply is a :class:`SpecError`.
 
     Examples
@@ -63,6 +69,13 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     if method == "noncentred":
         return Plan("noncentred", "requested")
     family = family_of(spec)
+    if family.name in QUADRATURE_FAMILIES:      # the collapsed path of non-Gaussian families (AGHQ)
+        ok, why = quadrature_applies(family, design)
+        if ok:
+            return Plan("quadrature", why)
+        if method == "collapsed":
+            raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
+        return Plan("noncentred", why)
     if family.known_se and not family.supports_collapsed:
         chain, why = None, ("se(..., sigma = TRUE): the residual covariance diag(s_i^2 + sigma^2) is "
                             "not a known matrix times one scale, so rows cannot be whitened into the "

@@ -32,7 +32,14 @@ class PathRefitter:
         from ..stats import group_stats
         self.design, self.plan = model.design, plan
         family = model.spec.family
-        if plan.path == "collapsed":
+        self.family, self.link = family, model.spec.link
+        if plan.path == "quadrature":
+            from ..paths.quadrature_path import build_quadrature_model, quadrature_data
+            pm_model = build_quadrature_model(self.design, model.prior_table, family, self.link,
+                                              data=quadrature_data(self.design, family, self.link), n_nodes=3)
+            self.aux = family_of(model.spec).aux_names
+            names = None
+        elif plan.path == "collapsed":
             from ..paths.collapsed import build_collapsed_model
             pm_model = build_collapsed_model(self.design, model.prior_table, group_stats(self.design, plan.chain),
                                              sampler=engine, chain=plan.chain)
@@ -44,6 +51,12 @@ class PathRefitter:
         self.sampler = CompiledSampler(pm_model, engine, var_names=names, target_accept=target_accept)
 
     def _data(self, y):
+        if self.plan.path == "quadrature":       # new y: new kernel data, nodes checked on it
+            from ..paths.quadrature_op import op_data
+            from ..paths.quadrature_path import choose_nodes, quadrature_data
+            data = quadrature_data(replace(self.design, y=np.asarray(y, dtype=float)), self.family, self.link)
+            k, _ = choose_nodes(data)
+            return {f"aghq_{n}": v for n, v in op_data(data, k).items()}, data
         if self.plan.path != "collapsed":
             from ..paths.noncentred import data_values
             return data_values(y), None
@@ -60,7 +73,10 @@ class PathRefitter:
     def __call__(self, y, *, seed, chains, draws, tune):
         data, stats = self._data(y)
         post, n_div = self.sampler.sample(data, seed=seed, chains=chains, draws=draws, tune=tune)
-        if stats is not None:
+        if self.plan.path == "quadrature":
+            from ..paths.quadrature_path import add_quadrature_effects
+            post, _ = add_quadrature_effects(post, self.design, stats, self.aux, seed)
+        elif stats is not None:
             from ..paths.collapsed import add_drawn_effects
             post = add_drawn_effects(post, self.design, stats, self.plan.chain, seed)
         return post, n_div
@@ -97,6 +113,6 @@ def make_refitter(model, method: str, *, engine: str = "auto", target_accept: fl
     if engine == "model":
         return ModelRefitter(model, method, target_accept), engine
     plan = choose_path(model.spec, model.design, method)
-    if plan.path == "collapsed" and engine != "nutpie":
+    if plan.path in ("collapsed", "quadrature") and engine != "nutpie":
         return ModelRefitter(model, method, target_accept), "model"
     return PathRefitter(model, plan, engine, target_accept), engine

@@ -118,17 +118,20 @@ def sbc_cases(methods=("noncentred", "collapsed"), *, quick: bool = False) -> li
     return out
 
 
-def family_cases(families=("bernoulli", "binomial", "poisson", "negbinomial", "student_t")) -> list[SBCCase]:
+def family_cases(families=("bernoulli", "binomial", "poisson", "negbinomial", "student_t"),
+                 method: str = "noncentred") -> list[SBCCase]:
     """Random-intercept SBC cases of the non-Gaussian families (issue 12), on the non-centred graph
-    with the explicit priors of :data:`GLMM_PRIORS`: ``y ~ x + (1 | g)``, 10 groups x 8 rows
-    (binomial: 6 trials a row)."""
+    (or ``method="collapsed"``: the quadrature path, names suffixed ``_quadrature``) with the
+    explicit priors of :data:`GLMM_PRIORS`: ``y ~ x + (1 | g)``, 10 groups x 8 rows (binomial: 6
+    trials a row)."""
     unknown = [f for f in families if f not in GLMM_PRIORS]
     if unknown:
         from ..errors import SpecError
         raise SpecError(f"no SBC case for famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
                         f"choose from {list(GLMM_PRIORS)}")
-    return [SBCCase(f"intercept_{fam}", "y ~ x + (1 | g)", n_groups=10, n_per_group=8,
-                    method="noncentred", priors=GLMM_PRIORS[fam], family=fam) for fam in families]
+    suffix = "" if method == "noncentred" else "_quadrature"
+    return [SBCCase(f"intercept_{fam}{suffix}", "y ~ x + (1 | g)", n_groups=10, n_per_group=8,
+                    method=method, priors=GLMM_PRIORS[fam], family=fam) for fam in families]
 
 
 # --------------------------------------------------------------------------------------------

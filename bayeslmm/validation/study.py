@@ -25,15 +25,20 @@ def _available_methods() -> tuple[str, ...]:
 
 
 FAMILIES = ("bernoulli", "binomial", "poisson", "negbinomial", "student_t")
+#: the families whose SBC case also runs on the quadrature path (issue 13)
+QUADRATURE_FAMILIES = ("bernoulli", "binomial", "poisson", "negbinomial")
 
 
 def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = None, seed: int = 1,
               methods: tuple[str, ...] | None = None, peers: bool = True, engine: str = "auto",
-              alpha: float = 0.01, families: tuple[str, ...] = FAMILIES) -> dict:
+              alpha: float = 0.01, families: tuple[str, ...] = FAMILIES,
+              quadrature: tuple[str, ...] = QUADRATURE_FAMILIES) -> dict:
     """Run SBC for every case (and the peer comparisons), write plots and summaries to ``out``.
 
     ``families``: the non-Gaussian families whose random-intercept case
-    (:func:`~bayeslmm.validation.sbc.family_cases`) is run too, with the same replicates.
+    (:func:`~bayeslmm.validation.sbc.family_cases`) is run too, with the same replicates;
+    ``quadrature``: those whose case is also run on the quadrature path (``method="collapsed"``).
+    ``methods=()`` runs no Gaussian case.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +50,9 @@ def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = 
           f"SBC: {n_rep} replicates per case, L = 99 thinned draws (2 chains x 1000 after 500 "
           f"tuning steps), seed {seed}. A parameter fails when a chi-square or simultaneous-ECDF "
           f"test rejects at family-wise level {alpha} (Holm over all tests of the case).", ""]
-    for case in sbc_cases(methods) + (family_cases(tuple(families)) if families else []):
+    cases = sbc_cases(methods) + (family_cases(tuple(families)) if families else [])
+    cases += family_cases(tuple(quadrature), method="collapsed") if quadrature else []
+    for case in cases:
         print(f"SBC {case.name}: {case.formula}, {case.n_groups} groups x {case.n_per_group}, "
               f"{n_rep} replicates", flush=True)
         t0 = time.perf_counter()
@@ -178,6 +185,9 @@ def main(argv=None) -> int:
     p.add_argument("--families", default=",".join(FAMILIES),
                    help="comma-separated non-Gaussian families with an SBC case, or 'none' "
                         f"(default: {','.join(FAMILIES)})")
+    p.add_argument("--quadrature", default=",".join(QUADRATURE_FAMILIES),
+                   help="comma-separated families whose case also runs on the quadrature path, or 'none' "
+                        f"(default: {','.join(QUADRATURE_FAMILIES)})")
     p.add_argument("--no-peers", action="store_true",
                    help="skip the statsmodels / bambi comparisons and the prior-sensitivity example")
     a = p.parse_args(argv)
@@ -185,7 +195,8 @@ def main(argv=None) -> int:
                tuple(canonical_method(m) for m in a.methods.split(",")) if a.methods else None)
     s = run_study(a.out, quick=a.quick, replicates=a.replicates, seed=a.seed, methods=methods,
                   peers=not a.no_peers, engine=a.engine,
-                  families=() if a.families == "none" else tuple(f for f in a.families.split(",") if f))
+                  families=() if a.families == "none" else tuple(f for f in a.families.split(",") if f),
+                  quadrature=() if a.quadrature == "none" else tuple(f for f in a.quadrature.split(",") if f))
     bad = [k for k, v in s["cases"].items() if not v["calibrated"]]
     if bad:
         print(f"calibration FAILED for: {', '.join(bad)}")

@@ -1,0 +1,276 @@
+"""Draws of the group effects from their exact conditional, given each posterior draw (numba).
+
+After NUTS has sampled (b, sd, C_chol, phi) with the group effects integrated out, each group's
+effects are drawn from p(u_j | y_j, b, Sigma, phi) proportional to exp f(v), u_j = T v (see
+:mod:`bayeslmm.paths.quadrature_kernel` for f and the standardised scale v). The target is
+log-concave with -Hessian >= I, which both samplers below use.
+
+* **q = 1: exact rejection sampling** (adaptive-rejection style). In x = (v - v*) sqrt(H) the log
+  target h(x) is concave with its maximum at 0, so the tangents at 0 and at x = -a, +a
+  (a = sqrt 2, the optimum for a Gaussian target) bound it from above; the envelope exp(min of the
+  three lines) is a piecewise exponential that is sampled exactly, and a proposal is accepted with
+  probability exp(h(x) - envelope(x)). Acceptance is about 0.89 for a Gaussian target and never
+  needs a tuning constant. Each draw costs a Newton solve, two tangent evaluations and about 1.1
+  proposal evaluations (passes over the group's rows); an inverse CDF on a fine grid would cost
+  hundreds of passes for the same exactness.
+* **q = 2, 3: sampling importance resampling** from a multivariate Student-t (5 degrees of
+  freedom) centred at the mode with scale H^-1/2: ``n_proposals`` proposals, one of them chosen
+  with probability proportional to its weight. This is exact only as the number of proposals
+  grows (the bias is O(1/n_proposals) and shrinks with the weights' spread); the effective sample
+  size of the weights, (sum w)^2 / sum w^2, is returned for every group and draw, and a group
+  whose ESS falls below ``min_ess`` is redrawn with four times as many proposals (once).
+
+Random numbers come from a counter-based generator (splitmix64) seeded by (seed, draw, group), so
+a draw does not depend on the order the groups or draws are visited in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
+from .quadrature_families import njit, fam_newton, fam_node
+from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, unit_rows
+from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum, solve_upper_t
+
+__all__ = ["draw_kernel", "T_DF"]
+
+T_DF = 5
+_NJIT = dict(cache=True, nogil=True, error_model="numpy")
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(**_NJIT)
+def _mix(z):
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**_NJIT)
+def _uniform(state):
+    """A uniform on (0, 1) from the splitmix64 stream in state[0] (advanced)."""
+    state[0] += _GOLD
+    z = _mix(state[0])
+    return ((z >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740994.0)
+
+
+@njit(**_NJIT)
+def _normal(state):
+    u1 = _uniform(state)
+    u2 = _uniform(state)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(**_NJIT)
+def _seed_state(seed, s, j, state):
+    state[0] = _mix(np.uint64(seed) ^ _mix(np.uint64(s) * _GOLD + np.uint64(j) + np.uint64(1)))
+
+
+@njit(**_NJIT)
+def _h(fam, y, n, eta0, w, q, vv, phi, lphi, eta, l, d1, pl):
+    """f(vv) (without constants) and fill d1 with l' at vv."""
+    linpred(eta0, w, vv, eta)
+    fam_node(fam, y, n, eta, phi, lphi, l, d1, pl)
+    s = rowsum(l)
+    for a in range(q):
+        s -= 0.5 * vv[a] * vv[a]
+    return s
+
+
+@njit(**_NJIT)
+def _h1(fam, y, n, eta0, w, v, phi, lphi, d1, A, emax):
+    """(f(v), f'(v)) for one term, by the fused row pass (exponential-free for a random intercept)."""
+    if eta0.shape[0] > 0 and intercept_ok(emax, w[0], v):
+        S, _, G = node_q1_intercept(fam, y, A, eta0, w[0], v, d1)
+    else:
+        S, _, G = node_q1(fam, y, n, eta0, w, v, phi, lphi, d1)
+    return S - 0.5 * v * v, G - v
+
+
+@njit(**_NJIT)
+def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
+    """One exact draw of v (q = 1) by rejection from the three-tangent envelope, into vv[0];
+    returns the number of proposals it took."""
+    a = math.sqrt(2.0)
+    f0, _ = _h1(fam, y, n, eta0, w, v[0], phi, lphi, d1, A, emax)
+    fl, gl = _h1(fam, y, n, eta0, w, v[0] - a / Lf, phi, lphi, d1, A, emax)
+    fr, gr = _h1(fam, y, n, eta0, w, v[0] + a / Lf, phi, lphi, d1, A, emax)
+    # in x = (v - v*) Lf: h(x) = f - f0, slope h'(x) = f'(v) / Lf
+    s1 = max(gl / Lf, 1e-300)
+    s2 = min(gr / Lf, -1e-300)
+    z1 = min(-a - (fl - f0) / s1, 0.0)
+    z2 = max(a - (fr - f0) / s2, 0.0)
+    m1 = 1.0 / s1
+    m2 = z2 - z1
+    m3 = -1.0 / s2
+    tot = m1 + m2 + m3
+    for tries in range(1, 100000):
+        u = _uniform(state) * tot
+        if u < m1:
+            x = z1 + math.log(_uniform(state)) / s1
+            env = s1 * (x - z1)
+        elif u < m1 + m2:
+            x = z1 + (u - m1)
+            env = 0.0
+        else:
+            x = z2 + math.log(_uniform(state)) / s2
+            env = s2 * (x - z2)
+        vv[0] = v[0] + x / Lf
+        hx, _ = _h1(fam, y, n, eta0, w, vv[0], phi, lphi, d1, A, emax)
+        if math.log(_uniform(state)) <= hx - f0 - env:
+            return tries
+    return -1
+
+
+@njit(**_NJIT)
+def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_prop, out, props, lw, zbuf, xbuf):
+    """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
+    nu = float(T_DF)
+    for k in range(n_prop):
+        c2 = 0.0
+        for m in range(T_DF):
+            e = _normal(state)
+            c2 += e * e
+        sc = math.sqrt(nu / c2)
+        zz = 0.0
+        for a in range(q):
+            zbuf[a] = _normal(state)
+            zz += zbuf[a] * zbuf[a]
+            zbuf[a] *= sc
+        solve_upper_t(L, q, zbuf, xbuf)
+        for a in range(q):
+            props[k, a] = v[a] + xbuf[a]
+        # log t density of the standardised proposal, up to a constant: -(nu + q)/2 log(1 + |z|^2/nu)
+        r2 = zz * sc * sc
+        lt = -0.5 * (nu + q) * math.log1p(r2 / nu)
+        lw[k] = _h(fam, y, n, eta0, w, q, props[k], phi, lphi, eta, l, d1, pl) - lt
+    mx = -np.inf
+    for k in range(n_prop):
+        mx = max(mx, lw[k])
+    s = 0.0
+    s2 = 0.0
+    for k in range(n_prop):
+        lw[k] = math.exp(lw[k] - mx)
+        s += lw[k]
+        s2 += lw[k] * lw[k]
+    u = _uniform(state) * s
+    acc = 0.0
+    pick = n_prop - 1
+    for k in range(n_prop):
+        acc += lw[k]
+        if u < acc:
+            pick = k
+            break
+    for a in range(q):
+        out[a] = props[pick, a]
+    return s * s / s2
+
+
+@njit(**_NJIT)
+def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess):
+    """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
+
+    Data arrays as for :func:`~bayeslmm.paths.quadrature_kernel.aghq_kernel` (rows sorted by group,
+    Xt (p, n), Zt (q, n)). Returns (u, diag): diag (S, J) is the number of proposals the rejection
+    sampler used (q = 1) or the importance weights' ESS (q >= 2); NaN where the mode was not found.
+    """
+    fam = ictl[0]
+    S = b.shape[0]
+    J = starts.shape[0] - 1
+    p = Xt.shape[0]
+    q = Zt.shape[0]
+    maxn = 1
+    for j in range(J):
+        maxn = max(maxn, starts[j + 1] - starts[j])
+    work = np.empty(6 * maxn)
+    wq = np.empty(q * maxn)
+    u = np.full((S, J, q), np.nan)
+    diag = np.full((S, J), np.nan)
+    T = np.empty((q, q))
+    H = np.empty((q, q))
+    L = np.empty((q, q))
+    mats = np.empty((1, q, q))
+    vecs = np.empty((5, q))
+    v = np.zeros(q)
+    vv = np.empty(q)
+    zbuf = np.empty(q)
+    xbuf = np.empty(q)
+    g = np.empty(q)
+    big = 4 * n_prop
+    props = np.empty((big, q))
+    lw = np.empty(big)
+    state = np.zeros(1, dtype=np.uint64)
+    for s in range(S):
+        ph = phi[s]
+        lphi = math.log(ph) if ph > 0 else 0.0
+        for a in range(q):
+            for c in range(q):
+                T[a, c] = sd[s, a] * Cc[s, a, c]
+        for j in range(J):
+            s0 = starts[j]
+            s1 = starts[j + 1]
+            nj = s1 - s0
+            eta0 = work[0:nj]
+            eta = work[nj:2 * nj]
+            l = work[2 * nj:3 * nj]
+            d1 = work[3 * nj:4 * nj]
+            d2 = work[4 * nj:5 * nj]
+            pl = work[5 * nj:6 * nj]
+            w = wq[0:q * nj].reshape((q, nj))
+            for i in range(nj):
+                eta0[i] = offset[s0 + i]
+            for k in range(p):
+                bk = b[s, k]
+                for i in range(nj):
+                    eta0[i] += Xt[k, s0 + i] * bk
+            for a in range(q):
+                for i in range(nj):
+                    w[a, i] = 0.0
+                for m in range(q):
+                    t = T[m, a]
+                    for i in range(nj):
+                        w[a, i] += t * Zt[m, s0 + i]
+            for a in range(q):
+                v[a] = 0.0
+            yj = y[s0:s1]
+            nj_tr = trials[s0:s1]
+            if q == 1:
+                A = d2
+                emax = np.inf
+                if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], nj_tr):
+                    emax = exp_rows(eta0, A)
+                if not find_mode_q1(fam, yj, nj_tr, eta0, w[0], v, ph, lphi, H, L, A, emax):
+                    continue
+                _seed_state(seed, s, j, state)
+                # any tangent points give a valid envelope: the curvature of the last Newton iterate will do
+                diag[s, j] = _draw_q1(fam, yj, nj_tr, eta0, w[0], v, L[0, 0], ph, lphi, d1, A, emax, state, vv)
+                for a in range(q):
+                    u[s, j, a] = T[a, 0] * vv[0]
+                continue
+            if not find_mode(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, H, L, eta, d1, d2, mats, vecs):
+                continue
+            # the curvature at the mode itself (find_mode's H is that of the last iterate)
+            linpred(eta0, w, v, eta)
+            fam_newton(fam, yj, nj_tr, eta, ph, lphi, d1, d2)
+            grad_hess(d1, d2, w, v, q, g, H)
+            if not chol(H, q, L):
+                continue
+            _seed_state(seed, s, j, state)
+            ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
+                            props, lw, zbuf, xbuf)
+            if ess < min_ess:
+                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, big, vv,
+                                props, lw, zbuf, xbuf)
+            diag[s, j] = ess
+            for a in range(q):
+                acc = 0.0
+                for m in range(q):
+                    acc += T[a, m] * vv[m]
+                u[s, j, a] = acc
+    return u, diag
+

@@ -1,0 +1,448 @@
+"""Each group's GLMM likelihood by adaptive Gauss-Hermite quadrature, and its exact gradient (numba).
+
+The integral, for one grouping factor with q <= 3 terms and Sigma = T T', T = diag(sd) C_chol:
+
+    L_j = int prod_i p(y_ij | eta0_ij + z_ij'u) N(u | 0, Sigma) du,    eta0 = offset + X b.
+
+It is written in the standardised effects v (u = T v, v ~ N(0, I)), so the integrand is
+exp f(v) with f(v) = sum_i l_i(eta0_i + w_i'v) - v'v/2 - (q/2) log 2 pi and w_i = T'z_i. This
+keeps everything finite at sd = 0 (the boundary variance components often sit near), and the
+negative Hessian H = I + sum_i c_i w_i w_i' (c_i = -l_i'' >= 0 for these log-concave families) is
+never below the identity, so Newton's method is safe and the mode unique.
+
+**AGHQ** (Liu & Pierce 1994; Pinheiro & Bates 1995; as GLMMadaptive and lme4's nAGQ): v* = the
+mode, H = L L' (Cholesky) at v*, standard-normal product nodes z_k with weights W_k (k nodes per
+axis, M = k^q in all), v_k = v* + L^-T z_k:
+
+    log L_j ~= -log|L| + logsumexp_k [log W_k + z_k'z_k/2 - v_k'v_k/2 + sum_i l_i(eta0_i + w_i'v_k)].
+
+One node (z = 0) is the Laplace approximation. The value is a deterministic function of the
+parameters: the mode (:mod:`bayeslmm.paths.quadrature_mode`) is exact to ~1e-12 whatever Newton's
+starting point (the tests check < 1e-10 from random starts).
+
+**Gradient** of this approximation (not of the exact integral), by reverse mode through the
+mode and the Cholesky factor. With pi_k the softmax weights of the nodes, G_k = grad_v f(v_k):
+  * the nodes give dF/dv* = sum_k pi_k G_k and dF/dL = -diag(1/L) - sum_k pi_k tril(L^-T z_k (L^-1 G_k)');
+  * the Cholesky adjoint turns dF/dL into dF/dH = sym(L^-T Phi(L' dF/dL) L^-1) (Murray 2016);
+  * H depends on v* through c_i(eta_i*), whose derivative is -l_i''' (closed form per family);
+  * the implicit function theorem (grad_v f(v*) = 0) gives dv*/dtheta = H^-1 d(grad_v f)/dtheta,
+    applied as one solve lambda = H^-1 (dF/dv*).
+Every contribution is collected per row as d/d eta0_i and d/d w_i (plus d/d phi), then mapped to
+b (eta0 = offset + X b), to T (w_i = T'z_i) and to sd and C_chol. Checked against central
+finite differences of the kernel itself (tests/test_quadrature.py).
+
+Rows are sorted by group once (``starts``); the kernel loops per group, so each group's rows stay
+in cache through its Newton iterations and node passes; one term (q = 1) has a scalar path whose
+Newton steps and nodes are each a single vectorised pass over the rows (:func:`_group_q1`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
+from .quadrature_families import njit, fam_mode, nb_phi_part
+from .quadrature_fused import exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, node_q3, unit_rows
+from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
+                              solve_lower, solve_upper_t)
+
+__all__ = ["aghq_kernel"]
+
+_NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
+
+
+# --------------------------------------------------------------------------------------------
+# One group
+# --------------------------------------------------------------------------------------------
+@njit(**_NJIT)
+def _accumulate(acc_e, acc_o, q, d, wk, vk):
+    """acc_e += wk d, acc_o[a] += wk vk[a] d (a < q; acc_o has 3 rows), in one loop."""
+    c0 = wk * vk[0]
+    c1 = wk * vk[1] if q > 1 else 0.0
+    c2 = wk * vk[2] if q > 2 else 0.0
+    o0, o1, o2 = acc_o[0], acc_o[1], acc_o[2]
+    for i in range(d.shape[0]):
+        acc_e[i] += wk * d[i]
+        o0[i] += c0 * d[i]
+        o1[i] += c1 * d[i]
+        o2[i] += c2 * d[i]
+
+
+@njit(**_NJIT)
+def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km):
+    """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
+    and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
+    (logL, dphi, ok).
+
+    Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
+    phi-derivatives of l, dl, d2l
+    (ls is reused for the nodes' l once S0 is summed); nd1, npl the nodes' l' and dl/dphi; acc_e
+    and acc_o (q, m) the softmax-weighted sums over nodes. All contiguous, so the row loops
+    vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),
+    ``kq`` (3, M, q), ``km`` (2, M).
+    """
+    nj = eta0.shape[0]
+    M = nodes.shape[0]
+    H, L, Lbar, Hbar = mats[0], mats[1], mats[2], mats[3]
+    g, zk, av, h, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[8], vecs[9], vecs[10]
+    G, VK, SK = kq[0], kq[1], kq[2]           # SK_k = L^-T z_k
+    P, lw = km[0], km[1]
+    if not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
+        return -np.inf, 0.0, False
+    # the mode pass: everything the gradient needs at v*
+    linpred(eta0, w, v, eta)
+    fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
+    S0 = rowsum(ls)
+    P0 = rowsum(pls)
+    grad_hess(d1s, d2s, w, v, q, g, H)
+    if not chol(H, q, L):
+        return -np.inf, 0.0, False
+    logdet = 0.0
+    for a in range(q):
+        logdet += math.log(L[a, a])
+    # nodes: log-sum-exp with a running reference (rescaled when a node outweighs it by e^30)
+    G[:, :] = 0.0
+    P[:] = 0.0
+    ref = -np.inf
+    tot = 0.0
+    if want_grad:
+        acc_e[:] = 0.0
+        acc_o[:, :] = 0.0
+    for k in range(M):
+        for a in range(q):
+            zk[a] = nodes[k, a]
+        solve_upper_t(L, q, zk, SK[k])
+        for a in range(q):
+            VK[k, a] = v[a] + SK[k, a]
+        if k == center:
+            S = S0
+            P[k] = P0
+            dk = d1s
+        elif q == 1:
+            S, P[k], G[k, 0] = node_q1(fam, y, n, eta0, w[0], VK[k, 0], phi, lphi, nd1)
+            dk = nd1
+        else:
+            w2 = w[2] if q == 3 else w[1]
+            v2 = VK[k, 2] if q == 3 else 0.0
+            S, P[k], g0, g1, g2 = node_q3(fam, y, n, eta0, w[0], w[1], w2, VK[k, 0], VK[k, 1], v2, phi, lphi, nd1)
+            G[k, 0] = g0
+            G[k, 1] = g1
+            if q == 3:
+                G[k, 2] = g2
+            dk = nd1
+        vk2 = 0.0
+        for a in range(q):
+            vk2 += VK[k, a] * VK[k, a]
+        lw[k] = lwn[k] - 0.5 * vk2 + S
+        if not abs(lw[k]) < np.inf:
+            return -np.inf, 0.0, False
+        if lw[k] > ref + 30.0:
+            scale = math.exp(ref - lw[k]) if ref > -np.inf else 0.0
+            tot *= scale
+            if want_grad:
+                for i in range(nj):
+                    acc_e[i] *= scale
+                for a in range(q):
+                    for i in range(nj):
+                        acc_o[a, i] *= scale
+            ref = lw[k]
+        wk = math.exp(lw[k] - ref)
+        tot += wk
+        if want_grad:
+            _accumulate(acc_e, acc_o, q, dk, wk, VK[k])
+    logL = -logdet + ref + math.log(tot)
+    if not want_grad:
+        return logL, 0.0, True
+    # --- reverse mode ---
+    itot = 1.0 / tot
+    av[:] = 0.0
+    Lbar[:, :] = 0.0
+    dphi = 0.0
+    for k in range(M):
+        if k == center:
+            for a in range(q):
+                sg = 0.0
+                for i in range(nj):
+                    sg += d1s[i] * w[a, i]
+                G[k, a] = sg
+        for a in range(q):
+            G[k, a] -= VK[k, a]
+        pk = math.exp(lw[k] - ref) * itot
+        dphi += pk * P[k]
+        for a in range(q):
+            av[a] += pk * G[k, a]
+            zk[a] = G[k, a]
+        solve_lower(L, q, zk, h)
+        for a in range(q):
+            for c in range(a + 1):
+                Lbar[a, c] -= pk * SK[k, a] * h[c]
+    for a in range(q):
+        Lbar[a, a] -= 1.0 / L[a, a]
+    chol_adjoint(L, Lbar, q, Hbar, mats[4], mats[5], vecs[0], vecs[1])
+    # m_i = w_i' Hbar w_i (into nd1); dF/dv* = av - sum_i m_i l'''_i w_i
+    mrow = nd1
+    mrow[:] = 0.0
+    for a in range(q):
+        for c in range(q):
+            hac = Hbar[a, c]
+            for i in range(nj):
+                mrow[i] += hac * w[a, i] * w[c, i]
+    for a in range(q):
+        vbar[a] = av[a]
+    for a in range(q):
+        s = 0.0
+        for i in range(nj):
+            s += mrow[i] * d3s[i] * w[a, i]
+        vbar[a] -= s
+    solve_lower(L, q, vbar, zk)
+    solve_upper_t(L, q, zk, lam)
+    # lambda' w_i (into npl)
+    lwr = npl
+    lwr[:] = 0.0
+    for a in range(q):
+        la = lam[a]
+        for i in range(nj):
+            lwr[i] += la * w[a, i]
+    for i in range(nj):
+        coef = -mrow[i] * d3s[i] + d2s[i] * lwr[i]       # multiplies d eta_i* (eta0 and the w'v* part)
+        acc_e[i] = acc_e[i] * itot + coef
+        dphi += -mrow[i] * p2s[i] + lwr[i] * p1s[i]
+        ls[i] = coef
+    for a in range(q):
+        va = v[a]
+        la = lam[a]
+        for i in range(nj):
+            Hw = 0.0
+            for c in range(q):
+                Hw += Hbar[a, c] * w[c, i]
+            gw[a, i] = acc_o[a, i] * itot + ls[i] * va - 2.0 * d2s[i] * Hw + d1s[i] * la
+    return logL, dphi, True
+
+
+@njit(**_NJIT)
+def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
+              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km, A, emax):
+    """:func:`_group` for one term, with scalars for the 1 x 1 algebra and one fused pass over the
+    rows per node. ``w`` (m,); d/d eta0 is returned in acc_e and d/d w in acc_o. With a random
+    intercept and bernoulli-logit or Poisson rows, ``A`` = e^eta0 and ``emax`` = max |eta0| (else
+    inf) select the exponential-free passes of the families module."""
+    nj = eta0.shape[0]
+    M = nodes.shape[0]
+    H = np.empty((1, 1))
+    L = np.empty((1, 1))
+    if not find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
+        return -np.inf, 0.0, False
+    vs = v[0]
+    if nj > 0 and intercept_ok(emax, w[0], vs):
+        S0, P0, G0, Hs = mode_q1_intercept(fam, y, A, eta0, w[0], vs, d1s, d2s, d3s, p1s, p2s)
+    else:
+        S0, P0, G0, Hs = mode_q1(fam, y, n, eta0, w, vs, phi, lphi, d1s, d2s, d3s, p1s, p2s)
+    h = 1.0 + Hs
+    if not h > 0.0:
+        return -np.inf, 0.0, False
+    Lf = math.sqrt(h)
+    lw, Gk = km[0], km[1]
+    P, SK = km[2], km[3]
+    ref = -np.inf
+    tot = 0.0
+    if want_grad:
+        acc_e[:] = 0.0
+        acc_o[:] = 0.0
+    for k in range(M):
+        sk = nodes[k, 0] / Lf
+        vk = vs + sk
+        SK[k] = sk
+        if k == center:
+            S = S0
+            P[k] = P0
+            Gk[k] = G0 - vk
+            dk = d1s
+        elif nj > 0 and intercept_ok(emax, w[0], vk):
+            S, P[k], gk = node_q1_intercept(fam, y, A, eta0, w[0], vk, nd1)
+            Gk[k] = gk - vk
+            dk = nd1
+        else:
+            S, P[k], gk = node_q1(fam, y, n, eta0, w, vk, phi, lphi, nd1)
+            Gk[k] = gk - vk
+            dk = nd1
+        lw[k] = lwn[k] - 0.5 * vk * vk + S
+        if not abs(lw[k]) < np.inf:
+            return -np.inf, 0.0, False
+        if lw[k] > ref + 30.0:
+            scale = math.exp(ref - lw[k]) if ref > -np.inf else 0.0
+            tot *= scale
+            if want_grad:
+                for i in range(nj):
+                    acc_e[i] *= scale
+                    acc_o[i] *= scale
+            ref = lw[k]
+        wk = math.exp(lw[k] - ref)
+        tot += wk
+        if want_grad:
+            c = wk * vk
+            for i in range(nj):
+                acc_e[i] += wk * dk[i]
+                acc_o[i] += c * dk[i]
+    logL = -math.log(Lf) + ref + math.log(tot)
+    if not want_grad:
+        return logL, 0.0, True
+    itot = 1.0 / tot
+    av = 0.0
+    Lbar = -1.0 / Lf
+    dphi = 0.0
+    for k in range(M):
+        pk = math.exp(lw[k] - ref) * itot
+        dphi += pk * P[k]
+        av += pk * Gk[k]
+        Lbar -= pk * SK[k] * Gk[k] / Lf
+    Hbar = 0.5 * Lbar / Lf
+    s3 = 0.0
+    for i in range(nj):
+        s3 += d3s[i] * w[i] * w[i] * w[i]
+    lam = (av - Hbar * s3) / h
+    for i in range(nj):
+        wi = w[i]
+        coef = -Hbar * wi * wi * d3s[i] + d2s[i] * lam * wi
+        acc_e[i] = acc_e[i] * itot + coef
+        acc_o[i] = acc_o[i] * itot + coef * vs - 2.0 * d2s[i] * Hbar * wi + d1s[i] * lam
+        dphi += -Hbar * wi * wi * p2s[i] + lam * wi * p1s[i]
+    return logL, dphi, True
+
+
+# --------------------------------------------------------------------------------------------
+# All groups
+# --------------------------------------------------------------------------------------------
+@njit(**_NJIT)
+def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of,
+                const):
+    """Per-group AGHQ log-likelihoods and the wgt-weighted gradient.
+
+    Parameters
+    ----------
+    grad : 0-d int64 array; nonzero to compute the gradient (else zeros are returned for it).
+    wgt : (J,) weights of the gradient (sum_j wgt_j d logL_j / d theta).
+    b (p,), sd (q,), Cc (q, q) lower Cholesky factor of the correlation, phi 0-d (negbinomial).
+    v0 : (J, q) Newton starting points in the standardised scale (zeros for a cold start).
+    y, trials, offset (n,), Xt (p, n), Zt (q, n): rows sorted by group (X and Z transposed, so
+        that the loops over a group's rows vectorise); starts (J + 1,).
+    ictl : int64 [family code].
+    nodes (M, q), lwn (M,): standard-normal product nodes and log W_k + z_k'z_k / 2, the rules one
+        after another; rules (R, 3) int64 [first, end, index of the node at z = 0 or -1] of each
+        rule in them; rule_of (J,) the rule of each group (groups may use different numbers of nodes).
+    const : (J,) data-only log-density constants per group (log binomial coefficients, -log y!).
+
+    Returns
+    -------
+    (logL (J,), d/db (p,), d/dsd (q,), d/dCc (q, q), d/dphi (), modes (J, q))
+    """
+    fam = ictl[0]
+    want_grad = grad[()] != 0
+    J = starts.shape[0] - 1
+    p = Xt.shape[0]
+    q = Zt.shape[0]
+    ph = phi[()]
+    lphi = math.log(ph) if fam == NEGBINOMIAL_LOG else 0.0
+    T = np.empty((q, q))
+    for a in range(q):
+        for c in range(q):
+            T[a, c] = sd[a] * Cc[a, c]
+    maxn = 1
+    for j in range(J):
+        maxn = max(maxn, starts[j + 1] - starts[j])
+    work = np.empty(12 * maxn)
+    work_q = np.empty(2 * q * maxn)
+    work_o = np.empty(3 * maxn)
+    M = 1
+    for r in range(rules.shape[0]):
+        M = max(M, rules[r, 1] - rules[r, 0])
+    mats = np.zeros((7, q, q))
+    vecs = np.zeros((12, q))
+    kq = np.zeros((3, M, q))
+    km = np.zeros((4, M))
+    v = np.empty(q)
+    lp = np.empty(J)
+    modes = np.empty((J, q))
+    gb = np.zeros(p)
+    Tbar = np.zeros((q, q))
+    gphi = 0.0
+    for j in range(J):
+        s0 = starts[j]
+        s1 = starts[j + 1]
+        nj = s1 - s0
+        r0, r1, center = rules[rule_of[j], 0], rules[rule_of[j], 1], rules[rule_of[j], 2]
+        nodes_j = nodes[r0:r1]
+        lwn_j = lwn[r0:r1]
+        # contiguous per-group views of the scratch (2-D ones by reshaping a flat slice)
+        eta0 = work[0:nj]
+        ge = work[11 * nj:12 * nj]
+        w = work_q[0:q * nj].reshape((q, nj))
+        gw = work_q[q * nj:2 * q * nj].reshape((q, nj))
+        acc_o = work_o[:3 * nj].reshape((3, nj))
+        for i in range(nj):
+            eta0[i] = offset[s0 + i]
+        for k in range(p):
+            bk = b[k]
+            for i in range(nj):
+                eta0[i] += Xt[k, s0 + i] * bk
+        for a in range(q):
+            for i in range(nj):
+                w[a, i] = 0.0
+            for m in range(q):
+                t = T[m, a]
+                for i in range(nj):
+                    w[a, i] += t * Zt[m, s0 + i]
+        for a in range(q):
+            v[a] = v0[j, a]
+        if q == 1:
+            A = work[nj:2 * nj]
+            emax = np.inf
+            if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], trials[s0:s1]):
+                emax = exp_rows(eta0, A)
+            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes_j, lwn_j,
+                                       center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
+                                       work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
+                                       A, emax)
+        else:
+            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes_j, lwn_j,
+                                    center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
+                                    work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
+                                    work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],
+                                    work[10 * nj:11 * nj], ge, acc_o, gw, mats, vecs, kq, km)
+        extra = 0.0
+        dextra = 0.0
+        if fam == NEGBINOMIAL_LOG:
+            for i in range(nj):
+                a0, a1 = nb_phi_part(y[s0 + i], ph)
+                extra += a0
+                dextra += a1
+        lp[j] = logL + const[j] + extra
+        for a in range(q):
+            modes[j, a] = v[a]
+        if not ok or not want_grad:
+            continue
+        wj = wgt[j]
+        gphi += wj * (dphi + dextra)
+        for k in range(p):
+            s = 0.0
+            for i in range(nj):
+                s += ge[i] * Xt[k, s0 + i]
+            gb[k] += wj * s
+        for m in range(q):
+            for a in range(q):
+                s = 0.0
+                for i in range(nj):
+                    s += Zt[m, s0 + i] * gw[a, i]
+                Tbar[m, a] += wj * s
+    gsd = np.zeros(q)
+    gC = np.zeros((q, q))
+    if want_grad:
+        for a in range(q):
+            for c in range(q):
+                gsd[a] += Tbar[a, c] * Cc[a, c]
+                gC[a, c] = Tbar[a, c] * sd[a]
+    gph = np.zeros(())
+    gph[()] = gphi
+    return lp, gb, gsd, gC, gph, modes
