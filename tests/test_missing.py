@@ -66,9 +66,9 @@ def test_mar_dropout_all_rows_recover_truth_completers_biased(get_fit):
     """One data set (seed 0): 100 subjects, 306 of 500 visits observed, 37 completers.
 
     Tolerance: 3 posterior sds (about 0.25 all rows, 0.35 completers; MCSE about 0.01). The
-    replicated study (bench/applied_studies.py, docs/applied_studies.md) measures the bias with
-    its Monte Carlo error; statsmodels' REML on 100 replicates of this design gives 14.04 +- 0.03
-    (all rows) and 12.64 +- 0.03 (completers) for a truth of 14.
+    replicated study (bench/applied_studies.py, docs/applied_studies.json) measures the bias with
+    its Monte Carlo error: statsmodels' REML on 100 replicates of this design gives 14.01 +- 0.03
+    (all rows) and 12.63 +- 0.03 (completers) for a truth of 14.
     """
     df = mar_data(0)
     done = df.groupby("id")["y"].transform(lambda v: v.notna().all()).to_numpy()
