@@ -1369,6 +1369,12 @@ NB10 = [
     assert abs(w["mean"] - 1.0) < 3 * w["sd"], "the within effect is recovered"
     assert p["mean"] - 1.0 > 3 * p["sd"], "the plain random-intercept slope is biased"
     assert t.loc["x | g: within - between", "hdi_upper"] < 0, "the check flags the correlation"
+    # and over repeated data sets (docs/applied_studies.json; mean +- Monte Carlo error)
+    ref, m = study["reml_reference"], study["mundlak"]
+    print(f"plain slope {ref['plain']['mean']:.3f} +- {ref['plain']['mcse']:.3f}, within "
+          f"{ref['within']['mean']:.3f} +- {ref['within']['mcse']:.3f} (REML, {ref['within']['R']} data sets)")
+    assert ref["plain"]["mean"] - 1 > 10 * ref["plain"]["mcse"] and abs(ref["within"]["mean"] - 1) < 3 * ref["within"]["mcse"]
+    assert m["plain_slope"]["mean"] - 1 > 3 * m["plain_slope"]["mcse"] and abs(m["within"]["mean"] - 1) < 3 * m["within"]["mcse"]
     """),
     md("""
     **When to use it.** Whenever a predictor varies within groups *and* its group means may be
