@@ -1466,7 +1466,11 @@ NB11 = [
     study = json.loads((ROOT / "docs" / "applied_studies.json").read_text())["few_clusters"]
     cov = pd.DataFrame({name: study[f"coverage_{k}"] for k, name in
                         (("bayes", "Bayesian"), ("wald", "naive Wald"), ("t_df", "t, 4 df"))}).T
+    cov["mean width"] = [study[f"width_{k}"]["mean"] for k in ("bayes", "wald", "t")]
     display(cov)
+    same = study["coverage_wald_same_seeds_as_bayes"]
+    print(f"on the {same['R']} data sets of the Bayesian runs: Bayesian interval covered "
+          f"{round(study['coverage_bayes']['mean'] * same['R'])}, naive Wald {round(same['mean'] * same['R'])}")
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(cov.index, cov["mean"], yerr=2 * cov["mcse"], color=["C0", "C3", "C2"], capsize=4)
     ax.axhline(0.95, color="k", ls="--")
@@ -1477,7 +1481,10 @@ NB11 = [
     # the claims, with 2 Monte Carlo errors of slack
     w, b, t = (study[f"coverage_{k}"] for k in ("wald", "bayes", "t_df"))
     assert w["mean"] + 2 * w["mcse"] < 0.95, "the naive Wald interval under-covers"
-    assert b["mean"] + 2 * b["mcse"] >= 0.95 and t["mean"] + 2 * t["mcse"] >= 0.95, "the others do not"
+    assert abs(t["mean"] - 0.95) < 2 * t["mcse"], "the t interval on J - 2 df is at its nominal level"
+    assert b["mean"] + 2 * b["mcse"] >= 0.95, "the Bayesian coverage is not below nominal beyond MC error"
+    assert study["width_bayes"]["mean"] > study["width_wald"]["mean"], "the Bayesian interval is wider than Wald's"
+    assert study["coverage_bayes"]["mean"] >= same["mean"], "and covers at least as often on the same data sets"
     """),
     md("""
     **What to take from this.** With few clusters the naive Wald interval is too narrow: it
@@ -1486,10 +1493,14 @@ NB11 = [
     estimated degrees of freedom; Kenward-Roger (Kenward & Roger 1997, Biometrics 53: 983-997)
     also corrects the SE for the uncertainty in the variance components. Reviews of simulation
     studies (e.g. McNeish & Stapleton 2016, Educational Psychology Review 28: 295-314) recommend
-    REML with Kenward-Roger when clusters are few. The Bayesian interval needs no correction: it
-    averages over the posterior of the between-cluster SD. Its price is that, with 6 clusters,
-    that posterior depends on the prior (see `fit.prior_sensitivity()` and notebook 6); report
-    the prior.
+    REML with Kenward-Roger when clusters are few. The Bayesian interval needs no correction
+    step: it averages over the posterior of the between-cluster SD, so it comes out wider than
+    the Wald interval. How close its coverage is to 95% we can only say as precisely as the
+    number of Bayesian replicates allows (see the Monte Carlo error above; run
+    `bench/applied_studies.py --reps-clusters 200` to pin it down); on the same data sets it
+    covered the truth at least as often as the naive Wald interval. Its other price is that, with
+    6 clusters, the posterior of the between-cluster SD depends on the prior (see
+    `fit.prior_sensitivity()` and notebook 6): report the prior.
     """),
 ]
 
