@@ -36,6 +36,9 @@ __all__ = ["FactorDesign", "Design", "ColumnData", "make_design", "predictor_arr
            "level_label", "MISSING_ACTIONS"]
 
 MISSING_ACTIONS = ("drop", "raise")
+#: in-memory data also take "drop_response": rows with a missing response are dropped (they add
+#: nothing to the likelihood; valid under MAR), a missing predictor is an error naming the column
+MISSING_ACTIONS_IN_MEMORY = MISSING_ACTIONS + ("drop_response",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,9 +376,13 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     spec : ModelSpec
     data : pandas.DataFrame
         Never modified.
-    missing : {"drop", "raise"}
+    missing : {"drop", "raise", "drop_response"}
         Rows with a missing value in a used column are dropped with a printed count (``"drop"``),
-        or raise :class:`DataError` (``"raise"``).
+        or raise :class:`DataError` (``"raise"``). ``"drop_response"`` drops the rows whose
+        response is missing and raises for a missing predictor, naming the column. Rows are
+        dropped one by one: a group keeps every observed row (a subject who dropped out keeps
+        its visits before dropout), which is what makes the fit valid when the response is
+        missing at random; ``design.notes`` says if a level lost all its rows.
     warn : bool
         Emit a warning when rows are dropped.
 
@@ -393,8 +400,9 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
     >>> d.X.shape, d.factors[0].name, d.factors[0].n_levels, d.factors[0].terms
     ((180, 2), 'Subject', 18, ('Intercept', 'Days'))
     """
-    if missing not in MISSING_ACTIONS:
-        raise DataError(f"the 'missing' parameter must be one of {MISSING_ACTIONS}. Got {missing!r} instead.")
+    if missing not in MISSING_ACTIONS_IN_MEMORY:
+        raise DataError(f"the 'missing' parameter must be one of {MISSING_ACTIONS_IN_MEMORY}. Got {missing!r} "
+                        "instead.")
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if len(data) == 0:
@@ -460,6 +468,8 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
                 raise DataError(f"column {c!r} ({needed[c]}) has {n_inf} infinite value(s); "
                                 "replace or remove them before fitting.")
     na = frame.isna()
+    if missing == "drop_response":
+        _refuse_missing_predictors(na, f.response, needed)
     n_dropped = int(na.any(axis=1).sum())
     notes: list[str] = []
     if n_dropped:
@@ -472,6 +482,7 @@ def make_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop",
         if warn:
             warnings.warn(notes[-1] + " Pass missing='raise' to make this an error.", UserWarning,
                           stacklevel=3)
+        notes += _lost_levels(frame, ~na.any(axis=1).to_numpy(), f.random)
         frame = frame.loc[~na.any(axis=1)]
         if len(frame) == 0:
             raise DataError("no rows left after dropping missing values")
@@ -533,6 +544,32 @@ def _check_weights(s: pd.Series, col: str) -> None:
                         "likelihood weight is a finite number >= 0 (0 = the row is ignored). Fix or drop them.")
     if not (v > 0).any():
         raise DataError(f"weights column {col!r} is 0 in every row: no observation would count.")
+
+
+def _refuse_missing_predictors(na: pd.DataFrame, response: str, needed: dict[str, str]) -> None:
+    """missing='drop_response': a missing value outside the response is an error naming the columns."""
+    bad = [c for c in na.columns if c != response and na[c].any()]
+    if bad:
+        parts = [f"{c!r} ({needed[c]}): {int(na[c].sum())} row(s), first at position(s) "
+                 f"{[int(i) for i in np.flatnonzero(na[c].to_numpy())[:5]]}" for c in bad]
+        raise DataError("missing predictor values in " + "; ".join(parts) + ". With missing='drop_response' "
+                        "only rows with a missing response are dropped; fill or impute the predictors, or "
+                        "pass missing='drop' to drop those rows too (with a printed count).")
+
+
+def _lost_levels(frame: pd.DataFrame, keep: np.ndarray, terms) -> list[str]:
+    """Notes on grouping levels that lose every row when rows with missing values are dropped."""
+    notes = []
+    for group in dict.fromkeys(t.group for t in terms):
+        cols = list(group.split(":"))
+        present = frame[cols].notna().all(axis=1).to_numpy()
+        before = frame.loc[present, cols].drop_duplicates()
+        after = frame.loc[present & keep, cols].drop_duplicates()
+        lost = len(before) - len(after)
+        kept_rows = "every level keeps its observed rows" if lost == 0 else \
+            f"{lost} of {len(before)} levels had no complete row and are not in the fit"
+        notes.append(f"grouping factor {group!r}: {kept_rows} (rows are dropped one by one, never whole groups)")
+    return notes
 
 
 def _trials(frame: pd.DataFrame, y: np.ndarray, source: tuple, response: str) -> np.ndarray:

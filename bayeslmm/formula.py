@@ -3,7 +3,8 @@
 Stage 1 of the pipeline: text in, a frozen :class:`ParsedFormula` out. Only the random-effect bar
 terms are parsed here; the fixed part and each bar term's left-hand side stay formula text and are
 turned into model matrices by formulaic in :mod:`bayeslmm.design` (treatment contrasts,
-interactions, ``0 +`` / ``- 1``, transformations such as ``np.log(x)``).
+interactions, ``0 +`` / ``- 1``, transformations such as ``np.log(x)``, and the within-between
+split ``within(x, g)`` / ``between(x, g)`` of :mod:`bayeslmm.mundlak`).
 
 Supported random terms (lme4 semantics):
 
@@ -49,6 +50,8 @@ from formulaic.parser.types import Token
 from formulaic.utils.code import sanitize_variable_names
 
 from .errors import FormulaError
+from .mundlak import between as _between
+from .mundlak import within as _within
 
 __all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "required_columns", "ALLOWED_TRANSFORMS",
            "FORMULA_CONTEXT"]
@@ -397,6 +400,9 @@ ALLOWED_TRANSFORMS: MappingProxyType = MappingProxyType({
     "C": (1, ()),
     "I": (1, ()),
     "Q": (1, ()),
+    # within-between (Mundlak) split: (column expression, one grouping column); see bayeslmm.mundlak
+    "within": (2, ()),
+    "between": (2, ()),
 })
 
 #: Names added to formulaic's evaluation namespace, which already has log, log2, log10, exp, scale,
@@ -404,7 +410,7 @@ ALLOWED_TRANSFORMS: MappingProxyType = MappingProxyType({
 #: ``context=`` so that no caller's variables are in scope (formulaic's default captures the
 #: caller's frame) and fitting and prediction see the same names.
 FORMULA_CONTEXT: MappingProxyType = MappingProxyType(
-    {"log1p": np.log1p, "sqrt": np.sqrt, "abs": np.abs})
+    {"log1p": np.log1p, "sqrt": np.sqrt, "abs": np.abs, "within": _within, "between": _between})
 
 _FORMULA_OPERATOR_CHARS = frozenset("+-*/:^")
 _ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
@@ -414,8 +420,8 @@ ALLOWED_HINT = (
     "Formulas may contain only: column names (plain, `backticked` or Q('name')), numbers, the "
     "operators + - * / : ** ^ and parentheses, and the transforms "
     + ", ".join(f"{f}()" for f in _ELEMENTWISE)
-    + " (also as np.log() etc.), scale(), center(), standardize(), poly(x, degree), C(x) and "
-    "I(arithmetic with + - * / ** on columns and numbers). For anything else, add a computed "
+    + " (also as np.log() etc.), scale(), center(), standardize(), poly(x, degree), C(x), "
+    "within(x, g) and between(x, g) (g a column name), and I(arithmetic with + - * / ** on columns and numbers). For anything else, add a computed "
     "column to the DataFrame.")
 
 _NODE_WORDS = {ast.Attribute: "attribute access", ast.Subscript: "a subscript", ast.Lambda: "a lambda",
@@ -604,6 +610,17 @@ def _check_call(node: ast.Call, src: str, aliases: dict, columns: list) -> None:
         if not (isinstance(first, ast.Constant) and isinstance(first.value, str)) or node.keywords:
             raise _Refused("Q() takes one quoted column name, like Q('my col')", src)
         columns.append(first.value)
+        return
+    if name in ("within", "between"):
+        if len(node.args) != 2:
+            raise _Refused(f"{name}() takes 2 arguments (x, group column), like {name}(x, g)", src)
+        group = node.args[1]
+        gname = aliases.get(group.id, group.id) if isinstance(group, ast.Name) else None
+        if gname is None or group.id in _NOT_COLUMNS or _is_dunder(group.id):
+            raise _Refused(f"the group of {name}() must be one column name, like {name}(x, g); got "
+                           f"{ast.unparse(group)!r}", src)
+        _check_value(first, src, aliases, columns)
+        columns.append(gname)
         return
     if name == "poly" and len(node.args) == 2:
         _check_constant(node.args[1], int, "the degree of poly()", src, minimum=1)

@@ -333,6 +333,12 @@ class Fit:
         from .identifiability import weakly_identified
         return weakly_identified(self, **kwargs)
 
+    def within_between(self, **kwargs) -> pd.DataFrame:
+        """Within, between and within - between effects of ``within(x, g)`` / ``between(x, g)``;
+        see :func:`bayeslmm.mundlak.within_between`."""
+        from .mundlak import within_between
+        return within_between(self, **kwargs)
+
     def report(self, out_dir, **kwargs) -> str:
         """Standalone HTML report plus tables, figures and fit.nc; see :func:`bayeslmm.report.write_report`."""
         self._rows("the HTML report (data summary, PPC and shrinkage plots)",

@@ -1392,6 +1392,294 @@ NB6 = [
 ]
 
 
+# -------------------------------------------------------------------------------------------------
+# Notebooks 10 and 11 (issue 15): missing data and within-between effects; few clusters.
+MAR_SIM = code("""
+    def mar_data(seed=0, N=100, T=5, sd_u=2.0, a=-1.5, b=1.5):
+        \"\"\"y_it = 10 + t + u_i + e_it; dropout at visit k with probability logistic(a + b z),
+        z the standardised last observed value: missing at random (observed values only).\"\"\"
+        rng = np.random.default_rng(seed)
+        u = rng.normal(scale=sd_u, size=N)
+        t = np.tile(np.arange(T), N)
+        i = np.repeat(np.arange(N), T)
+        Y = (10 + 1.0 * t + u[i] + rng.normal(size=N * T)).reshape(N, T)
+        for k in range(1, T):
+            p = 1 / (1 + np.exp(-(a + b * (Y[:, k - 1] - (10 + (k - 1))) / sd_u)))
+            drop = (rng.uniform(size=N) < p) | np.isnan(Y[:, k - 1])
+            Y[drop, k:] = np.nan
+        return pd.DataFrame({"y": Y.ravel(), "time": t, "id": [f"p{k}" for k in i]})
+
+    df = mar_data(0)
+    done = df.groupby("id")["y"].transform(lambda v: v.notna().all()).to_numpy()
+    comp = df[done].reset_index(drop=True)
+    print(f"{df.y.notna().sum()} of {len(df)} visits observed; {comp.id.nunique()} of 100 patients completed")
+    df.groupby("time")["y"].agg(observed="count", observed_mean="mean").round(2)
+""")
+
+NB10 = [
+    md("""
+    # 10. Missing data (MAR dropout) and within-between effects
+
+    **Part 1.** A longitudinal study: 100 patients, 5 visits (`time` 0 to 4), true mean
+    `10 + time` (so **14 at the last visit**), a patient effect with SD 2 and residual SD 1.
+    Patients drop out, and those whose last measurement was *high* are more likely to leave.
+    The dropout depends only on values we observed: the data are **missing at random** (MAR).
+
+    Two analyses are common:
+
+    * **completers only**: keep the patients with all 5 visits. They are a selected group (low
+      values), so their mean is biased;
+    * the **mixed model on every observed row**: each patient contributes the visits before
+      dropout. Under MAR the likelihood of the observed rows is all we need (the dropout process
+      can be ignored), so the estimates are unbiased. bayeslmm drops only the rows whose
+      response is missing, never a whole patient (`missing="drop_response"` also makes a
+      missing *predictor* an error that names the column).
+    """),
+    SETUP,
+    FAST_NOTE,
+    MAR_SIM,
+    md("""
+    The observed mean at each visit falls behind the truth (`10 + time`): the high patients have
+    left. Now the two analyses, the same model `y ~ time + (1 | id)`:
+    """),
+    code("""
+    full = blmm.Model("y ~ time + (1 | id)", df, missing="drop_response").fit(**FAST, seed=1, verbose=False)
+    print(full.design.notes[0]); print(full.design.notes[1])
+    completers = blmm.Model("y ~ time + (1 | id)", comp).fit(**FAST, seed=1, verbose=False)
+    end = {name: f.draws("Intercept") + 4 * f.draws("time")
+           for name, f in (("all observed rows", full), ("completers only", completers))}
+    table = pd.DataFrame({k: {"mean": v.mean(), "sd": v.std(), "2.5%": np.quantile(v, 0.025),
+                              "97.5%": np.quantile(v, 0.975)} for k, v in end.items()}).T
+    table.round(3)
+    """),
+    code("""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    for pid, d in df.dropna().groupby("id"):
+        ax.plot(d.time, d.y, color="grey", lw=0.5, alpha=0.5)
+    ax.plot(range(5), df.groupby("time").y.mean(), "o-", color="C3", label="observed mean per visit")
+    grid = np.arange(5)
+    for name, f, c in (("mixed model, all rows", full, "C0"), ("completers", completers, "C1")):
+        b = f.summary()["mean"]
+        ax.plot(grid, b["Intercept"] + b["time"] * grid, color=c, lw=2, label=name)
+    ax.plot(grid, 10 + grid, "k--", label="truth")
+    ax.set(xlabel="visit", ylabel="y", title="Trajectories before dropout")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for (name, v), c in zip(end.items(), ("C0", "C1")):
+        ax.hist(v, bins=40, alpha=0.6, color=c, density=True, label=name)
+    ax.axvline(14, color="k", ls="--", label="truth 14")
+    ax.set(xlabel="mean at the last visit", title="Posterior of the final mean")
+    ax.legend(fontsize=8)
+    plt.show()
+    """),
+    code("""
+    # the claims of part 1 (tolerance: 3 posterior SDs; Monte Carlo error of the means is ~0.01)
+    a, c = end["all observed rows"], end["completers only"]
+    assert abs(a.mean() - 14) < 3 * a.std(), "all observed rows: the truth is recovered"
+    assert c.mean() - 14 < -3 * c.std(), "completers: biased low"
+    assert full.design.factors[0].n_levels == 100, "no patient was deleted"
+    """),
+    md("""
+    One data set could be luck. Over repeated data sets (`bench/applied_studies.py`, stored in
+    `docs/applied_studies.json`): the same analyses with statsmodels' REML on 100 data sets,
+    and bayeslmm's posterior mean on a few (each fit takes seconds), with Monte Carlo errors:
+    """),
+    code("""
+    import json
+    study = json.loads((ROOT / "docs" / "applied_studies.json").read_text())
+    ref, bayes = study["reml_reference"], study["mar"]
+    rep = pd.DataFrame({"REML, all rows": ref["all_rows"], "REML, completers": ref["completers"],
+                        "bayeslmm, all rows": bayes["all_rows"], "bayeslmm, completers": bayes["completers"]}).T
+    display(rep.round(3))
+    for name, r in rep.iterrows():
+        if "all rows" in name:
+            assert abs(r["mean"] - 14) < 3 * r["mcse"], f"{name}: unbiased within 3 Monte Carlo errors"
+        else:
+            assert r["mean"] - 14 < -10 * r["mcse"], f"{name}: biased, far beyond Monte Carlo error"
+    """),
+    md("""
+    MAR is an assumption: if dropout depends on the *unobserved* value itself (missing not at
+    random), no analysis of the observed data alone is unbiased; then a sensitivity analysis
+    (pattern-mixture or selection models) is needed.
+
+    ## Part 2. Within-between (Mundlak) effects
+
+    A random intercept model `y ~ x + (1 | g)` assumes the group effects are uncorrelated with
+    `x`. Here they are not: groups with a high mean of `x` also have high intercepts (a
+    group-level confounder). The **within** effect (how `y` changes when `x` changes inside a
+    group) is 1.0; the **between** effect (group means against group means) is about 1.9.
+    The plain slope is a mixture of the two and is biased for both.
+
+    `within(x, g)` (x minus its group mean) and `between(x, g)` (the group mean) split `x`;
+    `fit.within_between()` reports both and the posterior of **within - between**: far from 0,
+    the plain slope is not to be trusted (a Bayesian Hausman test).
+    """),
+    code("""
+    rng = np.random.default_rng(1)
+    J, m = 50, 5
+    g = np.repeat(np.arange(J), m)
+    a_g = rng.normal(size=J)
+    x = a_g[g] + 0.7 * rng.normal(size=J * m)
+    u = 1.0 * a_g + rng.normal(scale=0.5, size=J)              # group effects correlated with x
+    wdf = pd.DataFrame({"y": 1.0 + 1.0 * x + u[g] + rng.normal(size=J * m), "x": x, "g": g})
+    plain = blmm.Model("y ~ x + (1 | g)", wdf).fit(**FAST, seed=1, verbose=False)
+    wb = blmm.Model("y ~ within(x, g) + between(x, g) + (1 | g)", wdf).fit(**FAST, seed=1, verbose=False)
+    print(plain.summary().loc[["x"], ["mean", "sd", "hdi_lower", "hdi_upper"]])
+    wb.within_between()
+    """),
+    code("""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(plain.draws("x"), bins=40, alpha=0.6, density=True, label="plain slope of x")
+    ax.hist(wb.draws("within(x, g)"), bins=40, alpha=0.6, density=True, label="within effect")
+    ax.hist(wb.draws("between(x, g)"), bins=40, alpha=0.6, density=True, label="between effect")
+    ax.axvline(1.0, color="k", ls="--", label="true within effect")
+    ax.set(xlabel="slope", title="The plain slope mixes within and between")
+    ax.legend(fontsize=8)
+    plt.show()
+    """),
+    code("""
+    t = wb.within_between()
+    w, p = t.loc["x | g: within"], plain.summary().loc["x"]
+    assert abs(w["mean"] - 1.0) < 3 * w["sd"], "the within effect is recovered"
+    assert p["mean"] - 1.0 > 3 * p["sd"], "the plain random-intercept slope is biased"
+    assert t.loc["x | g: within - between", "hdi_upper"] < 0, "the check flags the correlation"
+    # and over repeated data sets (docs/applied_studies.json; mean +- Monte Carlo error)
+    ref, m = study["reml_reference"], study["mundlak"]
+    print(f"plain slope {ref['plain']['mean']:.3f} +- {ref['plain']['mcse']:.3f}, within "
+          f"{ref['within']['mean']:.3f} +- {ref['within']['mcse']:.3f} (REML, {ref['within']['R']} data sets)")
+    assert ref["plain"]["mean"] - 1 > 10 * ref["plain"]["mcse"] and abs(ref["within"]["mean"] - 1) < 3 * ref["within"]["mcse"]
+    assert m["plain_slope"]["mean"] - 1 > 3 * m["plain_slope"]["mcse"] and abs(m["within"]["mean"] - 1) < 3 * m["within"]["mcse"]
+    """),
+    md("""
+    **When to use it.** Whenever a predictor varies within groups *and* its group means may be
+    related to the group effects (pupils' SES and school quality, a person's average exercise
+    and their constitution, a firm's average investment and its management). Report the within
+    effect as the causal-leaning "change inside a group"; the between effect describes groups.
+    If within - between is near 0, the plain model is fine and more precise.
+
+    **Predictions on new data.** A group seen in the fit keeps its fitted group mean of `x`
+    (a fitted group at a new `x` is a within-group change); a new group is described by its own
+    rows in the new data (its mean of `x` over those rows), so pass all of a new group's rows in
+    one call. See `help(bayeslmm.mundlak)`.
+    """),
+]
+
+NB11 = [
+    md("""
+    # 11. Few clusters: how good are the intervals with 6 clusters?
+
+    A cluster-randomised study with only **6 clusters** (10 people each), 3 treated and 3
+    controls, true treatment effect **0.5**, between-cluster SD 0.5, residual SD 1. The
+    treatment varies only between clusters, so its standard error rests on 6 numbers, and the
+    between-cluster variance is estimated from them too.
+
+    Three 95% intervals for the treatment effect:
+
+    * **naive Wald**: REML estimate +- 1.96 SE (statsmodels' `MixedLM`). It ignores that the
+      variance components are estimated from 6 clusters;
+    * **t with J - 2 degrees of freedom**: the same SE with a t quantile on 4 df. This is what the
+      **Kenward-Roger** and **Satterthwaite** corrections give here: in a balanced design with
+      a cluster-level treatment their degrees of freedom are J - 2 = 4 (the exact t-test on
+      cluster means, when the REML between-cluster variance is positive). Kenward-Roger also
+      inflates the SE for unbalanced designs; statsmodels has neither correction (R's lmerTest
+      and pbkrtest do), so we compute the balanced-case answer ourselves;
+    * **Bayesian**: bayeslmm's equal-tailed 95% posterior interval, which averages over the
+      uncertainty in the between-cluster SD.
+    """),
+    SETUP,
+    FAST_NOTE,
+    code("""
+    import statsmodels.formula.api as smf
+    from scipy import stats
+
+    def few_clusters_data(seed, J=6, m=10, effect=0.5, sd_c=0.5):
+        rng = np.random.default_rng(seed)
+        c = np.repeat(np.arange(J), m)
+        treat = (np.arange(J) % 2)[c].astype(float)
+        y = effect * treat + rng.normal(scale=sd_c, size=J)[c] + rng.normal(size=J * m)
+        return pd.DataFrame({"y": y, "treat": treat, "cluster": [f"c{k}" for k in c]})
+
+    rows = []
+    for seed in range(4):                       # a few replicates here; the full study is below
+        d = few_clusters_data(seed)
+        b = blmm.Model("y ~ treat + (1 | cluster)", d).fit(**FAST, seed=seed, verbose=False).draws("treat")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = smf.mixedlm("y ~ treat", d, groups="cluster").fit(reml=True)
+        est, se = r.params["treat"], r.bse["treat"]
+        z, t4 = stats.norm.ppf(0.975), stats.t.ppf(0.975, 4)
+        rows.append({"seed": seed, "bayes_lo": np.quantile(b, 0.025), "bayes_hi": np.quantile(b, 0.975),
+                     "wald_lo": est - z * se, "wald_hi": est + z * se,
+                     "t4_lo": est - t4 * se, "t4_hi": est + t4 * se})
+    reps = pd.DataFrame(rows).set_index("seed")
+    reps.round(2)
+    """),
+    code("""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (name, c) in enumerate((("bayes", "C0"), ("wald", "C3"), ("t4", "C2"))):
+        for s in reps.index:
+            ax.plot([reps.loc[s, f"{name}_lo"], reps.loc[s, f"{name}_hi"]], [s + 0.2 * k] * 2, color=c, lw=3,
+                    label={"bayes": "Bayesian", "wald": "naive Wald (z)", "t4": "t, 4 df (KR / Satterthwaite)"}[name]
+                    if s == 0 else None)
+    ax.axvline(0.5, color="k", ls="--", label="truth 0.5")
+    ax.set(xlabel="treatment effect", ylabel="replicate", title="95% intervals, 6 clusters")
+    ax.legend(fontsize=8)
+    plt.show()
+    width = {k: (reps[f"{k}_hi"] - reps[f"{k}_lo"]).mean() for k in ("bayes", "wald", "t4")}
+    print({k: round(v, 2) for k, v in width.items()})
+    assert width["bayes"] > width["wald"] and width["t4"] > width["wald"], "the naive interval is the narrowest"
+    """),
+    md("""
+    Four replicates show the widths, not the coverage. The full study (`bench/applied_studies.py`,
+    stored in `docs/applied_studies.json`) measures the coverage with its Monte Carlo error
+    (`mcse`, binomial): the REML intervals on 300 simulated data sets, the Bayesian interval on the
+    first 24 of them (each fit takes seconds), so its Monte Carlo error is larger (about 0.045):
+    """),
+    code("""
+    import json
+    study = json.loads((ROOT / "docs" / "applied_studies.json").read_text())["few_clusters"]
+    cov = pd.DataFrame({name: study[f"coverage_{k}"] for k, name in
+                        (("bayes", "Bayesian"), ("wald", "naive Wald"), ("t_df", "t, 4 df"))}).T
+    cov["mean width"] = [study[f"width_{k}"]["mean"] for k in ("bayes", "wald", "t")]
+    display(cov)
+    same = study["coverage_wald_same_seeds_as_bayes"]
+    print(f"on the {same['R']} data sets of the Bayesian runs: Bayesian interval covered "
+          f"{round(study['coverage_bayes']['mean'] * same['R'])}, naive Wald {round(same['mean'] * same['R'])}")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(cov.index, cov["mean"], yerr=2 * cov["mcse"], color=["C0", "C3", "C2"], capsize=4)
+    ax.axhline(0.95, color="k", ls="--")
+    ax.set(ylim=(0.6, 1.0), ylabel="coverage of 95% interval", title=f"{study['J']} clusters (bars: 2 MC errors)")
+    plt.show()
+    """),
+    code("""
+    # the claims, with 2 Monte Carlo errors of slack
+    w, b, t = (study[f"coverage_{k}"] for k in ("wald", "bayes", "t_df"))
+    assert w["mean"] + 2 * w["mcse"] < 0.95, "the naive Wald interval under-covers"
+    assert abs(t["mean"] - 0.95) < 2 * t["mcse"], "the t interval on J - 2 df is at its nominal level"
+    assert b["mean"] + 2 * b["mcse"] >= 0.95, "the Bayesian coverage is not below nominal beyond MC error"
+    assert study["width_bayes"]["mean"] > study["width_wald"]["mean"], "the Bayesian interval is wider than Wald's"
+    assert study["coverage_bayes"]["mean"] >= same["mean"], "and covers at least as often on the same data sets"
+    """),
+    md("""
+    **What to take from this.** With few clusters the naive Wald interval is too narrow: it
+    treats the estimated between-cluster variance as known and uses the normal quantile. The
+    small-sample corrections repair most of that: Satterthwaite replaces the normal by a t with
+    estimated degrees of freedom; Kenward-Roger (Kenward & Roger 1997, Biometrics 53: 983-997)
+    also corrects the SE for the uncertainty in the variance components. Reviews of simulation
+    studies (e.g. McNeish & Stapleton 2016, Educational Psychology Review 28: 295-314) recommend
+    REML with Kenward-Roger when clusters are few. The Bayesian interval needs no correction
+    step: it averages over the posterior of the between-cluster SD, so it comes out wider than
+    the Wald interval. How close its coverage is to 95% we can only say as precisely as the
+    number of Bayesian replicates allows (see the Monte Carlo error above; run
+    `bench/applied_studies.py --reps-clusters 200` to pin it down); on the same data sets it
+    covered the truth at least as often as the naive Wald interval. Its other price is that, with
+    6 clusters, the posterior of the between-cluster SD depends on the prior (see
+    `fit.prior_sensitivity()` and notebook 6): report the prior.
+    """),
+]
+
+
 NOTEBOOKS = {
     "01_repeated_measures_pigeons.ipynb": NB1,
     "02_pooling_radon.ipynb": NB2,
@@ -1401,6 +1689,8 @@ NOTEBOOKS = {
     "06_eight_schools.ipynb": NB6,
     "07_population_averaged_logit.ipynb": NB7,
     "08_robust_outliers.ipynb": NB8,
+    "10_missing_data_within_between.ipynb": NB10,
+    "11_few_clusters.ipynb": NB11,
 }
 
 
