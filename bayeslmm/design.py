@@ -161,6 +161,8 @@ class Design:
     se: np.ndarray | None = field(repr=False, default=None)
     #: ``se(s, sigma = TRUE)``: a residual SD is estimated besides ``se``
     se_sigma: bool = False
+    #: known covariances of random intercepts (``Model(..., cov={g: K})``): KinshipMatrix per factor
+    kinship: tuple = field(repr=False, default=())
 
     @property
     def n(self) -> int:

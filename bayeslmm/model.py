@@ -60,6 +60,11 @@ class Model:
         ``"auto"``: Parquet paths and Dask DataFrames from statistics, in-memory data in pandas;
         ``"memory"``: load into pandas; ``"chunked"``: statistics read with pyarrow in chunks;
         ``"dask"``: statistics computed by Dask tasks (a path is read with Dask).
+    cov : dict, optional
+        Known covariances of random intercepts, ``{"animal": K}``: the term ``(1 | animal)`` then
+        has u ~ N(0, sd^2 K). K is a DataFrame with the levels as index and columns, a tuple
+        ``(array, labels)`` or a CSV/Parquet path (first column the labels); it must be symmetric
+        PSD and cover every level of the data (:mod:`bayeslmm.covariance`). Its ICC is h^2.
     scheduler : str or dask scheduler, optional
         For the statistics passes: ``"tcp://host:8786"`` (a ``dask.distributed`` scheduler), a
         ``distributed.Client``, or ``"threads"``; default the active client, else local threads.
@@ -76,7 +81,7 @@ class Model:
     def __init__(self, formula: str | ModelSpec, data: pd.DataFrame, *, family: str = "gaussian",
                  priors: dict | None = None, method: str = "auto", missing: str = "drop",
                  link: str | None = None, trials: str | None = None, offset: str | None = None,
-                 engine: str = "auto", scheduler=None):
+                 engine: str = "auto", scheduler=None, cov: dict | None = None):
         if isinstance(formula, ModelSpec):
             self.spec = formula
         else:
@@ -88,6 +93,9 @@ class Model:
             self.design = stats_design(self.spec, data, missing=missing, engine=engine, scheduler=scheduler)
         else:
             self.design: Design = make_design(self.spec, in_memory(data), missing=missing)
+        if cov:         # known covariances of random intercepts (kinship): checked against the levels
+            from .covariance import attach_covariances
+            self.design = attach_covariances(cov, self.design)
         self.prior_table: PriorTable = resolve_priors(self.spec, self.design)
         self.design_s = time.perf_counter() - t0      # the first stage of fit.info["stages"]
 
@@ -114,6 +122,9 @@ class Model:
 
     def build(self, method: str = "noncentred"):
         """The PyMC model for ``method`` (for inspection, or to sample yourself)."""
+        if self.plan(method).path == "kinship":
+            from .paths.rotated import build_rotated_model, rotated_data
+            return build_rotated_model(self.design, self.prior_table, rotated_data(self.design)[2])
         if canonical_method(method) == "collapsed":
             from .paths.collapsed import build_collapsed_model
             return build_collapsed_model(self.design, self.prior_table, chain=self.plan("collapsed").chain)
@@ -158,7 +169,10 @@ class Model:
                   f"{settings.chains} chains x {settings.draws} draws ({settings.tune} tune), "
                   f"cores={settings.n_cores}, target_accept={settings.target_accept}, seed={seed_used}")
         t0 = time.perf_counter()
-        if chosen == "collapsed":
+        if chosen == "kinship":
+            from .paths.rotated import sample_rotated
+            idata, info = sample_rotated(self.design, self.prior_table, settings, seed=seed_used)
+        elif chosen == "collapsed":
             from .paths.collapsed import sample_collapsed
             idata, info = sample_collapsed(self.design, self.prior_table, settings, seed=seed_used,
                                            chain=plan.chain)
@@ -235,7 +249,8 @@ def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
     Model options (family, link, trials, offset, priors, method, missing) and fit options (chains, draws, seed, ...)
     are routed to the right place.
     """
-    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset", "engine", "scheduler"}
+    model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset", "engine", "scheduler",
+                  "cov"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     fk = {k: v for k, v in kwargs.items() if k not in model_keys}
     return Model(formula, data, **mk).fit(**fk)

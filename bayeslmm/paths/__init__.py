@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..covariance import kinship_plan
 from ..errors import SpecError
 from ..families import family_of
 from ..spec import canonical_method
@@ -21,7 +22,7 @@ from ..stats import nesting_chain
 
 __all__ = ["Plan", "choose_path", "PATHS"]
 
-PATHS = ("noncentred", "collapsed")
+PATHS = ("noncentred", "collapsed", "kinship")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Plan:
     Attributes
     ----------
     path : str
-        ``"noncentred"`` or ``"collapsed"``.
+        ``"noncentred"``, ``"collapsed"`` or ``"kinship"`` (the rotated path of a known covariance).
     reason : str
         Why, in words (printed by ``fit``).
     chain : tuple of FactorDesign or None
@@ -60,6 +61,11 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     'requested'
     """
     method = canonical_method(method or spec.method)
+    kin = kinship_plan(spec, design, method, family_of(spec))     # cov={g: K}: never the collapsed path
+    if kin is not None:
+        return Plan(*kin)
+    if method == "kinship":
+        raise SpecError("method='kinship' needs a known covariance: Model(..., cov={'g': K}).")
     if method == "noncentred":
         return Plan("noncentred", "requested")
     family = family_of(spec)
