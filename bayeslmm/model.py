@@ -106,7 +106,9 @@ class Model:
 
     def __repr__(self) -> str:
         d = self.design
-        facs = ", ".join(f"{f.name} ({f.n_levels} levels: {', '.join(f.terms)})" for f in d.factors)
+        kin = {k.factor for k in getattr(d, "kinship", ())}
+        facs = ", ".join(f"{f.name} ({f.n_levels} levels: {', '.join(f.terms)}"
+                         f"{'; known covariance K' if f.name in kin else ''})" for f in d.factors)
         return (f"<bayeslmm.Model {self.spec.formula.text!r}\n  family={self.spec.family}, n={d.n}"
                 f"{f' ({d.n_dropped} dropped)' if d.n_dropped else ''}\n  fixed: {', '.join(d.fixed_terms)}"
                 f"\n  groups: {facs or 'none'}\n{self.prior_table!r}>")
