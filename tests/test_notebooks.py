@@ -23,7 +23,7 @@ def test_the_teaching_notebooks_exist_and_match_their_builder(tmp_path):
     assert names == ["01_repeated_measures_pigeons.ipynb", "02_pooling_radon.ipynb",
                      "03_icc_schools_dyestuff.ipynb", "04_random_slopes_sleepstudy.ipynb",
                      "05_loo_model_comparison.ipynb", "06_eight_schools.ipynb", "07_population_averaged_logit.ipynb",
-                     "08_robust_outliers.ipynb"]
+                     "08_robust_outliers.ipynb", "09_kinship_gwas.ipynb"]
     import importlib.util
     spec = importlib.util.spec_from_file_location("build_notebooks", NB_DIR / "build_notebooks.py")
     mod = importlib.util.module_from_spec(spec)
