@@ -244,6 +244,8 @@ def test_rotated_and_noncentred_agree_and_k_matters():
     mc = float(_mcse(rot.posterior["r_animal"]).max())
     print("max |r(K) - r(I)|", np.abs(rk - ri).max(), "max mcse", mc)
     assert np.abs(rk - ri).max() > 10 * mc
+    upd = rot.update(chains=1, draws=50, tune=50)          # a refit keeps K (and its path)
+    assert upd.info["method"] == "kinship" and upd.design.kinship[0].m == len(K)
 
 
 def test_scan_from_null_fit_top_level():
