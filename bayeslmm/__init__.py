@@ -34,6 +34,7 @@ _EXPORTS = {
     "get_family": "families", "FAMILIES": "families",
     "rank_inverse_normal": "transforms",
     "compare": "diagnostics", "Table": "tables", "load_model_file": "specfile",
+    "scan": "scan", "genomic_inflation": "scan", "genetic_relationship": "scan",
     "BayesLMMError": "errors", "FormulaError": "errors", "SpecError": "errors", "DataError": "errors",
     "PriorError": "errors", "ModelFileError": "errors",
 }
@@ -41,7 +42,7 @@ _EXPORTS = {
 __all__ = [
     "Model", "fit", "Fit", "load_fit", "load_dataset", "list_datasets", "compare", "Table", "load_model_file",
     "parse_formula", "build_spec", "parse_prior", "make_design", "resolve_priors", "get_family",
-    "FAMILIES", "rank_inverse_normal",
+    "FAMILIES", "rank_inverse_normal", "scan", "genomic_inflation", "genetic_relationship",
     "ModelSpec", "SamplerSpec", "Prior", "PriorTable", "Design", "FactorDesign", "ParsedFormula",
     "RandomTerm",
     "BayesLMMError", "FormulaError", "SpecError", "DataError", "PriorError", "ModelFileError",

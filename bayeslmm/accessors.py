@@ -393,7 +393,8 @@ def update(fit, formula: str | None = None, *, data=None, priors: dict | None = 
             warnings.warn(f"update: prior(s) {dropped} name no parameter of the new model "
                           f"{new_formula!r} and were dropped.", stacklevel=3)
         user = {k: v for k, v in user.items() if k not in dropped}
-    model = Model(new_formula, frame, priors=user or None, **mk)
+    cov = {k.factor: k for k in getattr(fit.design, "kinship", ())} or None     # known covariances stay
+    model = Model(new_formula, frame, priors=user or None, cov=cov, **mk)
     s = fit.sampler
     fk = {"chains": s.chains, "draws": s.draws, "tune": s.tune, "seed": fit.info.get("seed", s.seed),
           "target_accept": s.target_accept, "sampler": s.sampler, "cores": s.cores,

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cores", type=int, metavar="N", help="parallel chains")
     g.add_argument("--target-accept", type=float, metavar="X", help="NUTS target acceptance, e.g. 0.95")
     g.add_argument("--sampler", choices=("pymc", "nutpie", "numpyro"), help="NUTS implementation")
-    g.add_argument("--method", choices=("auto", "collapsed", "marginal", "noncentred"),
-                   help="sampling path (marginal = old name of collapsed)")
+    g.add_argument("--method", choices=("auto", "collapsed", "marginal", "noncentred", "kinship"),
+                   help="sampling path (marginal = old name of collapsed; kinship = the rotated path of "
+                        "a known covariance, [cov])")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--no-report", action="store_true",
                    help="skip report.html and the figures; write only the tables and fit.nc")

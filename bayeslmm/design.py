@@ -166,6 +166,8 @@ class Design:
     se_sigma: bool = False
     #: likelihood weights of the kept rows (``weights=``; read-only), else None
     weights: np.ndarray | None = field(repr=False, default=None)
+    #: known covariances of random intercepts (``Model(..., cov={g: K})``): KinshipMatrix per factor
+    kinship: tuple = field(repr=False, default=())
 
     @property
     def n(self) -> int:

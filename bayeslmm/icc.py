@@ -263,9 +263,11 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
         points = {_label(p): p for p in pts}
     rows, draws = [], {}
     known_se = family_of(fit.spec).known_se
+    kin = {k.factor for k in (getattr(design, "kinship", None) or ())}    # known covariance K: h^2
     for label, point in points.items():
         for g, x in icc_draws(fit, point).items():
-            kind = "cumulative" if g.endswith("(cumulative)") else "I2" if known_se else "icc"
+            kind = ("cumulative" if g.endswith("(cumulative)") else "I2" if known_se
+                    else "h2" if g in kin else "icc")
             group = g.removesuffix(" (cumulative)")
             draws[(g, label)] = x
             rows.append({"group": group, "kind": kind, "at": label, **_row(x, prob)})
@@ -276,6 +278,9 @@ def icc(fit, *, at: dict | list | None = None, prob: float = 0.95, curve_points:
     table.attrs["ci_prob"] = prob
     if known_se:
         table.attrs["definition"] = I2_DEFINITION
+    elif kin:
+        from .covariance import H2_DEFINITION
+        table.attrs["definition"] = H2_DEFINITION
     curves = {}
     ranges = _slope_ranges(design)
     for term, (lo, hi) in ranges.items():

@@ -61,6 +61,11 @@ class Model:
         ``"auto"``: Parquet paths and Dask DataFrames from statistics, in-memory data in pandas;
         ``"memory"``: load into pandas; ``"chunked"``: statistics read with pyarrow in chunks;
         ``"dask"``: statistics computed by Dask tasks (a path is read with Dask).
+    cov : dict, optional
+        Known covariances of random intercepts, ``{"animal": K}``: the term ``(1 | animal)`` then
+        has u ~ N(0, sd^2 K). K is a DataFrame with the levels as index and columns, a tuple
+        ``(array, labels)`` or a CSV/Parquet path (first column the labels); it must be symmetric
+        PSD and cover every level of the data (:mod:`bayeslmm.covariance`). Its ICC is h^2.
     scheduler : str or dask scheduler, optional
         For the statistics passes: ``"tcp://host:8786"`` (a ``dask.distributed`` scheduler), a
         ``distributed.Client``, or ``"threads"``; default the active client, else local threads.
@@ -83,7 +88,8 @@ class Model:
     def __init__(self, formula: str | ModelSpec, data: pd.DataFrame, *, family: str = "gaussian",
                  priors: dict | None = None, method: str = "auto", missing: str = "drop",
                  link: str | None = None, trials: str | None = None, offset: str | None = None,
-                 engine: str = "auto", scheduler=None, weights: str | None = None):
+                 engine: str = "auto", scheduler=None, weights: str | None = None,
+                 cov: dict | None = None):
         if isinstance(formula, ModelSpec):
             self.spec = formula
         else:
@@ -98,6 +104,9 @@ class Model:
             self.design = stats_design(self.spec, data, missing=missing, engine=engine, scheduler=scheduler)
         else:
             self.design: Design = make_design(self.spec, in_memory(data), missing=missing)
+        if cov:         # known covariances of random intercepts (kinship): checked against the levels
+            from .covariance import attach_covariances
+            self.design = attach_covariances(cov, self.design)
         self.prior_table: PriorTable = resolve_priors(self.spec, self.design)
         self.design_s = time.perf_counter() - t0      # the first stage of fit.info["stages"]
 
@@ -108,7 +117,9 @@ class Model:
 
     def __repr__(self) -> str:
         d = self.design
-        facs = ", ".join(f"{f.name} ({f.n_levels} levels: {', '.join(f.terms)})" for f in d.factors)
+        kin = {k.factor for k in getattr(d, "kinship", ())}
+        facs = ", ".join(f"{f.name} ({f.n_levels} levels: {', '.join(f.terms)}"
+                         f"{'; known covariance K' if f.name in kin else ''})" for f in d.factors)
         return (f"<bayeslmm.Model {self.spec.formula.text!r}\n  family={self.spec.family}, n={d.n}"
                 f"{f' ({d.n_dropped} dropped)' if d.n_dropped else ''}\n  fixed: {', '.join(d.fixed_terms)}"
                 f"\n  groups: {facs or 'none'}\n{self.prior_table!r}>")
@@ -124,6 +135,9 @@ class Model:
 
     def build(self, method: str = "noncentred"):
         """The PyMC model for ``method`` (for inspection, or to sample yourself)."""
+        if self.plan(method).path == "kinship":
+            from .paths.rotated import build_rotated_model, rotated_data
+            return build_rotated_model(self.design, self.prior_table, rotated_data(self.design)[2])
         if canonical_method(method) != "noncentred" and self.plan(method).path == "quadrature":
             from .paths.quadrature_path import build_quadrature_model
             return build_quadrature_model(self.design, self.prior_table, self.spec.family, self.spec.link)
@@ -171,7 +185,10 @@ class Model:
                   f"{settings.chains} chains x {settings.draws} draws ({settings.tune} tune), "
                   f"cores={settings.n_cores}, target_accept={settings.target_accept}, seed={seed_used}")
         t0 = time.perf_counter()
-        if chosen == "quadrature":
+        if chosen == "kinship":
+            from .paths.rotated import sample_rotated
+            idata, info = sample_rotated(self.design, self.prior_table, settings, seed=seed_used)
+        elif chosen == "quadrature":
             from .paths.quadrature_path import sample_quadrature
             idata, info = sample_quadrature(self.design, self.prior_table, settings, self.spec.family,
                                             self.spec.link, seed=seed_used)
@@ -253,7 +270,7 @@ def fit(formula: str, data: pd.DataFrame, **kwargs) -> Fit:
     are routed to the right place.
     """
     model_keys = {"family", "priors", "method", "missing", "link", "trials", "offset", "engine", "scheduler",
-                  "weights"}
+                  "weights", "cov"}
     mk = {k: v for k, v in kwargs.items() if k in model_keys}
     fk = {k: v for k, v in kwargs.items() if k not in model_keys}
     return Model(formula, data, **mk).fit(**fk)

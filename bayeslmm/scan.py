@@ -28,6 +28,8 @@ p-value.
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,8 +197,12 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
 
     Parameters
     ----------
-    y : array (n,)
-        The trait, no missing values.
+    y : array (n,) or Fit
+        The trait, no missing values. Or the **null model's fit** (``Model("y ~ covariates +
+        (1 | id)", data, cov={"id": K}).fit()``): then y, K, the level of each row (``ids``), the
+        covariates (its fixed effects besides the intercept) and the variance components
+        (posterior draws of ``sd_{id}`` and ``sigma``) all come from it; ``G``'s rows are the
+        fit's rows (the data rows it used, in order).
     G : array or DataFrame (n, M)
         Markers (e.g. allele counts 0/1/2), no missing values (impute first); DataFrame columns
         name the markers. Processed ``block_size`` columns at a time.
@@ -235,6 +241,12 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
     >>> res.table.columns.tolist()[:4]
     ['beta', 'se', 't', 'p_value']
     """
+    if hasattr(y, "design") and hasattr(y, "posterior"):        # a null-model Fit
+        if kinship is not None or ids is not None or covariates is not None or h2 is not None \
+                or sd_g is not None or sigma is not None:
+            raise DataError("with a null-model fit, scan takes y, K, ids, covariates and the variance "
+                            "components from it: leave kinship, ids, covariates, h2, sd_g, sigma out.")
+        y, kinship, ids, covariates, sd_g, sigma = _from_null_fit(y)
     y = np.asarray(y, dtype=float).ravel()
     n = len(y)
     if not np.isfinite(y).all():
@@ -341,6 +353,27 @@ def scan(y, G, kinship=None, *, covariates=None, ids=None, h2: float | None = No
                       h2=float(h2), h2_source=source, n=n, df=df)
 
 
+def _from_null_fit(fit):
+    """y, K, ids, covariates, sd_g draws, sigma draws of a fit with one known covariance."""
+    design = fit.design
+    kin = tuple(getattr(design, "kinship", None) or ())
+    if len(kin) != 1 or fit.spec.family != "gaussian" or len(design.factors) != 1:
+        raise DataError("scan(fit, G) needs the fit of a Gaussian null model with one random "
+                        "intercept with a known covariance: Model('y ~ covariates + (1 | id)', data, "
+                        "cov={'id': K}).fit(); this fit has "
+                        f"{len(kin)} known covariance(s), family {fit.spec.family!r} and "
+                        f"{len(design.factors)} grouping factor(s).")
+    k = kin[0]
+    f = design.factor(k.factor)
+    ids = np.asarray(f.levels, dtype=object)[f.codes]
+    slopes = list(design.slope_columns)
+    covariates = design.X[:, slopes] if slopes else None
+    post = fit.posterior
+    sd_g = post[f"sd_{f.name}"].to_numpy().reshape(-1)
+    sigma = post["sigma"].to_numpy().reshape(-1)
+    return design.y, k, ids, covariates, sd_g, sigma
+
+
 # --------------------------------------------------------------------------------------------
 # Genotypes: relationship matrix and a structured simulation
 # --------------------------------------------------------------------------------------------
@@ -404,3 +437,14 @@ def simulate_gwas(n: int = 500, markers: int = 2000, *, fst: float = 0.1, h2: fl
     y = pop_shift * pop + g + rng.standard_normal(n)
     ids = [f"i{i}" for i in range(n)]
     return GwasData(y=y, G=G, pop=pop, causal=causal, kinship=genetic_relationship(G, ids), ids=ids, h2=h2)
+
+
+class _CallableModule(types.ModuleType):
+    """``bayeslmm.scan(...)`` calls :func:`scan` whether ``bayeslmm.scan`` is this module (after
+    ``import bayeslmm.scan``, which sets the attribute to the module) or the function."""
+
+    def __call__(self, *args, **kwargs):
+        return scan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

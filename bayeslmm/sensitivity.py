@@ -94,7 +94,8 @@ def prior_sensitivity(fit, scales=(0.5, 2.0), *, classes=("sd",), threshold: flo
             continue
         spec = build_spec(fit.spec.formula.text, family=fit.spec.family,
                           priors=sensitivity_priors(fit.prior_table, sc, classes), method=fit.spec.method)
-        fits[sc] = Model(spec, fit.design.data_frame()).fit(**kw)
+        fits[sc] = Model(spec, fit.design.data_frame(),
+                         cov={k.factor: k for k in getattr(fit.design, "kinship", ())} or None).fit(**kw)
     rows = []
     keep = None
     for sc, f in sorted(fits.items()):

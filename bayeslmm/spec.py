@@ -22,7 +22,7 @@ from .priors import Prior, parse_prior
 
 __all__ = ["ModelSpec", "SamplerSpec", "build_spec", "METHODS", "METHOD_ALIASES", "SAMPLERS"]
 
-METHODS = ("auto", "noncentred", "collapsed", "marginal")
+METHODS = ("auto", "noncentred", "collapsed", "marginal", "kinship")
 #: accepted spellings of a method -> the name used everywhere else
 METHOD_ALIASES = {"marginal": "collapsed"}
 SAMPLERS = ("pymc", "nutpie", "numpyro")

@@ -22,6 +22,11 @@ A model file has up to five tables; only ``[model]`` (with ``formula``) and ``[d
     # path = "data/schools.csv"                 # ... or a .csv / .parquet file, relative to this file
     categorical = ["Subject"]                   # optional: columns read as text (ids, codes)
 
+    [cov]                                       # optional: known covariances of random intercepts
+    # animal = "kinship.csv"                    # (1 | animal) has u ~ N(0, sd^2 K); a CSV/Parquet file
+                                                # relative to this file: a label column, then one
+                                                # column per level (bayeslmm.covariance)
+
     [priors]                                    # optional overrides, keyed by the labels of `bayeslmm priors`
     sigma = "exponential(0.02)"
     "sd(Subject, Days)" = "halfnormal(10)"
@@ -101,6 +106,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
                              "(default: local threads)"),
     },
     "priors": {},
+    "cov": {},
     "sampler": {
         "chains": ("int", "number of chains"),
         "draws": ("int", "draws per chain after tuning"),
@@ -295,6 +301,9 @@ class ModelFile:
     name: str = "model"
     description: str = ""
     source: str = field(default="<string>", compare=False)
+    #: ``[cov]``: (grouping factor, path as written) of known covariances; paths relative to ``cov_dir``
+    cov: tuple = ()
+    cov_dir: str = field(default=".", compare=False)
 
     def load_data(self) -> pd.DataFrame:
         """The model's data as a new DataFrame (see :meth:`DataSource.load`)."""
@@ -313,10 +322,13 @@ class ModelFile:
         else:
             df = self.load_data() if data is None else data
         engine = self.data.engine if data is None else "auto"
+        cov = {g: str(Path(self.cov_dir) / p) for g, p in self.cov} or None
         try:
-            model = Model(self.spec, df, missing=self.missing, engine=engine, scheduler=self.data.scheduler)
+            model = Model(self.spec, df, missing=self.missing, engine=engine, scheduler=self.data.scheduler,
+                          cov=cov)
         except BayesLMMError as e:
-            key = {"PriorError": "table [priors]", "DataError": "keys 'model.formula' / 'data'",
+            key = {"PriorError": "table [priors]",
+                   "DataError": "keys 'model.formula' / 'data'" + (" / [cov]" if cov else ""),
                    "FormulaError": "key 'model.formula'"}.get(type(e).__name__, "table [model]")
             raise ModelFileError(f"{self.source}: {key}: {e}") from e
         slopes = sorted({t for f in model.design.factors for t in f.terms if t != "Intercept"})
@@ -372,6 +384,8 @@ class ModelFile:
         out = {"model": model, "data": data}
         if self.spec.priors:
             out["priors"] = {k: p.text for k, p in self.spec.priors}
+        if self.cov:
+            out["cov"] = dict(self.cov)
         out["sampler"] = {k: v for k, v in self.sampler.to_dict().items() if v is not None}
         out["report"] = report
         return out
@@ -473,9 +487,15 @@ def parse_model_dict(raw: dict, *, source: str = "<dict>", base_dir: str = ".",
     sampler = _sampler_spec(raw.get("sampler", {}), source)
     report = _report_options(raw.get("report", {}), source)
     name = m.get("name") or Path(source).stem or "model"
+    cov = tuple(raw.get("cov", {}).items())
+    cov_dir = str(Path(base_dir).resolve())
+    for g, p in cov:
+        if check_data and not (Path(cov_dir) / p).exists():
+            raise ModelFileError(f"{source}: key 'cov.{g}': file {p!r} not found (relative to "
+                                 f"{cov_dir}); give the kinship matrix's CSV/Parquet path.")
     return ModelFile(spec=spec, data=data, sampler=sampler, report=report,
                      missing=m.get("missing", "drop"), name=name,
-                     description=m.get("description", ""), source=source)
+                     description=m.get("description", ""), source=source, cov=cov, cov_dir=cov_dir)
 
 
 def _did_you_mean(key: str, options) -> str:
@@ -534,6 +554,12 @@ def _check_structure(raw: dict, source: str) -> None:
                 if not isinstance(v, str):
                     raise ModelFileError(f"{source}: key 'priors.\"{k}\"' must be a string such as "
                                          f"\"normal(0, 10)\", got {_describe(v)}.")
+            continue
+        if table == "cov":
+            for k, v in raw[table].items():
+                if not isinstance(v, str):
+                    raise ModelFileError(f"{source}: key 'cov.{k}' must be the path of a CSV/Parquet "
+                                         f"kinship matrix, such as \"kinship.csv\", got {_describe(v)}.")
             continue
         for k, v in raw[table].items():
             if k not in keys:
@@ -644,6 +670,13 @@ def dumps_model_file(mf: ModelFile) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative(target: Path, path: Path) -> str:
+    try:
+        return Path(os.path.relpath(target.resolve(), path.resolve().parent)).as_posix()
+    except ValueError:  # different drives on Windows
+        return str(target)
+
+
 def save_model_file(mf: ModelFile, path: str | os.PathLike) -> str:
     """Write ``mf`` to ``path`` as TOML. A relative data path is rewritten relative to the new file."""
     path = Path(path)
@@ -655,6 +688,9 @@ def save_model_file(mf: ModelFile, path: str | os.PathLike) -> str:
             rel = str(target)
         mf = replace(mf, data=replace(mf.data, path=Path(rel).as_posix(),
                                       base_dir=str(path.resolve().parent)))
+    if mf.cov:      # kinship files: relative to the new file, as the data path
+        mf = replace(mf, cov=tuple((g, _relative(Path(mf.cov_dir) / p, path)) for g, p in mf.cov),
+                     cov_dir=str(path.resolve().parent))
     from .atomic import write_text
     write_text(path, dumps_model_file(mf))
     return str(path)

@@ -12,8 +12,8 @@ shuffled order; several rows per level; levels of K without data; a singular K, 
   per-draw computation;
 * scan agrees with fastlmm (if installed) and gives lambda near 1 where OLS is inflated.
 
-Slow (sampling): h^2 = 0.5 recovered at n = 1000 with the Op inside PyMC's NUTS; the rotated and
-the plain dense MvNormal model give the same posterior at n = 200 (within Monte Carlo error).
+Sampling through ``Model(..., cov=...)`` (recovery of h^2 = 0.5 at n = 1000, rotated vs non-centred
+paths): tests/test_kinship_model.py.
 """
 
 from __future__ import annotations
@@ -374,92 +374,3 @@ def test_scan_input_errors():
         scan(sim.y[:50], sim.G[:50], sim.kinship)
     with pytest.raises(DataError, match="h2 must be in"):
         scan(sim.y, sim.G, sim.kinship, h2=1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling: recovery and agreement with the plain model
-# --------------------------------------------------------------------------------------------
-def _simulate_kinship_data(n: int, seed: int, sd_g: float = 1.0, sigma: float = 1.0):
-    """GRM from 2n unstructured markers; y = 2 + 0.5 x + u + e with u ~ N(0, sd_g^2 K)."""
-    rng = np.random.default_rng(seed)
-    G = rng.binomial(2, rng.uniform(0.05, 0.5, 2 * n), size=(n, 2 * n))
-    ids = [f"i{i}" for i in range(n)]
-    K = genetic_relationship(G, ids)
-    ev, vec = np.linalg.eigh(K.to_numpy())
-    u = sd_g * vec @ (np.sqrt(np.clip(ev, 0, None)) * rng.standard_normal(n))
-    x = rng.standard_normal(n)
-    X = np.column_stack([np.ones(n), x])
-    y = X @ np.array([2.0, 0.5]) + u + sigma * rng.standard_normal(n)
-    return K, ids, y, X, u
-
-
-def _model(y, X, K=None, data=None):
-    """Priors b ~ N(0, 10), sd_g, sigma ~ HalfNormal(2 sd(y)); the rotated Op or the dense MvNormal."""
-    import pymc as pm
-    with pm.Model() as model:
-        b = pm.Normal("b", 0.0, 10.0, shape=X.shape[1])
-        sd_g = pm.HalfNormal("sd_g", 2 * y.std())
-        sigma = pm.HalfNormal("sigma", 2 * y.std())
-        pm.Deterministic("h2", kn.heritability(sd_g, sigma))
-        if data is not None:
-            pm.Potential("y_kinship", kinship_logp(data, b, sd_g, sigma))
-        else:
-            pm.MvNormal("y", mu=pt.dot(X, b), cov=sd_g ** 2 * K + sigma ** 2 * np.eye(len(y)), observed=y)
-    return model
-
-
-def _sample(model, seed):
-    import pymc as pm
-    return pm.sample(draws=500, tune=500, chains=2, cores=1, random_seed=seed, progressbar=False,
-                     nuts_sampler="pymc", model=model, compute_convergence_checks=False)
-
-
-def _draws(idata, name):
-    return idata["posterior"][name].to_numpy().reshape(-1, *idata["posterior"][name].shape[2:])
-
-
-@pytest.mark.slow
-def test_recovery_h2_half_n1000():
-    """h^2 = 0.5 at n = 1000 (2 chains x 500, PyMC's NUTS on the rotated Op): the truth lies in the
-    95% equal-tailed interval of h^2, and in the 99% intervals of sd_g, sigma and b (99% there so
-    that four more checks do not add ~20% false alarms); the exact draws of u given each posterior
-    draw cover the true u at 0.95 +- 0.04 (binomial sd over 1000 levels is 0.007)."""
-    K, ids, y, X, u_true = _simulate_kinship_data(1000, seed=21)
-    basis = kn.kinship_basis(kn.kinship_matrix(K, factor="animal"), ids)
-    data = kn.rotate(basis, y, X)
-    idata = _sample(_model(y, X, data=data), seed=5)
-    import arviz as az
-    assert az.summary(idata, round_to="none")["r_hat"].max() < 1.02
-
-    def inside(name, truth, prob):
-        d = _draws(idata, name)
-        lo, hi = np.quantile(d, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
-        return np.all((lo <= truth) & (truth <= hi))
-
-    assert inside("h2", 0.5, 0.95)
-    assert inside("sd_g", 1.0, 0.99) and inside("sigma", 1.0, 0.99)
-    assert inside("b", np.array([2.0, 0.5]), 0.99)
-    u = kn.draw_effects(basis, data, _draws(idata, "b"), _draws(idata, "sd_g"), _draws(idata, "sigma"), rng=1)
-    lo, hi = np.quantile(u, [0.025, 0.975], axis=0)
-    assert abs(np.mean((lo <= u_true) & (u_true <= hi)) - 0.95) < 0.04
-
-
-@pytest.mark.slow
-def test_rotated_and_plain_posteriors_agree_n200():
-    """The same priors and data (n = 200) through the rotated Op and through PyMC's dense
-    MvNormal: posterior means and sds of b, sd_g, sigma and h^2 agree within 4 combined Monte
-    Carlo standard errors (ArviZ mcse of the mean and of the sd)."""
-    import arviz as az
-    K, ids, y, X, _ = _simulate_kinship_data(200, seed=22)
-    data = kn.rotate(kn.kinship_basis(kn.kinship_matrix(K, factor="animal"), ids), y, X)
-    rot = az.summary(_sample(_model(y, X, data=data), seed=6), round_to="none")
-    try:        # one BLAS thread: PyMC's dense MvNormal gradient at n = 200 is 2 ms so, 6-14 ms with
-        from threadpoolctl import threadpool_limits     # two threads on a shared 2-core machine
-    except ImportError:
-        from contextlib import nullcontext as threadpool_limits
-    with threadpool_limits(1):
-        plain = az.summary(_sample(_model(y, X, K=K.to_numpy()), seed=7), round_to="none")
-    for stat, mcse in [("mean", "mcse_mean"), ("sd", "mcse_sd")]:
-        diff = np.abs(rot[stat] - plain[stat])
-        tol = 4 * np.sqrt(rot[mcse] ** 2 + plain[mcse] ** 2)
-        assert (diff < tol).all(), pd.DataFrame({"diff": diff, "tol": tol})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..covariance import kinship_plan
 from ..errors import SpecError
 from ..families import family_of
 from ..spec import canonical_method
@@ -26,7 +27,7 @@ from .quadrature import applies as quadrature_applies
 
 __all__ = ["Plan", "choose_path", "PATHS"]
 
-PATHS = ("noncentred", "collapsed", "quadrature")
+PATHS = ("noncentred", "collapsed", "quadrature", "kinship")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class Plan:
     Attributes
     ----------
     path : str
-        ``"noncentred"``, ``"collapsed"`` or ``"quadrature"`` (the collapsed GLMM path).
+        ``"noncentred"``, ``"collapsed"``, ``"quadrature"`` (the collapsed GLMM path) or ``"kinship"``
+        (the rotated path of a known covariance).
     reason : str
         Why, in words (printed by ``fit``).
     chain : tuple of FactorDesign or None
@@ -66,6 +68,11 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     'requested'
     """
     method = canonical_method(method or spec.method)
+    kin = kinship_plan(spec, design, method, family_of(spec))     # cov={g: K}: never the collapsed path
+    if kin is not None:
+        return Plan(*kin)
+    if method == "kinship":
+        raise SpecError("method='kinship' needs a known covariance: Model(..., cov={'g': K}).")
     if method == "noncentred":
         return Plan("noncentred", "requested")
     family = family_of(spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 
+from ..covariance import kinship_of
 from ..design import Design
 from ..families import get_family
 from ..posterior import coords_of, sd_var, term_dim
@@ -26,9 +27,14 @@ OBSERVED_DATA = "y_obs"
 def random_part(design: Design, priors: PriorTable):
     """Sum over factors of Z_i . r[g_i] (gathered by integer codes, never a dense indicator)."""
     eta = 0.0
+    kin = kinship_of(design)
     for f in design.factors:
         sd = prior_rv(sd_var(f.name), priors.of_class("sd", f.name), dims=term_dim(f.name))
-        r = group_effects(f, sd, priors)
+        if f.name in kin:           # a known covariance: r = sd L z, L L' = K
+            from .rotated import kinship_effects
+            r = kinship_effects(f, sd, kin[f.name])
+        else:
+            r = group_effects(f, sd, priors)
         codes = pm.Data(f"codes_{f.name}", f.codes, dims="obs")
         for k, term in enumerate(f.terms):
             # r[:, k][codes] is a 1-D gather (AdvancedSubtensor1), whose gradient is a fast scatter-add;
