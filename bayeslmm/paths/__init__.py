@@ -22,8 +22,6 @@ from ..errors import SpecError
 from ..families import family_of
 from ..spec import canonical_method
 from ..stats import nesting_chain
-from .quadrature import FAMILIES as QUADRATURE_FAMILIES
-from .quadrature import applies as quadrature_applies
 
 __all__ = ["Plan", "choose_path", "PATHS"]
 
@@ -76,6 +74,8 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     if method == "noncentred":
         return Plan("noncentred", "requested")
     family = family_of(spec)
+    from .quadrature import FAMILIES as QUADRATURE_FAMILIES    # here: light commands load no path module
+    from .quadrature import applies as quadrature_applies
     if family.name in QUADRATURE_FAMILIES:      # the collapsed path of non-Gaussian families (AGHQ)
         ok, why = quadrature_applies(family, design)
         if ok:
