@@ -3,6 +3,8 @@
 * :mod:`bayeslmm.paths.noncentred`: the full graph, every random effect sampled (any family);
 * :mod:`bayeslmm.paths.collapsed`: the exact Gaussian path, random effects integrated out and
   drawn afterwards (one factor or nested factors);
+* :mod:`bayeslmm.paths.crossed_path`: the same for crossed (or crossed and nested) factors, by the
+  blocked Cholesky algebra of :mod:`bayeslmm.paths.crossed_kernel`;
 * :mod:`bayeslmm.paths.blocks`: the pieces both share (fixed effects and their centring, LKJ).
 
 :func:`choose_path` returns a :class:`Plan` (which path, and why); ``Model.fit`` prints the reason.
@@ -21,7 +23,7 @@ from ..stats import nesting_chain
 
 __all__ = ["Plan", "choose_path", "PATHS"]
 
-PATHS = ("noncentred", "collapsed")
+PATHS = ("noncentred", "collapsed", "crossed")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ class Plan:
     Attributes
     ----------
     path : str
-        ``"noncentred"`` or ``"collapsed"``.
+        ``"noncentred"``, ``"collapsed"`` (one factor or a nesting chain) or ``"crossed"``
+        (Gaussian, factors that do not form a nesting chain: the collapsed crossed path).
     reason : str
         Why, in words (printed by ``fit``).
     chain : tuple of FactorDesign or None
@@ -47,7 +50,8 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     """The sampling path for ``spec`` and ``design`` (``method`` overrides ``spec.method``).
 
     ``"auto"`` takes the exact collapsed path where it applies (a family that supports it and
-    grouping factors that form a nesting chain), else the non-centred graph. Asking for
+    grouping factors that form a nesting chain; for crossed factors the crossed collapsed path,
+    Gaussian without known standard errors or offset), else the non-centred graph. Asking for
     ``"collapsed"`` (alias ``"marginal"``) where it does not apply is a :class:`SpecError`.
 
     Examples
@@ -63,6 +67,7 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     if method == "noncentred":
         return Plan("noncentred", "requested")
     family = family_of(spec)
+    crossed_ok = False
     if family.known_se and not family.supports_collapsed:
         chain, why = None, ("se(..., sigma = TRUE): the residual covariance diag(s_i^2 + sigma^2) is "
                             "not a known matrix times one scale, so rows cannot be whitened into the "
@@ -74,10 +79,34 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
         chain, why = None, "the model has an offset, which the collapsed path does not take"
     else:
         chain, why = nesting_chain(design)
+        crossed_ok = not family.known_se and getattr(design, "group_stats", None) is None
+        if chain is None and family.known_se and len(design.factors) > 1:
+            why += " (the crossed collapsed path does not take known standard errors)"
         if chain is not None and family.known_se:
             why = why.replace("gaussian,", "gaussian with known standard errors (rows whitened by 1/s_i),", 1)
+    if chain is None and crossed_ok:
+        crossed, why = _crossed_plan(design, why)
+        if crossed is not None:
+            return crossed
     if method == "collapsed" and chain is None:
         raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
     if chain is not None:
         return Plan("collapsed", why, chain)
     return Plan("noncentred", why)
+
+
+def _crossed_plan(design, why: str) -> tuple[Plan | None, str]:
+    """The crossed collapsed plan for factors that form no nesting chain, or None and the reason."""
+    from .crossed_stats import MAX_DENSE
+    if len(design.factors) < 2:
+        return None, why
+    sizes = [f.n_levels * f.q for f in design.factors]
+    q1 = max(sizes)
+    q2 = sum(sizes) - q1
+    pair = why.split(":")[0]                    # "crossed factors a and b"
+    if q2 * max(q1, q2) > MAX_DENSE:
+        return None, (f"{pair}, too many group effects outside the largest factor ({q2}) for the dense "
+                      "Schur complement of the crossed collapsed path: falling back to the non-centred graph")
+    big = max(design.factors, key=lambda f: f.n_levels * f.q)
+    return Plan("crossed", f"gaussian, {pair}: random effects integrated out exactly (blocked Cholesky, "
+                           f"{big.name} eliminated level by level, {q2} effects dense)"), why
