@@ -24,17 +24,17 @@ import pytensor
 import xarray as xr
 
 from ..design import Design
-from ..posterior import add_group_effects, coords_of, param_draws, r_var, stored_var_names, term_dim
+from ..posterior import add_group_effects, coords_of, param_draws, term_dim
 from ..priors import PriorTable
-from ..sampling import resolve_seed, sample
+from ..sampling import resolve_seed
 from ..spec import SamplerSpec
 from .blocks import cor_cholesky, correlation_factors, correlation_matrix, fixed_effects, prior_rv
+from .collapsed import sample_and_draw
 from .crossed import crossed_logp_tensor
 from .crossed_draws import draw_effects
 from .crossed_stats import CrossedStats, crossed_stats
 
-__all__ = ["design_stats", "build_crossed_path_model", "data_values", "add_crossed_effects", "sample_crossed",
-           "stored_names", "AUX"]
+__all__ = ["design_stats", "build_crossed_path_model", "data_values", "add_crossed_effects", "sample_crossed", "AUX"]
 
 #: the auxiliary parameters of the (Gaussian) collapsed likelihood
 AUX = ("sigma",)
@@ -101,12 +101,6 @@ def add_crossed_effects(post: xr.Dataset, design: Design, stats: CrossedStats, s
     return add_group_effects(post, design, design.factors, effects, AUX)
 
 
-def stored_names(design: Design) -> list[str]:
-    """The sampled variables this path stores (the stored names without ``r_{g}``)."""
-    effects = {r_var(f.name) for f in design.factors}
-    return [v for v in stored_var_names(design, AUX) if v not in effects]
-
-
 def sample_crossed(design: Design, prior_table: PriorTable, settings: SamplerSpec,
                    seed: int | None = None) -> tuple[xr.DataTree, dict]:
     """NUTS on the collapsed crossed model, then exact draws of every factor's group effects.
@@ -123,21 +117,10 @@ def sample_crossed(design: Design, prior_table: PriorTable, settings: SamplerSpe
     stats = design_stats(design)
     model = build_crossed_path_model(design, prior_table, stats)
     setup_s = time.perf_counter() - t0
-    keep = [v for v in stored_names(design) if v in model.named_vars]
-    idata, info = sample(model, settings, var_names=keep, seed=seed)
-    t1 = time.perf_counter()
-    post = idata["posterior"].to_dataset()
-    post = post[[v for v in keep if v in post.data_vars]]
-    merged = add_crossed_effects(post, design, stats, seed)
-    merged.attrs = dict(idata["posterior"].attrs)
-    tree = xr.DataTree()
-    tree["posterior"] = xr.DataTree(merged)
-    tree["sample_stats"] = idata["sample_stats"].copy()
-    tree["observed_data"] = xr.DataTree(xr.Dataset({"y": ("obs", design.y)}, coords={"obs": np.arange(design.n)}))
-    tree.attrs = dict(idata.attrs)
-    info = dict(info)
+    tree, info = sample_and_draw(model, design, settings, seed,
+                                 lambda post: add_crossed_effects(post, design, stats, seed))
     elim = stats.names[stats.order[0]] if stats.n_elim else None
-    info.update({"setup_s": setup_s, "effects_s": time.perf_counter() - t1,
+    info.update({"setup_s": setup_s,
                  "crossed_structure": f"{stats.Q} group effects ({stats.Q1} eliminated level by level"
                                       f"{f' on {elim}' if elim else ''}, {stats.Q2} dense)"
                                       f"{f', {stats.gram.shape[0]} level group(s)' if stats.gram.shape[0] else ''}"})

@@ -22,7 +22,7 @@ __all__ = ["PathRefitter", "ModelRefitter", "make_refitter"]
 class PathRefitter:
     """Compile the path's PyMC model once; each replicate only swaps the data.
 
-    On the collapsed path a new ``y`` changes ``b0``, ``Z'e``, ``X'e`` and ``e'e``: they are
+    On the collapsed paths a new ``y`` changes ``b0``, ``Z'e``, ``X'e`` and ``e'e``: they are
     recomputed in numpy and swapped in, and the random effects are then drawn exactly from their
     conditional, as :func:`bayeslmm.paths.collapsed.sample_collapsed` does.
     """
@@ -32,7 +32,11 @@ class PathRefitter:
         from ..stats import group_stats
         self.design, self.plan = model.design, plan
         family = model.spec.family
-        if plan.path == "collapsed":
+        if plan.path == "crossed":
+            from ..paths.crossed_path import build_crossed_path_model
+            pm_model = build_crossed_path_model(self.design, model.prior_table)
+            names = None
+        elif plan.path == "collapsed":
             from ..paths.collapsed import build_collapsed_model
             pm_model = build_collapsed_model(self.design, model.prior_table, group_stats(self.design, plan.chain),
                                              sampler=engine, chain=plan.chain)
@@ -44,13 +48,18 @@ class PathRefitter:
         self.sampler = CompiledSampler(pm_model, engine, var_names=names, target_accept=target_accept)
 
     def _data(self, y):
-        if self.plan.path != "collapsed":
+        if self.plan.path == "noncentred":
             from ..paths.noncentred import data_values
             return data_values(y), None
-        from ..paths.collapsed import data_values
-        from ..stats import group_stats
-        stats = group_stats(replace(self.design, y=np.asarray(y, dtype=float)), self.plan.chain)
-        values = data_values(stats)
+        if self.plan.path == "crossed":
+            from ..paths.crossed_path import data_values as crossed_values, design_stats
+            stats = design_stats(self.design, y)
+            values = crossed_values(stats)
+        else:
+            from ..paths.collapsed import data_values
+            from ..stats import group_stats
+            stats = group_stats(replace(self.design, y=np.asarray(y, dtype=float)), self.plan.chain)
+            values = data_values(stats)
         known = self.sampler.data_names
         missing = known - set(values)
         if missing:
@@ -60,7 +69,10 @@ class PathRefitter:
     def __call__(self, y, *, seed, chains, draws, tune):
         data, stats = self._data(y)
         post, n_div = self.sampler.sample(data, seed=seed, chains=chains, draws=draws, tune=tune)
-        if stats is not None:
+        if stats is not None and self.plan.path == "crossed":
+            from ..paths.crossed_path import add_crossed_effects
+            post = add_crossed_effects(post, self.design, stats, seed)
+        elif stats is not None:
             from ..paths.collapsed import add_drawn_effects
             post = add_drawn_effects(post, self.design, stats, self.plan.chain, seed)
         return post, n_div
@@ -97,6 +109,6 @@ def make_refitter(model, method: str, *, engine: str = "auto", target_accept: fl
     if engine == "model":
         return ModelRefitter(model, method, target_accept), engine
     plan = choose_path(model.spec, model.design, method)
-    if plan.path == "collapsed" and engine != "nutpie":
+    if plan.path in ("collapsed", "crossed") and engine != "nutpie":
         return ModelRefitter(model, method, target_accept), "model"
     return PathRefitter(model, plan, engine, target_accept), engine
