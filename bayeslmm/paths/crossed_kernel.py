@@ -46,8 +46,8 @@ factorisation (qdldl): faster on fully crossed designs, slower on sparsely cross
 large factors (there the dense Schur complement, Q_2 x Q_2, is the limit: :attr:`CrossedStats.flops`).
 
 **Implementation**: one numba call per evaluation (:func:`_kernel_nb`); the dense steps are
-LAPACK/BLAS through numba's own bindings (``np.dot``: dgemm; ``np.linalg.cholesky``: dpotrf;
-S^-1 from the inverse of its factor), the level-by-level work (the q x q blocks, Lambda, the
+LAPACK/BLAS calls (dsyrk, dpotrf, dpotri of scipy's Cython interface, bound as numba external
+functions; ``np.dot``: dgemm), the level-by-level work (the q x q blocks, Lambda, the
 solves, the gradient assembly) numba loops; the GIL is released throughout. Every function is
 cached on disk in the user's cache folder (:mod:`bayeslmm.cachedir`) and compiled at install by
 :func:`compile_kernels`. An all-numpy version of the same algebra was 10-30x slower on a 60 x 80
@@ -60,6 +60,9 @@ i.e. z = a / sigma^2 + L^-T eps with one blocked triangular solve per draw.
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import binding
+from numba import types
+from numba.extending import get_cython_function_address
 
 from .crossed_algebra import njit, _eliminate, _solve, _transforms
 from .crossed_gradient import _gradient
@@ -97,31 +100,61 @@ def unpack_theta(theta, p: int, q) -> tuple:
 # --------------------------------------------------------------------------------------------
 # The kernel: one call per NUTS step
 # --------------------------------------------------------------------------------------------
+def _lapack(module: str, name: str, nargs: int):
+    """A BLAS/LAPACK routine of scipy's Cython interface as a numba external function (every
+    argument a pointer, passed as an integer address).
+
+    The symbol is registered with LLVM under a bayeslmm name at import, so compiled code that calls
+    it can be cached on disk and reloaded. (Passing the routines as ctypes arguments instead cost
+    ~45 us of dispatch each per call, more than the whole kernel on small designs.)"""
+    sym = f"bayeslmm_{module}_{name}"
+    binding.add_symbol(sym, get_cython_function_address(f"scipy.linalg.cython_{module}", name))
+    return types.ExternalFunction(sym, types.void(*([types.intp] * nargs)))
+
+
+# the kernel sees C-order arrays; to Fortran they are transposed, so its "U" is our lower triangle
+_DPOTRF = _lapack("lapack", "dpotrf", 5)       # uplo, n, a, lda, info
+_DPOTRI = _lapack("lapack", "dpotri", 5)
+_DSYRK = _lapack("blas", "dsyrk", 10)          # uplo, trans, n, k, alpha, a, lda, beta, c, ldc
+
+
 @njit
-def _schur_cholesky(S, W):
-    """(L, ok): the lower Cholesky factor of S - W W' (numba's LAPACK potrf; a new C-order array).
+def _syrk_potrf(S, W):
+    """S <- chol(S - W W') in place (lower triangle of the C-order S); returns LAPACK's info.
 
-    LAPACK is reached through numba's own bindings: passing scipy's routines as ctypes arguments
-    cost ~45 us of dispatch each per call, more than the whole kernel on small designs."""
-    if W.shape[1]:
-        S = S - np.dot(W, W.T)
-    try:
-        return np.ascontiguousarray(np.linalg.cholesky(S)), True
-    except Exception:
-        return S, False
+    To Fortran a C-order array is its transpose: S is symmetric, W (Q2 x Q1) is A = W' (Q1 x Q2),
+    so the call is syrk("U", "T"): C <- C - A'A, and "U" in Fortran is our lower triangle. The
+    scalar arguments live in three small arrays that are read after the calls, so that numba keeps
+    them alive while LAPACK holds their addresses.
+    """
+    n, k = S.shape[0], W.shape[1]
+    ints = np.array([n, k, 0], dtype=np.int32)          # n, k (= lda), info
+    chars = np.array([85, 84], dtype=np.uint8)          # "U", "T"
+    dbl = np.array([-1.0, 1.0])                          # alpha, beta
+    pi, pc, pd = ints.ctypes.data, chars.ctypes.data, dbl.ctypes.data
+    if k:
+        _DSYRK(pc, pc + 1, pi, pi + 4, pd, W.ctypes.data, pi + 4, pd + 8, S.ctypes.data, pi)
+    _DPOTRF(pc, pi, S.ctypes.data, pi, pi + 8)
+    return ints[2] + 0 * (chars[0] + chars[1]) + int(0.0 * (dbl[0] + dbl[1]))
 
 
 @njit
-def _chol_inverse(L):
-    """S^-1 (full, symmetric) from the lower Cholesky factor L of S."""
-    Li = np.linalg.inv(L)
-    return np.dot(Li.T, Li)
+def _potri(S):
+    """S <- S^-1 in place from its Cholesky factor (lower triangle of C-order S), mirrored."""
+    n = S.shape[0]
+    ints = np.array([n, 0], dtype=np.int32)
+    chars = np.array([85], dtype=np.uint8)
+    _DPOTRI(chars.ctypes.data, ints.ctypes.data, S.ctypes.data, ints.ctypes.data, ints.ctypes.data + 4)
+    for i in range(n):
+        for j in range(i):
+            S[j, i] = S[i, j]
+    return ints[1] + 0 * chars[0]
 
 
 @njit
 def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram):
     """Stage 1 and the dense Cholesky. Returns (ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2, V) with
-    L2 C-order and lower triangular."""
+    L2 C-order, its lower triangle the factor (the upper one holds leftovers of S)."""
     K, p, k1 = layout[0], layout[1], layout[4]
     q = layout[5:5 + K]
     Ts = _transforms(theta, p, q)
@@ -132,7 +165,7 @@ def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram):
     if Q2 and ok:
         # S >= I in exact arithmetic; rounding breaks it only where sd / sigma is extreme (~1e7
         # and beyond, A's entries swamping its Schur complement): there is no density there
-        S, ok = _schur_cholesky(S, W)
+        ok = _syrk_potrf(S, W) == 0
         if ok:
             for i in range(Q2):
                 logdet += 2.0 * np.log(S[i, i])
@@ -196,7 +229,9 @@ def _kernel_nb(grad, w, theta, ints, floats):
     if not grad:
         return lp, np.zeros(P)
     Q2 = L2.shape[0]
-    Sinv = _chol_inverse(L2) if Q2 else L2
+    Sinv = L2                                      # overwritten: S^-1
+    if Q2:
+        _potri(Sinv)
     M = np.dot(Sinv, W) if Q2 and W.shape[1] else np.zeros(W.shape)
     return lp, _gradient(w, theta, Ts, s2, n, p, q, k1, q[k1], blocks, D1, B, E, ZtX, L1i, R, BL, BR, Sinv,
                          M, a, u, c, Xr, rr, groups, gram, V)
