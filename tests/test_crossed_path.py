@@ -76,6 +76,9 @@ def test_plan_and_design_are_crossed_and_nested(built):
     cells = np.zeros((f["s"].n_levels, f["i"].n_levels), int)
     np.add.at(cells, (f["s"].codes, f["i"].codes), 1)
     assert (cells == 0).any() and len(m.design.factors) == 3
+    # Model.build("collapsed") gives the crossed collapsed model: no offsets z_{g} to sample
+    free = {v.name for v in m.build("collapsed").free_RVs}
+    assert free == {"Intercept_c", "beta", "sd_s", "cpc_s", "sd_i", "sd_s:sess", "sigma"}
 
 
 def test_model_likelihood_equals_dense_mvn(built):
