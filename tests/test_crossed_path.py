@@ -81,6 +81,17 @@ def test_plan_and_design_are_crossed_and_nested(built):
     assert free == {"Intercept_c", "beta", "sd_s", "cpc_s", "sd_i", "sd_s:sess", "sigma"}
 
 
+def test_known_se_offset_and_other_families_keep_their_paths():
+    """Only Gaussian crossed models without known standard errors or offset take the crossed path."""
+    df = _frame().assign(s_e=0.5, expo=1.0, k=lambda d: (d.y > 3).astype(int))
+    f = "y ~ x + (1 | s) + (1 | i)"
+    assert blmm.Model(f, df).plan().path == "crossed"
+    assert blmm.Model("y | se(s_e) ~ x + (1 | s) + (1 | i)", df).plan().path == "noncentred"
+    off = blmm.Model(f, df, offset="expo").plan()
+    assert off.path == "noncentred" and "offset" in off.reason
+    assert blmm.Model("k ~ x + (1 | s) + (1 | i)", df, family="bernoulli").plan().path == "noncentred"
+
+
 def test_model_likelihood_equals_dense_mvn(built):
     """The model's likelihood term at random points = log N(y | X b, V) from the model's own b, sd,
     cor and sigma, to 1e-8 (relative)."""
