@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["user_cache_dir", "numba_cache_dir"]
+__all__ = ["user_cache_dir", "numba_cache_dir", "cached_njit"]
 
 
 def _base() -> Path:
@@ -71,3 +71,13 @@ def numba_cache_dir():
         yield folder
     finally:
         numba.config.CACHE_DIR = ""
+
+
+def cached_njit(**options):
+    """``numba.njit(cache=True, **options)`` with the cache in :func:`user_cache_dir`, never in the
+    installed package. Used as a decorator by every numba kernel of bayeslmm."""
+    def deco(fn):
+        import numba
+        with numba_cache_dir():
+            return numba.njit(cache=True, **options)(fn)
+    return deco

@@ -45,7 +45,8 @@ class Model:
         Overrides keyed by parameter label or class, values like ``"normal(0, 10)"``; see
         :attr:`priors` for the labels and defaults.
     method : {"auto", "noncentred", "collapsed"}
-        ``"auto"`` uses the exact collapsed path where it applies, else the non-centred graph.
+        ``"auto"`` uses the exact collapsed path where it applies (one factor, nested factors, and
+        crossed factors for Gaussian models), else the non-centred graph.
         ``"marginal"`` is accepted as the old name of ``"collapsed"``.
     missing : {"drop", "raise"}
         What to do with rows that have missing values in used columns (dropping prints a count).
@@ -142,8 +143,12 @@ class Model:
             from .paths.quadrature_path import build_quadrature_model
             return build_quadrature_model(self.design, self.prior_table, self.spec.family, self.spec.link)
         if canonical_method(method) == "collapsed":
+            plan = self.plan("collapsed")
+            if plan.path == "crossed":
+                from .paths.crossed_path import build_crossed_path_model
+                return build_crossed_path_model(self.design, self.prior_table)
             from .paths.collapsed import build_collapsed_model
-            return build_collapsed_model(self.design, self.prior_table, chain=self.plan("collapsed").chain)
+            return build_collapsed_model(self.design, self.prior_table, chain=plan.chain)
         from .paths.noncentred import build_model
         return build_model(self.design, self.prior_table, self.spec.family, self.spec.link)
 
@@ -196,6 +201,9 @@ class Model:
             from .paths.collapsed import sample_collapsed
             idata, info = sample_collapsed(self.design, self.prior_table, settings, seed=seed_used,
                                            chain=plan.chain)
+        elif chosen == "crossed":
+            from .paths.crossed_path import sample_crossed
+            idata, info = sample_crossed(self.design, self.prior_table, settings, seed=seed_used)
         else:
             from .paths.noncentred import build_model
             model = build_model(self.design, self.prior_table, self.spec.family, self.spec.link)

@@ -5,6 +5,7 @@ Usage::
     python bench/run.py --out bench/results            # full run (about 15-25 min on 2 cores)
     python bench/run.py --out bench/results --quick    # small sizes, fewer draws (a few minutes)
     python bench/run.py --out bench/results --case bernoulli   # one case only (bench_<case>.md)
+    python bench/run.py --out bench/results --case crossed --chains 4 --reps 1   # issue 14
 
 Every fit runs in its own Python process (so the timings include PyTensor compilation as a user
 sees it) with the same settings: ``chains`` chains on ``cores`` cores, ``tune`` + ``draws``
@@ -62,6 +63,10 @@ CASES = {
     # issue 13: the quadrature path (engine bayeslmm-quadrature) against bambi and the non-centred graph
     "glmm_bernoulli": ("y ~ x + (1|g)", "y ~ x + (1 | g)"),             # 100k rows / 2k groups
     "glmm_binomial_slope": ("p(y, n) ~ x + (x|g)", "cbind(y, n - y) ~ x + (x || g)"),
+    # issue 14: subjects x items. bambi's (cond|g) terms are uncorrelated; bayeslmm fits the
+    # correlated model the data were simulated from (its crossed collapsed path)
+    "crossed": ("rt ~ cond + (cond|subject) + (cond|item)", "rt ~ cond + (1 + cond | subject) + (1 + cond | item)"),
+    "crossed_big": ("y ~ x + (1|subject) + (1|item)", "y ~ x + (1 | subject) + (1 | item)"),
 }
 #: family of a case (default gaussian)
 FAMILY = {"bernoulli": "bernoulli", "glmm_bernoulli": "bernoulli", "glmm_binomial_slope": "binomial"}
@@ -91,6 +96,24 @@ def _data(case: str, groups: int = 0, rows: int = 0):
         n = rng.integers(1, 11, len(g))
         y = rng.binomial(n, 1 / (1 + np.exp(-eta)))
         return pd.DataFrame({"y": y, "n": n, "x": x, "g": pd.Categorical([f"g{k:05d}" for k in g])})
+    if case == "crossed":                       # 60 subjects x 80 items x 2 conditions, every cell seen
+        S, I = 60, 80
+        s, i, c = (m.ravel() for m in np.meshgrid(np.arange(S), np.arange(I), np.arange(2), indexing="ij"))
+        cond = c - 0.5
+        def eff(n, sd, rho):
+            cov = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
+            return rng.multivariate_normal([0, 0], cov, size=n)
+        us, ui = eff(S, (50.0, 20.0), 0.4), eff(I, (30.0, 10.0), -0.3)
+        rt = 600 + 30 * cond + us[s, 0] + us[s, 1] * cond + ui[i, 0] + ui[i, 1] * cond + rng.normal(0, 60, len(s))
+        return pd.DataFrame({"rt": rt, "cond": cond, "subject": [f"s{k:02d}" for k in s],
+                             "item": [f"i{k:02d}" for k in i]})
+    if case == "crossed_big":                   # 500 subjects x 400 items, each subject sees 200 items
+        S, I = 500, 400
+        s = np.repeat(np.arange(S), I // 2)
+        i = np.concatenate([rng.permutation(I)[:I // 2] for _ in range(S)])
+        x = rng.normal(size=len(s))
+        y = 1.0 + 0.3 * x + rng.normal(0, 0.8, S)[s] + rng.normal(0, 0.5, I)[i] + rng.normal(0, 1.0, len(s))
+        return pd.DataFrame({"y": y, "x": x, "subject": [f"s{k:03d}" for k in s], "item": [f"i{k:03d}" for k in i]})
     if case in ("bernoulli", "glmm_bernoulli"):  # logit random intercept: b = (-0.5, 0.8), sd(g) = 1
         g = np.repeat(np.arange(groups), rows // groups)
         x = rng.normal(size=len(g))
@@ -139,6 +162,7 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
         variance = [v for v in post.data_vars if v == "sigma" or v.endswith("_sigma")]
         fixed = [v for v in post.data_vars if "|" not in v and v not in variance]
         stats = idata["sample_stats"].to_dataset()
+        intercept = post["Intercept"]
     else:
         method = "noncentred" if engine == "bayeslmm-noncentred" else "marginal"   # quadrature for GLMMs
         m = blmm.Model(ours_f, df, family=FAMILY.get(case, "gaussian"))
@@ -150,17 +174,22 @@ def run_one(engine: str, case: str, groups: int, rows: int, chains: int, draws: 
         fixed = ["b"]
         stats = fit.idata["sample_stats"].to_dataset()
         stages = dict(fit.info.get("stages", {}))
+        intercept = post["b"].sel(term="Intercept", drop=True)
     sampling = float(post.attrs.get("sampling_time", float("nan")))
     if engine == "bambi":           # bambi's own stages cannot be split finer than this
         stages = {"model build + compile + init": total - sampling, "sampling": sampling}
     min_ess, max_rhat, div = _summaries(post, stats, variance, fixed)
+    import arviz as az
+    intercept_ess = float(az.ess(intercept.to_dataset(name="i"), method="bulk")["i"])
     gcol = {"sleepstudy": "Subject", "sleepstudy_corr": "Subject", "radon": "county", "sim": "g",
-            "bernoulli": "g", "glmm_bernoulli": "g", "glmm_binomial_slope": "g"}[case]
+            "bernoulli": "g", "glmm_bernoulli": "g", "glmm_binomial_slope": "g", "crossed": "subject",
+            "crossed_big": "subject"}[case]
     return {"engine": engine, "case": case, "groups": int(df[gcol].nunique()), "rows": int(len(df)),
             "chains": chains, "draws": draws, "tune": tune, "import_s": import_s,
             "setup_s": total - sampling, "sampling_s": sampling, "total_s": total,
             "min_ess": min_ess, "ess_per_s": min_ess / total, "divergences": div,
-            "max_rhat": max_rhat, "stages": {"import": import_s, **stages}}
+            "max_rhat": max_rhat, "stages": {"import": import_s, **stages}, "intercept_ess": intercept_ess,
+            "method": fit.info.get("method") if engine != "bambi" else "bambi"}
 
 
 def _spawn(args, engine, case, groups, rows, compiledir, label, timeout, numba_dir=None):
@@ -325,6 +354,8 @@ def _one_case(args, out: Path, engines: list[str], bern: tuple[int, int]) -> int
     """``--case NAME``: that case's engines once each, in one warm cache shared by the engines."""
     case = args.case
     sizes = {"bernoulli": bern, "sim": (200, 10_000) if args.quick else (2_000, 100_000)}.get(case, (0, 0))
+    if case.startswith("crossed"):          # issue 14: engines interleaved, repeated (--reps)
+        return _crossed_case(args, out, engines)
     if case in GLMM_SIZES:
         sizes = GLMM_SIZES[case][1 if args.quick else 0]
     engs = [e for e in engines if not (e == "bambi" and CASES[case][0] is None)
@@ -339,6 +370,36 @@ def _one_case(args, out: Path, engines: list[str], bern: tuple[int, int]) -> int
     meta = _meta(args)
     (out / f"bench_{case}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = _markdown(results, meta)
+    (out / f"bench_{case}.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _crossed_case(args, out: Path, engines: list[str]) -> int:
+    """The crossed cases (issue 14): bambi, the non-centred graph and the crossed collapsed path
+    (``bayeslmm-marginal`` takes it for crossed factors), interleaved, ``--reps`` times, one warm
+    cache shared by the engines; results to OUT/bench_<case>.json/.md."""
+    case = args.case
+    warm_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-warm-")
+    runs = []
+    for _ in range(args.reps):
+        for e in engines:
+            runs.append(_spawn(args, e, case, 0, 0, warm_dir, "shared", 7200))
+    results = [_median([r for r in runs if r.get("engine") == e]) for e in engines]
+    _ratios(results)
+    for r in results:                       # the same ratio for the intercept's ESS/s
+        ref = next((b for b in results if b.get("engine") == "bambi" and "error" not in b), None)
+        if "error" not in r and ref:
+            r["intercept_ess_per_s"] = r["intercept_ess"] / r["total_s"]
+            r["x_bambi_intercept"] = r["intercept_ess_per_s"] / (ref["intercept_ess"] / ref["total_s"])
+    meta = _meta(args)
+    (out / f"bench_{case}.json").write_text(json.dumps({"meta": meta, "results": results, "runs": runs}, indent=2))
+    md = _markdown(results, meta)
+    md += ("\n| engine | method | intercept bulk ESS | intercept ESS/s | x bambi (intercept) |\n"
+           "| --- | --- | --- | --- | --- |\n")
+    md += "".join(f"| {r['engine']} | {r.get('method', '')} | {r['intercept_ess']:.0f} | "
+                  f"{r['intercept_ess_per_s']:.2f} | {r.get('x_bambi_intercept', float('nan')):.1f} |\n"
+                  for r in results if "error" not in r and "intercept_ess_per_s" in r)
     (out / f"bench_{case}.md").write_text(md)
     print(md)
     return 0

@@ -5,7 +5,7 @@ Fast tests check exact identities against dense linear algebra (no sampling):
   through the numpy elimination, the PyTensor graph and the built ``pm.Model``;
 * the random-effect draws are mean + sigma L^-T z with mean = A^-1 Z'r and
   (sigma L^-T)(sigma L^-T)' = sigma^2 A^-1, the dense conditional;
-* ``choose_path`` says no, with the reason, for crossed factors.
+* ``choose_path`` takes the crossed collapsed path for crossed Gaussian factors (issue 14).
 
 The slow test compares posteriors of the collapsed and non-centred paths on three designs.
 """
@@ -313,19 +313,27 @@ def test_effect_draws_are_seeded(cases):
 # --------------------------------------------------------------------------------------------
 # When the path applies
 # --------------------------------------------------------------------------------------------
-def test_applicable_false_with_reason_for_crossed():
+def test_crossed_gaussian_takes_the_crossed_collapsed_path():
+    """Crossed factors (issue 14): a Gaussian model takes the exact crossed path, with auto and when
+    the collapsed path is asked for; a family without a collapsed likelihood still falls back, and
+    asking it for 'collapsed' is refused with the reason."""
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"s": rng.integers(0, 5, 60).astype(str), "i": rng.integers(0, 6, 60).astype(str),
                        "y": rng.normal(size=60)})
     m = blmm.Model("y ~ 1 + (1 | s) + (1 | i)", df)
     plan = choose_path(m.spec, m.design)
     why = plan.reason
-    assert plan.path == "noncentred" and plan.chain is None
-    assert "crossed factors s and i" in why and "non-centred" in why
-    assert m.choose_method() == ("noncentred", why)
+    assert plan.path == "crossed" and plan.chain is None
+    assert "crossed factors" in why and "integrated out exactly" in why
+    assert m.choose_method() == ("crossed", why)
     for method in ("collapsed", "marginal"):
-        with pytest.raises(blmm.SpecError, match="crossed factors s and i"):
-            m.choose_method(method)
+        assert m.choose_method(method) == ("crossed", why)
+    assert m.choose_method("noncentred") == ("noncentred", "requested")
+    df["k"] = rng.poisson(3, 60)
+    mt = blmm.Model("k ~ 1 + (1 | s) + (1 | i)", df, family="poisson")
+    assert mt.choose_method()[0] == "noncentred"
+    with pytest.raises(blmm.SpecError, match="poisson"):
+        mt.choose_method("collapsed")
 
 
 @pytest.mark.parametrize("name", ["corr2", "uncorr", "mixed_blocks", "nested3", "implicit_nested"])

@@ -6,6 +6,8 @@
 * :mod:`bayeslmm.paths.quadrature_path`: the exact collapsed GLMM path (bernoulli, binomial, Poisson,
   negative binomial; one grouping factor, 1-3 terms): group effects integrated out by adaptive
   Gauss-Hermite quadrature (:mod:`bayeslmm.paths.quadrature`) and drawn afterwards;
+* :mod:`bayeslmm.paths.crossed_path`: the same for crossed (or crossed and nested) factors, by the
+  blocked Cholesky algebra of :mod:`bayeslmm.paths.crossed_kernel`;
 * :mod:`bayeslmm.paths.blocks`: the pieces both share (fixed effects and their centring, LKJ).
 
 :func:`choose_path` returns a :class:`Plan` (which path, and why); ``Model.fit`` prints the reason.
@@ -25,7 +27,7 @@ from ..stats import nesting_chain
 
 __all__ = ["Plan", "choose_path", "PATHS"]
 
-PATHS = ("noncentred", "collapsed", "quadrature", "kinship")
+PATHS = ("noncentred", "collapsed", "crossed", "quadrature", "kinship")
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,9 @@ class Plan:
     Attributes
     ----------
     path : str
-        ``"noncentred"``, ``"collapsed"``, ``"quadrature"`` (the collapsed GLMM path) or ``"kinship"``
-        (the rotated path of a known covariance).
+        ``"noncentred"``, ``"collapsed"`` (one factor or a nesting chain), ``"crossed"`` (Gaussian,
+        factors that do not form a nesting chain), ``"quadrature"`` (the collapsed GLMM path) or
+        ``"kinship"`` (the rotated path of a known covariance).
     reason : str
         Why, in words (printed by ``fit``).
     chain : tuple of FactorDesign or None
@@ -52,7 +55,8 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     """The sampling path for ``spec`` and ``design`` (``method`` overrides ``spec.method``).
 
     ``"auto"`` takes the exact collapsed path where it applies (a family that supports it and
-    grouping factors that form a nesting chain; for bernoulli, binomial, Poisson and negative
+    grouping factors that form a nesting chain; for crossed factors the crossed collapsed path,
+    Gaussian without known standard errors or offset; for bernoulli, binomial, Poisson and negative
     binomial models with one factor of 1-3 terms, the quadrature path), else the non-centred graph. Asking for
     ``"collapsed"`` (alias ``"marginal"``) where it does not apply is a :class:`SpecError`.
 
@@ -66,8 +70,15 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
     'requested'
     """
     method = canonical_method(method or spec.method)
+    weighted = getattr(design, "weights", None) is not None
     kin = kinship_plan(spec, design, method, family_of(spec))     # cov={g: K}: never the collapsed path
     if kin is not None:
+        if weighted and kin[0] == "kinship":
+            if method in ("kinship", "collapsed"):
+                raise SpecError(f"method={method!r} does not apply: the rotated path of a known covariance "
+                                "does not take likelihood weights. Use method='noncentred'.")
+            return Plan("noncentred", "likelihood weights: the rotated path of a known covariance does "
+                                      "not take them; the non-centred graph does")
         return Plan(*kin)
     if method == "kinship":
         raise SpecError("method='kinship' needs a known covariance: Model(..., cov={'g': K}).")
@@ -83,6 +94,7 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
         if method == "collapsed":
             raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
         return Plan("noncentred", why)
+    crossed_ok = False
     if family.known_se and not family.supports_collapsed:
         chain, why = None, ("se(..., sigma = TRUE): the residual covariance diag(s_i^2 + sigma^2) is "
                             "not a known matrix times one scale, so rows cannot be whitened into the "
@@ -94,10 +106,36 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
         chain, why = None, "the model has an offset, which the collapsed path does not take"
     else:
         chain, why = nesting_chain(design)
+        crossed_ok = not family.known_se and getattr(design, "group_stats", None) is None and not weighted
+        if chain is None and weighted and len(design.factors) > 1:
+            why += " (the crossed collapsed path does not take likelihood weights)"
+        if chain is None and family.known_se and len(design.factors) > 1:
+            why += " (the crossed collapsed path does not take known standard errors)"
         if chain is not None and family.known_se:
             why = why.replace("gaussian,", "gaussian with known standard errors (rows whitened by 1/s_i),", 1)
+    if chain is None and crossed_ok:
+        crossed, why = _crossed_plan(design, why)
+        if crossed is not None:
+            return crossed
     if method == "collapsed" and chain is None:
         raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
     if chain is not None:
         return Plan("collapsed", why, chain)
     return Plan("noncentred", why)
+
+
+def _crossed_plan(design, why: str) -> tuple[Plan | None, str]:
+    """The crossed collapsed plan for factors that form no nesting chain, or None and the reason."""
+    from .crossed_stats import MAX_DENSE
+    if len(design.factors) < 2:
+        return None, why
+    sizes = [f.n_levels * f.q for f in design.factors]
+    q1 = max(sizes)
+    q2 = sum(sizes) - q1
+    pair = why.split(":")[0]                    # "crossed factors a and b"
+    if q2 * max(q1, q2) > MAX_DENSE:
+        return None, (f"{pair}, too many group effects outside the largest factor ({q2}) for the dense "
+                      "Schur complement of the crossed collapsed path: falling back to the non-centred graph")
+    big = max(design.factors, key=lambda f: f.n_levels * f.q)
+    return Plan("crossed", f"gaussian, {pair}: random effects integrated out exactly (blocked Cholesky, "
+                           f"{big.name} eliminated level by level, {q2} effects dense)"), why

@@ -66,7 +66,7 @@ from .collapsed_kernel import kernel_data, one_factor_logp
 from .elimination import LOG_2PI, _eliminate, _initial_blocks, draw_group_effects
 
 __all__ = ["build_collapsed_model", "sample_collapsed", "collapsed_logp_graph", "data_values",
-           "kernel_inputs", "add_drawn_effects", "AUX"]
+           "kernel_inputs", "add_drawn_effects", "sample_and_draw", "posterior_tree", "AUX"]
 
 #: the auxiliary parameters of the (Gaussian) collapsed likelihood
 AUX = ("sigma",)
@@ -312,12 +312,29 @@ def sample_collapsed(design: Design, prior_table: PriorTable, settings: SamplerS
     stats = group_stats(design, chain)
     model = build_collapsed_model(design, prior_table, stats, sampler=settings.sampler, chain=chain)
     setup_s = time.perf_counter() - t0
+    tree, info = sample_and_draw(model, design, settings, seed,
+                                 lambda post: add_drawn_effects(post, design, stats, chain, seed))
+    info.update({"setup_s": setup_s, "collapsed_structure": str(stats.structure())})
+    return tree, info
+
+
+def sample_and_draw(model: pm.Model, design: Design, settings: SamplerSpec, seed: int, add_effects
+                    ) -> tuple[xr.DataTree, dict]:
+    """NUTS on a collapsed model, then ``add_effects(posterior) -> posterior with r_{g}``; the fit's
+    DataTree and info (``effects_s`` added). Shared by the collapsed paths."""
     keep = [v for v in stored_names(design) if v in model.named_vars]
     idata, info = sample(model, settings, var_names=keep, seed=seed)
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
-    post = post[[v for v in keep if v in post.data_vars]]
-    merged = add_drawn_effects(post, design, stats, chain, seed)
+    merged = add_effects(post[[v for v in keep if v in post.data_vars]])
+    info = dict(info)
+    info["effects_s"] = time.perf_counter() - t1
+    return posterior_tree(idata, merged, design), info
+
+
+def posterior_tree(idata: xr.DataTree, merged: xr.Dataset, design: Design) -> xr.DataTree:
+    """The fit's DataTree from the sampler's output and the posterior with the drawn effects
+    (``posterior``, ``sample_stats``, ``observed_data``); shared by the collapsed paths."""
     merged.attrs = dict(idata["posterior"].attrs)
     tree = xr.DataTree()
     tree["posterior"] = xr.DataTree(merged)
@@ -326,10 +343,7 @@ def sample_collapsed(design: Design, prior_table: PriorTable, settings: SamplerS
         tree["observed_data"] = xr.DataTree(xr.Dataset(
             {"y": ("obs", design.y)}, coords={"obs": np.arange(design.n)}))
     tree.attrs = dict(idata.attrs)
-    info = dict(info)
-    info.update({"setup_s": setup_s, "effects_s": time.perf_counter() - t1,
-                 "collapsed_structure": str(stats.structure())})
-    return tree, info
+    return tree
 
 
 def stored_names(design: Design) -> list[str]:

@@ -38,20 +38,14 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
-from ..cachedir import numba_cache_dir
+from ..cachedir import cached_njit
 
 __all__ = ["one_factor_logp", "one_factor_kernel"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-def _cached_njit(**options):
-    """``numba.njit(cache=True, **options)`` with the cache in the user's cache folder, never in the
-    installed package (see :mod:`bayeslmm.cachedir`)."""
-    def deco(fn):
-        with numba_cache_dir():
-            return numba.njit(cache=True, **options)(fn)
-    return deco
+_cached_njit = cached_njit      # numba.njit(cache=True) caching in the user's folder (bayeslmm.cachedir)
 
 
 @_cached_njit(nogil=True, error_model="numpy")

@@ -27,6 +27,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
+from ..cachedir import cached_njit
 from .crossed_kernel import crossed_kernel
 
 __all__ = ["CrossedMarginal", "crossed_logp_tensor", "theta_tensor"]
@@ -81,7 +82,7 @@ _OUT_TYPE = numba.types.Tuple([numba.types.Array(numba.types.float64, 0, "C"),
                                numba.types.Array(numba.types.float64, 1, "C")])
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _op_impl(grad, w, theta, ints, floats):
     with numba.objmode(out=_OUT_TYPE):
         out = _call(grad, w, theta, ints, floats)

@@ -8,15 +8,34 @@ Arrays are C-order. A dense-part row block ``(start, q, factor)`` per level come
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from ..cachedir import cached_njit
 
 __all__: list[str] = []
 
-_NB = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+#: every crossed kernel function: cached in the user's cache folder (bayeslmm.cachedir), GIL released
+_NB = dict(nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+njit = cached_njit(**_NB)
 
 
-@numba.njit(**_NB)
+@njit
+def _theta_offsets(p, q):
+    """Where factor k's sd_k and C_k start in theta (see :func:`.crossed_kernel.pack_theta`)."""
+    K = q.shape[0]
+    o_sd = np.empty(K, dtype=np.int64)
+    o_c = np.empty(K, dtype=np.int64)
+    pos = p
+    for k in range(K):
+        o_sd[k] = pos
+        pos += q[k]
+    for k in range(K):
+        o_c[k] = pos
+        pos += q[k] * q[k]
+    return o_sd, o_c
+
+
+@njit
 def _transforms(theta, p, q):
     """T_k = diag(sd_k) C_k, zero-padded to (K, q_max, q_max)."""
     K = q.shape[0]
@@ -24,24 +43,19 @@ def _transforms(theta, p, q):
     for k in range(K):
         qm = max(qm, q[k])
     Ts = np.zeros((K, qm, qm))
-    o_sd = p
-    o_c = p
-    for k in range(K):
-        o_c += q[k]
+    o_sd, o_c = _theta_offsets(p, q)
     for k in range(K):
         qk = q[k]
         for i in range(qk):
             for m in range(qk):
-                Ts[k, i, m] = theta[o_sd + i] * theta[o_c + i * qk + m]
-        o_sd += qk
-        o_c += qk * qk
+                Ts[k, i, m] = theta[o_sd[k] + i] * theta[o_c[k] + i * qk + m]
     return Ts
 
 
 # --------------------------------------------------------------------------------------------
 # Lambda_2 (block-diagonal over the dense part's levels) applied to dense arrays
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NB)
+@njit
 def _lmul(M, Ts, blocks, transpose):
     """Lambda_2 M, or Lambda_2' M when ``transpose``, for M (Q_2, m)."""
     out = np.zeros_like(M)
@@ -56,7 +70,7 @@ def _lmul(M, Ts, blocks, transpose):
     return out
 
 
-@numba.njit(**_NB)
+@njit
 def _sandwich(E, Ts, blocks):
     """Lambda_2' E Lambda_2 for symmetric E, as Lambda_2' (Lambda_2' E)' (row operations only)."""
     return _lmul(_lmul(E, Ts, blocks, True).T.copy(), Ts, blocks, True)
@@ -65,7 +79,7 @@ def _sandwich(E, Ts, blocks):
 # --------------------------------------------------------------------------------------------
 # Stage 1: eliminate the first factor level by level; the Schur complement's pieces
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NB)
+@njit
 def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks, groups, gram):
     """Per level of the eliminated factor L_j, L_j^-1, R_j = T1 L_j^-T / s2 and log|A11|;
     BL = Lambda_2' B, BR = B R, W = A21 L11^-T = BL R, and S0 = I + Lambda_2' E Lambda_2 / s2
@@ -155,7 +169,7 @@ def _eliminate(Ts, s2, k1, q1, D1, B, E, blocks, groups, gram):
     return L1, L1i, R, logdet, BL, BR, W, S0, np.zeros((0, 0))
 
 
-@numba.njit(**_NB)
+@njit
 def _representatives(groups, Ng):
     """One level of each group."""
     rep = np.full(Ng, -1, dtype=np.int64)
@@ -165,39 +179,49 @@ def _representatives(groups, Ng):
     return rep
 
 
-@numba.njit(**_NB)
+@njit
+def _level_mul(M, x, transpose):
+    """Per level j of the eliminated factor: M_j x_j (or M_j' x_j) for x (J_1 q_1, m) and
+    M (J_1, q_1, q_1): the one owner of the level-by-level block products (R_j in the solves,
+    Lambda_1 = I kron T_1 through :func:`_lambda1`)."""
+    J1, q1 = M.shape[0], M.shape[1]
+    out = np.zeros_like(x)
+    for j in range(J1):
+        for a in range(q1):
+            for b in range(q1):
+                r = M[j, b, a] if transpose else M[j, a, b]
+                if r != 0.0:
+                    for col in range(x.shape[1]):
+                        out[j * q1 + a, col] += r * x[j * q1 + b, col]
+    return out
+
+
+@njit
+def _lambda1(Ts, k1, q1, x, transpose):
+    """Lambda_1 x (or Lambda_1' x) for the eliminated factor's part x (J_1 q_1,)."""
+    J1 = x.shape[0] // q1 if q1 else 0
+    T = np.empty((J1, q1, q1))
+    for j in range(J1):
+        T[j] = Ts[k1, :q1, :q1]
+    return _level_mul(T, x.copy().reshape(x.shape[0], 1), transpose)[:, 0]
+
+
+@njit
 def _w_mul(B, R, Ts, blocks, X):
     """W X = Lambda_2' B (R_j X_j) for X (Q_1, m), without forming W."""
-    J1, q1 = R.shape[0], R.shape[1]
-    RX = np.zeros_like(X)
-    for j in range(J1):
-        for a in range(q1):
-            for b in range(q1):
-                r = R[j, a, b]
-                for col in range(X.shape[1]):
-                    RX[j * q1 + a, col] += r * X[j * q1 + b, col]
-    return _lmul(np.dot(B, RX), Ts, blocks, True)
+    return _lmul(np.dot(B, _level_mul(R, X, False)), Ts, blocks, True)
 
 
-@numba.njit(**_NB)
+@njit
 def _wt_mul(B, R, Ts, blocks, X):
     """W' X = R_j' (B' Lambda_2 X)_j for X (Q_2, m), without forming W."""
-    J1, q1 = R.shape[0], R.shape[1]
-    Y = np.dot(B.T, _lmul(X, Ts, blocks, False))
-    out = np.zeros_like(Y)
-    for j in range(J1):
-        for a in range(q1):
-            for b in range(q1):
-                r = R[j, a, b]
-                for col in range(Y.shape[1]):
-                    out[j * q1 + b, col] += r * Y[j * q1 + a, col]
-    return out
+    return _level_mul(R, np.dot(B.T, _lmul(X, Ts, blocks, False)), True)
 
 
 # --------------------------------------------------------------------------------------------
 # Stage 2: the residual statistics, a = A^-1 Lambda' Z'r and the log-density
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NB)
+@njit
 def _solve(theta, Ts, s2, n, k1, q1, L1i, R, B, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete):
     """Returns (lp without log|A|, a, u, c, Xr, rr)."""
     p = b0.shape[0]
@@ -214,12 +238,7 @@ def _solve(theta, Ts, s2, n, k1, q1, L1i, R, B, L2, blocks, b0, ZtX, Zte, XtX, X
         rr -= d[k] * (Xte[k] + Xr[k])
     c = Zte - np.dot(ZtX, d) if p else Zte.copy()
     u = np.empty(Q)                                # u = Lambda' c
-    for j in range(J1):
-        for b in range(q1):
-            v = 0.0
-            for a in range(q1):
-                v += Ts[k1, a, b] * c[j * q1 + a]
-            u[j * q1 + b] = v
+    u[:Q1] = _lambda1(Ts, k1, q1, c[:Q1], True)
     u2 = _lmul(c[Q1:].copy().reshape(Q2, 1), Ts, blocks, True)
     for i in range(Q2):
         u[Q1 + i] = u2[i, 0]

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from .crossed_algebra import _solve, _wt_mul
-from .crossed_kernel import _DPOTRF, _DSYRK, _factor_nb, pack_theta, unpack_data
+from .crossed_kernel import _factor_nb, pack_theta, unpack_data
 from .crossed_stats import CrossedStats
 
 __all__ = ["conditional_effects", "conditional_moments", "draw_effects"]
@@ -20,8 +20,7 @@ __all__ = ["conditional_effects", "conditional_moments", "draw_effects"]
 def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
     theta = pack_theta(b, sds, Ccs, sigma)
     layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = unpack_data(*st.kernel_data())
-    ok, Ts, s2, L1i, R, _, _, _, _, L2, _ = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, _DPOTRF,
-                                                       _DSYRK)
+    ok, Ts, s2, L1i, R, _, _, _, _, L2, _ = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram)
     if not ok:
         raise FloatingPointError("crossed path: the Schur complement is not positive definite at these "
                                  "parameters (sd / sigma beyond ~1e7)")

@@ -35,7 +35,7 @@ S >= I (it is the inverse of a block of P <= I), so the dense Cholesky is always
 The selected inverse comes from the same blocks: P22 = S^-1, P21 = -S^-1 W L11^-1 (on the pattern
 of C21 = all of it when the design is fully crossed), diagonal blocks P11_j = L_j^-T (I + W_j'
 S^-1 W_j) L_j^-1. One evaluation costs about 4 Q_2^2 Q_1 + Q_2^3 flops (two gemms, a potrf and a
-potri) plus O(Q_2 Q_1 q^2 + J_1 q_1^3), and never touches the n rows: everything starts from the
+inverse) plus O(Q_2 Q_1 q^2 + J_1 q_1^3), and never touches the n rows: everything starts from the
 sufficient statistics of :func:`~.crossed_stats.crossed_stats`. With ``eliminate=False`` (the
 "dense" variant) all Q effects go to the dense part. In balanced designs many eliminated levels
 have equal Z'Z blocks and share L_j; then W W' and the gradient's coupling terms are sums over the
@@ -45,12 +45,13 @@ measures which is faster (the blocked one, on every design tried), and against a
 factorisation (qdldl): faster on fully crossed designs, slower on sparsely crossed ones with
 large factors (there the dense Schur complement, Q_2 x Q_2, is the limit: :attr:`CrossedStats.flops`).
 
-**Implementation**: the dense steps are single LAPACK/BLAS calls from Python (dgemm through
-numpy, dpotrf, dpotri: all release the GIL, so chains sampled in threads run in parallel);
-everything level by level (the q x q blocks, Lambda, the solves, the gradient assembly) is three
-numba functions, so a call costs about ten Python-level steps whatever the number of levels. An
-all-numpy version of the same algebra was 10-30x slower on a 60 x 80 design (hundreds of small
-array operations per call).
+**Implementation**: one numba call per evaluation (:func:`_kernel_nb`); the dense steps are
+LAPACK/BLAS calls (dsyrk, dpotrf, dpotri of scipy's Cython interface, bound as numba external
+functions; ``np.dot``: dgemm), the level-by-level work (the q x q blocks, Lambda, the
+solves, the gradient assembly) numba loops; the GIL is released throughout. Every function is
+cached on disk in the user's cache folder (:mod:`bayeslmm.cachedir`) and compiled at install by
+:func:`compile_kernels`. An all-numpy version of the same algebra was 10-30x slower on a 60 x 80
+design (hundreds of small array operations per call).
 
 Group effects are drawn from their exact conditional: z | y ~ N(a / sigma^2, A^-1), gamma = Lambda z,
 i.e. z = a / sigma^2 + L^-T eps with one blocked triangular solve per draw.
@@ -58,35 +59,19 @@ i.e. z = a / sigma^2 + L^-T eps with one blocked triangular solve per draw.
 
 from __future__ import annotations
 
-import ctypes
-
-import numba
 import numpy as np
+from llvmlite import binding
+from numba import types
 from numba.extending import get_cython_function_address
 
-from .crossed_algebra import _NB, _eliminate, _solve, _transforms
+from .crossed_algebra import njit, _eliminate, _solve, _transforms
 from .crossed_gradient import _gradient
 from .crossed_stats import CrossedStats
 
-__all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "unpack_data", "compile_kernel"]
+__all__ = ["crossed_kernel", "crossed_logp", "pack_theta", "unpack_theta", "unpack_data", "compile_kernel",
+           "compile_kernels"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-def _fortran(module: str, name: str, nargs: int):
-    """A BLAS/LAPACK routine of scipy's Cython interface as a ctypes function (all arguments pointers).
-
-    Passed to the numba kernel as an argument: numba cannot cache a function that refers to a
-    ctypes pointer as a global, but it can one that receives it.
-    """
-    addr = get_cython_function_address(f"scipy.linalg.cython_{module}", name)
-    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs))(addr)
-
-
-# the kernel sees C-order arrays; to Fortran they are transposed, so its "U" is our lower triangle
-_DPOTRF = _fortran("lapack", "dpotrf", 5)       # uplo, n, a, lda, info
-_DPOTRI = _fortran("lapack", "dpotri", 5)
-_DSYRK = _fortran("blas", "dsyrk", 10)          # uplo, trans, n, k, alpha, a, lda, beta, c, ldc
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,8 +100,26 @@ def unpack_theta(theta, p: int, q) -> tuple:
 # --------------------------------------------------------------------------------------------
 # The kernel: one call per NUTS step
 # --------------------------------------------------------------------------------------------
-@numba.njit(**_NB)
-def _syrk_potrf(S, W, potrf, syrk):
+def _lapack(module: str, name: str, nargs: int):
+    """A BLAS/LAPACK routine of scipy's Cython interface as a numba external function (every
+    argument a pointer, passed as an integer address).
+
+    The symbol is registered with LLVM under a bayeslmm name at import, so compiled code that calls
+    it can be cached on disk and reloaded. (Passing the routines as ctypes arguments instead cost
+    ~45 us of dispatch each per call, more than the whole kernel on small designs.)"""
+    sym = f"bayeslmm_{module}_{name}"
+    binding.add_symbol(sym, get_cython_function_address(f"scipy.linalg.cython_{module}", name))
+    return types.ExternalFunction(sym, types.void(*([types.intp] * nargs)))
+
+
+# the kernel sees C-order arrays; to Fortran they are transposed, so its "U" is our lower triangle
+_DPOTRF = _lapack("lapack", "dpotrf", 5)       # uplo, n, a, lda, info
+_DPOTRI = _lapack("lapack", "dpotri", 5)
+_DSYRK = _lapack("blas", "dsyrk", 10)          # uplo, trans, n, k, alpha, a, lda, beta, c, ldc
+
+
+@njit
+def _syrk_potrf(S, W):
     """S <- chol(S - W W') in place (lower triangle of the C-order S); returns LAPACK's info.
 
     To Fortran a C-order array is its transpose: S is symmetric, W (Q2 x Q1) is A = W' (Q1 x Q2),
@@ -130,26 +133,26 @@ def _syrk_potrf(S, W, potrf, syrk):
     dbl = np.array([-1.0, 1.0])                          # alpha, beta
     pi, pc, pd = ints.ctypes.data, chars.ctypes.data, dbl.ctypes.data
     if k:
-        syrk(pc, pc + 1, pi, pi + 4, pd, W.ctypes.data, pi + 4, pd + 8, S.ctypes.data, pi)
-    potrf(pc, pi, S.ctypes.data, pi, pi + 8)
+        _DSYRK(pc, pc + 1, pi, pi + 4, pd, W.ctypes.data, pi + 4, pd + 8, S.ctypes.data, pi)
+    _DPOTRF(pc, pi, S.ctypes.data, pi, pi + 8)
     return ints[2] + 0 * (chars[0] + chars[1]) + int(0.0 * (dbl[0] + dbl[1]))
 
 
-@numba.njit(**_NB)
-def _potri(S, potri):
+@njit
+def _potri(S):
     """S <- S^-1 in place from its Cholesky factor (lower triangle of C-order S), mirrored."""
     n = S.shape[0]
     ints = np.array([n, 0], dtype=np.int32)
     chars = np.array([85], dtype=np.uint8)
-    potri(chars.ctypes.data, ints.ctypes.data, S.ctypes.data, ints.ctypes.data, ints.ctypes.data + 4)
+    _DPOTRI(chars.ctypes.data, ints.ctypes.data, S.ctypes.data, ints.ctypes.data, ints.ctypes.data + 4)
     for i in range(n):
         for j in range(i):
             S[j, i] = S[i, j]
     return ints[1] + 0 * chars[0]
 
 
-@numba.njit(**_NB)
-def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, potrf, syrk):
+@njit
+def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram):
     """Stage 1 and the dense Cholesky. Returns (ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2, V) with
     L2 C-order, its lower triangle the factor (the upper one holds leftovers of S)."""
     K, p, k1 = layout[0], layout[1], layout[4]
@@ -162,14 +165,14 @@ def _factor_nb(theta, layout, blocks, D1, B, E, groups, gram, potrf, syrk):
     if Q2 and ok:
         # S >= I in exact arithmetic; rounding breaks it only where sd / sigma is extreme (~1e7
         # and beyond, A's entries swamping its Schur complement): there is no density there
-        ok = _syrk_potrf(S, W, potrf, syrk) == 0
+        ok = _syrk_potrf(S, W) == 0
         if ok:
             for i in range(Q2):
                 logdet += 2.0 * np.log(S[i, i])
     return ok, Ts, s2, L1i, R, logdet, BL, BR, W, S, V
 
 
-@numba.njit(**_NB)
+@njit
 def unpack_data(ints, floats):
     """Views of the statistics packed by :meth:`CrossedStats.kernel_data`: (layout, blocks, b0, D1,
     B, E, ZtX, Zte, XtX, Xte, ete, groups, gram)."""
@@ -210,14 +213,13 @@ def unpack_data(ints, floats):
     return ints[:5 + 2 * K], blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram
 
 
-@numba.njit(**_NB)
-def _kernel_nb(grad, w, theta, ints, floats, potrf, potri, syrk):
+@njit
+def _kernel_nb(grad, w, theta, ints, floats):
     layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = unpack_data(ints, floats)
     P = theta.shape[0]
     K, p, n, k1 = layout[0], layout[1], layout[2], layout[4]
     q = layout[5:5 + K]
-    ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2, V = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram,
-                                                              potrf, syrk)
+    ok, Ts, s2, L1i, R, logdet, BL, BR, W, L2, V = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram)
     if not ok:
         return -np.inf, np.zeros(P)
     lp, a, u, c, Xr, rr = _solve(theta, Ts, s2, n, k1, q[k1], L1i, R, B, L2, blocks, b0, ZtX, Zte, XtX, Xte, ete)
@@ -229,7 +231,7 @@ def _kernel_nb(grad, w, theta, ints, floats, potrf, potri, syrk):
     Q2 = L2.shape[0]
     Sinv = L2                                      # overwritten: S^-1
     if Q2:
-        _potri(Sinv, potri)
+        _potri(Sinv)
     M = np.dot(Sinv, W) if Q2 and W.shape[1] else np.zeros(W.shape)
     return lp, _gradient(w, theta, Ts, s2, n, p, q, k1, q[k1], blocks, D1, B, E, ZtX, L1i, R, BL, BR, Sinv,
                          M, a, u, c, Xr, rr, groups, gram, V)
@@ -255,8 +257,7 @@ def crossed_kernel(grad, w, theta, ints, floats):
     theta = np.array(theta, dtype=np.float64)                 # a writable contiguous copy
     if not np.all(np.isfinite(theta)):
         return -np.inf, np.zeros_like(theta)
-    return _kernel_nb(bool(grad), float(w), theta, _readonly(ints, np.int64), _readonly(floats, np.float64),
-                      _DPOTRF, _DPOTRI, _DSYRK)
+    return _kernel_nb(bool(grad), float(w), theta, _readonly(ints, np.int64), _readonly(floats, np.float64))
 
 
 def _readonly(x, dtype):
@@ -305,9 +306,10 @@ def crossed_logp(st: CrossedStats, b, sds, Ccs, sigma, grad: bool = False):
     return float(lp), gb, gsds, gCs, float(gsig)
 
 
-def compile_kernel() -> float:
-    """Compile the kernel and the draw functions now (numba caches them on disk next to this file);
-    returns the seconds. For ``make install``, so that the first fit does not wait for it."""
+def compile_kernels() -> float:
+    """Compile the kernel and the draw functions now (numba caches them in the user's cache folder,
+    :mod:`bayeslmm.cachedir`); returns the seconds. ``make install`` runs it, so that the first
+    crossed fit does not wait for it (about a minute on a slow machine)."""
     import time
 
     from .crossed_draws import conditional_effects
@@ -321,3 +323,6 @@ def compile_kernel() -> float:
         crossed_logp(st, [0.0, 0.0], [[1.0, 1.0], [1.0]], [np.eye(2), np.eye(1)], 1.0, grad=True)
         conditional_effects(st, [0.0, 0.0], [[1.0, 1.0], [1.0]], [np.eye(2), np.eye(1)], 1.0, np.zeros(st.Q))
     return time.perf_counter() - t0
+
+
+compile_kernel = compile_kernels      # the name of the one-factor kernel's hook

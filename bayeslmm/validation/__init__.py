@@ -34,12 +34,13 @@ from __future__ import annotations
 
 from .peers import PEER_MODELS, bambi_comparison, peer_comparison, statsmodels_fit
 from .refit import make_refitter
-from .sbc import GLMM_PRIORS, SBC_PRIORS, SBCCase, SBCResult, _thin, family_cases, posterior_scalars, run_sbc, sbc_cases
+from .sbc import (GLMM_PRIORS, SBC_PRIORS, SBCCase, SBCResult, _thin, crossed_cases, family_cases, posterior_scalars,
+                  run_sbc, sbc_cases)
 from .study import main, run_study
 from .uniformity import chisq_uniform, ecdf_band, ecdf_uniformity, rank_statistics
 from .figures import plot_ecdf_differences, plot_rank_histograms
 
-__all__ = ["SBCCase", "SBCResult", "sbc_cases", "family_cases", "GLMM_PRIORS", "run_sbc", "rank_statistics", "chisq_uniform",
+__all__ = ["SBCCase", "SBCResult", "sbc_cases", "crossed_cases", "family_cases", "GLMM_PRIORS", "run_sbc", "rank_statistics", "chisq_uniform",
            "ecdf_uniformity", "ecdf_band", "posterior_scalars", "plot_rank_histograms",
            "plot_ecdf_differences", "peer_comparison", "statsmodels_fit", "bambi_comparison",
            "make_refitter", "run_study", "main", "SBC_PRIORS", "PEER_MODELS"]

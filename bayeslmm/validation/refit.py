@@ -22,7 +22,7 @@ __all__ = ["PathRefitter", "ModelRefitter", "make_refitter"]
 class PathRefitter:
     """Compile the path's PyMC model once; each replicate only swaps the data.
 
-    On the collapsed path a new ``y`` changes ``b0``, ``Z'e``, ``X'e`` and ``e'e``: they are
+    On the collapsed paths a new ``y`` changes ``b0``, ``Z'e``, ``X'e`` and ``e'e``: they are
     recomputed in numpy and swapped in, and the random effects are then drawn exactly from their
     conditional, as :func:`bayeslmm.paths.collapsed.sample_collapsed` does.
     """
@@ -38,6 +38,9 @@ class PathRefitter:
             pm_model = build_quadrature_model(self.design, model.prior_table, family, self.link,
                                               data=quadrature_data(self.design, family, self.link), n_nodes=3)
             self.aux = family_of(model.spec).aux_names
+        elif plan.path == "crossed":
+            from ..paths.crossed_path import build_crossed_path_model
+            pm_model = build_crossed_path_model(self.design, model.prior_table)
             names = None
         elif plan.path == "collapsed":
             from ..paths.collapsed import build_collapsed_model
@@ -57,13 +60,18 @@ class PathRefitter:
             data = quadrature_data(replace(self.design, y=np.asarray(y, dtype=float)), self.family, self.link)
             k, _ = choose_nodes(data)
             return {f"aghq_{n}": v for n, v in op_data(data, k).items()}, data
-        if self.plan.path != "collapsed":
+        if self.plan.path not in ("collapsed", "crossed"):
             from ..paths.noncentred import data_values
             return data_values(y), None
-        from ..paths.collapsed import data_values
-        from ..stats import group_stats
-        stats = group_stats(replace(self.design, y=np.asarray(y, dtype=float)), self.plan.chain)
-        values = data_values(stats)
+        if self.plan.path == "crossed":
+            from ..paths.crossed_path import data_values as crossed_values, design_stats
+            stats = design_stats(self.design, y)
+            values = crossed_values(stats)
+        else:
+            from ..paths.collapsed import data_values
+            from ..stats import group_stats
+            stats = group_stats(replace(self.design, y=np.asarray(y, dtype=float)), self.plan.chain)
+            values = data_values(stats)
         known = self.sampler.data_names
         missing = known - set(values)
         if missing:
@@ -76,6 +84,9 @@ class PathRefitter:
         if self.plan.path == "quadrature":
             from ..paths.quadrature_path import add_quadrature_effects
             post, _ = add_quadrature_effects(post, self.design, stats, self.aux, seed)
+        elif stats is not None and self.plan.path == "crossed":
+            from ..paths.crossed_path import add_crossed_effects
+            post = add_crossed_effects(post, self.design, stats, seed)
         elif stats is not None:
             from ..paths.collapsed import add_drawn_effects
             post = add_drawn_effects(post, self.design, stats, self.plan.chain, seed)
@@ -113,6 +124,6 @@ def make_refitter(model, method: str, *, engine: str = "auto", target_accept: fl
     if engine == "model":
         return ModelRefitter(model, method, target_accept), engine
     plan = choose_path(model.spec, model.design, method)
-    if plan.path in ("collapsed", "quadrature") and engine != "nutpie":
+    if plan.path in ("collapsed", "crossed", "quadrature") and engine != "nutpie":
         return ModelRefitter(model, method, target_accept), "model"
     return PathRefitter(model, plan, engine, target_accept), engine

@@ -20,7 +20,7 @@ from ..simulate import (TrueParameters, draw_parameters, estimates_sigma, groupe
 from .refit import make_refitter
 from .uniformity import rank_statistics
 
-__all__ = ["SBC_PRIORS", "GLMM_PRIORS", "SBCCase", "SBCResult", "sbc_cases", "family_cases", "run_sbc",
+__all__ = ["SBC_PRIORS", "GLMM_PRIORS", "SBCCase", "SBCResult", "sbc_cases", "crossed_cases", "family_cases", "run_sbc",
            "tracked_labels", "true_values", "posterior_scalars"]
 
 #: Explicit SBC priors, the same for every case (the data are on unit scale). Weakly informative
@@ -64,6 +64,9 @@ class SBCCase:
         Response family (default gaussian); ``binomial`` gets a column ``n`` of ``trials`` trials.
     trials : int
         Trials per row of a binomial case.
+    crossed_with : int
+        If > 0, a second grouping column ``h`` with this many levels crossed with ``g`` (row k of
+        each group sees level ``k % crossed_with``): a subjects x items design.
     """
 
     name: str
@@ -77,6 +80,7 @@ class SBCCase:
     x_mean: float = 0.0
     family: str = "gaussian"
     trials: int = 6
+    crossed_with: int = 0
 
     @property
     def aux_names(self) -> tuple[str, ...]:
@@ -91,6 +95,8 @@ class SBCCase:
         from ..model import Model
         df = grouped_frame(self.n_groups, self.n_per_group, np.random.default_rng(self.design_seed))
         df["x"] = df["x"] + self.x_mean
+        if self.crossed_with:
+            df["h"] = [f"h{k % self.crossed_with}" for k in range(len(df))]
         kw = {}
         if self.family != "gaussian":           # a valid placeholder response for the family
             df["y"] = np.arange(len(df)) % 2
@@ -116,6 +122,14 @@ def sbc_cases(methods=("noncentred", "collapsed"), *, quick: bool = False) -> li
         out.append(SBCCase(f"slope_{m}", "y ~ x + (1 + x | g)", n_groups=10, n_per_group=6, method=m,
                            x_mean=1.0))
     return out
+
+
+def crossed_cases() -> list[SBCCase]:
+    """The crossed design (issue 14) on the exact crossed collapsed path: ``y ~ x + (1 | g) + (1 | h)``,
+    8 subjects x 6 items, every subject sees every item once (48 rows). Few levels on both factors,
+    so both SD posteriors lean on their priors."""
+    return [SBCCase("crossed_collapsed", "y ~ x + (1 | g) + (1 | h)", n_groups=8, n_per_group=6,
+                    method="collapsed", crossed_with=6)]
 
 
 def family_cases(families=("bernoulli", "binomial", "poisson", "negbinomial", "student_t"),

@@ -15,13 +15,13 @@ import pandas as pd
 from ..spec import canonical_method
 from .figures import plot_ecdf_differences, plot_rank_histograms
 from .peers import PEER_MODELS, bambi_cbpp_comparison, bambi_comparison, peer_comparison
-from .sbc import family_cases, run_sbc, sbc_cases
+from .sbc import crossed_cases, family_cases, run_sbc, sbc_cases
 
 __all__ = ["run_study", "main"]
 
 
 def _available_methods() -> tuple[str, ...]:
-    return ("noncentred", "collapsed")
+    return ("noncentred", "collapsed", "crossed")
 
 
 FAMILIES = ("bernoulli", "binomial", "poisson", "negbinomial", "student_t")
@@ -50,7 +50,9 @@ def run_study(out: str | Path, *, quick: bool = False, replicates: int | None = 
           f"SBC: {n_rep} replicates per case, L = 99 thinned draws (2 chains x 1000 after 500 "
           f"tuning steps), seed {seed}. A parameter fails when a chi-square or simultaneous-ECDF "
           f"test rejects at family-wise level {alpha} (Holm over all tests of the case).", ""]
-    cases = sbc_cases(methods) + (family_cases(tuple(families)) if families else [])
+    cases = sbc_cases(tuple(m for m in methods if m != "crossed"))
+    cases += crossed_cases() if "crossed" in methods else []
+    cases += family_cases(tuple(families)) if families else []
     cases += family_cases(tuple(quadrature), method="collapsed") if quadrature else []
     for case in cases:
         print(f"SBC {case.name}: {case.formula}, {case.n_groups} groups x {case.n_per_group}, "
@@ -179,7 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--replicates", type=int, default=None, help="replicates per case (overrides --quick)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--methods", default=None,
-                   help="comma-separated: noncentred,collapsed ('marginal' = collapsed; default: both), "
+                   help="comma-separated: noncentred,collapsed,crossed ('marginal' = collapsed; crossed: "
+                        "the subjects x items case on the crossed collapsed path; default: all), "
                         "or 'none' for the families' cases only")
     p.add_argument("--engine", default="auto", choices=["auto", "nutpie", "pymc", "model"])
     p.add_argument("--families", default=",".join(FAMILIES),
@@ -192,7 +195,8 @@ def main(argv=None) -> int:
                    help="skip the statsmodels / bambi comparisons and the prior-sensitivity example")
     a = p.parse_args(argv)
     methods = (() if a.methods == "none" else
-               tuple(canonical_method(m) for m in a.methods.split(",")) if a.methods else None)
+               tuple(m if m == "crossed" else canonical_method(m) for m in a.methods.split(","))
+               if a.methods else None)
     s = run_study(a.out, quick=a.quick, replicates=a.replicates, seed=a.seed, methods=methods,
                   peers=not a.no_peers, engine=a.engine,
                   families=() if a.families == "none" else tuple(f for f in a.families.split(",") if f),
