@@ -744,16 +744,26 @@ def predictor_arrays(design: Design, data: pd.DataFrame):
                         "(drop or fill them first)")
     X = _new_model_matrix(design.fixed_spec, frame, "the fixed-effect design")
     fitted_cols = {c.name: c for c in design.columns}
+    has_rows = isinstance(design, Design)
+    fitted_frame = None
     parts = []
     for f in design.factors:
         Zs = [_new_model_matrix(spec, frame, f"the random-effect design of {f.name!r}")
               for spec in f.term_specs]
-        # a level's label is unique per factor (_encode_groups refuses clashes), so new rows are
-        # matched by label; this needs no fitted rows (a fit from per-group statistics has none)
-        index = {label: code for code, label in enumerate(f.levels)}
         keys = _row_keys(fitted_cols, frame, f.columns, f.name)
         labels = np.array([":".join(k) for k in keys], dtype=object)
-        codes = np.array([index.get(lab, -1) for lab in labels], dtype=np.int64)
+        if has_rows:
+            # fitted level tuples -> codes (the rule of _encode_groups): ('x:y', 'z') and ('x', 'y:z')
+            # share the text 'x:y:z' but are different levels
+            if fitted_frame is None:
+                fitted_frame = pd.DataFrame({c.name: pd.Series(c.values, dtype=c.dtype) for c in design.columns})
+            index = dict(zip(_row_keys(fitted_cols, fitted_frame, f.columns, f.name), f.codes.tolist()))
+            codes = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        else:
+            # a fit from per-group statistics keeps no rows: match by the level's text, unique per
+            # factor (a value containing ':' in an interaction factor can then match another tuple)
+            index = {label: code for code, label in enumerate(f.levels)}
+            codes = np.array([index.get(lab, -1) for lab in labels], dtype=np.int64)
         parts.append((f, np.concatenate(Zs, axis=1), codes, labels))
     return X, parts
 

@@ -400,7 +400,10 @@ def test_plan_matches_design_and_moments(data):
         design = blmm.make_design(spec, data)
         plan = plan_design(spec, as_source(data, chunk_rows=317))
     assert plan.fixed_terms == design.fixed_terms
-    assert (plan.n, plan.n_dropped, plan.notes) == (design.n, design.n_dropped, design.notes)
+    # the in-memory design also says, per grouping factor, whether a level lost all its rows; the
+    # first pass does not see the levels of dropped rows, so those notes are in-memory only
+    mem_notes = tuple(n for n in design.notes if not n.startswith("grouping factor "))
+    assert (plan.n, plan.n_dropped, plan.notes) == (design.n, design.n_dropped, mem_notes)
     for pf, f in zip(plan.factors, design.factors):
         assert (pf.name, pf.labels, pf.terms, pf.blocks, pf.correlated, pf.texts) == \
                (f.name, f.levels, f.terms, f.blocks, f.correlated, f.texts)
