@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(PY) -m bayeslmm.demo --out out/demo
 
 test: $(STAMP) chromium
-	$(PY) -m pytest -q -p no:cacheprovider --durations=30 tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30 -m "not validate" tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
@@ -42,6 +42,7 @@ bench: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 $(PY) bench/kinship.py --out bench/results
 
 validate: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m validate tests
 	$(PY) -m bayeslmm.validation --out validation/results
 
 clean:
