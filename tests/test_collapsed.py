@@ -371,7 +371,7 @@ FIT_DESIGNS = {
     "sleepstudy_uncorr": ("Reaction ~ Days + (Days || Subject)", lambda: blmm.load_dataset("sleepstudy")),
     "nested": ("y ~ x + (1 + x | school) + (1 | school:cls)", _nested_data),
 }
-FIT_KW = dict(chains=2, draws=1000, tune=700, progressbar=False, verbose=False)
+FIT_KW = dict(chains=2, draws=1500, tune=1000, progressbar=False, verbose=False)
 
 
 @pytest.fixture(scope="module")
