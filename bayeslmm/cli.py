@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cores", type=int, metavar="N", help="parallel chains")
     g.add_argument("--target-accept", type=float, metavar="X", help="NUTS target acceptance, e.g. 0.95")
     g.add_argument("--sampler", choices=("pymc", "nutpie", "numpyro"), help="NUTS implementation")
+    g.add_argument("--init", choices=("auto", "laplace", "pymc"),
+                   help="how NUTS starts (auto: from a Laplace approximation on the collapsed paths)")
     g.add_argument("--method", choices=("auto", "collapsed", "marginal", "noncentred", "kinship"),
                    help="sampling path (marginal = old name of collapsed; kinship = the rotated path of "
                         "a known covariance, [cov])")
@@ -177,7 +179,7 @@ def _cmd_fit(args) -> int:
     out = Path(args.out)
     _check_out_dir(out)                    # before anything slow: a bad --out never costs a fit
     flags = dict(draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
-                 cores=args.cores, target_accept=args.target_accept, sampler=args.sampler)
+                 cores=args.cores, target_accept=args.target_accept, sampler=args.sampler, init=args.init)
     _check_flags(flags)
     mf = load_model_file(args.model)
     mf = mf.with_sampler(**flags, progressbar=False if args.no_progress else None)

@@ -20,12 +20,16 @@ from .families import FAMILIES, family_of, get_family
 from .formula import ParsedFormula, parse_formula
 from .priors import Prior, parse_prior
 
-__all__ = ["ModelSpec", "SamplerSpec", "build_spec", "METHODS", "METHOD_ALIASES", "SAMPLERS"]
+__all__ = ["ModelSpec", "SamplerSpec", "build_spec", "METHODS", "METHOD_ALIASES", "SAMPLERS", "INITS"]
 
 METHODS = ("auto", "noncentred", "collapsed", "marginal", "kinship")
 #: accepted spellings of a method -> the name used everywhere else
 METHOD_ALIASES = {"marginal": "collapsed"}
 SAMPLERS = ("pymc", "nutpie", "numpyro")
+#: how PyMC's NUTS starts: "auto" = from a Laplace approximation on the collapsed paths
+#: (:func:`bayeslmm.sampling.laplace_start`), PyMC's jittered start elsewhere; "laplace" everywhere
+#: it applies; "pymc" = PyMC's own (``jitter+adapt_diag``, the draws of bayeslmm <= 0.1)
+INITS = ("auto", "laplace", "pymc")
 
 
 def canonical_method(method: str) -> str:
@@ -156,6 +160,7 @@ class SamplerSpec:
     sampler: str = "pymc"
     cores: int | None = None
     progressbar: bool = True
+    init: str = "auto"
 
     def __post_init__(self):
         # every option checked here, before anything is compiled, with one message template
@@ -189,6 +194,8 @@ class SamplerSpec:
         object.__setattr__(self, "progressbar", bool(self.progressbar))
         if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
             raise bad("sampler", f"one of {SAMPLERS}")
+        if not isinstance(self.init, str) or self.init not in INITS:
+            raise bad("init", f"one of {INITS}")
 
     @property
     def n_cores(self) -> int:

@@ -116,6 +116,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "sampler": ("str", f"one of {', '.join(SAMPLERS)}"),
         "cores": ("int", "parallel chains"),
         "progressbar": ("bool", "show a progress bar"),
+        "init": ("str", "how NUTS starts: auto (Laplace approximation on the collapsed paths), laplace, pymc"),
     },
     "report": {
         "title": ("str", "report title"),

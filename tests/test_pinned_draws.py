@@ -38,7 +38,7 @@ DRAWS = (0, 10, 49)
 def pinned_values(name: str) -> dict[str, list[float]]:
     """Chain 0, draws 0/10/49, the first (up to) 4 elements of every posterior variable."""
     formula, data, method = CASES[name]
-    fit = blmm.Model(formula, data(), method=method).fit(chains=2, draws=50, tune=100, seed=1,
+    fit = blmm.Model(formula, data(), method=method).fit(chains=2, draws=50, tune=100, seed=1, init="pymc",
                                                          progressbar=False, verbose=False)
     post = fit.posterior
     out = {}

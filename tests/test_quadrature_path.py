@@ -141,3 +141,19 @@ def test_group_effect_draws_pass_sbc_and_flag_a_wrong_sd(family, q):
         p[scale] = st.chisquare(counts).pvalue
     assert p[1.0] > 1e-3, p
     assert p[0.6] < 1e-3, p
+
+
+def test_sbc_refitter_swaps_the_quadrature_data():
+    """The SBC study's compiled-model refitter on the quadrature path (make validate's >= 100
+    replicates per family): built without compiling, and every array a new replicate's y changes
+    is one of the compiled model's data (a refitter that could not be built once stopped the
+    whole study)."""
+    from bayeslmm.validation.refit import PathRefitter
+    m = blmm.Model("y ~ x + (1 | g)", _frame(), family="bernoulli")
+    # (the study uses nutpie, whose compile is too slow here; the pymc engine compiles nothing yet)
+    refit = PathRefitter(m, m.plan("collapsed"), "pymc", 0.9)
+    assert refit.plan.path == "quadrature"
+    y = 1.0 - m.design.y
+    data, stats = refit._data(y)
+    assert set(data) <= refit.sampler.data_names and "aghq_y" in data
+    np.testing.assert_array_equal(np.sort(data["aghq_y"]), np.sort(y))

@@ -323,7 +323,7 @@ def sample_and_draw(model: pm.Model, design: Design, settings: SamplerSpec, seed
     """NUTS on a collapsed model, then ``add_effects(posterior) -> posterior with r_{g}``; the fit's
     DataTree and info (``effects_s`` added). Shared by the collapsed paths."""
     keep = [v for v in stored_names(design) if v in model.named_vars]
-    idata, info = sample(model, settings, var_names=keep, seed=seed)
+    idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True)
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
     merged = add_effects(post[[v for v in keep if v in post.data_vars]])

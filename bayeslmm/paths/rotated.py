@@ -94,7 +94,7 @@ def sample_rotated(design: Design, prior_table: PriorTable, settings: SamplerSpe
     model = build_rotated_model(design, prior_table, data, sampler=settings.sampler)
     setup_s = time.perf_counter() - t0
     keep = ["b", sd_var(f.name), "sigma"]
-    idata, info = sample(model, settings, var_names=keep, seed=seed)
+    idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True)
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
     post = post[[v for v in keep if v in post.data_vars]]

@@ -38,6 +38,7 @@ class PathRefitter:
             pm_model = build_quadrature_model(self.design, model.prior_table, family, self.link,
                                               data=quadrature_data(self.design, family, self.link), n_nodes=3)
             self.aux = family_of(model.spec).aux_names
+            names = None
         elif plan.path == "crossed":
             from ..paths.crossed_path import build_crossed_path_model
             pm_model = build_crossed_path_model(self.design, model.prior_table)
