@@ -17,9 +17,10 @@ from .crossed_stats import CrossedStats
 __all__ = ["conditional_effects", "conditional_moments", "draw_effects"]
 
 
-def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma):
+def _posterior_z(st: CrossedStats, b, sds, Ccs, sigma, data=None):
     theta = pack_theta(b, sds, Ccs, sigma)
-    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = unpack_data(*st.kernel_data())
+    data = unpack_data(*st.kernel_data()) if data is None else data
+    layout, blocks, b0, D1, B, E, ZtX, Zte, XtX, Xte, ete, groups, gram = data
     ok, Ts, s2, L1i, R, _, _, _, _, L2, _ = _factor_nb(theta, layout, blocks, D1, B, E, groups, gram)
     if not ok:
         raise FloatingPointError("crossed path: the Schur complement is not positive definite at these "
@@ -50,18 +51,20 @@ def _split(st: CrossedStats, x):
             for k in range(st.K)]
 
 
-def conditional_effects(st: CrossedStats, b, sds, Ccs, sigma, eps=None) -> list[np.ndarray]:
+def conditional_effects(st: CrossedStats, b, sds, Ccs, sigma, eps=None, data=None) -> list[np.ndarray]:
     """Group effects from their exact conditional gamma | y, b, sd, C, sigma (one solve per draw).
 
     Parameters
     ----------
     eps : None for the conditional mean, or standard normals of shape (Q,) or (Q, m) for m draws.
+    data : ``unpack_data(*st.kernel_data())``, computed here when not given (pass it when calling
+        once per posterior draw).
 
     Returns
     -------
     list over factors (caller order) of arrays (J_k, q_k) or (J_k, q_k, m).
     """
-    F, zbar = _posterior_z(st, b, sds, Ccs, sigma)
+    F, zbar = _posterior_z(st, b, sds, Ccs, sigma, data)
     if eps is None:
         z = zbar
     else:
@@ -106,9 +109,10 @@ def draw_effects(st: CrossedStats, b, sds, Ccs, sigma, seed: int) -> list[np.nda
     S = len(sigma)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 14]))
     out = [np.empty((S, J, q)) for J, q in zip(st.J, st.q)]
+    data = unpack_data(*st.kernel_data())          # once, not per draw
     for s in range(S):
         parts = conditional_effects(st, b[s], [x[s] for x in sds], [x[s] for x in Ccs], sigma[s],
-                                    rng.standard_normal(st.Q))
+                                    rng.standard_normal(st.Q), data)
         for k in range(st.K):
             out[k][s] = parts[k]
     return out
