@@ -169,7 +169,7 @@ def _element_label(name: str, da: xr.DataArray, idx: tuple) -> str:
 def _parameter_table(post: xr.Dataset) -> pd.DataFrame:
     with warnings.catch_warnings():      # constant elements (unit diagonal of cor_g) give 0/0
         warnings.simplefilter("ignore", RuntimeWarning)
-        import arviz as az
+        import arviz_stats as az      # the statistics only: arviz would also import its plots (matplotlib)
         rhat = az.rhat(post)
         ess_b = az.ess(post, method="bulk")
         ess_t = az.ess(post, method="tail")

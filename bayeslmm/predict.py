@@ -130,7 +130,7 @@ def predict(fit, data: pd.DataFrame | None = None, *, kind: str = "mean", includ
                       coords={"chain": post["chain"].values, "draw": post["draw"].values})
     if not summary:
         return da
-    import arviz as az
+    import arviz_stats as az      # the statistics only: arviz would also import its plots (matplotlib)
     hdi = az.hdi(da, prob=prob)
     tab = pd.DataFrame({"mean": mu.mean(axis=0), "sd": mu.std(axis=0, ddof=1),
                         "hdi_lower": hdi.sel(ci_bound="lower").to_numpy(),

@@ -38,7 +38,7 @@ def summarize_draws(draws: dict[str, xr.DataArray], prob: float = 0.95) -> pd.Da
     """
     ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("chain", "draw")])
                      for k, v in draws.items()})
-    import arviz as az
+    import arviz_stats as az      # the statistics only: arviz would also import its plots (matplotlib)
     tab = az.summary(ds, ci_kind="hdi", ci_prob=prob, round_to="none")
     lo, hi = [c for c in tab.columns if c.startswith("hdi")]
     tab = tab.rename(columns={lo: "hdi_lower", hi: "hdi_upper"})
