@@ -86,7 +86,7 @@ icc_at = { Days = [0, 9], Other = 2.5 }
     assert dict(again.spec.priors)["Days"].kwargs["mu"] == 10.123456789
     assert again.sampler.to_dict() == {"chains": 3, "draws": 123, "tune": 45, "seed": 7,
                                        "target_accept": 0.975, "sampler": "pymc", "cores": 1,
-                                       "progressbar": False}
+                                       "progressbar": False, "init": "auto"}
 
 
 def test_defaults_of_a_minimal_file():
