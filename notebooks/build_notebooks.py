@@ -1068,7 +1068,9 @@ NB7 = [
     plt.show()
     # the formula is an approximation: within ~4% for sd <= 2 (quadrature; tests/test_effects.py)
     assert abs(ratio / formula.mean() - 1) < 0.08
-    assert coef.loc["population_averaged", "hdi_upper"] < coef.loc["conditional", "hdi_lower"]
+    # attenuation: the ratio is computed draw by draw, so its HDI is far narrower than the two
+    # coefficients' (whose 95% HDIs may touch with 40 participants)
+    assert coef.loc["ratio", "hdi_upper"] < 0.9
     """),
     md("""
     ## What a marginal model estimates
