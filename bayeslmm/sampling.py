@@ -13,6 +13,7 @@ dominates small models). ``sampler="nutpie"`` or ``"numpyro"`` when installed.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 import warnings
@@ -297,11 +298,12 @@ class CompiledSampler:
         """Names of the data the compiled model reads (its shared variables)."""
         if self.sampler == "nutpie":
             return {v.name for v in self.compiled.shared_var_keys}
-        return set(self._shared())
+        return set(self._shared)
 
+    @functools.cached_property
     def _shared(self) -> dict:
         """The model's named shared variables: data containers and those inside its log-density
-        (the collapsed paths' kernel data are not registered with the model)."""
+        (the collapsed paths' kernel data are not registered with the model). Found once."""
         from pytensor.graph.traversal import ancestors
         found = {v.name: v for v in ancestors([self.model.logp()])
                  if isinstance(v, pytensor.compile.SharedVariable) and v.name}
@@ -317,10 +319,9 @@ class CompiledSampler:
                                      progress_bar=False, target_accept=self.target_accept)
             check_complete(tr["posterior"], chains, draws)
             return tr["posterior"].to_dataset(), int(np.asarray(tr["sample_stats"]["diverging"]).sum())
-        shared = self._shared()
         for k, v in data.items():
             if k not in self.model.named_vars:
-                shared[k].set_value(v)
+                self._shared[k].set_value(v)
         with self.model:
             pm.set_data({k: v for k, v in data.items() if k in self.model.named_vars})
             idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
