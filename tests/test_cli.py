@@ -205,3 +205,16 @@ def test_demo_writes_posterior_and_report(tmp_path, capsys):
     fit = blmm.load_fit(out / "fit.nc")
     assert fit.spec.formula.text == demo.FORMULA
     assert 5 < fit.summary().loc["Days", "mean"] < 16      # lme4: 10.47 ms/day
+
+
+def test_cli_sampler_choices_mirror_the_spec():
+    """The CLI keeps its own copies of the choices so that `bayeslmm --help` need not import
+    bayeslmm.spec (~2 s); they must stay equal to the owner's."""
+    from bayeslmm.cli import build_parser
+    from bayeslmm.spec import INITS, SAMPLERS
+    fit = next(a for a in build_parser()._subparsers._group_actions[0].choices["fit"]._actions
+               if "--init" in a.option_strings)
+    assert tuple(fit.choices) == INITS
+    sampler = next(a for a in build_parser()._subparsers._group_actions[0].choices["fit"]._actions
+                   if "--sampler" in a.option_strings)
+    assert tuple(sampler.choices) == SAMPLERS
