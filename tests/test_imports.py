@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "bayeslmm"
-DERIVED = ("results", "icc", "shrinkage", "predict", "effects", "diagnostics", "identifiability", "plots", "report",
+DERIVED = ("results", "icc", "shrinkage", "predict", "effects", "diagnostics", "convergence", "identifiability", "plots",
+           "report",
            "sensitivity")
 HEAVY = ("pymc", "pytensor", "numba")
 LEAVES = {"errors": set(), "families": {"errors"}, "posterior": set()}
