@@ -13,7 +13,9 @@ dominates small models). ``sampler="nutpie"`` or ``"numpyro"`` when installed.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import importlib.util
 import time
 import warnings
@@ -219,6 +221,20 @@ def laplace_start(model: pm.Model, chains: int, seed: int, target_accept: float)
     return step, points
 
 
+@functools.cache
+def _freeze_heap_at_exit() -> None:
+    """At interpreter exit, move every live object out of the garbage collector's reach.
+
+    A fit leaves hundreds of thousands of objects (PyTensor graphs, numba types, compiled
+    functions); at exit Python's finalisation ran the cyclic collector over them again and again
+    while it cleared the modules: ~0.9 s after every script or CLI run that had fitted (sleepstudy,
+    this 2-core machine), 0.15 s with ``gc.freeze()`` first. Only the interpreter's exit changes:
+    nothing is frozen while the process runs, and Python does not promise to collect objects
+    still alive at exit anyway. Registered once, by the first fit.
+    """
+    atexit.register(gc.freeze)
+
+
 def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | None = None,
            seed: int | None = None, laplace: bool = False) -> tuple[xr.DataTree, dict]:
     """Sample ``model`` with NUTS.
@@ -235,6 +251,7 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
     """
     seed = resolve_seed(settings.seed if seed is None else seed)
     sampler = settings.sampler
+    _freeze_heap_at_exit()
     if sampler != "pymc" and importlib.util.find_spec(sampler) is None:
         raise SpecError(f"sampler {sampler!r} is not installed; pip install {sampler} "
                         f"(or 'bayeslmm[{sampler}]'), or use sampler='pymc'.")
