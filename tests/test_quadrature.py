@@ -364,6 +364,23 @@ def test_draws_are_seeded():
     assert not np.allclose(u1, u3)
 
 
+@pytest.mark.parametrize("q", [1, 2])
+def test_draws_do_not_depend_on_the_number_of_threads(q):
+    """Blocks of draws in parallel threads give exactly the serial result (each draw's random
+    numbers depend on (seed, draw, group) only), and a different draw offset gives other numbers."""
+    data, b = make_design("poisson", "log", q, [3, 7, 12], [0.5] * q, seed=51)
+    S = 7
+    args = (np.tile(b, (S, 1)) + np.linspace(-0.1, 0.1, S)[:, None], np.full((S, q), 0.6))
+    u1, d1 = Q.draw_group_effects(data, *args, seed=5, threads=1)
+    for n in (2, 3, S, 20):
+        un, dn = Q.draw_group_effects(data, *args, seed=5, threads=n)
+        np.testing.assert_array_equal(un, u1)
+        np.testing.assert_array_equal(dn, d1)
+    # the offset matters: the last block alone, drawn as if it were draws 0.., differs
+    u_last, _ = Q.draw_group_effects(data, args[0][4:], args[1][4:], seed=5, threads=1)
+    assert not np.allclose(u_last, u1[4:])
+
+
 # --------------------------------------------------------------------------------------------
 # The PyTensor Op
 # --------------------------------------------------------------------------------------------

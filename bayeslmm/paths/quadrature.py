@@ -25,6 +25,8 @@ latent t scale mixture does not make a log-concave, low-dimensional integrand pe
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -390,7 +392,8 @@ def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes=
 # Group effects after sampling
 # --------------------------------------------------------------------------------------------
 def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: int,
-                       n_proposals: int = 64, min_ess: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
+                       n_proposals: int = 64, min_ess: float = 16.0, threads: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """One draw of every group's effects u_j from p(u_j | y_j, b, Sigma, phi) per posterior draw.
 
     Parameters
@@ -399,6 +402,9 @@ def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: 
     seed : the draws are a deterministic function of (seed, draw index, group index).
     n_proposals, min_ess : importance resampling for q >= 2 (see
         :mod:`bayeslmm.paths.quadrature_draws`); q = 1 uses exact rejection sampling.
+    threads : blocks of draws run in this many threads (default: the number of CPUs).
+        The kernel releases the GIL, and each draw's random numbers depend on (seed, draw, group)
+        only, so the result is the same for any number of threads.
 
     Returns
     -------
@@ -415,8 +421,18 @@ def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: 
           else np.ascontiguousarray(np.asarray(Cc, dtype=float).reshape(S, q, q)))
     phi = np.ones(S) if phi is None else np.ascontiguousarray(np.asarray(phi, dtype=float).reshape(S))
     ictl = np.array([data.code], dtype=np.int64)
-    return draw_kernel(b, sd, Cc, phi, data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl,
-                       int(seed) & 0x7FFFFFFFFFFFFFFF, int(n_proposals), float(min_ess))
+    seed = int(seed) & 0x7FFFFFFFFFFFFFFF
+
+    def block(lo, hi):
+        return draw_kernel(b[lo:hi], sd[lo:hi], Cc[lo:hi], phi[lo:hi], data.y, data.trials, data.offset, data.Xt,
+                           data.Zt, data.starts, ictl, seed, int(n_proposals), float(min_ess), int(lo))
+    n = max(1, min(S, threads if threads is not None else (os.cpu_count() or 1)))
+    if n == 1:
+        return block(0, S)
+    cuts = np.linspace(0, S, n + 1).astype(int)
+    with ThreadPoolExecutor(n) as pool:
+        parts = list(pool.map(block, cuts[:-1], cuts[1:]))
+    return np.concatenate([u for u, _ in parts]), np.concatenate([d for _, d in parts])
 
 
 def choose_n_nodes(data: QuadratureData, b, sd, Cc=None, phi=None, *, tol: float = ERROR_TOL,

@@ -172,8 +172,12 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_p
 
 
 @njit(**_NJIT)
-def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess):
+def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess, s_first):
     """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
+
+    ``s_first``: the index of the first of these draws among all the posterior's draws (the random
+    numbers of draw s and group j depend on (seed, s_first + s, j) only, so the draws can be split
+    into blocks run in parallel threads with the same result).
 
     Data arrays as for :func:`~bayeslmm.paths.quadrature_kernel.aghq_kernel` (rows sorted by group,
     Xt (p, n), Zt (q, n)). Returns (u, diag): diag (S, J) is the number of proposals the rejection
@@ -246,7 +250,7 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
                     emax = exp_rows(eta0, A)
                 if not find_mode_q1(fam, yj, nj_tr, eta0, w[0], v, ph, lphi, H, L, A, emax):
                     continue
-                _seed_state(seed, s, j, state)
+                _seed_state(seed, s_first + s, j, state)
                 # any tangent points give a valid envelope: the curvature of the last Newton iterate will do
                 diag[s, j] = _draw_q1(fam, yj, nj_tr, eta0, w[0], v, L[0, 0], ph, lphi, d1, A, emax, state, vv)
                 for a in range(q):
@@ -260,7 +264,7 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
             grad_hess(d1, d2, w, v, q, g, H)
             if not chol(H, q, L):
                 continue
-            _seed_state(seed, s, j, state)
+            _seed_state(seed, s_first + s, j, state)
             ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
                             props, lw, zbuf, xbuf)
             if ess < min_ess:
