@@ -31,6 +31,7 @@ from pytensor.compile.mode import Mode
 from pytensor.graph.replace import vectorize_graph
 
 from .errors import SamplingInterrupted, SpecError
+from .parallel_chains import fork_chains
 from .spec import SamplerSpec
 
 __all__ = ["sample", "resolve_seed", "value_trace", "constrained_posterior", "CompiledSampler",
@@ -272,7 +273,7 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
             kwargs["step"], kwargs["initvals"] = started
             del kwargs["target_accept"]
             init = "laplace"
-    with warnings.catch_warnings(), _blas_threads_per_chain(settings.n_cores):
+    with warnings.catch_warnings(), _blas_threads_per_chain(settings.n_cores), fork_chains(sampler == "pymc"):
         # our own diagnostics report convergence with advice; PyMC's duplicate messages are noise
         warnings.filterwarnings("ignore", message=".*BLAS.*")
         idata = pm.sample(**kwargs)
