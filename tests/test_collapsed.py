@@ -338,10 +338,17 @@ def test_crossed_gaussian_takes_the_crossed_collapsed_path():
 
 @pytest.mark.parametrize("name", ["corr2", "uncorr", "mixed_blocks", "nested3", "implicit_nested"])
 def test_applicable_true_for_one_factor_and_nested(cases, name):
+    from bayeslmm.paths import NESTED_VIA_CROSSED_MAX
     m = cases[name][0]
-    plan = choose_path(m.spec, m.design)
+    plan = choose_path(m.spec, m.design, "collapsed")
     assert plan.path == "collapsed", plan.reason
-    assert m.choose_method()[0] == "collapsed"
+    # "auto": a small nesting chain goes to the crossed collapsed path (starts faster), a large one not
+    sizes = [f.n_levels * f.q for f in m.design.factors]
+    small = len(sizes) > 1 and sum(sizes) - max(sizes) <= NESTED_VIA_CROSSED_MAX
+    auto = m.plan()
+    assert auto.path == ("crossed" if small else "collapsed"), auto.reason
+    if small:
+        assert "nested factors" in auto.reason and "method='collapsed'" in auto.reason
 
 
 def test_sleepstudy_default_fit_uses_marginal():

@@ -119,9 +119,41 @@ def choose_path(spec, design, method: str | None = None) -> Plan:
             return crossed
     if method == "collapsed" and chain is None:
         raise SpecError(f"method='collapsed' does not apply: {why}. Use method='noncentred'.")
+    if chain is not None and len(chain) > 1 and crossed_ok and method == "auto":
+        small = _nested_via_crossed(design, chain)
+        if small is not None:
+            return small
     if chain is not None:
         return Plan("collapsed", why, chain)
     return Plan("noncentred", why)
+
+
+#: ``method="auto"`` samples nested factors on the crossed collapsed path when at most this many group
+#: effects lie outside the largest factor (see :func:`_nested_via_crossed`)
+NESTED_VIA_CROSSED_MAX = 64
+
+
+def _nested_via_crossed(design, chain) -> Plan | None:
+    """The crossed collapsed path for a small nesting chain (``method="auto"`` only), or None.
+
+    Both paths integrate the same random effects out exactly; they differ in cost. The nested
+    elimination graph is a PyTensor graph whose shape follows the design, so every new design
+    compiles it anew: a Pastes-like ``(1 | batch/cask)`` took 52-57 s to its first result with an
+    empty compile cache (bambi: 27-30 s). The crossed path's kernel is compiled once at install and
+    takes the design as data: 18 s cold, 7 s warm. Its cost per evaluation grows with the square of
+    the effects outside the largest factor (dense), so it is taken only up to
+    :data:`NESTED_VIA_CROSSED_MAX` of them: at 64 (64 batches x 10 casks x 3 rows) a warm fit took
+    7.8 s against 6.7 s on the nested path, a first fit 11.6 against 15.5 s.
+    ``method="collapsed"`` keeps the nested path.
+    """
+    sizes = [f.n_levels * f.q for f in design.factors]
+    q2 = sum(sizes) - max(sizes)
+    if q2 > NESTED_VIA_CROSSED_MAX:
+        return None
+    return Plan("crossed", f"gaussian, nested factors {' > '.join(f.name for f in chain)} with {q2} group "
+                           "effects outside the largest factor: random effects integrated out exactly on the "
+                           "crossed collapsed path (its kernel is compiled at install; the nested elimination "
+                           "graph would compile for this design; method='collapsed' takes it)")
 
 
 def _crossed_plan(design, why: str) -> tuple[Plan | None, str]:
