@@ -278,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--render", action="store_true", help="rewrite OUT/bench.md from OUT/bench.json")
     ap.add_argument("--case", choices=sorted(CASES), default=None,
                     help="run only this case (its engines once; results to OUT/bench_<case>.json/.md)")
+    ap.add_argument("--engines", default=None,
+                    help="with --case: only these engines (comma-separated, e.g. bambi,bayeslmm-quadrature)")
     ap.add_argument("--one", nargs=4, metavar=("ENGINE", "CASE", "GROUPS", "ROWS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -362,6 +364,8 @@ def _one_case(args, out: Path, engines: list[str], bern: tuple[int, int]) -> int
             and not (e == "bayeslmm-marginal" and FAMILY.get(case, "gaussian") != "gaussian")]
     if case in GLMM_SIZES:
         engs.append("bayeslmm-quadrature")
+    if args.engines:
+        engs = [e for e in engs if e in args.engines.split(",")]
     warm_dir = tempfile.mkdtemp(prefix="bayeslmm-bench-warm-")
     results = []
     for _ in range(args.reps if case in GLMM_SIZES else 1):      # engines interleaved, repeated

@@ -302,9 +302,13 @@ def test_effect_draws_are_seeded(cases):
     again = el.draw_group_effects(*args, seed=3)
     chunked = el.draw_group_effects(*args, seed=3, chunk=2)
     other = el.draw_group_effects(*args, seed=4)
-    for x, x2, xc, z in zip(one, again, chunked, other):
+    serial = el.draw_group_effects(*args, seed=3, chunk=2, threads=1)     # chunks in parallel threads or not
+    threaded = el.draw_group_effects(*args, seed=3, chunk=2, threads=3)
+    for x, x2, xc, z, xs, xt in zip(one, again, chunked, other, serial, threaded):
         assert x.shape[0] == 5
         np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(xs, xt)
+        np.testing.assert_array_equal(xc, xt)
         # chunking changes only the floating-point summation order of the sparse sums
         np.testing.assert_allclose(x, xc, rtol=1e-12, atol=1e-12)
         assert not np.allclose(x, z)

@@ -23,6 +23,9 @@ no PyTensor.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 import xarray as xr
@@ -276,24 +279,35 @@ def conditional_effects(stats: GroupStats, b, sds, cors, sigma, noise=None):
     return [np.stack(ul, axis=-1).transpose(1, 0, 2) for ul in u]
 
 
-def draw_group_effects(stats: GroupStats, b, sds, cors, sigma, seed: int, chunk: int = 200):
+def draw_group_effects(stats: GroupStats, b, sds, cors, sigma, seed: int, chunk: int = 200,
+                       threads: int | None = None):
     """Exact draws of every factor's effects, one per posterior draw, seeded (same seed, same draws).
 
-    Returns a list over levels of arrays (S, J_l, q_l). Processes ``chunk`` draws at a time.
+    Returns a list over levels of arrays (S, J_l, q_l). Processes ``chunk`` draws at a time, in
+    ``threads`` threads (default: the number of CPUs; numpy's array arithmetic releases the GIL).
+    The normal deviates are drawn in the calling thread, in draw order, so the result depends on
+    neither ``chunk`` nor ``threads``.
     """
     S = len(sigma)
     # one stream per factor, drawn in draw-major order: the result does not depend on ``chunk``
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 6]).spawn(stats.L)]
     out = [np.empty((S, J, q)) for J, q in zip(stats.J, stats.q)]
-    for s0 in range(0, S, chunk):
-        sl = slice(s0, min(S, s0 + chunk))
-        k = sl.stop - sl.start
-        noise = [rng.standard_normal((k, J, q)).transpose(1, 2, 0)
-                 for rng, J, q in zip(rngs, stats.J, stats.q)]
-        parts = conditional_effects(stats, b[sl], [x[sl] for x in sds], [x[sl] for x in cors],
-                                    sigma[sl], noise)
+
+    def block(sl, noise):
+        parts = conditional_effects(stats, b[sl], [x[sl] for x in sds], [x[sl] for x in cors], sigma[sl], noise)
         for l in range(stats.L):
             out[l][sl] = parts[l]
+    n = max(1, threads if threads is not None else (os.cpu_count() or 1))
+    with ThreadPoolExecutor(n) as pool:
+        jobs = []
+        for s0 in range(0, S, chunk):
+            sl = slice(s0, min(S, s0 + chunk))
+            k = sl.stop - sl.start
+            noise = [rng.standard_normal((k, J, q)).transpose(1, 2, 0)
+                     for rng, J, q in zip(rngs, stats.J, stats.q)]
+            jobs.append(pool.submit(block, sl, noise))
+        for job in jobs:
+            job.result()
     return out
 
 
