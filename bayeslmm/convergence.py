@@ -19,7 +19,7 @@ import numpy as np
 from scipy.fftpack import next_fast_len
 from scipy.special import ndtri
 
-__all__ = ["rhat", "ess_bulk", "ess_tail", "summary", "TAIL_PROB"]
+__all__ = ["summary", "TAIL_PROB"]
 
 #: the tail ESS is the smaller of the quantile ESS at these probabilities. ArviZ 1's default (its
 #: ``ci_prob`` 0.89 and 1 - 0.89), kept so that our numbers equal ``arviz_stats.ess(method="tail")``;
@@ -141,21 +141,12 @@ def _ess(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _valid(a: np.ndarray, min_chains: int) -> np.ndarray:
-    """Parameters whose draws are all finite, with enough chains and draws (else NaN, as ArviZ)."""
+def _valid(a: np.ndarray) -> np.ndarray:
+    """Parameters whose draws are all finite, given enough draws (else NaN, as ArviZ)."""
     ok = np.isfinite(a).all(axis=(0, 1))
-    if a.shape[0] < min_chains or a.shape[1] < _MIN_DRAWS:
+    if a.shape[1] < _MIN_DRAWS:
         ok[:] = False
     return ok
-
-
-def _per_parameter(fn, draws, min_chains: int) -> np.ndarray:
-    a = _as_3d(draws)
-    out = np.full(a.shape[2], np.nan)
-    ok = _valid(a, min_chains)
-    if ok.any():
-        out[ok] = fn(a[:, :, ok])
-    return out.reshape(np.shape(draws)[2:])
 
 
 def _rhat_from(split: np.ndarray, z_split: np.ndarray) -> np.ndarray:
@@ -178,20 +169,21 @@ def summary(draws) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns
     -------
     tuple of numpy.ndarray
-        Each with the trailing shape of ``draws``; NaN where :func:`rhat` / :func:`ess_bulk` are.
+        Each with the trailing shape of ``draws``. NaN for a parameter with a non-finite draw, and
+        everywhere with fewer than 4 draws; R-hat is NaN with fewer than 2 chains.
 
     Examples
     --------
     >>> import numpy as np
-    >>> r, eb, et = summary(np.random.default_rng(0).normal(size=(2, 500, 3)))
-    >>> r.shape, bool((eb > 500).all())
-    ((3,), True)
+    >>> r, eb, et = summary(np.random.default_rng(0).normal(size=(4, 1000, 3)))
+    >>> r.shape, bool((np.abs(r - 1) < 0.01).all()), bool((eb > 3000).all())
+    ((3,), True, True)
     """
     a = _as_3d(draws)
     shape = np.shape(draws)[2:]
     k = a.shape[2]
     outs = [np.full(k, np.nan) for _ in range(3)]
-    ok = _valid(a, 1)
+    ok = _valid(a)
     if ok.any():
         b = a[:, :, ok]
         split = _split(b)
@@ -201,47 +193,3 @@ def summary(draws) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if a.shape[0] >= 2:
             outs[0][ok] = _rhat_from(split, z)
     return tuple(o.reshape(shape) for o in outs)
-
-
-def rhat(draws) -> np.ndarray:
-    """Rank-normalised split R-hat, the larger of the bulk and the folded (tail) value.
-
-    Parameters
-    ----------
-    draws : array_like, shape (chain, draw, ...)
-
-    Returns
-    -------
-    numpy.ndarray
-        One value per parameter (the trailing shape); NaN with fewer than 2 chains or 4 draws, or
-        when a parameter has a non-finite draw.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.random.default_rng(0).normal(size=(4, 1000, 3))
-    >>> bool((np.abs(rhat(x) - 1) < 0.01).all())
-    True
-    """
-    def fn(a):
-        s = _split(a)
-        return _rhat_from(s, _z_scale(s))
-    return _per_parameter(fn, draws, 2)
-
-
-def ess_bulk(draws) -> np.ndarray:
-    """Bulk effective sample size (rank-normalised split chains), one per parameter.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.random.default_rng(0).normal(size=(2, 1000, 2))
-    >>> bool((ess_bulk(x) > 1500).all())
-    True
-    """
-    return _per_parameter(lambda a: _ess(_z_scale(_split(a))), draws, 1)
-
-
-def ess_tail(draws) -> np.ndarray:
-    """Tail effective sample size: the smaller of the quantile ESS at :data:`TAIL_PROB`, one per parameter."""
-    return _per_parameter(_ess_tail, draws, 1)

@@ -51,9 +51,7 @@ def test_equals_arviz(chains, draws):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ours = cv.summary(x)
-        singles = (cv.rhat(x), cv.ess_bulk(x), cv.ess_tail(x))
-    for name, a, s, b in zip(("rhat", "ess_bulk", "ess_tail"), ours, singles, _arviz(x)):
-        assert np.array_equal(a, s, equal_nan=True), name
+    for name, a, b in zip(("rhat", "ess_bulk", "ess_tail"), ours, _arviz(x)):
         assert np.array_equal(np.isnan(a), np.isnan(b)), (name, np.isnan(a), np.isnan(b))
         np.testing.assert_allclose(a, b, rtol=1e-8, err_msg=name)
     if chains == 1:
@@ -68,4 +66,4 @@ def test_trailing_shape_and_too_few_draws():
     assert r.shape == eb.shape == et.shape == (3, 2)
     assert np.isnan(cv.summary(x[:, :3])[1]).all()        # fewer than 4 draws
     with pytest.raises(ValueError, match="chain, draw"):
-        cv.rhat(np.zeros(10))
+        cv.summary(np.zeros(10))

@@ -248,9 +248,9 @@ def test_small_nested_designs_take_the_crossed_path_with_the_same_posterior():
     auto, nested = m.fit(**kw), m.fit(method="collapsed", **kw)
     assert auto.info["method"] == "crossed" and nested.info["method"] == "collapsed"
     assert set(auto.posterior.data_vars) == set(nested.posterior.data_vars)
-    from bayeslmm.convergence import ess_bulk
+    from bayeslmm.convergence import summary
     for v in ("sd_batch", "sd_batch:cask", "sigma", "b"):
         a, n = (f.posterior[v].transpose("chain", "draw", ...).values for f in (auto, nested))
         a, n = a.reshape(*a.shape[:2], -1), n.reshape(*n.shape[:2], -1)
-        se = np.sqrt(a.var(axis=(0, 1)) / ess_bulk(a) + n.var(axis=(0, 1)) / ess_bulk(n))
+        se = np.sqrt(a.var(axis=(0, 1)) / summary(a)[1] + n.var(axis=(0, 1)) / summary(n)[1])
         assert np.all(np.abs(a.mean(axis=(0, 1)) - n.mean(axis=(0, 1))) < 4 * se), v
