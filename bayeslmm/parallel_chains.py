@@ -14,8 +14,9 @@ sampler does) and sends its filled traces back once; when a progress bar is show
 statistics come in batches and feed PyMC's own progress bar. Each chain has the start point,
 random generator and step state it has in PyMC's sampler, so the draws are identical
 (``tests/test_parallel_chains.py``). A worker's exception is raised in the caller
-(:class:`ChainWorkerError`, with the worker's traceback); a KeyboardInterrupt stops the workers and
-raises :class:`~bayeslmm.errors.SamplingInterrupted` (no partial fit).
+(:class:`ChainWorkerError`, with the worker's traceback), and so is a worker that ends without its
+draws (killed, e.g. for lack of memory); a KeyboardInterrupt, in the caller or in a worker, stops the
+workers and raises :class:`~bayeslmm.errors.SamplingInterrupted` (no partial fit).
 
 Why hand-written: PyMC has no option to batch the transfer. It replaces PyMC's internal
 ``_mp_sample`` for the duration of the call (restored afterwards, also on errors), so it depends on
@@ -68,7 +69,8 @@ def _worker(conn, idx, draws, tune, step, start, rngs, traces, model, batch):
             conn.send(("chain", i, {k: getattr(traces[i], k) for k in _TRACE_STATE}, stats))
         conn.send(("done",))
     except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(OSError):       # the parent may have gone already
+            conn.send(("interrupted",))
     except BaseException as e:           # raised again in the parent, with the worker's traceback
         text = "".join(traceback.format_exception(e))
         try:
@@ -113,9 +115,14 @@ def _fork_mp_sample(*, draws, tune, step, chains, cores, rngs, start, traces, pr
                 for c in multiprocessing.connection.wait(list(waiting)):
                     try:
                         msg = c.recv()
-                    except EOFError:              # the worker ended without "done": interrupted
-                        waiting.discard(c)
-                        continue
+                    except EOFError:              # ended without "done", "error" or "interrupted": killed
+                        j = conns.index(c)
+                        procs[j].join(timeout=10)
+                        raise ChainWorkerError(
+                            f"the worker process of chain(s) {groups[j]} ended without its draws (exit code "
+                            f"{procs[j].exitcode}; killed, e.g. for lack of memory?); no fit was made") from None
+                    if msg[0] == "interrupted":
+                        raise KeyboardInterrupt
                     if msg[0] == "progress":
                         for it, stats in msg[2]:
                             progress.update(chain_idx=msg[1], is_last=False, draw=it, stats=stats,

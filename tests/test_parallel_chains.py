@@ -67,6 +67,28 @@ def test_an_interrupt_leaves_no_fit_and_no_workers(dyestuff, monkeypatch):
     assert multiprocessing.active_children() == []
 
 
+def test_a_worker_killed_without_its_draws_is_an_error(dyestuff, monkeypatch):
+    import os
+    import signal
+
+    def killed(**kw):
+        os.kill(os.getpid(), signal.SIGKILL)         # as the kernel's out-of-memory killer would
+        yield
+    monkeypatch.setattr(parallel_chains._mcmc, "_iter_sample", killed)
+    with pytest.raises(parallel_chains.ChainWorkerError, match=r"ended without its draws \(exit code -9"):
+        _fit(dyestuff, progressbar=False)
+    assert multiprocessing.active_children() == []
+
+
+def test_an_interrupt_in_the_workers_leaves_no_fit(dyestuff, monkeypatch):
+    def ctrl_c(**kw):                                 # Ctrl-C in a terminal reaches every process
+        raise KeyboardInterrupt
+        yield
+    monkeypatch.setattr(parallel_chains._mcmc, "_iter_sample", ctrl_c)
+    with pytest.raises(SamplingInterrupted, match="interrupted"):
+        _fit(dyestuff, progressbar=False)
+
+
 def test_the_swap_is_undone():
     import pymc.sampling.mcmc as mcmc
     before = mcmc._mp_sample
