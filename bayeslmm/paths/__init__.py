@@ -146,8 +146,7 @@ def _nested_via_crossed(design, chain) -> Plan | None:
     7.8 s against 6.7 s on the nested path, a first fit 11.6 against 15.5 s.
     ``method="collapsed"`` keeps the nested path.
     """
-    sizes = [f.n_levels * f.q for f in design.factors]
-    q2 = sum(sizes) - max(sizes)
+    q2 = _effects_outside_largest(design)
     if q2 > NESTED_VIA_CROSSED_MAX:
         return None
     return Plan("crossed", f"gaussian, nested factors {' > '.join(f.name for f in chain)} with {q2} group "
@@ -156,14 +155,19 @@ def _nested_via_crossed(design, chain) -> Plan | None:
                            "graph would compile for this design; method='collapsed' takes it)")
 
 
+def _effects_outside_largest(design) -> int:
+    """Group effects outside the largest factor: the dense part of the crossed path's algebra."""
+    sizes = [f.n_levels * f.q for f in design.factors]
+    return sum(sizes) - max(sizes)
+
+
 def _crossed_plan(design, why: str) -> tuple[Plan | None, str]:
     """The crossed collapsed plan for factors that form no nesting chain, or None and the reason."""
     from .crossed_stats import MAX_DENSE
     if len(design.factors) < 2:
         return None, why
-    sizes = [f.n_levels * f.q for f in design.factors]
-    q1 = max(sizes)
-    q2 = sum(sizes) - q1
+    q1 = max(f.n_levels * f.q for f in design.factors)
+    q2 = _effects_outside_largest(design)
     pair = why.split(":")[0]                    # "crossed factors a and b"
     if q2 * max(q1, q2) > MAX_DENSE:
         return None, (f"{pair}, too many group effects outside the largest factor ({q2}) for the dense "
