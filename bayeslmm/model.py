@@ -153,7 +153,7 @@ class Model:
         return build_model(self.design, self.prior_table, self.spec.family, self.spec.link)
 
     def fit(self, *, chains: int = 4, draws: int = 1000, tune: int = 1000, seed: int | None = None,
-            target_accept: float = 0.9, sampler: str = "pymc", cores: int | None = None,
+            target_accept: float | None = None, sampler: str = "pymc", cores: int | None = None,
             progressbar: bool = True, method: str | None = None, verbose: bool = True,
             init: str = "auto") -> Fit:
         """Sample the posterior with NUTS.
@@ -164,8 +164,10 @@ class Model:
             Defaults 4 x 1000 draws after 1000 tuning steps.
         seed : int, optional
             Same seed, same draws. If None a seed is drawn and recorded in ``fit.info["seed"]``.
-        target_accept : float
-            Raise towards 0.99 if the diagnostics report divergences.
+        target_accept : float, optional
+            NUTS target acceptance. Default: 0.8 on the exact (collapsed, crossed, kinship,
+            quadrature) paths, 0.9 on the non-centred graph (see :data:`bayeslmm.spec.TARGET_ACCEPT`);
+            raise it towards 0.99 if the diagnostics report divergences.
         sampler : {"pymc", "nutpie", "numpyro"}
         cores : int, optional
             Default ``min(chains, CPUs)``.
@@ -190,6 +192,7 @@ class Model:
         from .sampling import resolve_seed, sample
         plan = self.plan(method)
         chosen, why = plan.path, plan.reason
+        settings = settings.for_path(chosen)
         seed_used = resolve_seed(settings.seed)
         if verbose:
             print(f"bayeslmm: method={chosen} ({why}); NUTS sampler={settings.sampler}, "

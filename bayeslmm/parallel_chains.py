@@ -27,6 +27,7 @@ method (Linux), NumPy traces, no per-draw callback. Everything else goes to PyMC
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import pickle
@@ -100,6 +101,11 @@ def _fork_mp_sample(*, draws, tune, step, chains, cores, rngs, start, traces, pr
                                       progressbar=progressbar, progressbar_theme=progressbar_theme)
     batch = max(1, draws // 100) if progressbar else 0
     procs, conns = [], []
+    # Python's advice for fork without exec (gc.freeze docs): the parent's objects out of the
+    # collector's reach, so that the workers' collections do not walk (and copy on write) the
+    # parent's heap of compiled graphs. Measured at 100,000 rows, 2 chains: chain loops 2.2-2.7 s
+    # with it, 2.1-3.4 s without (noisy; mean 0.3 s less). The parent unfreezes after the forks.
+    gc.freeze()
     try:
         for idx in groups:
             recv, send = ctx.Pipe(duplex=False)
@@ -109,6 +115,7 @@ def _fork_mp_sample(*, draws, tune, step, chains, cores, rngs, start, traces, pr
             send.close()
             procs.append(p)
             conns.append(recv)
+        gc.unfreeze()
         with progress:
             waiting = set(conns)
             while waiting:
@@ -141,6 +148,7 @@ def _fork_mp_sample(*, draws, tune, step, chains, cores, rngs, start, traces, pr
         # PyMC would return the draws made so far; the parent has none until a worker finishes
         raise SamplingInterrupted("sampling was interrupted; no fit was made. Run it again.") from None
     finally:
+        gc.unfreeze()
         for p in procs:
             if p.is_alive():
                 p.terminate()

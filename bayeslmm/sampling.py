@@ -252,6 +252,8 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
     """
     seed = resolve_seed(settings.seed if seed is None else seed)
     sampler = settings.sampler
+    if settings.target_accept is None:      # Model.fit resolves it with SamplerSpec.for_path
+        raise SpecError("sample() needs settings with target_accept set: use settings.for_path(path)")
     _freeze_heap_at_exit()
     if sampler != "pymc" and importlib.util.find_spec(sampler) is None:
         raise SpecError(f"sampler {sampler!r} is not installed; pip install {sampler} "

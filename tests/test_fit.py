@@ -52,6 +52,26 @@ def test_stage_profile_accounts_for_the_fit(get_fit, sleepstudy, method):
     assert (st["group effects"] > 0) == (method == "collapsed")
 
 
+@pytest.mark.parametrize("method, target", [("collapsed", 0.8), ("noncentred", 0.9)])
+def test_default_target_accept_follows_the_path_and_reaches_nuts(get_fit, sleepstudy, method, target):
+    """target_accept=None resolves per path (spec.TARGET_ACCEPT) and the resolved value is what NUTS
+    adapted to: after warm-up PyMC's step size is tuned so that the mean acceptance statistic is
+    near the target (measured: 0.80-0.85 at 0.8, 0.90-0.93 at 0.9 on these fits; the bounds are
+    halfway between the two, so the test fails if the other value reached the sampler)."""
+    fit = get_fit(SLEEP, sleepstudy, method=method)
+    assert fit.sampler.target_accept == target
+    accept = float(fit.idata["sample_stats"]["acceptance_rate"].mean())
+    assert (accept < 0.875) if target == 0.8 else (accept > 0.875), accept
+
+
+def test_given_target_accept_is_kept_on_every_path():
+    from bayeslmm.spec import TARGET_ACCEPT
+    for path in TARGET_ACCEPT:
+        assert blmm.SamplerSpec(target_accept=0.97).for_path(path).target_accept == 0.97
+        assert blmm.SamplerSpec().for_path(path).target_accept == TARGET_ACCEPT[path]
+    assert blmm.SamplerSpec().for_path("a future path").target_accept == TARGET_ACCEPT["noncentred"]
+
+
 def test_posterior_names_dims_and_tables(sleep_fit):
     post = sleep_fit.posterior
     assert set(post.data_vars) == {"b", "sd_Subject", "cor_Subject", "r_Subject", "sigma"}

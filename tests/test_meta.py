@@ -245,7 +245,7 @@ def test_noncentred_likelihood_uses_the_known_standard_errors(formula):
 def eight_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # default settings: 4 chains x 1000 draws after 1000 tuning steps, target_accept 0.9
+        # default settings: 4 chains x 1000 draws after 1000 tuning steps, target_accept 0.8 (the collapsed path's default)
         return blmm.Model(FORMULA, EIGHT, priors=PRIORS).fit(seed=20, progressbar=False, verbose=False)
 
 
