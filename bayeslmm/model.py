@@ -179,7 +179,8 @@ class Model:
             How PyMC's NUTS starts. "auto": on the collapsed paths, at overdispersed draws from a
             Laplace approximation with the mass matrix initialised from it (much shorter warm-up,
             same posterior); PyMC's own jittered start on the non-centred graph. "pymc": PyMC's
-            start everywhere (reproduces the draws of bayeslmm 0.1 for the same seed).
+            start everywhere (with ``target_accept=0.9``, reproduces the draws of bayeslmm 0.1
+            for the same seed).
 
         Returns
         -------
