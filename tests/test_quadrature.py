@@ -410,6 +410,27 @@ def test_op_matches_kernel_in_one_call():
     assert n_ops == 1
 
 
+def test_object_mode_call_takes_read_only_and_zero_d_inputs():
+    """PyMC's fits call the kernel through numba's object mode (quadrature_op._call_kernel), where
+    constants arrive read-only: they are copied, and a 0-d one (phi, grad) must stay 0-d (it once
+    became 1-d and the kernel failed to compile inside every model). Same numbers as a direct call."""
+    from bayeslmm.paths.quadrature_op import _call_kernel, op_data, op_kernel
+    data, _ = make_design("negbinomial", "log", 2, [1, 3, 10], [0.7, 0.4], seed=61)
+    arrays = list(op_data(data, 5).values())
+    params = [np.array(1), np.ones(len(arrays[-1])), np.array([0.1, 0.2]), np.array([0.7, 0.4]),
+              np.array([[1.0, 0.0], [0.6, 0.8]]), np.array(2.0)]
+    frozen = []
+    for a in params + arrays:
+        a = np.array(a)
+        a.flags.writeable = False
+        frozen.append(a)
+    got = _call_kernel(*frozen)
+    ref = op_kernel(*[np.asarray(a, dtype=np.int64 if a.dtype.kind in "iu" else np.float64).copy()
+                      for a in params + arrays])
+    for x, y in zip(got, ref):
+        np.testing.assert_array_equal(x, y)
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------

@@ -8,10 +8,13 @@ same inputs, and PyTensor merges them: NUTS pays one kernel call per step.
 
 ``linked``: True links the kernel into the compiled model function (nutpie needs it: it evaluates
 the model from Rust threads that would wait for the GIL at every object-mode call). False calls it
-through numba's object mode, which saves linking it into every enclosing compiled function (a cold
-PyTensor cache compiled in 15 s instead of 33 s here) but each call was ~1.7x slower at 100,000
-rows (13.7 against 8 ms, identical arguments, interleaved; unexplained), so
-:func:`~bayeslmm.paths.quadrature_path.build_quadrature_model` links.
+through numba's object mode, which saves linking it into every enclosing compiled function: at
+100,000 rows a cold PyTensor cache compiled in 7-8 s instead of 18-19 s, at the same cost per call
+(5.1-5.3 ms against 5.2-7.0 ms, interleaved). :func:`~bayeslmm.paths.quadrature_path.build_quadrature_model`
+links only for nutpie. (An earlier measurement had the object-mode call 1.7x slower, not seen
+again; the object-mode variant then stopped compiling inside a model: read-only arrays, such as the
+0-d constant ``phi``, were copied with ``np.ascontiguousarray``, which turns a 0-d array into a 1-d
+one. :func:`_call_kernel` copies them with ``copy`` now.)
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def _call_kernel(*args):
     arrs = []
     for k, a in enumerate(args):
         a = np.asarray(a, dtype=np.int64 if k in _INT else np.float64)
-        arrs.append(a if a.flags.writeable and a.flags.c_contiguous else np.ascontiguousarray(a).copy())
+        # a.copy() keeps a 0-d array 0-d (np.ascontiguousarray would make it 1-d)
+        arrs.append(a if a.flags.writeable and a.flags.c_contiguous else a.copy(order="C"))
     return op_kernel(*arrs)
 
 

@@ -36,7 +36,8 @@ class PathRefitter:
         if plan.path == "quadrature":
             from ..paths.quadrature_path import build_quadrature_model, quadrature_data
             pm_model = build_quadrature_model(self.design, model.prior_table, family, self.link,
-                                              data=quadrature_data(self.design, family, self.link), n_nodes=3)
+                                              data=quadrature_data(self.design, family, self.link), n_nodes=3,
+                                              sampler=engine)
             self.aux = family_of(model.spec).aux_names
             names = None
         elif plan.path == "crossed":
