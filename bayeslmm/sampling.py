@@ -34,11 +34,21 @@ from .errors import SamplingInterrupted, SpecError
 from .parallel_chains import fork_chains
 from .spec import SamplerSpec
 
-__all__ = ["sample", "resolve_seed", "value_trace", "constrained_posterior", "CompiledSampler",
+__all__ = ["sample", "resolve_seed", "links_kernels", "value_trace", "constrained_posterior", "CompiledSampler",
            "check_complete", "laplace_start", "LAPLACE_MAX_DIM"]
 
 #: models with at most this many unconstrained parameters start NUTS from a Laplace approximation
 LAPLACE_MAX_DIM = 100
+
+
+def links_kernels(sampler: str) -> bool:
+    """Whether the exact paths' compiled kernels are linked into the model's compiled function.
+
+    nutpie evaluates the model from Rust threads, which would wait for the GIL at every call through
+    numba's object mode: linked. PyMC calls the model from Python: object mode, which spares the
+    cold compile of linking the kernel into every enclosing function (seconds to tens of seconds).
+    """
+    return sampler != "pymc"
 
 
 def resolve_seed(seed: int | None) -> int:

@@ -58,7 +58,7 @@ from ..errors import SpecError
 from ..posterior import (add_group_effects, coords_of, level_dim, param_draws, r_var, sd_var, stored_var_names,
                          term_dim)
 from ..priors import PriorTable
-from ..sampling import resolve_seed, sample
+from ..sampling import links_kernels, resolve_seed, sample
 from ..spec import SamplerSpec
 from ..stats import GroupStats, group_stats, nesting_chain
 from .blocks import cor_cholesky, correlation_factors, correlation_matrix, fixed_effects, prior_rv
@@ -256,7 +256,7 @@ def build_collapsed_model(design: Design, prior_table: PriorTable, stats: GroupS
             def logp(value, *par):
                 # PyMC hands the parameters over with a leading length-1 batch axis: drop it
                 par = [x.reshape(shape) for x, shape in zip(par, shapes)]
-                lp = one_factor_logp(*par, *kdata, linked=sampler != "pymc")
+                lp = one_factor_logp(*par, *kdata, linked=links_kernels(sampler))
                 return lp if log_se is None else lp - log_se
         else:
             prec = [_precision_entries(f, *cov[f.name]) for f in chain]

@@ -37,7 +37,7 @@ from ..design import Design
 from ..errors import SpecError
 from ..posterior import add_group_effects, coords_of, level_dim, param_draws, r_var, sd_var, stored_var_names, term_dim
 from ..priors import PriorTable
-from ..sampling import resolve_seed, sample
+from ..sampling import links_kernels, resolve_seed, sample
 from ..spec import SamplerSpec
 from .blocks import cor_cholesky, correlation_factors, correlation_matrix, fixed_effects, prior_rv
 from .quadrature import QuadratureData, draw_group_effects, prepare
@@ -103,7 +103,7 @@ def build_quadrature_model(design: Design, prior_table: PriorTable, family: str,
 
         def logp(value, *par):
             par = [x.reshape(s) for x, s in zip(par, shapes)]
-            return aghq_logp(*par, *shared, linked=sampler != "pymc")
+            return aghq_logp(*par, *shared, linked=links_kernels(sampler))
         params = [pt.as_tensor_variable(x) for x in (b, sd, Cc, phi)]
         pm.CustomDist("y_collapsed", *params, logp=logp, observed=np.zeros(f.n_levels),
                       signature="(p),(q),(q,q),()->()", dims=level_dim(f.name))

@@ -30,7 +30,7 @@ from ..design import Design
 from ..kinship import KinshipBasis, KinshipData, draw_effects, kinship_basis, rotate
 from ..posterior import add_group_effects, coords_of, level_dim, param_draws, r_var, sd_var, term_dim
 from ..priors import PriorTable
-from ..sampling import resolve_seed, sample
+from ..sampling import links_kernels, resolve_seed, sample
 from ..spec import SamplerSpec
 from .blocks import fixed_effects, prior_rv
 from .kinship_kernel import kinship_logp
@@ -65,7 +65,7 @@ def build_rotated_model(design: Design, prior_table: PriorTable, data: KinshipDa
         _, b = fixed_effects(design, prior_table, linear_predictor=False)
         sd = prior_rv(sd_var(g), prior_table.of_class("sd", g), dims=term_dim(g))
         sigma = prior_rv("sigma", [prior_table["sigma"]])
-        pm.Potential("y_kinship", kinship_logp(arrays, b, sd[0], sigma, linked=sampler != "pymc"))
+        pm.Potential("y_kinship", kinship_logp(arrays, b, sd[0], sigma, linked=links_kernels(sampler)))
     return model
 
 
