@@ -289,7 +289,13 @@ def level_label(value) -> str:
 
 def _column_labels(s: pd.Series, column: str, where: str) -> np.ndarray:
     """The canonical label of every row of one grouping column; refuses text that equals a number."""
-    values = s.to_numpy(dtype=object)
+    # one label per distinct value, spread to the rows by its code: a Python call per row cost
+    # 0.2 s at 100,000 rows. Row by row where factorize would merge values whose labels differ:
+    # missing values (None and NaN) and, in an object column, bools with numbers (True == 1).
+    codes, uniques = pd.factorize(s)
+    values = np.asarray(uniques, dtype=object)
+    if (codes < 0).any() or (s.dtype == object and _mixes_bools_and_numbers(values)):
+        values, codes = s.to_numpy(dtype=object), np.arange(len(s))
     labels = np.array([level_label(v) for v in values], dtype=object)
     if _column_kind(s) == "text":
         is_num = np.array([isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
@@ -301,7 +307,13 @@ def _column_labels(s: pd.Series, column: str, where: str) -> np.ndarray:
                 raise DataError(f"column {column!r} ({where}) holds both the number {lv} and the text "
                                 f"{lv!r}: they cannot be told apart as group levels. Convert the column "
                                 f"to one type (e.g. df[{column!r}].astype(str)).")
-    return labels
+    return labels[codes]
+
+
+def _mixes_bools_and_numbers(values: np.ndarray) -> bool:
+    is_bool = np.array([isinstance(v, (bool, np.bool_)) for v in values], dtype=bool)
+    return bool(is_bool.any()) and any(isinstance(v, (int, float, np.integer, np.floating))
+                                       for v in values[~is_bool])
 
 
 def _encode_groups(frame: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -159,12 +159,14 @@ def _tree_and_target(fit_or_tree):
                         f"{type(fit_or_tree).__name__}.")
 
 
-def _element_label(name: str, da: xr.DataArray, idx: tuple) -> str:
+def _element_labels(name: str, da: xr.DataArray):
+    """``label(idx)``: the text of one element of ``da`` (``name[level, term]``); each coordinate
+    is read once per variable, not once per element."""
     dims = [d for d in da.dims if d not in ("chain", "draw")]
     if not dims:
-        return name
-    parts = [str(da.coords[d].values[i]) if d in da.coords else str(i) for d, i in zip(dims, idx)]
-    return f"{name}[{', '.join(parts)}]"
+        return lambda idx: name
+    coords = [da.coords[d].values if d in da.coords else None for d in dims]
+    return lambda idx: f"{name}[{', '.join(str(i) if c is None else str(c[i]) for c, i in zip(coords, idx))}]"
 
 
 def _parameter_table(post: xr.Dataset) -> pd.DataFrame:
@@ -186,10 +188,11 @@ def _parameter_table(post: xr.Dataset) -> pd.DataFrame:
         at += size
         const = np.ptp(arr, axis=(0, 1)) == 0          # e.g. the unit diagonal of cor_{g}
         is_cor = name.startswith("cor_") and const.ndim >= 2
+        label = _element_labels(name, da)
         for idx in np.ndindex(const.shape):
             if const[idx] or (is_cor and idx[-2] >= idx[-1]):   # cor_g: upper triangle only
                 continue
-            rows.append({"variable": name, "parameter": _element_label(name, da, idx),
+            rows.append({"variable": name, "parameter": label(idx),
                          "rhat": float(rh[idx]), "ess_bulk": float(eb[idx]), "ess_tail": float(et[idx])})
     return pd.DataFrame(rows, columns=["variable", "parameter", "rhat", "ess_bulk", "ess_tail"])
 

@@ -475,3 +475,24 @@ def test_big_data_refusals(data):
     with pytest.raises(FormulaError, match=r"uses 'center\(x\)'.*add the transformed column"):
         _refuse_stateful(mspec, "the fixed part 'center(x)'")
     _refuse_stateful(formulaic.model_matrix("np.log(x)", data[["x"]]).model_spec, "stateless: no error")
+
+
+@pytest.mark.parametrize("values", [
+    [3, 1, 2, 1, 3],
+    [1.0, 2.5, np.nan, 1.0, -0.0],
+    ["b", "a", None, "b", "c"],
+    [True, 1, 2, True, 1.0],            # object column: True == 1 share a hash, not a label
+    [1, 1.0, np.int64(2), 2.0, None],
+    ["x", "y", "x", "z", "y"],
+])
+@pytest.mark.parametrize("dtype", [None, object, "category"])
+def test_grouping_labels_per_distinct_value_equal_the_row_by_row_labels(values, dtype):
+    """design._column_labels labels each distinct value once and spreads the labels by code; the
+    reference is the canonical label of every row (design.level_label), which it replaced."""
+    from bayeslmm.design import _column_labels, level_label
+    try:
+        s = pd.Series(values, dtype=dtype)
+    except (TypeError, ValueError):
+        pytest.skip("pandas refuses this dtype for these values")
+    want = [level_label(v) for v in s.to_numpy(dtype=object)]
+    assert list(_column_labels(s, "g", "test")) == want
