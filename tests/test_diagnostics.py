@@ -196,3 +196,18 @@ def test_many_group_levels_are_checked_on_a_seeded_subset():
     assert "rhat" in _checks(bad)
     again = diagnostics(tree, max_group_levels=500)                 # seeded: the same subset
     assert list(again.parameters["parameter"]) == list(bad.parameters["parameter"])
+
+
+def test_parameter_labels_name_each_element_by_its_coordinates(fake_fit, sleepstudy):
+    """Every row of the diagnostics table names its element by the posterior's coordinate values,
+    in the variable's dimension order (diagnostics._element_labels reads each coordinate once)."""
+    fit = fake_fit("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    table = fit.diagnostics(max_group_levels=None).parameters
+    names = list(table["parameter"])
+    post = fit.posterior
+    levels = [str(v) for v in post["r_Subject"].coords[post["r_Subject"].dims[2]].values]
+    terms = [str(v) for v in post["r_Subject"].coords[post["r_Subject"].dims[3]].values]
+    want_r = [f"r_Subject[{lv}, {t}]" for lv in levels for t in terms]
+    assert [n for n in names if n.startswith("r_Subject[")] == want_r
+    assert [n for n in names if n.startswith("b[")] == ["b[Intercept]", "b[Days]"]
+    assert "sigma" in names and "sd_Subject[Days]" in names
