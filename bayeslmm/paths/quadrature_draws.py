@@ -67,6 +67,34 @@ def _normal(state):
 
 
 @njit(**_NJIT)
+def _normal_pair(state):
+    """Two independent standard normals (both halves of one Box-Muller transform)."""
+    r = math.sqrt(-2.0 * math.log(_uniform(state)))
+    t = 2.0 * math.pi * _uniform(state)
+    return r * math.cos(t), r * math.sin(t)
+
+
+_GAMMA_D = T_DF / 2.0 - 1.0 / 3.0
+_GAMMA_C = 1.0 / math.sqrt(9.0 * _GAMMA_D)
+
+
+@njit(**_NJIT)
+def _chi2_tdf(state):
+    """A chi-square variate with T_DF degrees of freedom: 2 x Gamma(T_DF / 2) by Marsaglia & Tsang
+    (2000), about one normal and one uniform per variate instead of T_DF normals."""
+    while True:
+        x = _normal(state)
+        v = 1.0 + _GAMMA_C * x
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        u = _uniform(state)
+        x2 = x * x
+        if u < 1.0 - 0.0331 * x2 * x2 or math.log(u) < 0.5 * x2 + _GAMMA_D * (1.0 - v + math.log(v)):
+            return 2.0 * _GAMMA_D * v
+
+
+@njit(**_NJIT)
 def _seed_state(seed, s, j, state):
     state[0] = _mix(np.uint64(seed) ^ _mix(np.uint64(s) * _GOLD + np.uint64(j) + np.uint64(1)))
 
@@ -132,14 +160,14 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_p
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
     for k in range(n_prop):
-        c2 = 0.0
-        for m in range(T_DF):
-            e = _normal(state)
-            c2 += e * e
-        sc = math.sqrt(nu / c2)
+        sc = math.sqrt(nu / _chi2_tdf(state))
+        for a in range(0, q, 2):
+            z1, z2 = _normal_pair(state)
+            zbuf[a] = z1
+            if a + 1 < q:
+                zbuf[a + 1] = z2
         zz = 0.0
         for a in range(q):
-            zbuf[a] = _normal(state)
             zz += zbuf[a] * zbuf[a]
             zbuf[a] *= sc
         solve_upper_t(L, q, zbuf, xbuf)
