@@ -19,6 +19,8 @@ import numpy as np
 from scipy.fftpack import next_fast_len
 from scipy.special import ndtri
 
+from .threads import cpu_count, map_in_threads
+
 __all__ = ["summary", "TAIL_PROB"]
 
 #: the tail ESS is the smaller of the quantile ESS at these probabilities. ArviZ 1's default (its
@@ -26,6 +28,10 @@ __all__ = ["summary", "TAIL_PROB"]
 #: Vehtari et al. use 0.05 and 0.95.
 TAIL_PROB = (0.11, 0.89)
 _MIN_DRAWS = 4
+#: parameters per thread below which the summary runs in one thread: each parameter's numbers depend
+#: on its own draws only, so blocks of parameters run in parallel threads (numpy releases the GIL:
+#: 505 parameters x 2,000 draws, 0.31-0.36 -> 0.16-0.17 s on 2 CPUs) with the same result
+_PER_THREAD = 64
 
 
 def _as_3d(draws) -> np.ndarray:
@@ -186,10 +192,17 @@ def summary(draws) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ok = _valid(a)
     if ok.any():
         b = a[:, :, ok]
-        split = _split(b)
-        z = _z_scale(split)
-        outs[1][ok] = _ess(z)
-        outs[2][ok] = _ess_tail(b)
-        if a.shape[0] >= 2:
-            outs[0][ok] = _rhat_from(split, z)
+        n = min(cpu_count(), max(1, b.shape[2] // _PER_THREAD))
+        cuts = np.linspace(0, b.shape[2], n + 1).astype(int)
+        parts = map_in_threads(_summary_block, [b[:, :, lo:hi] for lo, hi in zip(cuts[:-1], cuts[1:])])
+        for i in range(3):
+            outs[i][ok] = np.concatenate([part[i] for part in parts])
     return tuple(o.reshape(shape) for o in outs)
+
+
+def _summary_block(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rhat, ess_bulk, ess_tail) of the finite parameters of (C, D, K); R-hat NaN with one chain."""
+    split = _split(b)
+    z = _z_scale(split)
+    rhat = _rhat_from(split, z) if b.shape[0] >= 2 else np.full(b.shape[2], np.nan)
+    return rhat, _ess(z), _ess_tail(b)

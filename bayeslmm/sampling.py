@@ -38,6 +38,7 @@ from pytensor.graph.replace import vectorize_graph
 from .errors import SamplingInterrupted, SpecError
 from .parallel_chains import fork_chains
 from .spec import SamplerSpec
+from .threads import cpu_count
 
 __all__ = ["sample", "resolve_seed", "links_kernels", "value_trace", "constrained_posterior", "CompiledSampler",
            "check_complete", "laplace_start", "LAPLACE_MAX_DIM"]
@@ -151,11 +152,10 @@ def _blas_threads_per_chain(cores: int):
     in this process before the fork and inherited by the children.
     """
     import contextlib
-    import os
     if cores <= 1:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=max(1, (os.cpu_count() or 1) // cores), user_api="blas")
+    return threadpool_limits(limits=max(1, cpu_count() // cores), user_api="blas")
 
 
 def _mode_and_variance(fn, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -9,7 +9,6 @@ saved fits.
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -19,6 +18,7 @@ from .errors import PriorError, SpecError
 from .families import FAMILIES, family_of, get_family
 from .formula import ParsedFormula, parse_formula
 from .priors import Prior, parse_prior
+from .threads import cpu_count
 
 __all__ = ["ModelSpec", "SamplerSpec", "build_spec", "METHODS", "METHOD_ALIASES", "SAMPLERS", "INITS"]
 
@@ -217,7 +217,7 @@ class SamplerSpec:
 
     @property
     def n_cores(self) -> int:
-        return self.cores or max(1, min(self.chains, os.cpu_count() or 1))
+        return self.cores or max(1, min(self.chains, cpu_count()))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

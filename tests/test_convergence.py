@@ -67,3 +67,19 @@ def test_trailing_shape_and_too_few_draws():
     assert np.isnan(cv.summary(x[:, :3])[1]).all()        # fewer than 4 draws
     with pytest.raises(ValueError, match="chain, draw"):
         cv.summary(np.zeros(10))
+
+
+def test_summary_in_threads_equals_one_pass():
+    """Blocks of parameters run in threads (convergence._PER_THREAD) give exactly the one-pass numbers,
+    NaN parameters included, whatever the number of CPUs."""
+    from unittest import mock
+    from bayeslmm import convergence as cv
+    a = np.random.default_rng(5).standard_t(4, size=(3, 300, 450)).cumsum(axis=1)
+    a[1, 7, 10] = np.nan
+    with mock.patch.object(cv, "cpu_count", return_value=1):
+        one = cv.summary(a)
+    with mock.patch.object(cv, "cpu_count", return_value=3):
+        three = cv.summary(a)
+    for x, y in zip(one, three):
+        np.testing.assert_array_equal(x, y)
+    assert np.isnan(one[0][10]) and np.isfinite(one[0][11])

@@ -23,7 +23,6 @@ no PyTensor.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -33,6 +32,7 @@ import xarray as xr
 from ..errors import SpecError
 from ..posterior import level_dim, param_draws
 from ..stats import GroupStats, group_stats, nesting_chain
+from ..threads import cpu_count
 
 __all__ = ["conditional_effects", "draw_group_effects", "group_log_likelihood", "LOG_2PI"]
 
@@ -310,7 +310,7 @@ def draw_group_effects(stats: GroupStats, b, sds, cors, sigma, seed: int, chunk:
         parts = conditional_effects(stats, b[sl], [x[sl] for x in sds], [x[sl] for x in cors], sigma[sl], noise)
         for l in range(stats.L):
             out[l][sl] = parts[l]
-    n = max(1, threads if threads is not None else (os.cpu_count() or 1))
+    n = max(1, threads if threads is not None else cpu_count())
     with ThreadPoolExecutor(n) as pool:
         jobs = []
         for s0 in range(0, S, chunk):

@@ -25,14 +25,13 @@ latent t scale mixture does not make a log-concave, low-dimensional integrand pe
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import gammaln
 
 from ..errors import DataError, SpecError
+from ..threads import cpu_count, map_in_threads
 
 __all__ = ["FAMILIES", "applies", "QuadratureData", "NodeRule", "prepare", "gauss_hermite_rule", "default_nodes",
            "DEFAULT_NODES",
@@ -426,12 +425,9 @@ def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: 
     def block(lo, hi):
         return draw_kernel(b[lo:hi], sd[lo:hi], Cc[lo:hi], phi[lo:hi], data.y, data.trials, data.offset, data.Xt,
                            data.Zt, data.starts, ictl, seed, int(n_proposals), float(min_ess), int(lo))
-    n = max(1, min(S, threads if threads is not None else (os.cpu_count() or 1)))
-    if n == 1:
-        return block(0, S)
+    n = max(1, min(S, threads if threads is not None else cpu_count()))
     cuts = np.linspace(0, S, n + 1).astype(int)
-    with ThreadPoolExecutor(n) as pool:
-        parts = list(pool.map(block, cuts[:-1], cuts[1:]))
+    parts = map_in_threads(lambda lohi: block(*lohi), list(zip(cuts[:-1], cuts[1:])), n)
     return np.concatenate([u for u, _ in parts]), np.concatenate([d for _, d in parts])
 
 
