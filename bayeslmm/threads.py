@@ -1,8 +1,11 @@
-"""How many CPUs bayeslmm's parallel loops use, and its one way of running blocks of work in threads.
+"""How many CPUs bayeslmm's parallel loops use, and a map over blocks of work in threads.
 
-The loops that use threads (the exact group-effect draws, the convergence summary) run numpy or
-numba code that releases the GIL, on independent blocks whose results do not depend on how the work
-is split. Leaf module: the standard library only.
+The loops that use threads run numpy or numba code that releases the GIL, on independent blocks
+whose results do not depend on how the work is split: the GLMM group-effect draws and the
+convergence summary call :func:`map_in_threads`; the Gaussian group-effect draws
+(:func:`bayeslmm.paths.elimination.draw_group_effects`) keep their own pool because they draw each
+block's normals in the calling thread, in draw order, while earlier blocks run. Leaf module: the
+standard library only.
 """
 
 from __future__ import annotations
