@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	rm -rf $(VENV) && "$$py" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,bench]"
-	@$(PY) -c 'from bayeslmm.paths.collapsed_kernel import compile_kernel as c; print(f"Compiled the collapsed-likelihood kernel in {c():.1f} s (once per install; numba caches it)")'
+	@$(PY) -c 'from bayeslmm.paths.collapsed_density import compile_density as c; print(f"Compiled the collapsed-likelihood kernel and model density in {c():.1f} s (once per install; numba caches them)")'
 	@$(PY) -c 'from bayeslmm.paths.quadrature import compile_kernels as c; print(f"Compiled the GLMM quadrature kernels in {c():.1f} s (once per install; numba caches them)")'
 	@$(PY) -c 'from bayeslmm.paths.crossed_kernel import compile_kernels as c; print(f"Compiled the crossed collapsed-likelihood kernels in {c():.1f} s (once per install; numba caches them)")'
 	@touch $(STAMP)

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PRIOR_DISTS", "POSITIVE_DISTS", "ALLOWED", "Prior", "parse_prior", "pymc_prior",
            "draw_prior", "prior_quantile", "scale_prior", "ResolvedPrior", "PriorTable", "resolve_priors",
-           "DataScales", "data_scales"]
+           "DataScales", "data_scales", "lkj_cpc", "density_terms", "DENSITY_NORMAL",
+           "DENSITY_STUDENTT", "DENSITY_GAMMA", "DENSITY_CPC"]
 
 # distribution name -> parameter names, in positional order
 PRIOR_DISTS: dict[str, tuple[str, ...]] = {
@@ -198,6 +199,63 @@ def draw_prior(prior: Prior, rng: np.random.Generator, size=None) -> np.ndarray 
     if d == "gamma":
         return rng.gamma(k["alpha"], 1.0 / k["beta"], size)
     raise SpecError(f"cannot draw from a {d!r} prior as a scalar")
+
+
+#: kernels of the compiled log-densities of :func:`density_terms` (evaluated by
+#: :func:`bayeslmm.paths.collapsed_density.prior_logp`)
+DENSITY_NORMAL, DENSITY_STUDENTT, DENSITY_GAMMA, DENSITY_CPC = 0, 1, 2, 3
+
+
+def lkj_cpc(n: int, eta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(beta, const)`` of the canonical partial correlations of an n x n LKJ(eta) matrix.
+
+    Under LKJ(eta) the n(n-1)/2 partial correlations z (row-major, i > j) are independent with
+    (z_ij + 1) / 2 ~ Beta(b_j, b_j), b_j = eta + (n - 2 - j) / 2 (Lewandowski, Kurowicka & Joe
+    2009). On the unconstrained scale y = atanh(z), log p(y) = b log(1 - z^2) + const with
+    const = -(2 b - 1) log 2 - log B(b, b).
+    """
+    from scipy.special import betaln
+    beta = np.array([eta + (n - 2 - j) / 2.0 for i in range(1, n) for j in range(i)])
+    return beta, -(2.0 * beta - 1.0) * np.log(2.0) - betaln(beta, beta)
+
+
+def density_terms(prior: Prior, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """How the compiled log-density evaluates ``prior`` for a variable of ``size`` elements.
+
+    Returns ``(code (size,), par (size, 4), log_transformed)``: each element's log-density is
+    ``const + kernel(v)`` with ``par = (mu, shape, scale_or_rate, const)``: normal and halfnormal
+    ``const - (v - mu)^2 / (2 s^2)``; studentt, halfstudentt and halfcauchy (nu = 1)
+    ``const - (nu + 1) / 2 log1p(((v - mu) / s)^2 / nu)``; gamma and exponential (alpha = 1)
+    ``const + (alpha - 1) log v - rate v``; lkj (``size`` partial correlations on the atanh
+    scale) ``beta log(1 - tanh(y)^2) + const`` (:func:`lkj_cpc`). Positive priors are sampled on
+    the log scale (``log_transformed``; the log-Jacobian is added by the kernel). The constants
+    are PyMC's, so the compiled density equals the model's log-density, not only up to a constant.
+    """
+    from scipy.special import gammaln
+    k = prior.kwargs
+    d = prior.dist
+    code, par = np.zeros(size, dtype=np.int64), np.zeros((size, 4))
+    half = np.log(2.0) if d in POSITIVE_DISTS else 0.0
+    if d in ("normal", "halfnormal"):
+        s = k["sigma"]
+        code[:], par[:] = DENSITY_NORMAL, (k.get("mu", 0.0), 0.0, s, half - 0.5 * np.log(2 * np.pi) - np.log(s))
+    elif d in ("studentt", "halfstudentt", "halfcauchy"):
+        nu, s = (1.0, k["beta"]) if d == "halfcauchy" else (k["nu"], k["sigma"])
+        const = half + gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(np.pi * nu) - np.log(s)
+        code[:], par[:] = DENSITY_STUDENTT, (k.get("mu", 0.0), nu, s, const)
+    elif d in ("gamma", "exponential"):
+        a, rate = (1.0, k["lam"]) if d == "exponential" else (k["alpha"], k["beta"])
+        code[:], par[:] = DENSITY_GAMMA, (0.0, a, rate, a * np.log(rate) - gammaln(a))
+    elif d == "lkj":
+        n = int(round((1 + np.sqrt(1 + 8 * size)) / 2))
+        if n * (n - 1) // 2 != size:
+            raise SpecError(f"an lkj prior has n(n-1)/2 partial correlations, not {size}")
+        beta, const = lkj_cpc(n, k["eta"])
+        code[:] = DENSITY_CPC
+        par[:, 1], par[:, 3] = beta, const
+    else:
+        raise SpecError(f"no compiled log-density for a {d!r} prior")
+    return code, par, d in POSITIVE_DISTS
 
 
 def prior_quantile(prior: Prior, q) -> np.ndarray:

@@ -32,6 +32,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pymc.backends.ndarray import NDArray
 from pymc.logprob.transforms import LogTransform
+from pymc.model.core import ValueGradFunction
 from pytensor.compile.mode import Mode
 from pytensor.graph.replace import vectorize_graph
 
@@ -194,7 +195,7 @@ def _mode_and_variance(fn, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray] | No
     return x, var
 
 
-def laplace_start(model: pm.Model, chains: int, seed: int, target_accept: float):
+def laplace_start(model: pm.Model, chains: int, seed: int, target_accept: float, density=None):
     """A NUTS step and per-chain starting points from a Laplace approximation of the posterior.
 
     PyMC starts NUTS with a unit mass matrix at jittered prior-based points. On the collapsed
@@ -206,6 +207,10 @@ def laplace_start(model: pm.Model, chains: int, seed: int, target_accept: float)
     collapsed path); the mass matrix starts at the diagonal of the inverse Hessian and every chain
     starts at an overdispersed draw from the approximation, N(mode, 1.5^2 diag). PyMC then adapts
     as usual, so the posterior is the same; only warm-up is shorter.
+
+    ``density``: ``point_map_info -> logp_dlogp function or None``, a compiled log-density of the
+    whole model that NUTS then uses instead of compiling PyMC's (the one-factor collapsed path:
+    :func:`bayeslmm.paths.collapsed_density.one_factor_density`); PyMC's when None.
 
     Returns ``(step, initvals)``, or None where it does not apply (more than
     :data:`LAPLACE_MAX_DIM` parameters, discrete variables, a mode or Hessian that is not finite).
@@ -219,8 +224,11 @@ def laplace_start(model: pm.Model, chains: int, seed: int, target_accept: float)
     ip = model.initial_point(random_seed=seed)
     if sum(int(np.prod(ip[v.name].shape)) for v in model.continuous_value_vars) > LAPLACE_MAX_DIM:
         return None
-    step = pm.NUTS(model=model, target_accept=target_accept, initial_point=ip)
-    start = DictToArrayBijection.map({v.name: ip[v.name] for v in step.vars})
+    value_vars = model.continuous_value_vars            # NUTS's own order (its default ``vars``)
+    start = DictToArrayBijection.map({v.name: ip[v.name] for v in value_vars})
+    compiled = density(start.point_map_info) if density is not None else None
+    extra = {} if compiled is None else {"logp_dlogp_func": compiled}
+    step = pm.NUTS(vars=value_vars, model=model, target_accept=target_accept, initial_point=ip, **extra)
     fn = step._logp_dlogp_func
     fn.set_extra_values({})
     got = _mode_and_variance(lambda x: fn(RaveledVars(x, start.point_map_info)), start.data)
@@ -252,14 +260,16 @@ def _freeze_heap_at_exit() -> None:
 
 
 def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | None = None,
-           seed: int | None = None, laplace: bool = False) -> tuple[xr.DataTree, dict]:
+           seed: int | None = None, laplace: bool = False, density=None) -> tuple[xr.DataTree, dict]:
     """Sample ``model`` with NUTS.
 
     With PyMC's sampler and a model that :func:`value_trace` accepts, the draws are recorded
     unconstrained and ``var_names`` are computed afterwards by :func:`constrained_posterior`.
     ``laplace=True`` (the collapsed paths: a few well-identified parameters, no funnel) starts
     PyMC's NUTS from :func:`laplace_start` when ``settings.init`` is "auto" ("laplace": always,
-    "pymc": never); ``info["init"]`` says which start was used.
+    "pymc": never); ``info["init"]`` says which start was used. ``density`` (with the Laplace
+    start): a compiled log-density of the whole model for NUTS (see :func:`laplace_start`);
+    ``info["density"]`` says whether it ("compiled") or PyMC's function ("pymc") was used.
 
     Returns
     -------
@@ -283,10 +293,12 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
     elif var_names is not None and sampler == "pymc":
         kwargs["var_names"] = var_names
     t0 = time.perf_counter()            # the Laplace start is part of "compile + init"
-    init = "pymc"
+    init, used = "pymc", "pymc"
     if sampler == "pymc" and (settings.init == "laplace" or (settings.init == "auto" and laplace)):
-        started = laplace_start(model, settings.chains, seed, settings.target_accept)
+        started = laplace_start(model, settings.chains, seed, settings.target_accept, density=density)
         if started is not None:
+            # PyMC's ValueGradFunction, or the path's compiled density when it applied
+            used = "pymc" if isinstance(started[0]._logp_dlogp_func, ValueGradFunction) else "compiled"
             kwargs["step"], kwargs["initvals"] = started
             del kwargs["target_accept"]
             init = "laplace"
@@ -304,6 +316,7 @@ def sample(model: pm.Model, settings: SamplerSpec, *, var_names: list[str] | Non
         keep = [v for v in var_names if v in idata["posterior"].data_vars]
         idata["posterior"] = idata["posterior"].to_dataset()[keep]
     info = {"seed": seed, "cores": settings.n_cores, "sampler": sampler, "sampling_s": elapsed, "init": init,
+            "density": used,
             "nuts_s": min(nuts_s, elapsed), "values_s": time.perf_counter() - t1}
     return idata, info
 

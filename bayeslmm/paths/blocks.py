@@ -21,18 +21,13 @@ import pytensor.tensor as pt
 
 from ..design import Design, FactorDesign
 from ..posterior import level_dim, term2_dim, term_dim
-from ..priors import PriorTable, ResolvedPrior, pymc_prior
+from ..priors import Prior, PriorTable, ResolvedPrior, lkj_cpc, pymc_prior
 
 __all__ = ["prior_rv", "lkj_cholesky", "correlation_factors", "cor_cholesky", "correlation_matrix",
            "group_effects", "fixed_effects"]
 
 
 LOG2 = float(np.log(2.0))
-
-
-def _cpc_beta(n: int, eta: float) -> np.ndarray:
-    """Beta parameters of the canonical partial correlations of LKJ(eta), row-major (i > j)."""
-    return np.array([eta + (n - 2 - j) / 2.0 for i in range(1, n) for j in range(i)])
 
 
 def _cpc_logp(value, beta, const):
@@ -65,10 +60,9 @@ def lkj_cholesky(name: str, n: int, eta: float):
     >>> [v.name for v in m.free_RVs], L.ndim
     (['cpc_g'], 2)
     """
-    from scipy.special import betaln
-    beta = _cpc_beta(n, eta)
-    const = -(2.0 * beta - 1.0) * LOG2 - betaln(beta, beta)
+    beta, const = lkj_cpc(n, eta)
     y = pm.CustomDist(name, beta, const, logp=_cpc_logp, random=_cpc_random, signature="(k),(k)->(k)")
+    y.tag.priors = (Prior("lkj", (("eta", float(eta)),)),)
     z = pt.tanh(y)
     rows, k = [], 0
     one, zero = pt.constant(1.0), pt.constant(0.0)
@@ -82,20 +76,36 @@ def lkj_cholesky(name: str, n: int, eta: float):
             k += 1
         row.append(pt.sqrt(1.0 - ss))
         rows.append(row + [zero] * (n - 1 - i))
-    return pt.stack([pt.stack(r) for r in rows])
+    L = pt.stack([pt.stack(r) for r in rows])
+    L.tag.cpc_rv = y
+    return L
 
 
 def prior_rv(name: str, entries: list[ResolvedPrior], dims: str | None = None):
-    """One RV for ``entries`` (vector-valued when they share a distribution), else stacked scalars."""
+    """One RV for ``entries`` (vector-valued when they share a distribution), else stacked scalars.
+
+    Every RV made here carries its priors (``rv.tag.priors``, one per element) and the returned
+    tensor the RV element behind each of its elements (``tag.sources``, ``[(rv, index), ...]``),
+    so that a compiled log-density (:mod:`bayeslmm.paths.collapsed_density`) reads the model as
+    built instead of rebuilding the rules.
+    """
     dists = {e.prior.dist for e in entries}
     if len(dists) == 1:
         dist = entries[0].prior.dist
         if dims is None:
-            return pymc_prior(dist, name, entries[0].prior.kwargs)
+            rv = pymc_prior(dist, name, entries[0].prior.kwargs)
+            rv.tag.priors, rv.tag.sources = (entries[0].prior,), [(rv, 0)]
+            return rv
         params = {k: np.array([e.prior.kwargs[k] for e in entries]) for k in entries[0].prior.kwargs}
-        return pymc_prior(dist, name, params, dims=dims)
+        rv = pymc_prior(dist, name, params, dims=dims)
+        rv.tag.priors, rv.tag.sources = tuple(e.prior for e in entries), [(rv, i) for i in range(len(entries))]
+        return rv
     parts = [pymc_prior(e.prior.dist, f"{name}[{e.term}]", e.prior.kwargs) for e in entries]
-    return pm.Deterministic(name, pt.stack(parts), dims=dims)
+    for part, e in zip(parts, entries):
+        part.tag.priors, part.tag.sources = (e.prior,), [(part, 0)]
+    out = pm.Deterministic(name, pt.stack(parts), dims=dims)
+    out.tag.sources = [(part, 0) for part in parts]
+    return out
 
 
 def correlation_factors(f: FactorDesign, priors: PriorTable) -> list[tuple[tuple[int, ...], object]]:
@@ -129,7 +139,8 @@ def correlation_matrix(f: FactorDesign, Ls: list) -> None:
     """Register ``cor_{g}`` (identity outside the correlated blocks) when g has any."""
     if Ls:
         C = cor_cholesky(f.q, Ls)
-        pm.Deterministic(f"cor_{f.name}", pt.dot(C, C.T), dims=(term_dim(f.name), term2_dim(f.name)))
+        cor = pm.Deterministic(f"cor_{f.name}", pt.dot(C, C.T), dims=(term_dim(f.name), term2_dim(f.name)))
+        cor.tag.blocks = [(block, L.tag.cpc_rv) for block, L in Ls]      # read by collapsed_density
 
 
 def group_effects(f: FactorDesign, sd, priors: PriorTable):
@@ -183,4 +194,17 @@ def fixed_effects(design: Design, priors: PriorTable, *, linear_predictor: bool 
     for k, j in enumerate(slope_idx):
         b_parts[terms[j]] = beta[k]
     b = pm.Deterministic("b", pt.stack([b_parts[t] for t in terms]), dims="term")
+    # the same map as a matrix: b = M @ (Intercept_c, beta), and the free elements behind its columns
+    M = np.zeros((len(terms), int(design.has_intercept) + len(slope_idx)))
+    sources = []
+    if design.has_intercept:
+        M[terms.index("Intercept"), 0] = 1.0
+        sources += intercept_c.tag.sources
+        if slope_idx:
+            M[terms.index("Intercept"), 1:] = -np.asarray(design.slope_means, dtype=float)
+    for k, j in enumerate(slope_idx):
+        M[j, int(design.has_intercept) + k] = 1.0
+    if slope_idx:
+        sources += beta.tag.sources
+    b.tag.affine = (M, sources)
     return (eta if linear_predictor else None), b

@@ -312,18 +312,23 @@ def sample_collapsed(design: Design, prior_table: PriorTable, settings: SamplerS
     stats = group_stats(design, chain)
     model = build_collapsed_model(design, prior_table, stats, sampler=settings.sampler, chain=chain)
     setup_s = time.perf_counter() - t0
+    density = None
+    if stats.L == 1:
+        from .collapsed_density import one_factor_density
+        density = one_factor_density(model, stats, chain[0].name)
     tree, info = sample_and_draw(model, design, settings, seed,
-                                 lambda post: add_drawn_effects(post, design, stats, chain, seed))
+                                 lambda post: add_drawn_effects(post, design, stats, chain, seed), density=density)
     info.update({"setup_s": setup_s, "collapsed_structure": str(stats.structure())})
     return tree, info
 
 
-def sample_and_draw(model: pm.Model, design: Design, settings: SamplerSpec, seed: int, add_effects
-                    ) -> tuple[xr.DataTree, dict]:
+def sample_and_draw(model: pm.Model, design: Design, settings: SamplerSpec, seed: int, add_effects,
+                    density=None) -> tuple[xr.DataTree, dict]:
     """NUTS on a collapsed model, then ``add_effects(posterior) -> posterior with r_{g}``; the fit's
-    DataTree and info (``effects_s`` added). Shared by the collapsed paths."""
+    DataTree and info (``effects_s`` added). Shared by the collapsed paths; ``density`` see
+    :func:`bayeslmm.sampling.laplace_start`."""
     keep = [v for v in stored_names(design) if v in model.named_vars]
-    idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True)
+    idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True, density=density)
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
     merged = add_effects(post[[v for v in keep if v in post.data_vars]])
