@@ -10,7 +10,9 @@ kernel's cache goes to ``user_cache_dir("numba")``:
   ``~/Library/Caches/bayeslmm`` (macOS), ``%LOCALAPPDATA%\\bayeslmm\\Cache`` (Windows),
 * a folder in the temporary directory when none of those can be created.
 
-A ``NUMBA_CACHE_DIR`` set by the user is respected as numba documents it. Which cache is used
+Inside it, one sub-folder per version of the numba sources (:func:`_sources_key`), because numba
+does not notice when a function's callee in another file changes. A ``NUMBA_CACHE_DIR`` set by
+the user is respected as numba documents it. Which cache is used
 never changes the draws: a cached kernel is the same machine code as a freshly compiled one
 (tests/test_reliability.py runs the same seed with empty and with warm caches).
 """
@@ -18,12 +20,13 @@ never changes the draws: a cached kernel is the same machine code as a freshly c
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["user_cache_dir", "numba_cache_dir", "cached_njit"]
+__all__ = ["user_cache_dir", "numba_cache_dir", "cached_njit", "numba_sources"]
 
 
 def _base() -> Path:
@@ -65,12 +68,34 @@ def numba_cache_dir():
     if numba.config.CACHE_DIR:          # NUMBA_CACHE_DIR set by the user: numba's own rule
         yield Path(numba.config.CACHE_DIR)
         return
-    folder = user_cache_dir("numba")
+    folder = user_cache_dir("numba", _sources_key())
     numba.config.CACHE_DIR = str(folder)
     try:
         yield folder
     finally:
         numba.config.CACHE_DIR = ""
+
+
+@functools.cache
+def _sources_key() -> str:
+    """A hash of every bayeslmm source file that defines numba code, naming the cache's sub-folder.
+
+    numba invalidates a cached function when *its own* file changes, not when a function it calls
+    from another file does: the compiled model densities (``paths/collapsed_density.py``,
+    ``paths/quadrature_density.py``) link the kernels of other files and would keep running an
+    edited kernel's old machine code. A new folder for any change of any numba source rules that
+    out (the price: an edit recompiles every kernel once).
+    """
+    import hashlib
+    h = hashlib.sha256()
+    for path in numba_sources():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def numba_sources() -> list[Path]:
+    """The package's source files that define numba code (those that mention ``njit``)."""
+    return [p for p in sorted(Path(__file__).parent.rglob("*.py")) if b"njit" in p.read_bytes()]
 
 
 def cached_njit(**options):

@@ -108,3 +108,60 @@ def test_fit_samples_with_the_compiled_density():
     fit = blmm.Model("y ~ x + (1 + x | g)", _frame(5)).fit(chains=2, draws=500, tune=500, seed=1,
                                                              progressbar=False, verbose=False)
     assert fit.info["method"] == "collapsed" and fit.info["density"] == "compiled"
+
+
+# --------------------------------------------------------------------------------------------
+# The collapsed GLMM (AGHQ) model: paths/quadrature_density.py
+# --------------------------------------------------------------------------------------------
+GLMM_CASES = {
+    "bernoulli_intercept": ("bernoulli", "yb ~ x + (1 | g)", None),
+    "binomial_trials_slope": ("binomial", "cbind(k, n - k) ~ x + (1 + x | g)", {"cor": "lkj(2.5)"}),
+    "poisson_uncorrelated": ("poisson", "c ~ x + (1 + x || g)", {"sd": "halfnormal(1.5)"}),
+    "negbinomial_phi": ("negbinomial", "c ~ x + (1 | g)", {"phi": "gamma(2, 0.5)"}),
+}
+
+
+def _glmm_frame(seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 80
+    g = rng.integers(0, 10, n)
+    x = rng.normal(size=n)
+    eta = -0.3 + 0.6 * x + rng.normal(0, 0.8, 10)[g]
+    trials = rng.integers(1, 8, n)
+    return pd.DataFrame({"g": [f"g{k}" for k in g], "x": x, "yb": (rng.random(n) < 1 / (1 + np.exp(-eta))) * 1.0,
+                         "n": trials, "k": rng.binomial(trials, 1 / (1 + np.exp(-eta))),
+                         "c": rng.poisson(np.exp(eta + 1.0))})
+
+
+@pytest.mark.parametrize("case", list(GLMM_CASES))
+def test_compiled_glmm_density_equals_pymc_logp_dlogp(case):
+    from bayeslmm.families import get_family
+    from bayeslmm.paths import quadrature_density as qd
+    from bayeslmm.paths.quadrature_path import build_quadrature_model, quadrature_data
+    family, formula, priors = GLMM_CASES[case]
+    m = blmm.Model(formula, _glmm_frame(len(case)), family=family, priors=priors)
+    data = quadrature_data(m.design, family, None)
+    model = build_quadrature_model(m.design, m.prior_table, family, None, data=data, n_nodes=5)
+    ip = model.initial_point(random_seed=1)
+    start = DictToArrayBijection.map({v.name: ip[v.name] for v in model.continuous_value_vars})
+    aux = get_family(family, None).aux_names
+    density = qd.quadrature_density(model, data, 5, m.design.factors[0].name, aux)(start.point_map_info)
+    assert density is not None
+    ref = model.logp_dlogp_function(ravel_inputs=True, mode=Mode(linker="py", optimizer="fast_compile"))
+    ref.set_extra_values({})
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        x = start.data + rng.normal(0.0, 0.5, len(start.data))
+        lp_ref, g_ref = ref._pytensor_function(x)
+        lp, g = density._pytensor_function(x)
+        assert abs(float(lp) - float(lp_ref)) < 1e-6
+        np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-7)
+
+
+def test_numba_cache_folder_follows_every_kernel_source():
+    """The densities link kernels from other files, and numba only notices edits of a function's own
+    file: the cache sub-folder is keyed by every numba source, kernels and densities included."""
+    from bayeslmm.cachedir import numba_sources
+    names = {p.name for p in numba_sources()}
+    assert {"collapsed_kernel.py", "collapsed_density.py", "quadrature_kernel.py", "quadrature_op.py",
+            "quadrature_density.py", "quadrature_fused.py", "quadrature_mode.py", "quadrature_families.py"} <= names

@@ -144,7 +144,9 @@ def sample_quadrature(design: Design, prior_table: PriorTable, settings: Sampler
     setup_s = time.perf_counter() - t0
     effects = {r_var(f.name) for f in design.factors}
     keep = [v for v in stored_var_names(design, aux_names) if v not in effects and v in model.named_vars]
-    idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True)
+    from .quadrature_density import quadrature_density
+    density = quadrature_density(model, data, n_nodes, design.factors[0].name, aux_names)
+    idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True, density=density)
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
     post = post[[v for v in keep if v in post.data_vars]]
