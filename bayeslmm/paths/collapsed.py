@@ -35,7 +35,11 @@ evaluates :mod:`bayeslmm.paths.collapsed_kernel`, one numba function for the per
 log-densities and their gradient (hand-derived, checked against finite differences); it compiles
 once per machine and keeps the model's PyTensor graph small, which is what makes a cold first fit
 fast. Nested factors use the elimination as a PyTensor graph (automatic gradient). Both are tested
-against the dense multivariate-normal density.
+against the dense multivariate-normal density. With one factor and PyMC's NUTS, the sampler does not
+even compile the model's graph: it evaluates :mod:`bayeslmm.paths.collapsed_density`, the whole
+log-density (priors, transforms, kernel) as one numba function compiled at install and tested equal
+to PyMC's (a cold sleepstudy fit 18.5 -> 4.5 s); the graph remains the model's definition, for nutpie,
+for log-likelihood terms and for that test.
 
 **Compiled-function reuse**: the data enter the graph as shape-agnostic shared variables (no static
 shapes), so the graph of a model depends only on its *structure* (number of fixed effects, the
