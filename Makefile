@@ -43,6 +43,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py --out bench/results
+	$(PY) bench/first_fit.py --out bench/results
 	OPENBLAS_NUM_THREADS=1 $(PY) bench/kinship.py --out bench/results
 
 validate: $(STAMP)
