@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	@$(PY) -c 'from bayeslmm.paths.collapsed_density import compile_density as c; print(f"Compiled the collapsed-likelihood kernel and model density in {c():.1f} s (once per install; numba caches them)")'
 	@$(PY) -c 'from bayeslmm.paths.quadrature import compile_kernels as c; from bayeslmm.paths.quadrature_density import compile_density as d; print(f"Compiled the GLMM quadrature kernels and model density in {c() + d():.1f} s (once per install; numba caches them)")'
-	@$(PY) -c 'from bayeslmm.paths.crossed_kernel import compile_kernels as c; print(f"Compiled the crossed collapsed-likelihood kernels in {c():.1f} s (once per install; numba caches them)")'
+	@$(PY) -c 'from bayeslmm.paths.crossed_kernel import compile_kernels as c; from bayeslmm.paths.crossed_density import compile_density as d; print(f"Compiled the crossed collapsed-likelihood kernels and model density in {c() + d():.1f} s (once per install; numba caches them)")'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -105,7 +105,7 @@ def test_unknown_models_fall_back_to_pymc():
 
 
 def test_fit_samples_with_the_compiled_density():
-    fit = blmm.Model("y ~ x + (1 + x | g)", _frame(5)).fit(chains=2, draws=500, tune=500, seed=1,
+    fit = blmm.Model("y ~ x + (1 + x | g)", _frame(5)).fit(chains=2, draws=1000, tune=1000, seed=1,
                                                              progressbar=False, verbose=False)
     assert fit.info["method"] == "collapsed" and fit.info["density"] == "compiled"
 
@@ -165,3 +165,48 @@ def test_numba_cache_folder_follows_every_kernel_source():
     names = {p.name for p in numba_sources()}
     assert {"collapsed_kernel.py", "collapsed_density.py", "quadrature_kernel.py", "quadrature_op.py",
             "quadrature_density.py", "quadrature_fused.py", "quadrature_mode.py", "quadrature_families.py"} <= names
+
+
+# --------------------------------------------------------------------------------------------
+# The collapsed crossed model: paths/crossed_density.py
+# --------------------------------------------------------------------------------------------
+CROSSED_CASES = {
+    "two_intercepts": ("y ~ x + (1 | s) + (1 | i)", None),
+    "correlated_slope_and_intercept": ("y ~ x + (1 + x | s) + (1 | i)",
+                                       {"sd(i, Intercept)": "gamma(2, 1)", "cor": "lkj(1.5)", "x": "studentt(3, 0, 2)"}),
+    "three_factors_two_slopes": ("y ~ x + (1 + x | s) + (1 + x || i) + (1 | h)", {"sigma": "halfnormal(2)"}),
+}
+
+
+def _crossed_frame(seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    s, i = (m.ravel() for m in np.meshgrid(np.arange(6), np.arange(5), indexing="ij"))
+    n = len(s)
+    x = rng.normal(size=n)
+    y = 1.0 + 0.5 * x + rng.normal(0, 0.8, 6)[s] + rng.normal(0, 0.6, 5)[i] + rng.normal(0, 0.7, n)
+    return pd.DataFrame({"y": y, "x": x, "s": [f"s{k}" for k in s], "i": [f"i{k}" for k in i],
+                         "h": [f"h{k % 3}" for k in range(n)]})
+
+
+@pytest.mark.parametrize("case", list(CROSSED_CASES))
+def test_compiled_crossed_density_equals_pymc_logp_dlogp(case):
+    from bayeslmm.paths import crossed_density as xd
+    from bayeslmm.paths.crossed_path import build_crossed_path_model, design_stats
+    formula, priors = CROSSED_CASES[case]
+    m = blmm.Model(formula, _crossed_frame(len(case)), priors=priors)
+    assert m.plan().path == "crossed"
+    stats = design_stats(m.design)
+    model = build_crossed_path_model(m.design, m.prior_table, stats)
+    ip = model.initial_point(random_seed=2)
+    start = DictToArrayBijection.map({v.name: ip[v.name] for v in model.continuous_value_vars})
+    density = xd.crossed_density(model, stats, [f.name for f in m.design.factors])(start.point_map_info)
+    assert density is not None
+    ref = model.logp_dlogp_function(ravel_inputs=True, mode=Mode(linker="py", optimizer="fast_compile"))
+    ref.set_extra_values({})
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = start.data + rng.normal(0.0, 0.5, len(start.data))
+        lp_ref, g_ref = ref._pytensor_function(x)
+        lp, g = density._pytensor_function(x)
+        assert abs(float(lp) - float(lp_ref)) < 1e-6
+        np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-7)

@@ -175,6 +175,8 @@ class DensityLayout:
     cpc_idx: np.ndarray     # positions of the partial correlations, block by block, row-major
     aux_idx: int            # position of log sigma (or log phi); -1: fixed at 1
     const: float            # added to the log-density (known standard errors: -sum log s_i)
+    sd_off: np.ndarray | None = None    # several factors: factor k's SDs are sd_idx[sd_off[k]:sd_off[k + 1]]
+    blk_off: np.ndarray | None = None   # and its blocks blocks[blk_off[k]:blk_off[k + 1]]
 
     def args(self) -> tuple:
         return (self.code, self.par, self.logt, self.fix_idx, self.M, self.sd_idx, self.blocks, self.cpc_idx,
@@ -189,15 +191,21 @@ def _slices(point_map_info) -> dict[str, slice]:
     return out
 
 
-def density_layout(model, point_map_info, factor: str, aux: str | None, const: float = 0.0
-                   ) -> DensityLayout | None:
-    """The layout of a collapsed one-factor ``model`` built by :mod:`bayeslmm.paths.blocks`, for the
-    raveled vector described by ``point_map_info`` (PyMC's order); None when the model has anything
-    the compiled density does not know (then PyMC's own function is used)."""
+def density_layout(model, point_map_info, factor: str | list[str], aux: str | None, const: float = 0.0,
+                   likelihood: str | None = None) -> DensityLayout | None:
+    """The layout of a collapsed ``model`` built by :mod:`bayeslmm.paths.blocks`, for the raveled
+    vector described by ``point_map_info`` (PyMC's order); None when the model has anything the
+    compiled density does not know (then PyMC's own function is used).
+
+    ``factor``: the grouping factor, or a list of them (then ``sd_off``/``blk_off`` say which SDs
+    and blocks are whose); ``likelihood``: the name of the one observed variable or potential that
+    the kernel stands for (default: one observed variable and no potential).
+    """
     from pymc.logprob.transforms import LogTransform
     from ..posterior import sd_var
     slices = _slices(point_map_info)
-    if model.potentials or len(model.observed_RVs) != 1:
+    terms = [v.name for v in model.observed_RVs] + [v.name for v in model.potentials]
+    if (terms != [likelihood] if likelihood is not None else (model.potentials or len(model.observed_RVs) != 1)):
         return None
     P = sum(s.stop - s.start for s in slices.values())
     code, par, logt = np.zeros(P, dtype=np.int64), np.zeros((P, 4)), np.zeros(P, dtype=np.int64)
@@ -233,21 +241,24 @@ def density_layout(model, point_map_info, factor: str, aux: str | None, const: f
     try:
         M, fixed = model["b"].tag.affine
         fix_idx = positions(fixed, log=False)
-        sd_idx = positions(model[sd_var(factor)].tag.sources, log=True)
-        blocks, cpc = [], []
-        cor = model.named_vars.get(f"cor_{factor}")
-        for block, rv in (getattr(cor.tag, "blocks") if cor is not None else []):
-            n = len(block)
-            if tuple(block) != tuple(range(block[0], block[0] + n)):
-                return None
-            blocks.append((block[0], n, len(cpc)))
-            cpc.extend(positions([(rv, i) for i in range(n * (n - 1) // 2)], log=False))
+        sd_idx, sd_off, blocks, blk_off, cpc = [], [0], [], [0], []
+        for f in ([factor] if isinstance(factor, str) else factor):
+            sd_idx.extend(positions(model[sd_var(f)].tag.sources, log=True))
+            sd_off.append(len(sd_idx))
+            cor = model.named_vars.get(f"cor_{f}")
+            for block, rv in (getattr(cor.tag, "blocks") if cor is not None else []):
+                n = len(block)
+                if tuple(block) != tuple(range(block[0], block[0] + n)):
+                    return None
+                blocks.append((block[0], n, len(cpc)))
+                cpc.extend(positions([(rv, i) for i in range(n * (n - 1) // 2)], log=False))
+            blk_off.append(len(blocks))
         aux_idx = int(positions(model[aux].tag.sources, log=True)[0]) if aux and aux in model.named_vars else -1
     except (AttributeError, KeyError, LookupError):
         return None
-    return DensityLayout(code, par, logt, fix_idx, np.ascontiguousarray(M, dtype=float), sd_idx,
+    return DensityLayout(code, par, logt, fix_idx, np.ascontiguousarray(M, dtype=float), np.array(sd_idx, dtype=np.int64),
                          np.array(blocks, dtype=np.int64).reshape(-1, 3), np.array(cpc, dtype=np.int64),
-                         aux_idx, float(const))
+                         aux_idx, float(const), np.array(sd_off, dtype=np.int64), np.array(blk_off, dtype=np.int64))
 
 
 class LogpDlogp:

@@ -117,8 +117,10 @@ def sample_crossed(design: Design, prior_table: PriorTable, settings: SamplerSpe
     stats = design_stats(design)
     model = build_crossed_path_model(design, prior_table, stats)
     setup_s = time.perf_counter() - t0
+    from .crossed_density import crossed_density
+    density = crossed_density(model, stats, [f.name for f in design.factors])
     tree, info = sample_and_draw(model, design, settings, seed,
-                                 lambda post: add_crossed_effects(post, design, stats, seed))
+                                 lambda post: add_crossed_effects(post, design, stats, seed), density=density)
     elim = stats.names[stats.order[0]] if stats.n_elim else None
     info.update({"setup_s": setup_s,
                  "crossed_structure": f"{stats.Q} group effects ({stats.Q1} eliminated level by level"
