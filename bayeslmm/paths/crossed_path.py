@@ -12,6 +12,9 @@ Free variables and priors are those of the other paths (:mod:`.blocks`): ``Inter
 ``beta``, ``sd_{g}``, ``cpc_{g}`` (LKJ), ``sigma``. The likelihood is the potential ``y_marginal``
 (one scalar: a crossed design has no per-group factorisation, so LOO uses the pointwise
 log-likelihood computed from the drawn effects, as for the non-centred path).
+
+PyMC's NUTS does not compile this graph: it evaluates :mod:`.crossed_density`, the same log-density
+and gradient as one numba function compiled at install and tested equal to the graph's.
 """
 
 from __future__ import annotations
