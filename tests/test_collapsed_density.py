@@ -210,3 +210,13 @@ def test_compiled_crossed_density_equals_pymc_logp_dlogp(case):
         lp, g = density._pytensor_function(x)
         assert abs(float(lp) - float(lp_ref)) < 1e-6
         np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-7)
+
+
+def test_density_survives_pickling():
+    """PyMC's own parallel sampler (where chains are not forked) pickles the step and its function."""
+    import pickle
+    _, start, density = _model_and_density(*CASES["default_corr2"], seed=4)
+    again = pickle.loads(pickle.dumps(density))
+    lp, g = density._pytensor_function(start.data)
+    lp2, g2 = again._pytensor_function(start.data)
+    assert lp == lp2 and np.array_equal(g, g2)
