@@ -220,3 +220,39 @@ def test_density_survives_pickling():
     lp, g = density._pytensor_function(start.data)
     lp2, g2 = again._pytensor_function(start.data)
     assert lp == lp2 and np.array_equal(g, g2)
+
+
+def test_remembered_evaluations_are_exact_and_bounded(monkeypatch):
+    """NUTS re-evaluates each iteration's starting point; LogpDlogp answers it from memory."""
+    calls = []
+
+    def fn(x, k):
+        calls.append(x.copy())
+        return float(x.sum() * k), x * k
+
+    monkeypatch.setattr(cd, "CACHE_SIZE", 3)
+    f = cd.LogpDlogp(fn, (2.0,))
+    a, b = np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-15])
+    assert f._pytensor_function(a)[0] == 6.0 and f._pytensor_function(a.copy())[0] == 6.0
+    assert len(calls) == 1                              # the same bytes: remembered
+    f._pytensor_function(b)
+    assert len(calls) == 2                              # any other bit pattern: evaluated
+    for v in (3.0, 4.0):
+        f._pytensor_function(np.array([v, v]))
+    assert len(f._seen) <= 3                            # bounded: forgotten all at once
+    f._pytensor_function(a)
+    assert len(calls) == 5
+
+
+def test_same_draws_with_and_without_remembered_evaluations(monkeypatch):
+    df = _frame(9)
+
+    def draws():
+        fit = blmm.Model("y ~ x + (1 + x | g)", df).fit(chains=2, draws=200, tune=200, seed=3, progressbar=False,
+                                                        verbose=False)
+        assert fit.info["density"] == "compiled"
+        return fit.posterior["sd_g"].to_numpy()
+
+    remembered = draws()
+    monkeypatch.setattr(cd.LogpDlogp, "_pytensor_function", lambda self, x: self._fn(x, *self._args))
+    np.testing.assert_array_equal(draws(), remembered)

@@ -263,7 +263,15 @@ def density_layout(model, point_map_info, factor: str | list[str], aux: str | No
 
 class LogpDlogp:
     """A compiled ``x -> (logp, dlogp)`` with the interface of PyMC's ``ValueGradFunction`` that
-    NUTS uses (``pm.NUTS(logp_dlogp_func=...)``): raveled inputs, no extra variables."""
+    NUTS uses (``pm.NUTS(logp_dlogp_func=...)``): raveled inputs, no extra variables.
+
+    Results are remembered by the bytes of ``x`` (:data:`CACHE_SIZE` of them, then forgotten all at
+    once): PyMC's NUTS starts every iteration by evaluating the point it accepted in the previous
+    one, which it had already evaluated while building that tree: a quarter of all evaluations
+    (a bernoulli GLMM, 20,000 rows, one chain of 1,000 + 1,000 iterations: 8,456 -> 6,458
+    evaluations, sampling 10.8 -> 8.4 s). The function is deterministic, so a remembered result is
+    the result (the same draws); the gradients handed out are never written to by PyMC.
+    """
 
     _raveled_inputs = True
     dtype = "float64"
@@ -272,15 +280,29 @@ class LogpDlogp:
     def __init__(self, fn, args: tuple):
         self._fn, self._args = fn, args
         self._extra_vars_shared = {}
+        self._seen = {}
 
     def _pytensor_function(self, x):
-        return self._fn(x, *self._args)
+        key = x.tobytes()
+        got = self._seen.get(key)
+        if got is None:
+            if len(self._seen) >= CACHE_SIZE:
+                self._seen.clear()
+            got = self._seen[key] = self._fn(x, *self._args)
+        return got
 
     def set_extra_values(self, extra_vars) -> None:
         pass
 
     def __call__(self, q, extra_vars=None):
-        return self._fn(np.ascontiguousarray(getattr(q, "data", q), dtype=np.float64), *self._args)
+        return self._pytensor_function(np.ascontiguousarray(getattr(q, "data", q), dtype=np.float64))
+
+    def __getstate__(self):
+        return {"_fn": self._fn, "_args": self._args, "_extra_vars_shared": {}, "_seen": {}}
+
+
+#: evaluations remembered by :class:`LogpDlogp` (a NUTS tree has at most 2^10 leapfrog steps by default)
+CACHE_SIZE = 2048
 
 
 def one_factor_density(model, stats, factor: str):
