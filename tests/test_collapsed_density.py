@@ -65,26 +65,32 @@ def _model_and_density(formula, priors, seed):
     return model, start, density
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_compiled_density_equals_pymc_logp_dlogp(case):
-    formula, priors = CASES[case]
-    model, start, density = _model_and_density(formula, priors, seed=len(case))
-    assert density is not None, "the compiled density should apply to this one-factor model"
+def _assert_equals_pymc(model, start, density, seed, scale):
+    """Value and gradient of ``density`` against PyMC's ``logp_dlogp`` (Python linker) at random
+    points around ``start`` (tolerances: module docstring)."""
+    assert density is not None, "the compiled density should apply to this model"
     ref = model.logp_dlogp_function(ravel_inputs=True, mode=Mode(linker="py", optimizer="fast_compile"))
     ref.set_extra_values({})
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     for _ in range(4):
-        x = start.data + rng.normal(0.0, 0.7, len(start.data))
+        x = start.data + rng.normal(0.0, scale, len(start.data))
         lp_ref, g_ref = ref._pytensor_function(x)
         lp, g = density._pytensor_function(x)
         assert abs(float(lp) - float(lp_ref)) < 1e-6
         np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_density_equals_pymc_logp_dlogp(case):
+    formula, priors = CASES[case]
+    model, start, density = _model_and_density(formula, priors, seed=len(case))
+    _assert_equals_pymc(model, start, density, seed=7, scale=0.7)
+
+
 def test_every_free_element_has_its_prior_and_role():
     """Priors of every element reach the compiled density (no element left at a default code)."""
     model, start, density = _model_and_density(*CASES["corr3_nondefault"], seed=3)
-    layout = cd.density_layout(model, start.point_map_info, "g", "sigma")
+    layout = cd.density_layout(model, start.point_map_info, "g", "sigma", "y_marginal")
     names = [n for n, _, size, _ in start.point_map_info for _ in range(size)]
     by_name = dict(zip(names, layout.code))
     assert by_name["beta"] == blmm.priors.DENSITY_STUDENTT
@@ -99,9 +105,11 @@ def test_unknown_models_fall_back_to_pymc():
     """A model with a term the compiled density does not know gets None (PyMC's function)."""
     import pymc as pm
     model, start, _ = _model_and_density(*CASES["default_corr2"], seed=1)
+    assert cd.density_layout(model, start.point_map_info, "g", "sigma", "y_marginal") is not None
+    assert cd.density_layout(model, start.point_map_info, "g", "sigma", "y_other") is None
     with model:
         pm.Potential("extra", 0.0 * model["sigma"])
-    assert cd.density_layout(model, start.point_map_info, "g", "sigma") is None
+    assert cd.density_layout(model, start.point_map_info, "g", "sigma", "y_marginal") is None
 
 
 def test_fit_samples_with_the_compiled_density():
@@ -146,16 +154,7 @@ def test_compiled_glmm_density_equals_pymc_logp_dlogp(case):
     start = DictToArrayBijection.map({v.name: ip[v.name] for v in model.continuous_value_vars})
     aux = get_family(family, None).aux_names
     density = qd.quadrature_density(model, data, 5, m.design.factors[0].name, aux)(start.point_map_info)
-    assert density is not None
-    ref = model.logp_dlogp_function(ravel_inputs=True, mode=Mode(linker="py", optimizer="fast_compile"))
-    ref.set_extra_values({})
-    rng = np.random.default_rng(11)
-    for _ in range(3):
-        x = start.data + rng.normal(0.0, 0.5, len(start.data))
-        lp_ref, g_ref = ref._pytensor_function(x)
-        lp, g = density._pytensor_function(x)
-        assert abs(float(lp) - float(lp_ref)) < 1e-6
-        np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-7)
+    _assert_equals_pymc(model, start, density, seed=11, scale=0.5)
 
 
 def test_numba_cache_folder_follows_every_kernel_source():
@@ -200,16 +199,7 @@ def test_compiled_crossed_density_equals_pymc_logp_dlogp(case):
     ip = model.initial_point(random_seed=2)
     start = DictToArrayBijection.map({v.name: ip[v.name] for v in model.continuous_value_vars})
     density = xd.crossed_density(model, stats, [f.name for f in m.design.factors])(start.point_map_info)
-    assert density is not None
-    ref = model.logp_dlogp_function(ravel_inputs=True, mode=Mode(linker="py", optimizer="fast_compile"))
-    ref.set_extra_values({})
-    rng = np.random.default_rng(5)
-    for _ in range(3):
-        x = start.data + rng.normal(0.0, 0.5, len(start.data))
-        lp_ref, g_ref = ref._pytensor_function(x)
-        lp, g = density._pytensor_function(x)
-        assert abs(float(lp) - float(lp_ref)) < 1e-6
-        np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-7)
+    _assert_equals_pymc(model, start, density, seed=5, scale=0.5)
 
 
 def test_density_survives_pickling():

@@ -191,21 +191,20 @@ def _slices(point_map_info) -> dict[str, slice]:
     return out
 
 
-def density_layout(model, point_map_info, factor: str | list[str], aux: str | None, const: float = 0.0,
-                   likelihood: str | None = None) -> DensityLayout | None:
+def density_layout(model, point_map_info, factor: str | list[str], aux: str | None, likelihood: str,
+                   const: float = 0.0) -> DensityLayout | None:
     """The layout of a collapsed ``model`` built by :mod:`bayeslmm.paths.blocks`, for the raveled
     vector described by ``point_map_info`` (PyMC's order); None when the model has anything the
     compiled density does not know (then PyMC's own function is used).
 
     ``factor``: the grouping factor, or a list of them (then ``sd_off``/``blk_off`` say which SDs
-    and blocks are whose); ``likelihood``: the name of the one observed variable or potential that
-    the kernel stands for (default: one observed variable and no potential).
+    and blocks are whose); ``likelihood``: the name of the model's one observed variable or
+    potential, which the kernel stands for.
     """
     from pymc.logprob.transforms import LogTransform
     from ..posterior import sd_var
     slices = _slices(point_map_info)
-    terms = [v.name for v in model.observed_RVs] + [v.name for v in model.potentials]
-    if (terms != [likelihood] if likelihood is not None else (model.potentials or len(model.observed_RVs) != 1)):
+    if [v.name for v in model.observed_RVs + model.potentials] != [likelihood]:
         return None
     P = sum(s.stop - s.start for s in slices.values())
     code, par, logt = np.zeros(P, dtype=np.int64), np.zeros((P, 4)), np.zeros(P, dtype=np.int64)
@@ -310,7 +309,8 @@ def one_factor_density(model, stats, factor: str):
     from ``stats`` (:func:`bayeslmm.paths.collapsed.build_collapsed_model`)."""
     def make(point_map_info):
         const = -float(np.sum(stats.log_se)) if stats.known_scale else 0.0
-        layout = density_layout(model, point_map_info, factor, None if stats.known_scale else "sigma", const)
+        layout = density_layout(model, point_map_info, factor, None if stats.known_scale else "sigma", "y_marginal",
+                                const)
         if layout is None:
             return None
         data = [np.ascontiguousarray(a, dtype=np.float64) for a in kernel_data(stats)]

@@ -73,7 +73,7 @@ def crossed_density(model, stats, factors: list[str]):
     """``point_map_info -> LogpDlogp or None`` for a model of
     :func:`bayeslmm.paths.crossed_path.build_crossed_path_model` (``factors`` in the stats' order)."""
     def make(point_map_info):
-        layout = density_layout(model, point_map_info, factors, "sigma", likelihood="y_marginal")
+        layout = density_layout(model, point_map_info, factors, "sigma", "y_marginal")
         if layout is None:
             return None
         ints, floats = stats.kernel_data()

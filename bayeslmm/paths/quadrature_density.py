@@ -48,7 +48,7 @@ def quadrature_density(model, data, n_nodes, factor: str, aux: tuple[str, ...]):
     :func:`~bayeslmm.paths.quadrature_path.build_quadrature_model` (``aux``: the family's
     auxiliary names, ``("phi",)`` or none)."""
     def make(point_map_info):
-        layout = density_layout(model, point_map_info, factor, aux[0] if aux else None)
+        layout = density_layout(model, point_map_info, factor, aux[0] if aux else None, "y_collapsed")
         if layout is None or len(aux) > 1:
             return None
         arrays = _arrays(data, n_nodes)
