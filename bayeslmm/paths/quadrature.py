@@ -392,24 +392,37 @@ def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes=
 # --------------------------------------------------------------------------------------------
 def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: int,
                        n_proposals: int = 64, min_ess: float = 16.0, threads: int | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One draw of every group's effects u_j from p(u_j | y_j, b, Sigma, phi) per posterior draw.
 
     Parameters
     ----------
     b (S, p), sd (S, q), Cc (S, q, q) or None (identity), phi (S,) or None: S posterior draws.
     seed : the draws are a deterministic function of (seed, draw index, group index).
-    n_proposals, min_ess : importance resampling for q >= 2 (see
-        :mod:`bayeslmm.paths.quadrature_draws`); q = 1 uses exact rejection sampling.
+    n_proposals, min_ess : the fallback for q >= 2 (see :mod:`bayeslmm.paths.quadrature_draws`):
+        groups whose exact rejection sampler would need more than ``n_proposals / 2`` proposals
+        per draw are drawn by importance resampling from ``n_proposals`` Student-t proposals
+        (redrawn with four times as many when the weights' ESS is below ``min_ess``).
     threads : blocks of draws run in this many threads (default: the number of CPUs).
         The kernel releases the GIL, and each draw's random numbers depend on (seed, draw, group)
         only, so the result is the same for any number of threads.
 
     Returns
     -------
-    (u, diag) : u (S, J, q) on the scale of the terms (u = T v); diag (S, J) the proposals used per
-    accepted draw (q = 1) or the importance weights' effective sample size (q >= 2). NaN marks a
-    group whose mode could not be found (non-finite parameters).
+    (u, diag) : u (S, J, q) on the scale of the terms (u = T v); diag a dict of (S, J) arrays:
+    ``proposals`` the proposals each draw used, ``ess`` the importance weights' effective sample
+    size where a draw fell back to importance resampling and NaN where it is exact. NaN in u (and
+    in ``proposals``) marks a group whose mode could not be found (non-finite parameters).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayeslmm.paths.quadrature import prepare, draw_group_effects
+    >>> data = prepare(np.array([0.0, 1, 1, 0, 1]), np.ones((5, 1)), np.array([0, 0, 1, 1, 1]),
+    ...                family="bernoulli", Z=np.column_stack([np.ones(5), np.arange(5.0)]))
+    >>> u, diag = draw_group_effects(data, np.zeros((3, 1)), np.ones((3, 2)), seed=1)
+    >>> u.shape, bool(np.isnan(diag["ess"]).all())        # 3 draws, 2 groups, 2 terms; all exact
+    ((3, 2, 2), True)
     """
     from .quadrature_draws import draw_kernel
     q, p = data.q, data.p
@@ -428,7 +441,8 @@ def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: 
     n = max(1, min(S, threads if threads is not None else cpu_count()))
     cuts = np.linspace(0, S, n + 1).astype(int)
     parts = map_in_threads(lambda lohi: block(*lohi), list(zip(cuts[:-1], cuts[1:])), n)
-    return np.concatenate([u for u, _ in parts]), np.concatenate([d for _, d in parts])
+    return np.concatenate([u for u, _, _ in parts]), {"proposals": np.concatenate([t for _, t, _ in parts]),
+                                                      "ess": np.concatenate([e for _, _, e in parts])}
 
 
 def choose_n_nodes(data: QuadratureData, b, sd, Cc=None, phi=None, *, tol: float = ERROR_TOL,

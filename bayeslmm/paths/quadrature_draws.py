@@ -13,11 +13,19 @@ log-concave with -Hessian >= I, which both samplers below use.
   needs a tuning constant. Each draw costs a Newton solve, two tangent evaluations and about 1.1
   proposal evaluations (passes over the group's rows); an inverse CDF on a fine grid would cost
   hundreds of passes for the same exactness.
-* **q = 2, 3: sampling importance resampling** from a multivariate Student-t (5 degrees of
+* **q = 2, 3: exact rejection sampling from N(v*, I)** where it is cheap. Because every l_i is
+  concave and the gradient of f vanishes at the mode, f(v) <= f(v*) - |v - v*|^2 / 2 for all v
+  (the prior's curvature alone): exp f is bounded by an unnormalised N(v*, I), which is sampled
+  and accepted with probability exp(f(v) - f(v*) + |v - v*|^2 / 2). The acceptance rate is
+  L_j / (e^f(v*) (2 pi)^(q/2)), about 1 / sqrt(det H) (the Laplace approximation): 1/4 to 1/10
+  for groups of tens of binomial rows, but it falls as the group's information grows. So a group
+  whose sqrt(det H) exceeds ``n_proposals / 2`` (or that used ``4 n_proposals`` proposals without
+  an acceptance) is drawn by the fallback below instead; which groups did is reported.
+* **fallback: sampling importance resampling** from a multivariate Student-t (5 degrees of
   freedom) centred at the mode with scale H^-1/2: ``n_proposals`` proposals, one of them chosen
   with probability proportional to its weight. This is exact only as the number of proposals
   grows (the bias is O(1/n_proposals) and shrinks with the weights' spread); the effective sample
-  size of the weights, (sum w)^2 / sum w^2, is returned for every group and draw, and a group
+  size of the weights, (sum w)^2 / sum w^2, is returned for every such group and draw, and a group
   whose ESS falls below ``min_ess`` is redrawn with four times as many proposals (once).
 
 Random numbers come from a counter-based generator (splitmix64) seeded by (seed, draw, group), so
@@ -32,7 +40,7 @@ import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
 from .quadrature_families import njit, fam_newton, fam_node
-from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, unit_rows
+from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, node_q3, unit_rows
 from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum, solve_upper_t
 
 __all__ = ["draw_kernel", "T_DF"]
@@ -156,6 +164,37 @@ def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
 
 
 @njit(**_NJIT)
+def _fq(fam, y, n, eta0, w, q, vv, phi, lphi, d1):
+    """f(vv) (without constants) for q = 2, 3, by the fused node pass."""
+    w2 = w[2] if q == 3 else w[1]
+    v2 = vv[2] if q == 3 else 0.0
+    S, _, _, _, _ = node_q3(fam, y, n, eta0, w[0], w[1], w2, vv[0], vv[1], v2, phi, lphi, d1)
+    for a in range(q):
+        S -= 0.5 * vv[a] * vv[a]
+    return S
+
+
+@njit(**_NJIT)
+def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, d1, state, max_tries, out):
+    """One exact draw of v (q = 2, 3) by rejection from N(v*, I) (``v`` the mode), into ``out``;
+    returns the number of proposals it took, or -1 after ``max_tries`` without an acceptance."""
+    f0 = _fq(fam, y, n, eta0, w, q, v, phi, lphi, d1)
+    for tries in range(1, max_tries + 1):
+        zz = 0.0
+        for a in range(0, q, 2):
+            z1, z2 = _normal_pair(state)
+            out[a] = v[a] + z1
+            zz += z1 * z1
+            if a + 1 < q:
+                out[a + 1] = v[a + 1] + z2
+                zz += z2 * z2
+        fx = _fq(fam, y, n, eta0, w, q, out, phi, lphi, d1)
+        if math.log(_uniform(state)) <= fx - f0 + 0.5 * zz:
+            return tries
+    return -1
+
+
+@njit(**_NJIT)
 def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_prop, out, props, lw, zbuf, xbuf):
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
@@ -208,8 +247,9 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
     into blocks run in parallel threads with the same result).
 
     Data arrays as for :func:`~bayeslmm.paths.quadrature_kernel.aghq_kernel` (rows sorted by group,
-    Xt (p, n), Zt (q, n)). Returns (u, diag): diag (S, J) is the number of proposals the rejection
-    sampler used (q = 1) or the importance weights' ESS (q >= 2); NaN where the mode was not found.
+    Xt (p, n), Zt (q, n)). Returns (u, tries, ess), the last two (S, J): the proposals each draw used,
+    and the importance weights' ESS where a draw fell back to importance resampling (NaN where the
+    draw is exact); tries is NaN where the mode was not found.
     """
     fam = ictl[0]
     S = b.shape[0]
@@ -222,7 +262,8 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
     work = np.empty(6 * maxn)
     wq = np.empty(q * maxn)
     u = np.full((S, J, q), np.nan)
-    diag = np.full((S, J), np.nan)
+    tries = np.full((S, J), np.nan)
+    ess_out = np.full((S, J), np.nan)
     T = np.empty((q, q))
     H = np.empty((q, q))
     L = np.empty((q, q))
@@ -280,7 +321,7 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
                     continue
                 _seed_state(seed, s_first + s, j, state)
                 # any tangent points give a valid envelope: the curvature of the last Newton iterate will do
-                diag[s, j] = _draw_q1(fam, yj, nj_tr, eta0, w[0], v, L[0, 0], ph, lphi, d1, A, emax, state, vv)
+                tries[s, j] = _draw_q1(fam, yj, nj_tr, eta0, w[0], v, L[0, 0], ph, lphi, d1, A, emax, state, vv)
                 for a in range(q):
                     u[s, j, a] = T[a, 0] * vv[0]
                 continue
@@ -293,16 +334,28 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
             if not chol(H, q, L):
                 continue
             _seed_state(seed, s_first + s, j, state)
-            ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
-                            props, lw, zbuf, xbuf)
-            if ess < min_ess:
-                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, big, vv,
+            root_det = 1.0
+            for a in range(q):
+                root_det *= L[a, a]
+            used = 0
+            if root_det <= 0.5 * n_prop:
+                used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, d1, state, big, vv)
+            if used > 0:
+                tries[s, j] = used
+            else:
+                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
                                 props, lw, zbuf, xbuf)
-            diag[s, j] = ess
+                used = -used * big + n_prop
+                if ess < min_ess:
+                    ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, big, vv,
+                                    props, lw, zbuf, xbuf)
+                    used += big
+                tries[s, j] = used
+                ess_out[s, j] = ess
             for a in range(q):
                 acc = 0.0
                 for m in range(q):
                     acc += T[a, m] * vv[m]
                 u[s, j, a] = acc
-    return u, diag
+    return u, tries, ess_out
 

@@ -112,8 +112,9 @@ def build_quadrature_model(design: Design, prior_table: PriorTable, family: str,
 
 def add_quadrature_effects(post: xr.Dataset, design: Design, data: QuadratureData, aux_names: tuple[str, ...],
                            seed: int) -> tuple[xr.Dataset, np.ndarray]:
-    """``post`` plus ``r_{g}`` drawn from the exact conditional per draw; and the draws' diagnostic
-    (proposals per accepted draw for one term, importance-sampling ESS for two or three)."""
+    """``post`` plus ``r_{g}`` drawn from the exact conditional per draw; and the draws' diagnostics
+    (:func:`~bayeslmm.paths.quadrature.draw_group_effects`: proposals per draw, and the importance
+    weights' ESS where a group fell back to importance resampling)."""
     f = design.factors[0]
     b, sds, cors, aux = param_draws(post, (f,), aux_names)
     Cc = np.linalg.cholesky(np.asarray(cors[0]))
