@@ -465,8 +465,9 @@ def choose_n_nodes(data: QuadratureData, b, sd, Cc=None, phi=None, *, tol: float
     Cc = np.broadcast_to(np.eye(q), (S, q, q)) if Cc is None else np.asarray(Cc, dtype=float).reshape(S, q, q)
     phi = np.ones(S) if phi is None else np.asarray(phi, dtype=float).reshape(S)
 
-    def total(k):
-        return np.array([group_loglik(data, b[s], sd[s], Cc[s], phi[s], n_nodes=k).sum() for s in range(S)])
+    def total(k):            # the draws in parallel threads (the kernel releases the GIL)
+        return np.array(map_in_threads(lambda s: group_loglik(data, b[s], sd[s], Cc[s], phi[s], n_nodes=k).sum(),
+                                       range(S)))
     base = total(ref)
     sds = {}
     for k in sorted(cand):
