@@ -81,16 +81,31 @@ def _bits_to_double(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def _double_to_bits(typingctx, x):
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return sig, codegen
+
+
+#: 2^52 + 1023: for an integer-valued k in [-1022, 1023], the low bits of k + _EXP_MAGIC are k + 1023
+_EXP_MAGIC = 4503599627371519.0
+
+
 @njit(**_INL)
 def vexp(x):
     """e^x (relative error < 1e-15) for x clamped to [-708, 709]; vectorisable."""
     x = min(max(x, -708.0), 709.0)
-    k = math.floor(x * _LOG2E + 0.5)
+    k = np.floor(x * _LOG2E + 0.5)       # np.floor stays a double (math.floor is an int: scalar per lane)
     r = x - k * _LN2HI - k * _LN2LO
     p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
         1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (
             1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600 + r * (1.0 / 6227020800)))))))))))))
-    return p * _bits_to_double((np.int64(k) + 1023) << 52)
+    # 2^k built from the bits of k + 2^52 + 1023 (shifted into the exponent field), not by a
+    # double -> int64 conversion, which AVX2 has no vector instruction for
+    return p * _bits_to_double(_double_to_bits(k + _EXP_MAGIC) << 52)
 
 
 @njit(**_INL)
