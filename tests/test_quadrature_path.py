@@ -83,6 +83,7 @@ def test_posterior_agrees_with_the_noncentred_path(get_fit, family):
     formula, df, _ = _sim(family, seed)
     quad = get_fit(formula, df, {"family": family}, **FIT)
     assert quad.info["method"] == "quadrature" and quad.info["n_nodes"] >= 3
+    assert quad.info["effects_exact"] == 1.0 and quad.info["effects_min_ess"] is None
     if family == "poisson":
         assert "offset" in formula
     nc = get_fit(formula, df, {"family": family, "method": "noncentred"}, **FIT)

@@ -130,7 +130,10 @@ def sample_quadrature(design: Design, prior_table: PriorTable, settings: Sampler
     """NUTS on :func:`build_quadrature_model`, then exact draws of the group effects.
 
     Returns ``(DataTree, info)`` as :func:`bayeslmm.paths.collapsed.sample_collapsed` does;
-    ``info`` adds ``n_nodes``, ``node_error_sd`` (the checked error SDs), ``setup_s`` and ``effects_s``.
+    ``info`` adds ``n_nodes``, ``node_error_sd`` (the checked error SDs), ``setup_s``, ``effects_s``,
+    ``effects_exact`` (the share of group-effect draws drawn exactly; the rest, in groups with much
+    information and two or three terms, by importance resampling) and ``effects_min_ess`` (the
+    lowest importance-weight ESS among those, or None).
     """
     from ..families import get_family
     seed = resolve_seed(settings.seed if seed is None else seed)
@@ -151,7 +154,7 @@ def sample_quadrature(design: Design, prior_table: PriorTable, settings: Sampler
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
     post = post[[v for v in keep if v in post.data_vars]]
-    merged, _ = add_quadrature_effects(post, design, data, aux_names, seed)
+    merged, diag = add_quadrature_effects(post, design, data, aux_names, seed)
     merged.attrs = dict(idata["posterior"].attrs)
     tree = xr.DataTree()
     tree["posterior"] = xr.DataTree(merged)
@@ -160,5 +163,7 @@ def sample_quadrature(design: Design, prior_table: PriorTable, settings: Sampler
     tree.attrs = dict(idata.attrs)
     info = dict(info)
     info.update({"setup_s": setup_s, "effects_s": time.perf_counter() - t1, "n_nodes": int(n_nodes),
-                 "node_error_sd": {int(k): float(v) for k, v in checked.items()}})
+                 "node_error_sd": {int(k): float(v) for k, v in checked.items()},
+                 "effects_exact": float(np.mean(np.isnan(diag["ess"]))),
+                 "effects_min_ess": (float(np.nanmin(diag["ess"])) if not np.isnan(diag["ess"]).all() else None)})
     return tree, info
