@@ -111,7 +111,7 @@ def build_quadrature_model(design: Design, prior_table: PriorTable, family: str,
 
 
 def add_quadrature_effects(post: xr.Dataset, design: Design, data: QuadratureData, aux_names: tuple[str, ...],
-                           seed: int) -> tuple[xr.Dataset, np.ndarray]:
+                           seed: int) -> tuple[xr.Dataset, dict[str, np.ndarray]]:
     """``post`` plus ``r_{g}`` drawn from the exact conditional per draw; and the draws' diagnostics
     (:func:`~bayeslmm.paths.quadrature.draw_group_effects`: proposals per draw, and the importance
     weights' ESS where a group fell back to importance resampling)."""
