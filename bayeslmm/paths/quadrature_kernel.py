@@ -11,8 +11,9 @@ negative Hessian H = I + sum_i c_i w_i w_i' (c_i = -l_i'' >= 0 for these log-con
 never below the identity, so Newton's method is safe and the mode unique.
 
 **AGHQ** (Liu & Pierce 1994; Pinheiro & Bates 1995; as GLMMadaptive and lme4's nAGQ): v* = the
-mode, H = L L' (Cholesky) at v*, standard-normal product nodes z_k with weights W_k (k nodes per
-axis, M = k^q in all), v_k = v* + L^-T z_k:
+mode, H = L L' (Cholesky) at v*, standard-normal nodes z_k with weights W_k (M of them: the k^q
+product rule for k nodes per axis, or a smaller rule of the same degree,
+:func:`~bayeslmm.paths.quadrature.node_rule`), v_k = v* + L^-T z_k:
 
     log L_j ~= -log|L| + logsumexp_k [log W_k + z_k'z_k/2 - v_k'v_k/2 + sum_i l_i(eta0_i + w_i'v_k)].
 
