@@ -144,6 +144,12 @@ class NodeRule:
     center: int
 
 
+def _rule(k: int, q: int, nodes: np.ndarray, log_w: np.ndarray, center: int) -> NodeRule:
+    """A NodeRule from nodes and log weights (summing to 1): the kernel's lwn = log W + z'z / 2."""
+    lwn = log_w + 0.5 * np.sum(nodes ** 2, axis=1)
+    return NodeRule(int(k), q, np.ascontiguousarray(nodes), np.ascontiguousarray(lwn), center)
+
+
 def gauss_hermite_rule(k: int, q: int) -> NodeRule:
     """The k^q-node product rule; ``k = 1`` is the Laplace approximation (one node at the mode)."""
     if not (isinstance(k, (int, np.integer)) and 1 <= k <= 64):
@@ -153,12 +159,11 @@ def gauss_hermite_rule(k: int, q: int) -> NodeRule:
     grids = np.meshgrid(*([z] * q), indexing="ij")
     nodes = np.stack([g.ravel() for g in grids], axis=1)
     lw = sum(g.ravel() for g in np.meshgrid(*([lw1] * q), indexing="ij"))
-    lwn = lw + 0.5 * np.sum(nodes ** 2, axis=1)
     center = -1
     if k % 2 == 1:
         center = int(np.flatnonzero(np.all(np.abs(nodes) < 1e-300, axis=1))[0])
         nodes[center] = 0.0
-    return NodeRule(int(k), q, np.ascontiguousarray(nodes), np.ascontiguousarray(lwn), center)
+    return _rule(k, q, nodes, lw, center)
 
 
 def symmetric_rule_2d_degree7() -> NodeRule:
@@ -186,9 +191,7 @@ def symmetric_rule_2d_degree7() -> NodeRule:
         for sy in (1.0, -1.0):
             pts += [(sx * b, sy * b), (sx * c, sy * c)]
             wts += [W_hi / 4.0, W_lo / 4.0]
-    nodes = np.array(pts)
-    lwn = np.log(np.array(wts)) + 0.5 * np.sum(nodes ** 2, axis=1)
-    return NodeRule(4, 2, np.ascontiguousarray(nodes), np.ascontiguousarray(lwn), -1)
+    return _rule(4, 2, np.array(pts), np.log(np.array(wts)), -1)
 
 
 def node_rule(k: int, q: int) -> NodeRule:

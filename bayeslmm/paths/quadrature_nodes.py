@@ -17,7 +17,7 @@ import numpy as np
 from scipy import optimize
 
 from .quadrature import (ERROR_TOL, NEGBINOMIAL_LOG, QuadratureData, choose_n_nodes, group_loglik,
-                         group_loglik_grad)
+                         group_loglik_grad, node_rule)
 
 __all__ = ["cpc_cholesky", "posterior_sketch", "choose_nodes_per_group", "auto_n_nodes"]
 
@@ -154,7 +154,8 @@ def choose_nodes_per_group(data: QuadratureData, b, sd, Cc=None, phi=None, *, to
     E = err[idx, :, cols].T
     sizes = data.group_sizes.astype(float)
     ks = np.asarray(cand)[idx]
-    cost = float(np.sum(sizes * ks ** q) / max(np.sum(sizes * cand[-1] ** q), 1.0))
+    n_of = {k: len(node_rule(k, q).lwn) for k in cand}          # k^q, or fewer (node_rule)
+    cost = float(np.sum(sizes * np.array([n_of[k] for k in ks])) / max(np.sum(sizes * n_of[cand[-1]]), 1.0))
     return ks, {"sd": float(np.std(E.sum(1))), "cost": cost, "uniform": uniform}
 
 
