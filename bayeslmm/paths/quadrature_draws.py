@@ -39,9 +39,9 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import njit, fam_newton, fam_node
+from .quadrature_families import njit, fam_newton
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, node_q3, unit_rows
-from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum, solve_upper_t
+from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, solve_upper_t
 
 __all__ = ["draw_kernel", "T_DF"]
 
@@ -105,17 +105,6 @@ def _chi2_tdf(state):
 @njit(**_NJIT)
 def _seed_state(seed, s, j, state):
     state[0] = _mix(np.uint64(seed) ^ _mix(np.uint64(s) * _GOLD + np.uint64(j) + np.uint64(1)))
-
-
-@njit(**_NJIT)
-def _h(fam, y, n, eta0, w, q, vv, phi, lphi, eta, l, d1, pl):
-    """f(vv) (without constants) and fill d1 with l' at vv."""
-    linpred(eta0, w, vv, eta)
-    fam_node(fam, y, n, eta, phi, lphi, l, d1, pl)
-    s = rowsum(l)
-    for a in range(q):
-        s -= 0.5 * vv[a] * vv[a]
-    return s
 
 
 @njit(**_NJIT)
@@ -195,7 +184,7 @@ def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, d1, state, max_tries, out)
 
 
 @njit(**_NJIT)
-def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_prop, out, props, lw, zbuf, xbuf):
+def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, d1, state, n_prop, out, props, lw, zbuf, xbuf):
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
     for k in range(n_prop):
@@ -215,7 +204,7 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, eta, l, d1, pl, state, n_p
         # log t density of the standardised proposal, up to a constant: -(nu + q)/2 log(1 + |z|^2/nu)
         r2 = zz * sc * sc
         lt = -0.5 * (nu + q) * math.log1p(r2 / nu)
-        lw[k] = _h(fam, y, n, eta0, w, q, props[k], phi, lphi, eta, l, d1, pl) - lt
+        lw[k] = _fq(fam, y, n, eta0, w, q, props[k], phi, lphi, d1) - lt
     mx = -np.inf
     for k in range(n_prop):
         mx = max(mx, lw[k])
@@ -259,7 +248,7 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
     maxn = 1
     for j in range(J):
         maxn = max(maxn, starts[j + 1] - starts[j])
-    work = np.empty(6 * maxn)
+    work = np.empty(4 * maxn)
     wq = np.empty(q * maxn)
     u = np.full((S, J, q), np.nan)
     tries = np.full((S, J), np.nan)
@@ -290,10 +279,8 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
             nj = s1 - s0
             eta0 = work[0:nj]
             eta = work[nj:2 * nj]
-            l = work[2 * nj:3 * nj]
-            d1 = work[3 * nj:4 * nj]
-            d2 = work[4 * nj:5 * nj]
-            pl = work[5 * nj:6 * nj]
+            d1 = work[2 * nj:3 * nj]
+            d2 = work[3 * nj:4 * nj]
             w = wq[0:q * nj].reshape((q, nj))
             for i in range(nj):
                 eta0[i] = offset[s0 + i]
@@ -343,11 +330,11 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
             if used > 0:
                 tries[s, j] = used
             else:
-                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, n_prop, vv,
+                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, d1, state, n_prop, vv,
                                 props, lw, zbuf, xbuf)
-                used = -used * big + n_prop
+                used = n_prop + (big if used < 0 else 0)      # plus the rejection tries, if any
                 if ess < min_ess:
-                    ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, eta, l, d1, pl, state, big, vv,
+                    ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, d1, state, big, vv,
                                     props, lw, zbuf, xbuf)
                     used += big
                 tries[s, j] = used
