@@ -199,11 +199,68 @@ def test_loglik_matches_grid_q2(family, link):
     data, b = make_design(family, link, 2, [1, 4, 12], [0.8, 0.5], seed=3)
     sd, Cc = np.array([0.8, 0.5]), random_corr_chol(2, rng)
     ref = grid_q2(data, b, sd, Cc)
-    errs = {k: np.abs(Q.group_loglik(data, b, sd, Cc, PHI, n_nodes=k) - ref).max() for k in (1, 3, 4, 5, 7, 11, 15)}
+    errs = {k: np.abs(Q.group_loglik(data, b, sd, Cc, PHI, n_nodes=k) - ref).max() for k in (1, 2, 3, 4, 5, 7, 11, 15)}
     print(f"\n{family}/{link} q=2 max |log L error| by nodes: "
           + "  ".join(f"k={k}: {e:.1e}" for k, e in errs.items()))
     assert errs[Q.default_nodes(2)] < 5e-3
     assert errs[15] < 1e-6
+    assert errs[2] < 0.1          # 4 nodes padded with zero-weight ones to 8 (a weighted pad moves it by O(1))
+
+
+def test_node_pass_product_form_equals_the_log_form():
+    """The binomial-logit node pass's product form (n log(1 + e^-|eta|) of all rows of a node as one
+    logarithm of a product, renormalised every 64 rows) against the per-row logarithms on 200 rows
+    x 12 nodes with trials 0-15 and extreme linear predictors: the same sums to 1e-12 relative
+    and the same derivatives exactly. Breaking the renormalisation (one product over all rows)
+    overflows here (200 rows x 15 trials > 1023 bits)."""
+    from bayeslmm.paths.quadrature_fused import nodes_rows, small_trials
+    rng = np.random.default_rng(5)
+    m, M = 200, 12
+    n = rng.integers(0, 16, size=m).astype(float)
+    n[:20] = 15.0
+    y = rng.binomial(n.astype(int), 0.4).astype(float)
+    es = rng.normal(0.0, 0.5, size=m)          # near 0: 1 + e^-|eta| ~ 2, so the products need renormalising
+    es[:5] = [-40.0, 40.0, 300.0, -300.0, 0.0]
+    s = rng.normal(0.0, 0.3, size=(3, m))
+    w = rng.normal(size=(3, m))
+    z = rng.normal(size=(3, M))
+    assert small_trials(n) and not small_trials(np.append(n, 16.0)) and not small_trials(np.append(n, 2.5))
+    out = {}
+    for form in (True, False):
+        D, Sk, Pk, G, Pr, Ex = np.zeros((m, M)), np.zeros(M), np.zeros(M), np.zeros((3, M)), np.zeros(M), np.zeros(M)
+        nodes_rows(0, y, n, es, s[0], s[1], s[2], w[0], w[1], w[2], z[0], z[1], z[2], M, 1.0, 0.0, form, D, Sk, Pk,
+                   G[0], G[1], G[2], Pr, Ex)
+        out[form] = (Sk, D, G)
+    ref = np.array([np.sum(y * (es + s.T @ z[:, k]) - n * np.logaddexp(0.0, es + s.T @ z[:, k])) for k in range(M)])
+    np.testing.assert_allclose(out[False][0], ref, rtol=1e-12)
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-12)
+    np.testing.assert_array_equal(out[True][1], out[False][1])
+    np.testing.assert_array_equal(out[True][2], out[False][2])
+
+
+def test_binomial_two_terms_large_groups_match_grid():
+    """Two terms over binomial-logit groups of 3, 70 and 150 rows (more than one 64-row block of the
+    node pass's product form) with trials 1-15, and a group with trials up to 40 (the per-row
+    logarithms): 15 x 15 nodes within 1e-6 and the default rule within 5e-3 of a dense grid."""
+    rng = np.random.default_rng(6)
+    sizes = [3, 70, 150, 40]
+    codes = np.repeat(np.arange(4), sizes)
+    N = len(codes)
+    X = np.column_stack([np.ones(N), rng.normal(size=N)])
+    Z = np.column_stack([np.ones(N), rng.normal(size=N)])
+    trials = rng.integers(1, 16, size=N).astype(float)
+    trials[codes == 3] = rng.integers(1, 41, size=sizes[3])
+    b, sd = np.array([0.2, -0.4]), np.array([0.9, 0.5])
+    eta = X @ b + (rng.normal(size=(4, 2)) * sd)[codes].__mul__(Z).sum(1)
+    y = rng.binomial(trials.astype(int), special.expit(eta)).astype(float)
+    data = Q.prepare(y, X, codes, Z, family="binomial", link="logit", trials=trials)
+    Cc = random_corr_chol(2, rng)
+    ref = grid_q2(data, b, sd, Cc, h=0.01, width=6.0)
+    err15 = np.abs(Q.group_loglik(data, b, sd, Cc, n_nodes=15) - ref)
+    errd = np.abs(Q.group_loglik(data, b, sd, Cc, n_nodes=Q.default_nodes(2)) - ref)
+    print(f"\nbinomial large groups: max error 15 x 15 {err15.max():.1e}, default {errd.max():.1e}")
+    assert err15.max() < 1e-6
+    assert errd.max() < 5e-3
 
 
 def test_symmetric_rule_2d_is_degree_7():

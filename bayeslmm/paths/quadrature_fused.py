@@ -15,7 +15,7 @@ from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 from .quadrature_families import njit, LOOP_JIT, probit_row, logistic, vexp
 
 __all__ = ["newton_q1", "node_q1", "mode_q1", "newton_q1_intercept", "node_q1_intercept", "mode_q1_intercept",
-           "exp_rows", "unit_rows", "node_q3"]
+           "exp_rows", "unit_rows", "node_q3", "nodes_rows", "small_trials", "POW_MAX_TRIALS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,3 +355,150 @@ def node_q3(fam, y, n, eta0, w0, w1, w2, v0, v1, v2, phi, lphi, d1):
             G1 += a1 * w1[i]
             G2 += a1 * w2[i]
     return S, P, G0, G1, G2
+
+
+# --------------------------------------------------------------------------------------------
+# Two or three terms: all nodes of a group in one pass over its rows
+# --------------------------------------------------------------------------------------------
+#: largest number of trials a binomial row may have for :func:`nodes_rows`'s product form
+POW_MAX_TRIALS = 15
+#: rows between two renormalisations of the product form's running products: at most
+#: POW_MAX_TRIALS factors of 1 + e <= 2 a row, so 64 rows stay below 2^960
+_POW_BLOCK = 64
+_LN2 = math.log(2.0)
+
+
+@njit(**LOOP_JIT)
+def small_trials(n):
+    """Whether every trial count in ``n`` is an integer in [0, POW_MAX_TRIALS] (the product form)."""
+    ok = True
+    for i in range(n.shape[0]):
+        ok &= (n[i] >= 0.0) & (n[i] <= POW_MAX_TRIALS) & (n[i] == math.floor(n[i]))
+    return ok
+
+
+@njit(**LOOP_JIT)
+def _nodes_logit_pow(y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, D, Sk, G0, G1, G2, Pr, Ex, r0, r1):
+    """Rows r0:r1 of :func:`nodes_rows` for binomial-logit rows with small integer trials:
+    n log(1 + e^eta) = n max(eta, 0) + log (1 + e^-|eta|)^n, and the logarithms of the products
+    are taken once per node (by the caller), not once per row and node."""
+    for i in range(r0, r1):
+        e0 = es[i]
+        a0 = s0[i]
+        a1 = s1[i]
+        a2 = s2[i]
+        yi = y[i]
+        ni = n[i]
+        fi = ni - yi
+        u0 = w0[i]
+        u1 = w1[i]
+        u2 = w2[i]
+        nb = int(ni)
+        b1 = (nb & 1) != 0
+        b2 = (nb & 2) != 0
+        b4 = (nb & 4) != 0
+        b8 = (nb & 8) != 0
+        Drow = D[i]
+        for k in range(M):
+            eta = e0 + a0 * z0[k] + a1 * z1[k] + a2 * z2[k]
+            e = vexp(-abs(eta))
+            o1 = 1.0 + e
+            inv = 1.0 / o1
+            pos = eta >= 0.0
+            p = inv if pos else e * inv
+            q = e * inv if pos else inv
+            o2 = o1 * o1
+            o4 = o2 * o2
+            o8 = o4 * o4
+            Pr[k] *= (o1 if b1 else 1.0) * (o2 if b2 else 1.0) * (o4 if b4 else 1.0) * (o8 if b8 else 1.0)
+            Sk[k] += yi * eta - ni * max(eta, 0.0)
+            d = yi * q - fi * p
+            Drow[k] = d
+            G0[k] += d * u0
+            G1[k] += d * u1
+            G2[k] += d * u2
+
+
+@njit(**LOOP_JIT)
+def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, phi, lphi, pow_form, D, Sk, Pk, G0, G1, G2,
+               Pr, Ex):
+    """All M nodes of one group in one pass over its rows, the nodes innermost (so they vectorise).
+
+    Node k's linear predictor is eta_ik = es_i + s_i'z_k (es the linear predictor at the mode,
+    s_i = L^-1 w_i, z_k the standard node; unused third components are zero rows). Into
+    Sk[k] = sum_i l_ik, Pk[k] = sum_i dl_ik/dphi, G.[k] = sum_i l'_ik w_i, D[i, k] = l'_ik.
+    ``pow_form`` (binomial-logit rows whose trials pass :func:`small_trials`) takes the
+    log(1 + e^eta) of all rows of a node as one logarithm of a product; Pr and Ex (M,) are its
+    scratch.
+    """
+    m = es.shape[0]
+    for k in range(M):
+        Sk[k] = 0.0
+        Pk[k] = 0.0
+        G0[k] = 0.0
+        G1[k] = 0.0
+        G2[k] = 0.0
+    if fam == BINOMIAL_LOGIT and pow_form:
+        for k in range(M):
+            Ex[k] = 0.0
+        for r0 in range(0, m, _POW_BLOCK):
+            for k in range(M):
+                Pr[k] = 1.0
+            _nodes_logit_pow(y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, D, Sk, G0, G1, G2, Pr, Ex, r0,
+                             min(m, r0 + _POW_BLOCK))
+            for k in range(M):
+                Ex[k] += math.log(Pr[k])
+        for k in range(M):
+            Sk[k] -= Ex[k]
+        return
+    for i in range(m):
+        e0 = es[i]
+        a0 = s0[i]
+        a1 = s1[i]
+        a2 = s2[i]
+        yi = y[i]
+        ni = n[i]
+        u0 = w0[i]
+        u1 = w1[i]
+        u2 = w2[i]
+        Drow = D[i]
+        if fam == BINOMIAL_LOGIT:
+            for k in range(M):
+                eta = e0 + a0 * z0[k] + a1 * z1[k] + a2 * z2[k]
+                lp, p, q = logistic(eta)
+                Sk[k] += yi * eta - ni * lp
+                d = yi * q - (ni - yi) * p
+                Drow[k] = d
+                G0[k] += d * u0
+                G1[k] += d * u1
+                G2[k] += d * u2
+        elif fam == POISSON_LOG:
+            for k in range(M):
+                eta = e0 + a0 * z0[k] + a1 * z1[k] + a2 * z2[k]
+                mu = vexp(eta)
+                Sk[k] += yi * eta - mu
+                d = yi - mu
+                Drow[k] = d
+                G0[k] += d * u0
+                G1[k] += d * u1
+                G2[k] += d * u2
+        elif fam == NEGBINOMIAL_LOG:
+            a = yi + phi
+            for k in range(M):
+                eta = e0 + a0 * z0[k] + a1 * z1[k] + a2 * z2[k]
+                lp, s, sc = logistic(eta - lphi)
+                Sk[k] += yi * eta - a * lp
+                Pk[k] += -lp + a * s / phi
+                d = yi * sc - phi * s
+                Drow[k] = d
+                G0[k] += d * u0
+                G1[k] += d * u1
+                G2[k] += d * u2
+        else:
+            for k in range(M):
+                a0_, d, _, _ = probit_row(yi, ni, e0 + a0 * z0[k] + a1 * z1[k] + a2 * z2[k])
+                Sk[k] += a0_
+                Drow[k] = d
+                G0[k] += d * u0
+                G1[k] += d * u1
+                G2[k] += d * u2

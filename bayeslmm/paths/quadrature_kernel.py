@@ -34,7 +34,13 @@ finite differences of the kernel itself (tests/test_quadrature.py).
 
 Rows are sorted by group once (``starts``); the kernel loops per group, so each group's rows stay
 in cache through its Newton iterations and node passes; one term (q = 1) has a scalar path whose
-Newton steps and nodes are each a single vectorised pass over the rows (:func:`_group_q1`).
+Newton steps and nodes are each a single vectorised pass over the rows (:func:`_group_q1`). For
+two or three terms all nodes are one pass over the group's rows with the nodes innermost
+(:func:`~bayeslmm.paths.quadrature_fused.nodes_rows`: node k's linear predictor is
+eta*_i + s_i'z_k with s_i = L^-1 w_i, so the loop over the nodes is branch-free and vectorises
+whatever the group's size); on groups of 20 rows this made a likelihood + gradient 3.4 -> 2.8 ms
+(binomial, two terms, 500 groups, 12 nodes), as a call per node and group paid its loop set-up
+and scalar remainder 6,000 times.
 """
 
 from __future__ import annotations
@@ -45,48 +51,41 @@ import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 from .quadrature_families import njit, fam_mode, nb_phi_part
-from .quadrature_fused import exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, node_q3, unit_rows
-from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, rowsum,
-                              solve_lower, solve_upper_t)
+from .quadrature_fused import (exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, nodes_rows,
+                               small_trials, unit_rows)
+from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred,
+                              rowsum, solve_lower, solve_upper_t)
 
 __all__ = ["aghq_kernel"]
 
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
+# the node pass's loop over the nodes vectorises from 8 nodes on (4 lanes, unrolled twice); a rule
+# with 2-7 nodes is padded with zero-weight nodes to 8, which is faster than its scalar loop
+_MIN_VEC = 8
 
 
 # --------------------------------------------------------------------------------------------
 # One group
 # --------------------------------------------------------------------------------------------
 @njit(**_NJIT)
-def _accumulate(acc_e, acc_o, q, d, wk, vk):
-    """acc_e += wk d, acc_o[a] += wk vk[a] d (a < q; acc_o has 3 rows), in one loop."""
-    c0 = wk * vk[0]
-    c1 = wk * vk[1] if q > 1 else 0.0
-    c2 = wk * vk[2] if q > 2 else 0.0
-    o0, o1, o2 = acc_o[0], acc_o[1], acc_o[2]
-    for i in range(d.shape[0]):
-        acc_e[i] += wk * d[i]
-        o0[i] += c0 * d[i]
-        o1[i] += c1 * d[i]
-        o2[i] += c2 * d[i]
-
-
-@njit(**_NJIT)
-def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
-           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km):
+def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, D):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
     (logL, dphi, ok).
 
     Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
     phi-derivatives of l, dl, d2l
-    (ls is reused for the nodes' l once S0 is summed); nd1, npl the nodes' l' and dl/dphi; acc_e
-    and acc_o (q, m) the softmax-weighted sums over nodes. All contiguous, so the row loops
+    (ls, nd1 and npl are reused by the reverse pass); acc_e and acc_o (3, m) the softmax-weighted
+    sums over the nodes. All contiguous, so the row loops
     vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),
-    ``kq`` (3, M, q), ``km`` (2, M).
+    ``kq`` (3, M, q), ``km`` (4, M), ``k8`` (8, M); and per row ``sr`` (3, m), ``D`` (m, M).
+    ``zT`` (3, M) are the standard nodes transposed (zero rows beyond q); ``pow_form`` as in
+    :func:`~bayeslmm.paths.quadrature_fused.nodes_rows`.
     """
     nj = eta0.shape[0]
-    M = nodes.shape[0]
+    M = lwn.shape[0]
+    Mp = zT.shape[1]                  # M, or more: zero nodes that fill a vector (weight 0)
     H, L, Lbar, Hbar = mats[0], mats[1], mats[2], mats[3]
     g, zk, av, h, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[8], vecs[9], vecs[10]
     G, VK, SK = kq[0], kq[1], kq[2]           # SK_k = L^-T z_k
@@ -96,82 +95,103 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
     # the mode pass: everything the gradient needs at v*
     linpred(eta0, w, v, eta)
     fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
-    S0 = rowsum(ls)
-    P0 = rowsum(pls)
     grad_hess(d1s, d2s, w, v, q, g, H)
     if not chol(H, q, L):
         return -np.inf, 0.0, False
     logdet = 0.0
     for a in range(q):
         logdet += math.log(L[a, a])
-    # nodes: log-sum-exp with a running reference (rescaled when a node outweighs it by e^30)
-    G[:, :] = 0.0
-    P[:] = 0.0
-    ref = -np.inf
-    tot = 0.0
-    if want_grad:
-        acc_e[:] = 0.0
-        acc_o[:, :] = 0.0
+    # nodes: v_k = v* + L^-T z_k; with s_i = L^-1 w_i, w_i'v_k = w_i'v* + s_i'z_k, so all nodes
+    # are one pass over the rows (quadrature_fused.nodes_rows), the nodes innermost
     for k in range(M):
         for a in range(q):
-            zk[a] = nodes[k, a]
+            zk[a] = zT[a, k]
         solve_upper_t(L, q, zk, SK[k])
         for a in range(q):
             VK[k, a] = v[a] + SK[k, a]
-        if k == center:
-            S = S0
-            P[k] = P0
-            dk = d1s
-        elif q == 1:
-            S, P[k], G[k, 0] = node_q1(fam, y, n, eta0, w[0], VK[k, 0], phi, lphi, nd1)
-            dk = nd1
+    Sk, wk = km[2], km[3]
+    laplace = M == 1 and zT[0, 0] == 0.0 and zT[1, 0] == 0.0 and zT[2, 0] == 0.0
+    if laplace:
+        # one node, at the mode (the Laplace approximation): the mode pass has computed it
+        Sk[0] = rowsum(ls)
+        P[0] = rowsum(pls)
+        for a in range(q):
+            G[0, a] = g[a]
+    else:
+        s0, s1, s2 = sr[0], sr[1], sr[2]
+        i00 = 1.0 / L[0, 0]
+        i11 = 1.0 / L[1, 1]
+        l10 = L[1, 0]
+        for i in range(nj):
+            s0[i] = w[0, i] * i00
+            s1[i] = (w[1, i] - l10 * s0[i]) * i11
+        w2 = s2
+        if q == 3:
+            i22 = 1.0 / L[2, 2]
+            l20, l21 = L[2, 0], L[2, 1]
+            for i in range(nj):
+                s2[i] = (w[2, i] - l20 * s0[i] - l21 * s1[i]) * i22
+            w2 = w[2]
         else:
-            w2 = w[2] if q == 3 else w[1]
-            v2 = VK[k, 2] if q == 3 else 0.0
-            S, P[k], g0, g1, g2 = node_q3(fam, y, n, eta0, w[0], w[1], w2, VK[k, 0], VK[k, 1], v2, phi, lphi, nd1)
-            G[k, 0] = g0
-            G[k, 1] = g1
-            if q == 3:
-                G[k, 2] = g2
-            dk = nd1
+            s2[:] = 0.0
+        nodes_rows(fam, y, n, eta, s0, s1, s2, w[0], w[1], w2, zT[0], zT[1], zT[2], Mp, phi, lphi, pow_form, D, Sk,
+                   P, k8[0], k8[1], k8[2], k8[6], k8[7])
+        for k in range(M):
+            for a in range(q):
+                G[k, a] = k8[a, k] - VK[k, a]
+    ref = -np.inf
+    for k in range(M):
         vk2 = 0.0
         for a in range(q):
             vk2 += VK[k, a] * VK[k, a]
-        lw[k] = lwn[k] - 0.5 * vk2 + S
+        lw[k] = lwn[k] - 0.5 * vk2 + Sk[k]
         if not abs(lw[k]) < np.inf:
             return -np.inf, 0.0, False
-        if lw[k] > ref + 30.0:
-            scale = math.exp(ref - lw[k]) if ref > -np.inf else 0.0
-            tot *= scale
-            if want_grad:
-                for i in range(nj):
-                    acc_e[i] *= scale
-                for a in range(q):
-                    for i in range(nj):
-                        acc_o[a, i] *= scale
-            ref = lw[k]
-        wk = math.exp(lw[k] - ref)
-        tot += wk
-        if want_grad:
-            _accumulate(acc_e, acc_o, q, dk, wk, VK[k])
+        ref = max(ref, lw[k])
+    tot = 0.0
+    for k in range(M):
+        wk[k] = math.exp(lw[k] - ref)
+        tot += wk[k]
     logL = -logdet + ref + math.log(tot)
     if not want_grad:
         return logL, 0.0, True
     # --- reverse mode ---
     itot = 1.0 / tot
+    # softmax-weighted sums over the nodes per row: sum_k pi_k l'_ik and sum_k pi_k v_k l'_ik
+    wv0, wv1, wv2 = k8[3], k8[4], k8[5]
+    for k in range(M):
+        wv0[k] = wk[k] * itot * VK[k, 0]
+        wv1[k] = wk[k] * itot * VK[k, 1]
+        wv2[k] = wk[k] * itot * VK[k, 2] if q == 3 else 0.0
+    for k in range(M, Mp):
+        wk[k] = wv0[k] = wv1[k] = wv2[k] = 0.0
+    if laplace:
+        for i in range(nj):
+            acc_e[i] = d1s[i]
+            acc_o[0, i] = wv0[0] * d1s[i]
+            acc_o[1, i] = wv1[0] * d1s[i]
+            acc_o[2, i] = wv2[0] * d1s[i]
+    else:
+        for i in range(nj):
+            Drow = D[i]
+            se = 0.0
+            so0 = 0.0
+            so1 = 0.0
+            so2 = 0.0
+            for k in range(Mp):
+                se += wk[k] * Drow[k]
+                so0 += wv0[k] * Drow[k]
+                so1 += wv1[k] * Drow[k]
+                so2 += wv2[k] * Drow[k]
+            acc_e[i] = se * itot
+            acc_o[0, i] = so0
+            acc_o[1, i] = so1
+            acc_o[2, i] = so2
     av[:] = 0.0
     Lbar[:, :] = 0.0
     dphi = 0.0
     for k in range(M):
-        if k == center:
-            for a in range(q):
-                sg = 0.0
-                for i in range(nj):
-                    sg += d1s[i] * w[a, i]
-                G[k, a] = sg
-        for a in range(q):
-            G[k, a] -= VK[k, a]
-        pk = math.exp(lw[k] - ref) * itot
+        pk = wk[k] * itot
         dphi += pk * P[k]
         for a in range(q):
             av[a] += pk * G[k, a]
@@ -209,7 +229,7 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
             lwr[i] += la * w[a, i]
     for i in range(nj):
         coef = -mrow[i] * d3s[i] + d2s[i] * lwr[i]       # multiplies d eta_i* (eta0 and the w'v* part)
-        acc_e[i] = acc_e[i] * itot + coef
+        acc_e[i] = acc_e[i] + coef
         dphi += -mrow[i] * p2s[i] + lwr[i] * p1s[i]
         ls[i] = coef
     for a in range(q):
@@ -219,7 +239,7 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, nodes, lwn, center, v,
             Hw = 0.0
             for c in range(q):
                 Hw += Hbar[a, c] * w[c, i]
-            gw[a, i] = acc_o[a, i] * itot + ls[i] * va - 2.0 * d2s[i] * Hw + d1s[i] * la
+            gw[a, i] = acc_o[a, i] + ls[i] * va - 2.0 * d2s[i] * Hw + d1s[i] * la
     return logL, dphi, True
 
 
@@ -359,10 +379,17 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     M = 1
     for r in range(rules.shape[0]):
         M = max(M, rules[r, 1] - rules[r, 0])
+    if q > 1:
+        work_s = np.empty(3 * maxn)
+        Mmax = max((M + 3) // 4 * 4, _MIN_VEC)
+        work_d = np.empty(Mmax * maxn)
+        zbuf = np.zeros(3 * Mmax)
+        k8 = np.zeros((8, Mmax))
+        rule_now = -1
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
     kq = np.zeros((3, M, q))
-    km = np.zeros((4, M))
+    km = np.zeros((4, max((M + 3) // 4 * 4, _MIN_VEC)))
     v = np.empty(q)
     lp = np.empty(J)
     modes = np.empty((J, q))
@@ -407,11 +434,23 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                                        work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
                                        A, emax)
         else:
-            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, nodes_j, lwn_j,
-                                    center, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
+            Mj = r1 - r0
+            if Mj > 1:
+                Mj = max(_MIN_VEC, (Mj + 3) // 4 * 4)
+            zT = zbuf[:3 * Mj].reshape((3, Mj))
+            if rule_of[j] != rule_now:          # the rule's nodes transposed (rows contiguous, zeros beyond q)
+                rule_now = rule_of[j]
+                zT[:, :] = 0.0
+                for k in range(r1 - r0):
+                    for a in range(q):
+                        zT[a, k] = nodes_j[k, a]
+            pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
+            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
+                                    pow_form, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
                                     work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
                                     work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],
-                                    work[10 * nj:11 * nj], ge, acc_o, gw, mats, vecs, kq, km)
+                                    work[10 * nj:11 * nj], ge, acc_o, gw, mats, vecs, kq, km, k8,
+                                    work_s[:3 * nj].reshape((3, nj)), work_d[:Mj * nj].reshape((nj, Mj)))
         extra = 0.0
         dextra = 0.0
         if fam == NEGBINOMIAL_LOG:
