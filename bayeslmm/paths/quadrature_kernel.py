@@ -69,15 +69,16 @@ _MIN_VEC = 8
 # --------------------------------------------------------------------------------------------
 @njit(**_NJIT)
 def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
-           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, D):
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, D,
+           zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
     (logL, dphi, ok).
 
     Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
     phi-derivatives of l, dl, d2l
-    (ls, nd1 and npl are reused by the reverse pass); acc_e and acc_o (3, m) the softmax-weighted
-    sums over the nodes. All contiguous, so the row loops
+    (nd1 is reused by the reverse pass); acc_e and acc_o (3, m) the softmax-weighted sums over the
+    nodes; gw is (3, m) and ``zrow`` (m,) zeros (the third term's row when there are two). All contiguous, so the row loops
     vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),
     ``kq`` (3, M, q), ``km`` (4, M), ``k8`` (8, M); and per row ``sr`` (3, m), ``D`` (m, M).
     ``zT`` (3, M) are the standard nodes transposed (zero rows beyond q); ``pow_form`` as in
@@ -203,43 +204,49 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
     for a in range(q):
         Lbar[a, a] -= 1.0 / L[a, a]
     chol_adjoint(L, Lbar, q, Hbar, mats[4], mats[5], vecs[0], vecs[1])
-    # m_i = w_i' Hbar w_i (into nd1); dF/dv* = av - sum_i m_i l'''_i w_i
+    # two fused passes over the rows, written for three terms (zero row / entries for two):
+    # m_i = w_i' Hbar w_i and dF/dv* = av - sum_i m_i l3_i w_i (l3 = l'''); then, with
+    # lambda = H^-1 dF/dv*, the gradient in eta0_i (acc_e) and in w_i (gw)
+    w0, w1 = w[0], w[1]
+    w2 = w[2] if q == 3 else zrow
+    h00, h10, h11 = Hbar[0, 0], Hbar[1, 0], Hbar[1, 1]
+    h20 = Hbar[2, 0] if q == 3 else 0.0
+    h21 = Hbar[2, 1] if q == 3 else 0.0
+    h22 = Hbar[2, 2] if q == 3 else 0.0
     mrow = nd1
-    mrow[:] = 0.0
-    for a in range(q):
-        for c in range(q):
-            hac = Hbar[a, c]
-            for i in range(nj):
-                mrow[i] += hac * w[a, i] * w[c, i]
-    for a in range(q):
-        vbar[a] = av[a]
-    for a in range(q):
-        s = 0.0
-        for i in range(nj):
-            s += mrow[i] * d3s[i] * w[a, i]
-        vbar[a] -= s
+    vb0 = vb1 = vb2 = 0.0
+    for i in range(nj):
+        a0, a1, a2 = w0[i], w1[i], w2[i]
+        m = h00 * a0 * a0 + h11 * a1 * a1 + h22 * a2 * a2 + 2.0 * (h10 * a0 * a1 + h20 * a0 * a2 + h21 * a1 * a2)
+        mrow[i] = m
+        t = m * d3s[i]
+        vb0 += t * a0
+        vb1 += t * a1
+        vb2 += t * a2
+    vbar[0] = av[0] - vb0
+    vbar[1] = av[1] - vb1
+    if q == 3:
+        vbar[2] = av[2] - vb2
     solve_lower(L, q, vbar, zk)
     solve_upper_t(L, q, zk, lam)
-    # lambda' w_i (into npl)
-    lwr = npl
-    lwr[:] = 0.0
-    for a in range(q):
-        la = lam[a]
-        for i in range(nj):
-            lwr[i] += la * w[a, i]
+    l0, l1 = lam[0], lam[1]
+    l2 = lam[2] if q == 3 else 0.0
+    v0_, v1_ = v[0], v[1]
+    v2_ = v[2] if q == 3 else 0.0
+    o0, o1, o2 = acc_o[0], acc_o[1], acc_o[2]
+    g0, g1, g2 = gw[0], gw[1], gw[2]
     for i in range(nj):
-        coef = -mrow[i] * d3s[i] + d2s[i] * lwr[i]       # multiplies d eta_i* (eta0 and the w'v* part)
-        acc_e[i] = acc_e[i] + coef
-        dphi += -mrow[i] * p2s[i] + lwr[i] * p1s[i]
-        ls[i] = coef
-    for a in range(q):
-        va = v[a]
-        la = lam[a]
-        for i in range(nj):
-            Hw = 0.0
-            for c in range(q):
-                Hw += Hbar[a, c] * w[c, i]
-            gw[a, i] = acc_o[a, i] + ls[i] * va - 2.0 * d2s[i] * Hw + d1s[i] * la
+        a0, a1, a2 = w0[i], w1[i], w2[i]
+        m = mrow[i]
+        lwi = l0 * a0 + l1 * a1 + l2 * a2
+        coef = -m * d3s[i] + d2s[i] * lwi               # multiplies d eta_i* (eta0 and the w'v* part)
+        acc_e[i] += coef
+        dphi += -m * p2s[i] + lwi * p1s[i]
+        c2 = -2.0 * d2s[i]
+        dd = d1s[i]
+        g0[i] = o0[i] + coef * v0_ + c2 * (h00 * a0 + h10 * a1 + h20 * a2) + dd * l0
+        g1[i] = o1[i] + coef * v1_ + c2 * (h10 * a0 + h11 * a1 + h21 * a2) + dd * l1
+        g2[i] = o2[i] + coef * v2_ + c2 * (h20 * a0 + h21 * a1 + h22 * a2) + dd * l2
     return logL, dphi, True
 
 
@@ -333,6 +340,44 @@ def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
     return logL, dphi, True
 
 
+@njit(**_NJIT)
+def _tbar(Zt, s0, gw, q, wj, Tbar):
+    """Tbar[m, a] += wj sum_i z_im dF/dw_ia over one group's rows (q = 2, 3; gw has 3 rows), one pass."""
+    t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = 0.0
+    g0, g1, g2 = gw[0], gw[1], gw[2]
+    z0, z1 = Zt[0], Zt[1]
+    if q == 2:
+        for i in range(gw.shape[1]):
+            a, b_ = z0[s0 + i], z1[s0 + i]
+            t00 += a * g0[i]
+            t01 += a * g1[i]
+            t10 += b_ * g0[i]
+            t11 += b_ * g1[i]
+    else:
+        z2 = Zt[2]
+        for i in range(gw.shape[1]):
+            a, b_, c = z0[s0 + i], z1[s0 + i], z2[s0 + i]
+            t00 += a * g0[i]
+            t01 += a * g1[i]
+            t02 += a * g2[i]
+            t10 += b_ * g0[i]
+            t11 += b_ * g1[i]
+            t12 += b_ * g2[i]
+            t20 += c * g0[i]
+            t21 += c * g1[i]
+            t22 += c * g2[i]
+    Tbar[0, 0] += wj * t00
+    Tbar[0, 1] += wj * t01
+    Tbar[1, 0] += wj * t10
+    Tbar[1, 1] += wj * t11
+    if q == 3:
+        Tbar[0, 2] += wj * t02
+        Tbar[1, 2] += wj * t12
+        Tbar[2, 0] += wj * t20
+        Tbar[2, 1] += wj * t21
+        Tbar[2, 2] += wj * t22
+
+
 # --------------------------------------------------------------------------------------------
 # All groups
 # --------------------------------------------------------------------------------------------
@@ -381,6 +426,8 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         M = max(M, rules[r, 1] - rules[r, 0])
     if q > 1:
         work_s = np.empty(3 * maxn)
+        work_g = np.empty(3 * maxn)
+        zrow = np.zeros(maxn)
         Mmax = max((M + 3) // 4 * 4, _MIN_VEC)
         work_d = np.empty(Mmax * maxn)
         zbuf = np.zeros(3 * Mmax)
@@ -445,12 +492,15 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                     for a in range(q):
                         zT[a, k] = nodes_j[k, a]
             pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
+            gw3 = work_g[:3 * nj].reshape((3, nj))
+            gw = gw3
             logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
                                     pow_form, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
                                     work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
                                     work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],
-                                    work[10 * nj:11 * nj], ge, acc_o, gw, mats, vecs, kq, km, k8,
-                                    work_s[:3 * nj].reshape((3, nj)), work_d[:Mj * nj].reshape((nj, Mj)))
+                                    work[10 * nj:11 * nj], ge, acc_o, gw3, mats, vecs, kq, km, k8,
+                                    work_s[:3 * nj].reshape((3, nj)), work_d[:Mj * nj].reshape((nj, Mj)),
+                                    zrow[:nj])
         extra = 0.0
         dextra = 0.0
         if fam == NEGBINOMIAL_LOG:
@@ -470,12 +520,13 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
             for i in range(nj):
                 s += ge[i] * Xt[k, s0 + i]
             gb[k] += wj * s
-        for m in range(q):
-            for a in range(q):
-                s = 0.0
-                for i in range(nj):
-                    s += Zt[m, s0 + i] * gw[a, i]
-                Tbar[m, a] += wj * s
+        if q == 1:
+            s = 0.0
+            for i in range(nj):
+                s += Zt[0, s0 + i] * gw[0, i]
+            Tbar[0, 0] += wj * s
+        else:
+            _tbar(Zt, s0, gw, q, wj, Tbar)
     gsd = np.zeros(q)
     gC = np.zeros((q, q))
     if want_grad:
