@@ -421,7 +421,7 @@ def _nodes_logit_pow(y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, D, Sk, G0,
 
 @njit(**LOOP_JIT)
 def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, phi, lphi, pow_form, D, Sk, Pk, G0, G1, G2,
-               Pr, Ex):
+               Pr, Ex, reset=True):
     """All M nodes of one group in one pass over its rows, the nodes innermost (so they vectorise).
 
     Node k's linear predictor is eta_ik = es_i + s_i'z_k (es the linear predictor at the mode,
@@ -429,15 +429,16 @@ def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, phi, lphi, 
     Sk[k] = sum_i l_ik, Pk[k] = sum_i dl_ik/dphi, G.[k] = sum_i l'_ik w_i, D[i, k] = l'_ik.
     ``pow_form`` (binomial-logit rows whose trials pass :func:`small_trials`) takes the
     log(1 + e^eta) of all rows of a node as one logarithm of a product; Pr and Ex (M,) are its
-    scratch.
+    scratch. ``reset=False`` adds to Sk, Pk and G instead (rows taken in chunks).
     """
     m = es.shape[0]
-    for k in range(M):
-        Sk[k] = 0.0
-        Pk[k] = 0.0
-        G0[k] = 0.0
-        G1[k] = 0.0
-        G2[k] = 0.0
+    if reset:
+        for k in range(M):
+            Sk[k] = 0.0
+            Pk[k] = 0.0
+            G0[k] = 0.0
+            G1[k] = 0.0
+            G2[k] = 0.0
     if fam == BINOMIAL_LOGIT and pow_form:
         for k in range(M):
             Ex[k] = 0.0

@@ -62,6 +62,8 @@ _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", 
 # the node pass's loop over the nodes vectorises from 8 nodes on (4 lanes, unrolled twice); a rule
 # with 2-7 nodes is padded with zero-weight nodes to 8, which is faster than its scalar loop
 _MIN_VEC = 8
+# the most numbers the node pass keeps per group at once (rows x nodes of l'): 8 MB
+_D_CAP = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ _MIN_VEC = 8
 # --------------------------------------------------------------------------------------------
 @njit(**_NJIT)
 def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
-           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, D,
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf,
            zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
@@ -80,7 +82,8 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
     (nd1 is reused by the reverse pass); acc_e and acc_o (3, m) the softmax-weighted sums over the
     nodes; gw is (3, m) and ``zrow`` (m,) zeros (the third term's row when there are two). All contiguous, so the row loops
     vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),
-    ``kq`` (3, M, q), ``km`` (4, M), ``k8`` (8, M); and per row ``sr`` (3, m), ``D`` (m, M).
+    ``kq`` (3, M, q), ``km`` (4, M), ``k8`` (13, M); and per row ``sr`` (3, m); ``dbuf`` the node pass's
+    row x node scratch (at most _D_CAP numbers: rows are taken in chunks).
     ``zT`` (3, M) are the standard nodes transposed (zero rows beyond q); ``pow_form`` as in
     :func:`~bayeslmm.paths.quadrature_fused.nodes_rows`.
     """
@@ -135,8 +138,16 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
             w2 = w[2]
         else:
             s2[:] = 0.0
-        nodes_rows(fam, y, n, eta, s0, s1, s2, w[0], w[1], w2, zT[0], zT[1], zT[2], Mp, phi, lphi, pow_form, D, Sk,
-                   P, k8[0], k8[1], k8[2], k8[6], k8[7])
+        for k in range(Mp):
+            Sk[k] = P[k] = k8[0, k] = k8[1, k] = k8[2, k] = 0.0
+        # rows in chunks of ch, so that their derivatives at the nodes (D) stay within _D_CAP
+        # numbers; a group with more rows is passed twice (again for the gradient, below)
+        ch = max(8, _D_CAP // Mp)
+        for c0 in range(0, nj, ch):
+            c1 = min(nj, c0 + ch)
+            nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
+                       w[1, c0:c1], w2[c0:c1], zT[0], zT[1], zT[2], Mp, phi, lphi, pow_form,
+                       dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp)), Sk, P, k8[0], k8[1], k8[2], k8[6], k8[7], False)
         for k in range(M):
             for a in range(q):
                 G[k, a] = k8[a, k] - VK[k, a]
@@ -173,21 +184,31 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
             acc_o[1, i] = wv1[0] * d1s[i]
             acc_o[2, i] = wv2[0] * d1s[i]
     else:
-        for i in range(nj):
-            Drow = D[i]
-            se = 0.0
-            so0 = 0.0
-            so1 = 0.0
-            so2 = 0.0
-            for k in range(Mp):
-                se += wk[k] * Drow[k]
-                so0 += wv0[k] * Drow[k]
-                so1 += wv1[k] * Drow[k]
-                so2 += wv2[k] * Drow[k]
-            acc_e[i] = se * itot
-            acc_o[0, i] = so0
-            acc_o[1, i] = so1
-            acc_o[2, i] = so2
+        ch = max(8, _D_CAP // Mp)
+        for c0 in range(0, nj, ch):
+            c1 = min(nj, c0 + ch)
+            D = dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp))
+            if nj > ch:                  # this chunk's derivatives again (the sums go to scratch)
+                s0, s1, s2 = sr[0], sr[1], sr[2]
+                w2 = w[2] if q == 3 else s2
+                nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
+                           w[1, c0:c1], w2[c0:c1], zT[0], zT[1], zT[2], Mp, phi, lphi, pow_form, D, k8[8], k8[9],
+                           k8[10], k8[11], k8[12], k8[6], k8[7])
+            for i in range(c0, c1):
+                Drow = D[i - c0]
+                se = 0.0
+                so0 = 0.0
+                so1 = 0.0
+                so2 = 0.0
+                for k in range(Mp):
+                    se += wk[k] * Drow[k]
+                    so0 += wv0[k] * Drow[k]
+                    so1 += wv1[k] * Drow[k]
+                    so2 += wv2[k] * Drow[k]
+                acc_e[i] = se * itot
+                acc_o[0, i] = so0
+                acc_o[1, i] = so1
+                acc_o[2, i] = so2
     av[:] = 0.0
     Lbar[:, :] = 0.0
     dphi = 0.0
@@ -429,9 +450,9 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         work_g = np.empty(3 * maxn)
         zrow = np.zeros(maxn)
         Mmax = max((M + 3) // 4 * 4, _MIN_VEC)
-        work_d = np.empty(Mmax * maxn)
+        work_d = np.empty(min(Mmax * maxn, max(_D_CAP, 8 * Mmax)))
         zbuf = np.zeros(3 * Mmax)
-        k8 = np.zeros((8, Mmax))
+        k8 = np.zeros((13, Mmax))
         rule_now = -1
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
@@ -499,7 +520,7 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                                     work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
                                     work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],
                                     work[10 * nj:11 * nj], ge, acc_o, gw3, mats, vecs, kq, km, k8,
-                                    work_s[:3 * nj].reshape((3, nj)), work_d[:Mj * nj].reshape((nj, Mj)),
+                                    work_s[:3 * nj].reshape((3, nj)), work_d,
                                     zrow[:nj])
         extra = 0.0
         dextra = 0.0
