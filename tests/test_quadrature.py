@@ -687,17 +687,19 @@ def test_fast_exp_log_and_probit_tails_match_scipy():
 
 
 @pytest.mark.parametrize("family,link", FAMILIES)
-def test_extreme_linear_predictors_stay_exact(family, link):
+@pytest.mark.parametrize("q", [1, 2])
+def test_extreme_linear_predictors_stay_exact(family, link, q):
     """Offsets of +-40 (probabilities within e^-40 of 0 or 1, Poisson means e^+-10): at sd = 0 the
-    kernel equals scipy's log-density exactly, and with sd > 0 the value and gradient are finite."""
-    data, b = make_design(family, link, 1, [4, 4, 4], 0.5, seed=90, extremes=False)
+    kernel equals scipy's log-density exactly, and with sd > 0 the value and gradient are finite
+    (one term, and two through the node pass of all nodes at once)."""
+    data, b = make_design(family, link, q, [4, 4, 4], [0.5] * q, seed=90, extremes=False)
     scale = 10.0 if family in ("poisson", "negbinomial") else 40.0
     off = np.where(np.arange(len(data.y)) % 2 == 0, scale, -scale)
     ext = Q.QuadratureData(data.family, data.link, data.code, data.y, data.trials, off, data.Xt, data.Zt,
                            data.starts, data.row_of, data.const)
     ref = np.array([row_logpmf(ext, j, group_parts(ext, j, b)[0]) for j in range(ext.n_groups)])
-    np.testing.assert_allclose(Q.group_loglik(ext, b, np.zeros(1), None, PHI), ref, rtol=1e-12)
-    out = Q.group_loglik_grad(ext, b, np.array([0.7]), None, PHI)
+    np.testing.assert_allclose(Q.group_loglik(ext, b, np.zeros(q), None, PHI), ref, rtol=1e-12)
+    out = Q.group_loglik_grad(ext, b, np.full(q, 0.7), None, PHI)
     assert all(np.all(np.isfinite(out[k])) for k in ("logl", "b", "sd", "Cc", "phi"))
 
 
