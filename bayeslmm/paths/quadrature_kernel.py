@@ -71,19 +71,18 @@ _D_CAP = 1 << 20
 # --------------------------------------------------------------------------------------------
 @njit(**_NJIT)
 def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
-           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, npl, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf,
-           zrow):
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf, zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
     (logL, dphi, ok).
 
     Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
-    phi-derivatives of l, dl, d2l
-    (nd1 is reused by the reverse pass); acc_e and acc_o (3, m) the softmax-weighted sums over the
-    nodes; gw is (3, m) and ``zrow`` (m,) zeros (the third term's row when there are two). All contiguous, so the row loops
-    vectorise. Small scratch (allocated once per call): ``mats`` (7, q, q), ``vecs`` (12, q),
-    ``kq`` (3, M, q), ``km`` (4, M), ``k8`` (13, M); and per row ``sr`` (3, m); ``dbuf`` the node pass's
-    row x node scratch (at most _D_CAP numbers: rows are taken in chunks).
+    phi-derivatives of l, dl, d2l (nd1 is reused by the reverse pass); acc_e and acc_o (3, m) the
+    softmax-weighted sums over the nodes; gw is (3, m) and ``zrow`` (m,) zeros (the third term's
+    row when there are two). All contiguous, so the row loops vectorise. Small scratch (allocated
+    once per call): ``mats`` (7, q, q), ``vecs`` (12, q), ``kq`` (3, M, q), ``km`` (4, M), ``k8``
+    (13, M); per row ``sr`` (3, m); ``dbuf`` the node pass's row x node scratch (at most _D_CAP
+    numbers: rows are taken in chunks).
     ``zT`` (3, M) are the standard nodes transposed (zero rows beyond q); ``pow_form`` as in
     :func:`~bayeslmm.paths.quadrature_fused.nodes_rows`.
     """
@@ -513,14 +512,12 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                     for a in range(q):
                         zT[a, k] = nodes_j[k, a]
             pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
-            gw3 = work_g[:3 * nj].reshape((3, nj))
-            gw = gw3
+            gw = work_g[:3 * nj].reshape((3, nj))
             logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
                                     pow_form, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
                                     work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
-                                    work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj],
-                                    work[10 * nj:11 * nj], ge, acc_o, gw3, mats, vecs, kq, km, k8,
-                                    work_s[:3 * nj].reshape((3, nj)), work_d,
+                                    work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj], ge, acc_o,
+                                    gw, mats, vecs, kq, km, k8, work_s[:3 * nj].reshape((3, nj)), work_d,
                                     zrow[:nj])
         extra = 0.0
         dextra = 0.0
