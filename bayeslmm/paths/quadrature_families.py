@@ -226,37 +226,6 @@ def fam_newton(fam, y, n, eta, phi, lphi, d1, d2):
 
 
 @njit(**LOOP_JIT)
-def fam_node(fam, y, n, eta, phi, lphi, l, d1, pl):
-    """l, l' and dl/dphi of every row (what a quadrature node needs)."""
-    m = eta.shape[0]
-    if fam == BINOMIAL_LOGIT:
-        for i in range(m):
-            lp, p, q = logistic(eta[i])
-            l[i] = y[i] * eta[i] - n[i] * lp
-            d1[i] = y[i] * q - (n[i] - y[i]) * p
-            pl[i] = 0.0
-    elif fam == POISSON_LOG:
-        for i in range(m):
-            mu = vexp(eta[i])
-            l[i] = y[i] * eta[i] - mu
-            d1[i] = y[i] - mu
-            pl[i] = 0.0
-    elif fam == NEGBINOMIAL_LOG:
-        for i in range(m):
-            lp, s, sc = logistic(eta[i] - lphi)
-            a = y[i] + phi
-            l[i] = y[i] * eta[i] - a * lp
-            d1[i] = y[i] * sc - phi * s
-            pl[i] = -lp + a * s / phi
-    else:
-        for i in range(m):
-            a0, a1, _, _ = probit_row(y[i], n[i], eta[i])
-            l[i] = a0
-            d1[i] = a1
-            pl[i] = 0.0
-
-
-@njit(**LOOP_JIT)
 def fam_mode(fam, y, n, eta, phi, lphi, l, d1, d2, d3, pl, p1, p2):
     """l, l', l'', l''', and the phi-derivatives of l, l', l'' of every row (at the mode)."""
     m = eta.shape[0]

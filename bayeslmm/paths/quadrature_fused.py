@@ -365,7 +365,6 @@ POW_MAX_TRIALS = 15
 #: rows between two renormalisations of the product form's running products: at most
 #: POW_MAX_TRIALS factors of 1 + e <= 2 a row, so 64 rows stay below 2^960
 _POW_BLOCK = 64
-_LN2 = math.log(2.0)
 
 
 @njit(**LOOP_JIT)
