@@ -359,6 +359,44 @@ def test_value_does_not_depend_on_newton_start():
         np.testing.assert_allclose(other["b"], base["b"], rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("family,link", FAMILIES)
+@pytest.mark.parametrize("q", [2, 3])
+def test_lockstep_modes_equal_each_groups_newton(family, link, q):
+    """The small groups' modes found in lockstep (quadrature_lockstep) against find_mode run on each
+    group alone from the same start: the same iteration per lane, so equal to rounding (< 1e-10;
+    the sums run in another order). Sizes 1..64 take the lockstep, 0 and 65+ are left alone (ok
+    stays False), and the kernel's modes equal the per-group ones too."""
+    from bayeslmm.paths.quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
+    from bayeslmm.paths.quadrature_mode import find_mode
+    rng = np.random.default_rng(40 + q)
+    sizes = [1, 2, 3, 5, 8, 13, 20, 21, 0, 40, 64, 65, 90, 7, 7, 1]
+    data, b = make_design(family, link, q, sizes, np.full(q, 1.1), seed=q + 3)
+    sd, Cc = rng.uniform(0.4, 1.5, size=q), random_corr_chol(q, rng)
+    J, phi = data.n_groups, PHI if family == "negbinomial" else 1.0
+    lphi = np.log(phi) if family == "negbinomial" else 0.0
+    T = sd[:, None] * Cc
+    eta0 = data.offset + b @ data.Xt
+    w = np.ascontiguousarray(T.T @ data.Zt)
+    start = rng.normal(scale=2.0, size=(J, q))
+    modes, ok = np.full((J, q), 7.0), np.zeros(J, dtype=np.bool_)
+    lockstep_modes(data.code, q, data.y, data.trials, eta0, w, phi, lphi,
+                   lockstep_plan(data.starts, LOCKSTEP_MAX_ROWS), start, modes, ok)
+    small = (np.diff(data.starts) >= 1) & (np.diff(data.starts) <= LOCKSTEP_MAX_ROWS)
+    np.testing.assert_array_equal(ok, small)
+    np.testing.assert_array_equal(modes[~small], 7.0)
+    for j in np.flatnonzero(small):
+        s0, s1 = data.starts[j], data.starts[j + 1]
+        v = start[j].copy()
+        m = s1 - s0
+        assert find_mode(data.code, data.y[s0:s1], data.trials[s0:s1], eta0[s0:s1], np.ascontiguousarray(w[:, s0:s1]),
+                         q, v, phi, lphi, np.zeros((q, q)), np.zeros((q, q)), np.empty(m), np.empty(m), np.empty(m),
+                         np.zeros((3, q, q)), np.zeros((12, q)))
+        np.testing.assert_allclose(modes[j], v, rtol=0, atol=1e-10)
+        start[j] = v
+    kernel_modes = Q.group_loglik_grad(data, b, sd, Cc, phi, n_nodes=3)["modes"]
+    np.testing.assert_allclose(kernel_modes[small], start[small], rtol=0, atol=1e-10)
+
+
 # --------------------------------------------------------------------------------------------
 # The gradient against finite differences
 # --------------------------------------------------------------------------------------------

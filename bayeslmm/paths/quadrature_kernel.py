@@ -53,6 +53,7 @@ from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 from .quadrature_families import njit, fam_mode, nb_phi_part
 from .quadrature_fused import (exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, nodes_rows,
                                small_trials, unit_rows)
+from .quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
 from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred,
                               rowsum, solve_lower, solve_upper_t)
 
@@ -70,10 +71,11 @@ _D_CAP = 1 << 20
 # One group
 # --------------------------------------------------------------------------------------------
 @njit(**_NJIT)
-def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
+def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
            eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf, zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
-    and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. Returns
+    and d/d phi. ``v`` holds the Newton start on entry (or the mode, if ``have_mode``: found by
+    :func:`~bayeslmm.paths.quadrature_lockstep.lockstep_modes`) and the mode on exit. Returns
     (logL, dphi, ok).
 
     Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
@@ -93,7 +95,7 @@ def _group(want_grad, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
     g, zk, av, h, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[8], vecs[9], vecs[10]
     G, VK, SK = kq[0], kq[1], kq[2]           # SK_k = L^-T z_k
     P, lw = km[0], km[1]
-    if not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
+    if not have_mode and not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
         return -np.inf, 0.0, False
     # the mode pass: everything the gradient needs at v*
     linpred(eta0, w, v, eta)
@@ -445,6 +447,29 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     for r in range(rules.shape[0]):
         M = max(M, rules[r, 1] - rules[r, 0])
     if q > 1:
+        # every row's linear predictor without the group effects and w_i = T'z_i, in long loops,
+        # then the modes of the small groups in lockstep (quadrature_lockstep)
+        n_all = Xt.shape[1]
+        eta0_all = np.empty(n_all)
+        for i in range(n_all):
+            eta0_all[i] = offset[i]
+        for k in range(p):
+            bk = b[k]
+            xk = Xt[k]
+            for i in range(n_all):
+                eta0_all[i] += xk[i] * bk
+        w_all = np.zeros((q, n_all))
+        for a in range(q):
+            wa = w_all[a]
+            for m in range(q):
+                t = T[m, a]
+                zm = Zt[m]
+                for i in range(n_all):
+                    wa[i] += t * zm[i]
+        lmodes = np.zeros((J, q))
+        mode_ok = np.zeros(J, dtype=np.bool_)
+        lockstep_modes(fam, q, y, trials, eta0_all, w_all, ph, lphi, lockstep_plan(starts, LOCKSTEP_MAX_ROWS), v0,
+                       lmodes, mode_ok)
         work_s = np.empty(3 * maxn)
         work_g = np.empty(3 * maxn)
         zrow = np.zeros(maxn)
@@ -476,21 +501,23 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         w = work_q[0:q * nj].reshape((q, nj))
         gw = work_q[q * nj:2 * q * nj].reshape((q, nj))
         acc_o = work_o[:3 * nj].reshape((3, nj))
-        for i in range(nj):
-            eta0[i] = offset[s0 + i]
-        for k in range(p):
-            bk = b[k]
+        if q == 1:
             for i in range(nj):
-                eta0[i] += Xt[k, s0 + i] * bk
-        for a in range(q):
-            for i in range(nj):
-                w[a, i] = 0.0
-            for m in range(q):
-                t = T[m, a]
+                eta0[i] = offset[s0 + i]
+            for k in range(p):
+                bk = b[k]
                 for i in range(nj):
-                    w[a, i] += t * Zt[m, s0 + i]
+                    eta0[i] += Xt[k, s0 + i] * bk
+            for i in range(nj):
+                w[0, i] = T[0, 0] * Zt[0, s0 + i]
+        else:
+            for i in range(nj):
+                eta0[i] = eta0_all[s0 + i]
+            for a in range(q):
+                for i in range(nj):
+                    w[a, i] = w_all[a, s0 + i]
         for a in range(q):
-            v[a] = v0[j, a]
+            v[a] = v0[j, a] if q == 1 or not mode_ok[j] else lmodes[j, a]
         if q == 1:
             A = work[nj:2 * nj]
             emax = np.inf
@@ -513,7 +540,7 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                         zT[a, k] = nodes_j[k, a]
             pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
             gw = work_g[:3 * nj].reshape((3, nj))
-            logL, dphi, ok = _group(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
+            logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
                                     pow_form, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
                                     work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
                                     work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj], ge, acc_o,
