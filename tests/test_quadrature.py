@@ -364,10 +364,12 @@ def test_value_does_not_depend_on_newton_start():
 def test_lockstep_modes_equal_each_groups_newton(family, link, q):
     """The small groups' modes found in lockstep (quadrature_lockstep) against find_mode run on each
     group alone from the same start: the same iteration per lane, so equal to rounding (< 1e-10;
-    the sums run in another order). Sizes 1..64 take the lockstep, 0 and 65+ are left alone (ok
-    stays False), and the kernel's modes equal the per-group ones too."""
+    the sums run in another order), and so are the mode pass's rows, gradient and -Hessian. Sizes
+    1..64 take the lockstep, 0 and 65+ are left alone (ok stays False), and the kernel's modes equal
+    the per-group ones too."""
     from bayeslmm.paths.quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
-    from bayeslmm.paths.quadrature_mode import find_mode
+    from bayeslmm.paths.quadrature_families import fam_mode
+    from bayeslmm.paths.quadrature_mode import find_mode, grad_hess
     rng = np.random.default_rng(40 + q)
     sizes = [1, 2, 3, 5, 8, 13, 20, 21, 0, 40, 64, 65, 90, 7, 7, 1]
     data, b = make_design(family, link, q, sizes, np.full(q, 1.1), seed=q + 3)
@@ -379,8 +381,9 @@ def test_lockstep_modes_equal_each_groups_newton(family, link, q):
     w = np.ascontiguousarray(T.T @ data.Zt)
     start = rng.normal(scale=2.0, size=(J, q))
     modes, ok = np.full((J, q), 7.0), np.zeros(J, dtype=np.bool_)
+    rows, gh = np.full((8, len(data.y)), np.nan), np.full((J, 9), np.nan)
     lockstep_modes(data.code, q, data.y, data.trials, eta0, w, phi, lphi,
-                   lockstep_plan(data.starts, LOCKSTEP_MAX_ROWS), start, modes, ok)
+                   lockstep_plan(data.starts, LOCKSTEP_MAX_ROWS), start, modes, ok, rows, gh)
     small = (np.diff(data.starts) >= 1) & (np.diff(data.starts) <= LOCKSTEP_MAX_ROWS)
     np.testing.assert_array_equal(ok, small)
     np.testing.assert_array_equal(modes[~small], 7.0)
@@ -393,6 +396,16 @@ def test_lockstep_modes_equal_each_groups_newton(family, link, q):
                          np.zeros((3, q, q)), np.zeros((12, q)))
         np.testing.assert_allclose(modes[j], v, rtol=0, atol=1e-10)
         start[j] = v
+        # the mode pass: the rows' eta, l, l', l'', l''' and phi-derivatives, g and H at the mode
+        ref = [data.offset[s0:s1] + b @ data.Xt[:, s0:s1] + v @ w[:, s0:s1]] + [np.empty(m) for _ in range(7)]
+        fam_mode(data.code, data.y[s0:s1], data.trials[s0:s1], ref[0], phi, lphi, *ref[1:])
+        np.testing.assert_allclose(rows[:, s0:s1], np.array(ref), rtol=1e-9, atol=1e-12)
+        g, H = np.empty(q), np.empty((q, q))
+        grad_hess(ref[2], ref[3], np.ascontiguousarray(w[:, s0:s1]), v, q, g, H)
+        np.testing.assert_allclose(gh[j, :q], g, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(gh[j, [3, 4, 5, 6, 7, 8][:3 if q == 2 else 6]],
+                                   H[np.tril_indices(q)] if q == 2 else H[[0, 1, 1, 2, 2, 2], [0, 0, 1, 0, 1, 2]],
+                                   rtol=1e-12, atol=1e-10)
     kernel_modes = Q.group_loglik_grad(data, b, sd, Cc, phi, n_nodes=3)["modes"]
     np.testing.assert_allclose(kernel_modes[small], start[small], rtol=0, atol=1e-10)
 

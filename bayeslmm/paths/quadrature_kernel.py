@@ -74,9 +74,10 @@ _D_CAP = 1 << 20
 def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
            eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf, zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
-    and d/d phi. ``v`` holds the Newton start on entry (or the mode, if ``have_mode``: found by
-    :func:`~bayeslmm.paths.quadrature_lockstep.lockstep_modes`) and the mode on exit. Returns
-    (logL, dphi, ok).
+    and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. With ``have_mode``,
+    :func:`~bayeslmm.paths.quadrature_lockstep.lockstep_modes` has found the mode (in ``v``) and
+    done the mode pass: eta ... p2s hold its rows, mats[0] and vecs[5] the -Hessian and gradient.
+    Returns (logL, dphi, ok).
 
     Scratch (m,) arrays: eta; at the mode l and its first three derivatives in eta, and the
     phi-derivatives of l, dl, d2l (nd1 is reused by the reverse pass); acc_e and acc_o (3, m) the
@@ -95,12 +96,13 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     g, zk, av, h, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[8], vecs[9], vecs[10]
     G, VK, SK = kq[0], kq[1], kq[2]           # SK_k = L^-T z_k
     P, lw = km[0], km[1]
-    if not have_mode and not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
-        return -np.inf, 0.0, False
-    # the mode pass: everything the gradient needs at v*
-    linpred(eta0, w, v, eta)
-    fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
-    grad_hess(d1s, d2s, w, v, q, g, H)
+    if not have_mode:
+        if not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
+            return -np.inf, 0.0, False
+        # the mode pass: everything the gradient needs at v*
+        linpred(eta0, w, v, eta)
+        fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
+        grad_hess(d1s, d2s, w, v, q, g, H)
     if not chol(H, q, L):
         return -np.inf, 0.0, False
     logdet = 0.0
@@ -468,8 +470,10 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                     wa[i] += t * zm[i]
         lmodes = np.zeros((J, q))
         mode_ok = np.zeros(J, dtype=np.bool_)
+        rows_all = np.empty((8, n_all))
+        gh = np.empty((J, 9))
         lockstep_modes(fam, q, y, trials, eta0_all, w_all, ph, lphi, lockstep_plan(starts, LOCKSTEP_MAX_ROWS), v0,
-                       lmodes, mode_ok)
+                       lmodes, mode_ok, rows_all, gh)
         work_s = np.empty(3 * maxn)
         work_g = np.empty(3 * maxn)
         zrow = np.zeros(maxn)
@@ -540,12 +544,26 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
                         zT[a, k] = nodes_j[k, a]
             pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
             gw = work_g[:3 * nj].reshape((3, nj))
+            if mode_ok[j]:          # the mode pass done in lockstep: its rows, gradient and -Hessian
+                r8 = (rows_all[0, s0:s1], rows_all[1, s0:s1], rows_all[2, s0:s1], rows_all[3, s0:s1],
+                      rows_all[4, s0:s1], rows_all[5, s0:s1], rows_all[6, s0:s1], rows_all[7, s0:s1])
+                Hj = mats[0]
+                for a in range(q):
+                    vecs[5, a] = gh[j, a]
+                Hj[0, 0] = gh[j, 3]
+                Hj[1, 0] = Hj[0, 1] = gh[j, 4]
+                Hj[1, 1] = gh[j, 5]
+                if q == 3:
+                    Hj[2, 0] = Hj[0, 2] = gh[j, 6]
+                    Hj[2, 1] = Hj[1, 2] = gh[j, 7]
+                    Hj[2, 2] = gh[j, 8]
+            else:
+                r8 = (work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
+                      work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj])
             logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
-                                    pow_form, v, work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj],
-                                    work[4 * nj:5 * nj], work[5 * nj:6 * nj], work[6 * nj:7 * nj],
-                                    work[7 * nj:8 * nj], work[8 * nj:9 * nj], work[9 * nj:10 * nj], ge, acc_o,
-                                    gw, mats, vecs, kq, km, k8, work_s[:3 * nj].reshape((3, nj)), work_d,
-                                    zrow[:nj])
+                                    pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
+                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, kq, km, k8,
+                                    work_s[:3 * nj].reshape((3, nj)), work_d, zrow[:nj])
         extra = 0.0
         dextra = 0.0
         if fam == NEGBINOMIAL_LOG:

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .quadrature_families import njit, fam_newton
+from .quadrature_families import njit, fam_mode, fam_newton
 from .quadrature_mode import MAX_NEWTON, NEWTON_TOL
 
 __all__ = ["LOCKSTEP_MAX_ROWS", "lockstep_plan", "lockstep_modes"]
@@ -79,14 +79,11 @@ def lockstep_plan(starts, max_rows):
 
 
 @njit(**_NJIT)
-def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
-    """acc[0:3] = sum_i l'_i w_i and acc[3:9] = sum_i l''_i w_i w_i' (00, 10, 11, 20, 21, 22) per
-    lane, at v = vn (3, L)."""
-    R = cnt.shape[0]
-    nl = vn.shape[1]
+def _eta_lanes(q, E0, W, cnt, off, vn, ETA):
+    """ETA = E0 + W'vn, each rank-major row at its lane's point vn (3, L)."""
     v0, v1, v2 = vn[0], vn[1], vn[2]
     W0, W1, W2 = W[0], W[1], W[2]
-    for r in range(R):
+    for r in range(cnt.shape[0]):
         c = cnt[r]
         o = off[r]
         e = ETA[o:o + c]
@@ -100,13 +97,18 @@ def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
         else:
             for l in range(c):
                 e[l] = e0[l] + a0[l] * v0[l] + a1[l] * v1[l]
-    fam_newton(fam, Y, N, ETA, phi, lphi, D1, D2)
+
+
+@njit(**_NJIT)
+def _sums_lanes(q, W, cnt, off, D1, D2, acc):
+    """acc[0:3] = sum_i l'_i w_i and acc[3:9] = sum_i l''_i w_i w_i' (00, 10, 11, 20, 21, 22) per lane."""
     for k in range(9):
-        for l in range(nl):
+        for l in range(acc.shape[1]):
             acc[k, l] = 0.0
+    W0, W1, W2 = W[0], W[1], W[2]
     g0, g1, g2 = acc[0], acc[1], acc[2]
     h00, h10, h11, h20, h21, h22 = acc[3], acc[4], acc[5], acc[6], acc[7], acc[8]
-    for r in range(R):
+    for r in range(cnt.shape[0]):
         c = cnt[r]
         o = off[r]
         d1 = D1[o:o + c]
@@ -136,6 +138,14 @@ def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
                 h00[l] += t0 * a0[l]
                 h10[l] += t1 * a0[l]
                 h11[l] += t1 * a1[l]
+
+
+@njit(**_NJIT)
+def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
+    """The sums of :func:`_sums_lanes` at the lanes' points vn (3, L): one Newton evaluation."""
+    _eta_lanes(q, E0, W, cnt, off, vn, ETA)
+    fam_newton(fam, Y, N, ETA, phi, lphi, D1, D2)
+    _sums_lanes(q, W, cnt, off, D1, D2, acc)
 
 
 @njit(**_NJIT)
@@ -183,13 +193,17 @@ def _solve(H, g, st):
 
 
 @njit(**_NJIT)
-def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok):
-    """Newton's method for every lane of ``plan`` (:func:`lockstep_plan`) at once.
+def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, gh):
+    """Newton's method for every lane of ``plan`` (:func:`lockstep_plan`) at once, then the mode pass.
 
     ``y``, ``n``, ``eta0`` (rows sorted by group) and ``w`` (q, rows) are the rows' data, linear
     predictors without the group effects and w_i = T'z_i; ``v0`` (J, q) the starting points. For
     each lane's group j, ``modes[j]`` gets the mode and ``ok[j]`` whether Newton converged (other
-    groups are left as they are).
+    groups are left as they are). The mode pass of :func:`~bayeslmm.paths.quadrature_kernel._group`
+    is done here too: ``rows`` (8, rows) gets, at the lanes' rows, eta and
+    :func:`~bayeslmm.paths.quadrature_families.fam_mode`'s seven outputs at the mode; ``gh[j]`` (9,)
+    the gradient of f there (0:3, zero beyond q) and its negative Hessian (3:9, packed 00, 10, 11,
+    20, 21, 22).
     """
     lanes, cnt, off, src = plan
     nl = lanes.shape[0]
@@ -288,8 +302,26 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok):
             active -= 1
             for a in range(3):
                 VN[a, l] = V[a, l]
+    # the mode pass: everything the node and reverse passes need at each lane's mode
+    R8 = np.empty((8, nr))
+    _eta_lanes(q, E0, W, cnt, off, V, R8[0])
+    fam_mode(fam, Y, N, R8[0], phi, lphi, R8[1], R8[2], R8[3], R8[4], R8[5], R8[6], R8[7])
+    _sums_lanes(q, W, cnt, off, R8[2], R8[3], acc)
+    for k in range(8):
+        rk = R8[k]
+        out = rows[k]
+        for i in range(nr):
+            out[src[i]] = rk[i]
     for l in range(nl):
         j = lanes[l]
         ok[j] = state[l] == 1
         for a in range(q):
             modes[j, a] = V[a, l]
+        for a in range(3):
+            gh[j, a] = acc[a, l] - V[a, l]
+        gh[j, 3] = 1.0 - acc[3, l]
+        gh[j, 4] = -acc[4, l]
+        gh[j, 5] = 1.0 - acc[5, l]
+        gh[j, 6] = -acc[6, l]
+        gh[j, 7] = -acc[7, l]
+        gh[j, 8] = 1.0 - acc[8, l]
