@@ -60,7 +60,7 @@ _INL = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "
 # logistic is inlined at numba's IR level (LLVM then vectorises the loops it sits in); inlining
 # everything there made a cold compile 5x longer for no further speed
 _INL_IR = dict(_INL, inline="always")
-LOOP_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM)
+LOOP_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM, _nrt=False)
 
 
 def njit(**options):

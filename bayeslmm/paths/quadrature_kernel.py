@@ -60,6 +60,7 @@ from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_
 __all__ = ["aghq_kernel"]
 
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
+_NO_NRT = dict(_NJIT, _nrt=False)
 # the node pass's loop over the nodes vectorises from 8 nodes on (4 lanes, unrolled twice); a rule
 # with 2-7 nodes is padded with zero-weight nodes to 8, which is faster than its scalar loop
 _MIN_VEC = 8
@@ -70,7 +71,7 @@ _D_CAP = 1 << 20
 # --------------------------------------------------------------------------------------------
 # One group
 # --------------------------------------------------------------------------------------------
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
            eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf, zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
@@ -274,17 +275,15 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     return logL, dphi, True
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
-              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km, A, emax):
+              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km, A, emax, H, L):
     """:func:`_group` for one term, with scalars for the 1 x 1 algebra and one fused pass over the
     rows per node. ``w`` (m,); d/d eta0 is returned in acc_e and d/d w in acc_o. With a random
     intercept and bernoulli-logit or Poisson rows, ``A`` = e^eta0 and ``emax`` = max |eta0| (else
-    inf) select the exponential-free passes of the families module."""
+    inf) select the exponential-free passes of the families module. ``H``, ``L`` (1, 1) scratch."""
     nj = eta0.shape[0]
     M = nodes.shape[0]
-    H = np.empty((1, 1))
-    L = np.empty((1, 1))
     if not find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
         return -np.inf, 0.0, False
     vs = v[0]
@@ -364,7 +363,7 @@ def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
     return logL, dphi, True
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _tbar(Zt, s0, gw, q, wj, Tbar):
     """Tbar[m, a] += wj sum_i z_im dF/dw_ia over one group's rows (q = 2, 3; gw has 3 rows), one pass."""
     t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = 0.0
@@ -405,6 +404,118 @@ def _tbar(Zt, s0, gw, q, wj, Tbar):
 # --------------------------------------------------------------------------------------------
 # All groups
 # --------------------------------------------------------------------------------------------
+@njit(**_NO_NRT)
+def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt, Zt, starts, nodes, lwn, rules,
+            rule_of, const, work, work_q, work_o, work_s, work_g, zrow, work_d, zbuf, k8, mats, vecs, kq, km, v,
+            lp, modes, gb, Tbar, eta0_all, w_all, lmodes, mode_ok, rows_all, gh):
+    """The loop over the groups of :func:`aghq_kernel`, which allocates all of its arrays (numba's
+    reference counting off here: its atomic increments and decrements on every view and every
+    array argument of the calls per group cost a third of the kernel's time on 500 groups of 20
+    rows). Fills lp, modes and the gradient's gb and Tbar; returns the gradient in phi."""
+    J = starts.shape[0] - 1
+    rule_now = -1
+    gphi = 0.0
+    for j in range(J):
+        s0 = starts[j]
+        s1 = starts[j + 1]
+        nj = s1 - s0
+        r0, r1, center = rules[rule_of[j], 0], rules[rule_of[j], 1], rules[rule_of[j], 2]
+        nodes_j = nodes[r0:r1]
+        lwn_j = lwn[r0:r1]
+        # contiguous per-group views of the scratch (2-D ones by reshaping a flat slice)
+        eta0 = work[0:nj]
+        ge = work[11 * nj:12 * nj]
+        w = work_q[0:q * nj].reshape((q, nj))
+        gw = work_q[q * nj:2 * q * nj].reshape((q, nj))
+        acc_o = work_o[:3 * nj].reshape((3, nj))
+        if q == 1:
+            for i in range(nj):
+                eta0[i] = offset[s0 + i]
+            for k in range(p):
+                bk = b[k]
+                for i in range(nj):
+                    eta0[i] += Xt[k, s0 + i] * bk
+            for i in range(nj):
+                w[0, i] = T[0, 0] * Zt[0, s0 + i]
+        else:
+            for i in range(nj):
+                eta0[i] = eta0_all[s0 + i]
+            for a in range(q):
+                for i in range(nj):
+                    w[a, i] = w_all[a, s0 + i]
+        for a in range(q):
+            v[a] = v0[j, a] if q == 1 or not mode_ok[j] else lmodes[j, a]
+        if q == 1:
+            A = work[nj:2 * nj]
+            emax = np.inf
+            if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], trials[s0:s1]):
+                emax = exp_rows(eta0, A)
+            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes_j, lwn_j,
+                                       center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
+                                       work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
+                                       A, emax, mats[0], mats[1])
+        else:
+            Mj = r1 - r0
+            if Mj > 1:
+                Mj = max(_MIN_VEC, (Mj + 3) // 4 * 4)
+            zT = zbuf[:3 * Mj].reshape((3, Mj))
+            if rule_of[j] != rule_now:          # the rule's nodes transposed (rows contiguous, zeros beyond q)
+                rule_now = rule_of[j]
+                zT[:, :] = 0.0
+                for k in range(r1 - r0):
+                    for a in range(q):
+                        zT[a, k] = nodes_j[k, a]
+            pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
+            gw = work_g[:3 * nj].reshape((3, nj))
+            if mode_ok[j]:          # the mode pass done in lockstep: its rows, gradient and -Hessian
+                r8 = (rows_all[0, s0:s1], rows_all[1, s0:s1], rows_all[2, s0:s1], rows_all[3, s0:s1],
+                      rows_all[4, s0:s1], rows_all[5, s0:s1], rows_all[6, s0:s1], rows_all[7, s0:s1])
+                Hj = mats[0]
+                for a in range(q):
+                    vecs[5, a] = gh[j, a]
+                Hj[0, 0] = gh[j, 3]
+                Hj[1, 0] = Hj[0, 1] = gh[j, 4]
+                Hj[1, 1] = gh[j, 5]
+                if q == 3:
+                    Hj[2, 0] = Hj[0, 2] = gh[j, 6]
+                    Hj[2, 1] = Hj[1, 2] = gh[j, 7]
+                    Hj[2, 2] = gh[j, 8]
+            else:
+                r8 = (work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
+                      work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj])
+            logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
+                                    pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
+                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, kq, km, k8,
+                                    work_s[:3 * nj].reshape((3, nj)), work_d, zrow[:nj])
+        extra = 0.0
+        dextra = 0.0
+        if fam == NEGBINOMIAL_LOG:
+            for i in range(nj):
+                a0, a1 = nb_phi_part(y[s0 + i], ph)
+                extra += a0
+                dextra += a1
+        lp[j] = logL + const[j] + extra
+        for a in range(q):
+            modes[j, a] = v[a]
+        if not ok or not want_grad:
+            continue
+        wj = wgt[j]
+        gphi += wj * (dphi + dextra)
+        for k in range(p):
+            s = 0.0
+            for i in range(nj):
+                s += ge[i] * Xt[k, s0 + i]
+            gb[k] += wj * s
+        if q == 1:
+            s = 0.0
+            for i in range(nj):
+                s += Zt[0, s0 + i] * gw[0, i]
+            Tbar[0, 0] += wj * s
+        else:
+            _tbar(Zt, s0, gw, q, wj, Tbar)
+    return gphi
+
+
 @njit(**_NJIT)
 def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of,
                 const):
@@ -481,7 +592,6 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         work_d = np.empty(min(Mmax * maxn, max(_D_CAP, 8 * Mmax)))
         zbuf = np.zeros(3 * Mmax)
         k8 = np.zeros((13, Mmax))
-        rule_now = -1
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
     kq = np.zeros((3, M, q))
@@ -491,105 +601,18 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     modes = np.empty((J, q))
     gb = np.zeros(p)
     Tbar = np.zeros((q, q))
-    gphi = 0.0
-    for j in range(J):
-        s0 = starts[j]
-        s1 = starts[j + 1]
-        nj = s1 - s0
-        r0, r1, center = rules[rule_of[j], 0], rules[rule_of[j], 1], rules[rule_of[j], 2]
-        nodes_j = nodes[r0:r1]
-        lwn_j = lwn[r0:r1]
-        # contiguous per-group views of the scratch (2-D ones by reshaping a flat slice)
-        eta0 = work[0:nj]
-        ge = work[11 * nj:12 * nj]
-        w = work_q[0:q * nj].reshape((q, nj))
-        gw = work_q[q * nj:2 * q * nj].reshape((q, nj))
-        acc_o = work_o[:3 * nj].reshape((3, nj))
-        if q == 1:
-            for i in range(nj):
-                eta0[i] = offset[s0 + i]
-            for k in range(p):
-                bk = b[k]
-                for i in range(nj):
-                    eta0[i] += Xt[k, s0 + i] * bk
-            for i in range(nj):
-                w[0, i] = T[0, 0] * Zt[0, s0 + i]
-        else:
-            for i in range(nj):
-                eta0[i] = eta0_all[s0 + i]
-            for a in range(q):
-                for i in range(nj):
-                    w[a, i] = w_all[a, s0 + i]
-        for a in range(q):
-            v[a] = v0[j, a] if q == 1 or not mode_ok[j] else lmodes[j, a]
-        if q == 1:
-            A = work[nj:2 * nj]
-            emax = np.inf
-            if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], trials[s0:s1]):
-                emax = exp_rows(eta0, A)
-            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes_j, lwn_j,
-                                       center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
-                                       work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
-                                       A, emax)
-        else:
-            Mj = r1 - r0
-            if Mj > 1:
-                Mj = max(_MIN_VEC, (Mj + 3) // 4 * 4)
-            zT = zbuf[:3 * Mj].reshape((3, Mj))
-            if rule_of[j] != rule_now:          # the rule's nodes transposed (rows contiguous, zeros beyond q)
-                rule_now = rule_of[j]
-                zT[:, :] = 0.0
-                for k in range(r1 - r0):
-                    for a in range(q):
-                        zT[a, k] = nodes_j[k, a]
-            pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
-            gw = work_g[:3 * nj].reshape((3, nj))
-            if mode_ok[j]:          # the mode pass done in lockstep: its rows, gradient and -Hessian
-                r8 = (rows_all[0, s0:s1], rows_all[1, s0:s1], rows_all[2, s0:s1], rows_all[3, s0:s1],
-                      rows_all[4, s0:s1], rows_all[5, s0:s1], rows_all[6, s0:s1], rows_all[7, s0:s1])
-                Hj = mats[0]
-                for a in range(q):
-                    vecs[5, a] = gh[j, a]
-                Hj[0, 0] = gh[j, 3]
-                Hj[1, 0] = Hj[0, 1] = gh[j, 4]
-                Hj[1, 1] = gh[j, 5]
-                if q == 3:
-                    Hj[2, 0] = Hj[0, 2] = gh[j, 6]
-                    Hj[2, 1] = Hj[1, 2] = gh[j, 7]
-                    Hj[2, 2] = gh[j, 8]
-            else:
-                r8 = (work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
-                      work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj])
-            logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
-                                    pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
-                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, kq, km, k8,
-                                    work_s[:3 * nj].reshape((3, nj)), work_d, zrow[:nj])
-        extra = 0.0
-        dextra = 0.0
-        if fam == NEGBINOMIAL_LOG:
-            for i in range(nj):
-                a0, a1 = nb_phi_part(y[s0 + i], ph)
-                extra += a0
-                dextra += a1
-        lp[j] = logL + const[j] + extra
-        for a in range(q):
-            modes[j, a] = v[a]
-        if not ok or not want_grad:
-            continue
-        wj = wgt[j]
-        gphi += wj * (dphi + dextra)
-        for k in range(p):
-            s = 0.0
-            for i in range(nj):
-                s += ge[i] * Xt[k, s0 + i]
-            gb[k] += wj * s
-        if q == 1:
-            s = 0.0
-            for i in range(nj):
-                s += Zt[0, s0 + i] * gw[0, i]
-            Tbar[0, 0] += wj * s
-        else:
-            _tbar(Zt, s0, gw, q, wj, Tbar)
+    if q == 1:               # (the arrays only two or three terms use)
+        eta0_all = np.empty(0)
+        w_all = np.empty((q, 0))
+        lmodes = np.zeros((J, q))
+        mode_ok = np.zeros(J, dtype=np.bool_)
+        rows_all = np.empty((8, 0))
+        gh = np.empty((J, 9))
+        work_s = work_g = zrow = work_d = zbuf = np.empty(0)
+        k8 = np.empty((13, 8))
+    gphi = _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt, Zt, starts, nodes, lwn, rules,
+                   rule_of, const, work, work_q, work_o, work_s, work_g, zrow, work_d, zbuf, k8, mats, vecs, kq, km, v,
+                   lp, modes, gb, Tbar, eta0_all, w_all, lmodes, mode_ok, rows_all, gh)
     gsd = np.zeros(q)
     gC = np.zeros((q, q))
     if want_grad:

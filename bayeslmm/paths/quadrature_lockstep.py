@@ -28,6 +28,8 @@ from .quadrature_mode import MAX_NEWTON, NEWTON_TOL
 __all__ = ["LOCKSTEP_MAX_ROWS", "lockstep_plan", "lockstep_modes"]
 
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
+# numba's reference counting off where nothing is allocated (see quadrature_kernel._groups)
+_NO_NRT = dict(_NJIT, _nrt=False)
 
 #: groups with at most this many rows share the lockstep Newton; larger ones are fast on their own
 #: (a group's loops then vectorise) and would leave the ranks beyond the small groups' sizes with
@@ -78,7 +80,7 @@ def lockstep_plan(starts, max_rows):
     return lanes, cnt, off, src
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _eta_lanes(q, E0, W, cnt, off, vn, ETA):
     """ETA = E0 + W'vn, each rank-major row at its lane's point vn (3, L)."""
     v0, v1, v2 = vn[0], vn[1], vn[2]
@@ -99,7 +101,7 @@ def _eta_lanes(q, E0, W, cnt, off, vn, ETA):
                 e[l] = e0[l] + a0[l] * v0[l] + a1[l] * v1[l]
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _sums_lanes(q, W, cnt, off, D1, D2, acc):
     """acc[0:3] = sum_i l'_i w_i and acc[3:9] = sum_i l''_i w_i w_i' (00, 10, 11, 20, 21, 22) per lane."""
     for k in range(9):
@@ -140,7 +142,7 @@ def _sums_lanes(q, W, cnt, off, D1, D2, acc):
                 h11[l] += t1 * a1[l]
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
     """The sums of :func:`_sums_lanes` at the lanes' points vn (3, L): one Newton evaluation."""
     _eta_lanes(q, E0, W, cnt, off, vn, ETA)
@@ -148,7 +150,7 @@ def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
     _sums_lanes(q, W, cnt, off, D1, D2, acc)
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _step(acc, l, v, g, H, st):
     """Lane l: g = grad f, H = -Hessian at v (3,) from the sums, and the Newton step H^-1 g into
     st; returns max |step| (nan if H is not positive definite). Unused third terms have zero sums,
@@ -165,7 +167,7 @@ def _step(acc, l, v, g, H, st):
     return _solve(H, g, st)
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _solve(H, g, st):
     """st = H^-1 g by Cholesky (H packed 00, 10, 11, 20, 21, 22); max |st|, or nan if H is not
     positive definite."""

@@ -26,7 +26,7 @@ NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one las
                         # quadratic convergence leaves an error ~1e-12 after it
 MAX_NEWTON = 100
 _FM = {"contract", "nsz", "arcp", "reassoc"}
-_NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM)
+_NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM, _nrt=False)
 _VEC = _NJIT
 
 
