@@ -47,19 +47,22 @@ __all__ = ["draw_kernel", "T_DF"]
 
 T_DF = 5
 _NJIT = dict(cache=True, nogil=True, error_model="numpy")
+# numba's reference counting off where nothing is allocated (as quadrature_kernel._groups): its
+# atomic increments on every view and array argument cost more than a small group's rows
+_NO_NRT = dict(_NJIT, _nrt=False)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _mix(z):
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _uniform(state):
     """A uniform on (0, 1) from the splitmix64 stream in state[0] (advanced)."""
     state[0] += _GOLD
@@ -67,14 +70,14 @@ def _uniform(state):
     return ((z >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740994.0)
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _normal(state):
     u1 = _uniform(state)
     u2 = _uniform(state)
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _normal_pair(state):
     """Two independent standard normals (both halves of one Box-Muller transform)."""
     r = math.sqrt(-2.0 * math.log(_uniform(state)))
@@ -86,7 +89,7 @@ _GAMMA_D = T_DF / 2.0 - 1.0 / 3.0
 _GAMMA_C = 1.0 / math.sqrt(9.0 * _GAMMA_D)
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _chi2_tdf(state):
     """A chi-square variate with T_DF degrees of freedom: 2 x Gamma(T_DF / 2) by Marsaglia & Tsang
     (2000), about one normal and one uniform per variate instead of T_DF normals."""
@@ -102,12 +105,12 @@ def _chi2_tdf(state):
             return 2.0 * _GAMMA_D * v
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _seed_state(seed, s, j, state):
     state[0] = _mix(np.uint64(seed) ^ _mix(np.uint64(s) * _GOLD + np.uint64(j) + np.uint64(1)))
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _h1(fam, y, n, eta0, w, v, phi, lphi, d1, A, emax):
     """(f(v), f'(v)) for one term, by the fused row pass (exponential-free for a random intercept)."""
     if eta0.shape[0] > 0 and intercept_ok(emax, w[0], v):
@@ -117,7 +120,7 @@ def _h1(fam, y, n, eta0, w, v, phi, lphi, d1, A, emax):
     return S - 0.5 * v * v, G - v
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
     """One exact draw of v (q = 1) by rejection from the three-tangent envelope, into vv[0];
     returns the number of proposals it took."""
@@ -152,7 +155,7 @@ def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
     return -1
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _fq(fam, y, n, eta0, w, q, vv, phi, lphi, d1):
     """f(vv) (without constants) for q = 2, 3, by the fused node pass."""
     w2 = w[2] if q == 3 else w[1]
@@ -163,7 +166,7 @@ def _fq(fam, y, n, eta0, w, q, vv, phi, lphi, d1):
     return S
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, d1, state, max_tries, out):
     """One exact draw of v (q = 2, 3) by rejection from N(v*, I) (``v`` the mode), into ``out``;
     returns the number of proposals it took, or -1 after ``max_tries`` without an acceptance."""
@@ -183,7 +186,7 @@ def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, d1, state, max_tries, out)
     return -1
 
 
-@njit(**_NJIT)
+@njit(**_NO_NRT)
 def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, d1, state, n_prop, out, props, lw, zbuf, xbuf):
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
@@ -227,46 +230,10 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, d1, state, n_prop, out, pr
     return s * s / s2
 
 
-@njit(**_NJIT)
-def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess, s_first):
-    """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
-
-    ``s_first``: the index of the first of these draws among all the posterior's draws (the random
-    numbers of draw s and group j depend on (seed, s_first + s, j) only, so the draws can be split
-    into blocks run in parallel threads with the same result).
-
-    Data arrays as for :func:`~bayeslmm.paths.quadrature_kernel.aghq_kernel` (rows sorted by group,
-    Xt (p, n), Zt (q, n)). Returns (u, tries, ess), the last two (S, J): the proposals each draw used,
-    and the importance weights' ESS where a draw fell back to importance resampling (NaN where the
-    draw is exact); tries is NaN where the mode was not found.
-    """
-    fam = ictl[0]
-    S = b.shape[0]
-    J = starts.shape[0] - 1
-    p = Xt.shape[0]
-    q = Zt.shape[0]
-    maxn = 1
-    for j in range(J):
-        maxn = max(maxn, starts[j + 1] - starts[j])
-    work = np.empty(4 * maxn)
-    wq = np.empty(q * maxn)
-    u = np.full((S, J, q), np.nan)
-    tries = np.full((S, J), np.nan)
-    ess_out = np.full((S, J), np.nan)
-    T = np.empty((q, q))
-    H = np.empty((q, q))
-    L = np.empty((q, q))
-    mats = np.empty((1, q, q))
-    vecs = np.empty((5, q))
-    v = np.zeros(q)
-    vv = np.empty(q)
-    zbuf = np.empty(q)
-    xbuf = np.empty(q)
-    g = np.empty(q)
-    big = 4 * n_prop
-    props = np.empty((big, q))
-    lw = np.empty(big)
-    state = np.zeros(1, dtype=np.uint64)
+@njit(**_NO_NRT)
+def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, seed, n_prop, min_ess, s_first, big,
+              work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state):
+    """The loop over draws and groups of :func:`draw_kernel`, which allocates its arrays."""
     for s in range(S):
         ph = phi[s]
         lphi = math.log(ph) if ph > 0 else 0.0
@@ -344,5 +311,49 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
                 for m in range(q):
                     acc += T[a, m] * vv[m]
                 u[s, j, a] = acc
+
+
+@njit(**_NJIT)
+def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess, s_first):
+    """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
+
+    ``s_first``: the index of the first of these draws among all the posterior's draws (the random
+    numbers of draw s and group j depend on (seed, s_first + s, j) only, so the draws can be split
+    into blocks run in parallel threads with the same result).
+
+    Data arrays as for :func:`~bayeslmm.paths.quadrature_kernel.aghq_kernel` (rows sorted by group,
+    Xt (p, n), Zt (q, n)). Returns (u, tries, ess), the last two (S, J): the proposals each draw used,
+    and the importance weights' ESS where a draw fell back to importance resampling (NaN where the
+    draw is exact); tries is NaN where the mode was not found.
+    """
+    fam = ictl[0]
+    S = b.shape[0]
+    J = starts.shape[0] - 1
+    p = Xt.shape[0]
+    q = Zt.shape[0]
+    maxn = 1
+    for j in range(J):
+        maxn = max(maxn, starts[j + 1] - starts[j])
+    work = np.empty(4 * maxn)
+    wq = np.empty(q * maxn)
+    u = np.full((S, J, q), np.nan)
+    tries = np.full((S, J), np.nan)
+    ess_out = np.full((S, J), np.nan)
+    T = np.empty((q, q))
+    H = np.empty((q, q))
+    L = np.empty((q, q))
+    mats = np.empty((1, q, q))
+    vecs = np.empty((5, q))
+    v = np.zeros(q)
+    vv = np.empty(q)
+    zbuf = np.empty(q)
+    xbuf = np.empty(q)
+    g = np.empty(q)
+    big = 4 * n_prop
+    props = np.empty((big, q))
+    lw = np.empty(big)
+    state = np.zeros(1, dtype=np.uint64)
+    _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, seed, n_prop, min_ess, s_first, big,
+              work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state)
     return u, tries, ess_out
 
