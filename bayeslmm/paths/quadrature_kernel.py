@@ -50,7 +50,7 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
-from .quadrature_families import njit, fam_mode, nb_phi_part
+from .quadrature_families import njit, fam_mode, nb_phi_part, vexp
 from .quadrature_fused import (exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, nodes_rows,
                                small_trials, unit_rows)
 from .quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
@@ -73,7 +73,7 @@ _D_CAP = 1 << 20
 # --------------------------------------------------------------------------------------------
 @njit(**_NO_NRT)
 def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
-           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, kq, km, k8, sr, dbuf, zrow):
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, km, k8, sr, dbuf, zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. With ``have_mode``,
     :func:`~bayeslmm.paths.quadrature_lockstep.lockstep_modes` has found the mode (in ``v``) and
@@ -84,8 +84,9 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     phi-derivatives of l, dl, d2l (nd1 is reused by the reverse pass); acc_e and acc_o (3, m) the
     softmax-weighted sums over the nodes; gw is (3, m) and ``zrow`` (m,) zeros (the third term's
     row when there are two). All contiguous, so the row loops vectorise. Small scratch (allocated
-    once per call): ``mats`` (7, q, q), ``vecs`` (12, q), ``kq`` (3, M, q), ``km`` (4, M), ``k8``
-    (13, M); per row ``sr`` (3, m); ``dbuf`` the node pass's row x node scratch (at most _D_CAP
+    once per call): ``mats`` (7, q, q), ``vecs`` (12, q), ``km`` (4, M), ``k8`` (22, M) (the node
+    pass's sums and scratch in rows 0-12, then SK, VK and G per node, the nodes innermost); per row
+    ``sr`` (3, m); ``dbuf`` the node pass's row x node scratch (at most _D_CAP
     numbers: rows are taken in chunks).
     ``zT`` (3, M) are the standard nodes transposed (zero rows beyond q); ``pow_form`` as in
     :func:`~bayeslmm.paths.quadrature_fused.nodes_rows`.
@@ -94,9 +95,13 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     M = lwn.shape[0]
     Mp = zT.shape[1]                  # M, or more: zero nodes that fill a vector (weight 0)
     H, L, Lbar, Hbar = mats[0], mats[1], mats[2], mats[3]
-    g, zk, av, h, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[8], vecs[9], vecs[10]
-    G, VK, SK = kq[0], kq[1], kq[2]           # SK_k = L^-T z_k
+    g, zk, av, vbar, lam = vecs[5], vecs[6], vecs[7], vecs[9], vecs[10]
     P, lw = km[0], km[1]
+    # per-node quantities, nodes innermost (rows of k8): SK_k = L^-T z_k, VK_k = v* + SK_k,
+    # G_k = grad_v f(v_k) and HK_k = L^-1 G_k, three rows each (zero rows beyond q)
+    SK0, SK1, SK2 = k8[13], k8[14], k8[15]
+    VK0, VK1, VK2 = k8[16], k8[17], k8[18]
+    G0, G1, G2 = k8[19], k8[20], k8[21]
     if not have_mode:
         if not find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1s, d2s, mats[4:], vecs):
             return -np.inf, 0.0, False
@@ -111,32 +116,45 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
         logdet += math.log(L[a, a])
     # nodes: v_k = v* + L^-T z_k; with s_i = L^-1 w_i, w_i'v_k = w_i'v* + s_i'z_k, so all nodes
     # are one pass over the rows (quadrature_fused.nodes_rows), the nodes innermost
-    for k in range(M):
-        for a in range(q):
-            zk[a] = zT[a, k]
-        solve_upper_t(L, q, zk, SK[k])
-        for a in range(q):
-            VK[k, a] = v[a] + SK[k, a]
+    z0, z1, z2 = zT[0], zT[1], zT[2]
+    i00 = 1.0 / L[0, 0]
+    i11 = 1.0 / L[1, 1]
+    l10 = L[1, 0]
+    v0_, v1_ = v[0], v[1]
+    if q == 3:
+        i22 = 1.0 / L[2, 2]
+        l20, l21 = L[2, 0], L[2, 1]
+        v2_ = v[2]
+        for k in range(Mp):
+            SK2[k] = z2[k] * i22
+            SK1[k] = (z1[k] - l21 * SK2[k]) * i11
+            SK0[k] = (z0[k] - l10 * SK1[k] - l20 * SK2[k]) * i00
+    else:
+        i22 = l20 = l21 = v2_ = 0.0
+        for k in range(Mp):
+            SK2[k] = 0.0
+            SK1[k] = z1[k] * i11
+            SK0[k] = (z0[k] - l10 * SK1[k]) * i00
+    for k in range(Mp):
+        VK0[k] = v0_ + SK0[k]
+        VK1[k] = v1_ + SK1[k]
+        VK2[k] = v2_ + SK2[k]
     Sk, wk = km[2], km[3]
     laplace = M == 1 and zT[0, 0] == 0.0 and zT[1, 0] == 0.0 and zT[2, 0] == 0.0
     if laplace:
         # one node, at the mode (the Laplace approximation): the mode pass has computed it
         Sk[0] = rowsum(ls)
         P[0] = rowsum(pls)
-        for a in range(q):
-            G[0, a] = g[a]
+        G0[0] = g[0]
+        G1[0] = g[1]
+        G2[0] = g[2] if q == 3 else 0.0
     else:
         s0, s1, s2 = sr[0], sr[1], sr[2]
-        i00 = 1.0 / L[0, 0]
-        i11 = 1.0 / L[1, 1]
-        l10 = L[1, 0]
         for i in range(nj):
             s0[i] = w[0, i] * i00
             s1[i] = (w[1, i] - l10 * s0[i]) * i11
         w2 = s2
         if q == 3:
-            i22 = 1.0 / L[2, 2]
-            l20, l21 = L[2, 0], L[2, 1]
             for i in range(nj):
                 s2[i] = (w[2, i] - l20 * s0[i] - l21 * s1[i]) * i22
             w2 = w[2]
@@ -150,23 +168,23 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
         for c0 in range(0, nj, ch):
             c1 = min(nj, c0 + ch)
             nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
-                       w[1, c0:c1], w2[c0:c1], zT[0], zT[1], zT[2], Mp, phi, lphi, pow_form,
+                       w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, phi, lphi, pow_form,
                        dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp)), Sk, P, k8[0], k8[1], k8[2], k8[6], k8[7], False)
-        for k in range(M):
-            for a in range(q):
-                G[k, a] = k8[a, k] - VK[k, a]
+        for k in range(Mp):
+            G0[k] = k8[0, k] - VK0[k]
+            G1[k] = k8[1, k] - VK1[k]
+            G2[k] = k8[2, k] - VK2[k]
     ref = -np.inf
+    finite = True
     for k in range(M):
-        vk2 = 0.0
-        for a in range(q):
-            vk2 += VK[k, a] * VK[k, a]
-        lw[k] = lwn[k] - 0.5 * vk2 + Sk[k]
-        if not abs(lw[k]) < np.inf:
-            return -np.inf, 0.0, False
+        lw[k] = lwn[k] - 0.5 * (VK0[k] * VK0[k] + VK1[k] * VK1[k] + VK2[k] * VK2[k]) + Sk[k]
+        finite &= abs(lw[k]) < np.inf
         ref = max(ref, lw[k])
+    if not finite:
+        return -np.inf, 0.0, False
     tot = 0.0
     for k in range(M):
-        wk[k] = math.exp(lw[k] - ref)
+        wk[k] = vexp(lw[k] - ref)
         tot += wk[k]
     logL = -logdet + ref + math.log(tot)
     if not want_grad:
@@ -175,12 +193,13 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     itot = 1.0 / tot
     # softmax-weighted sums over the nodes per row: sum_k pi_k l'_ik and sum_k pi_k v_k l'_ik
     wv0, wv1, wv2 = k8[3], k8[4], k8[5]
-    for k in range(M):
-        wv0[k] = wk[k] * itot * VK[k, 0]
-        wv1[k] = wk[k] * itot * VK[k, 1]
-        wv2[k] = wk[k] * itot * VK[k, 2] if q == 3 else 0.0
     for k in range(M, Mp):
-        wk[k] = wv0[k] = wv1[k] = wv2[k] = 0.0
+        wk[k] = 0.0
+    for k in range(Mp):
+        pk = wk[k] * itot
+        wv0[k] = pk * VK0[k]
+        wv1[k] = pk * VK1[k]
+        wv2[k] = pk * VK2[k]
     if laplace:
         for i in range(nj):
             acc_e[i] = d1s[i]
@@ -196,7 +215,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
                 s0, s1, s2 = sr[0], sr[1], sr[2]
                 w2 = w[2] if q == 3 else s2
                 nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
-                           w[1, c0:c1], w2[c0:c1], zT[0], zT[1], zT[2], Mp, phi, lphi, pow_form, D, k8[8], k8[9],
+                           w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, phi, lphi, pow_form, D, k8[8], k8[9],
                            k8[10], k8[11], k8[12], k8[6], k8[7])
             for i in range(c0, c1):
                 Drow = D[i - c0]
@@ -213,21 +232,37 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
                 acc_o[0, i] = so0
                 acc_o[1, i] = so1
                 acc_o[2, i] = so2
-    av[:] = 0.0
-    Lbar[:, :] = 0.0
+    # av = sum_k pi_k G_k and Lbar = -diag(1/L) - sum_k pi_k tril(SK_k (L^-1 G_k)'), over the
+    # nodes at once (h = L^-1 G_k by forward substitution, written out; zero rows beyond q)
     dphi = 0.0
-    for k in range(M):
+    a0 = a1 = a2 = 0.0
+    b00 = b10 = b11 = b20 = b21 = b22 = 0.0
+    for k in range(Mp):
         pk = wk[k] * itot
         dphi += pk * P[k]
-        for a in range(q):
-            av[a] += pk * G[k, a]
-            zk[a] = G[k, a]
-        solve_lower(L, q, zk, h)
-        for a in range(q):
-            for c in range(a + 1):
-                Lbar[a, c] -= pk * SK[k, a] * h[c]
-    for a in range(q):
-        Lbar[a, a] -= 1.0 / L[a, a]
+        a0 += pk * G0[k]
+        a1 += pk * G1[k]
+        a2 += pk * G2[k]
+        h0 = G0[k] * i00
+        h1 = (G1[k] - l10 * h0) * i11
+        h2 = (G2[k] - l20 * h0 - l21 * h1) * i22
+        b00 += pk * SK0[k] * h0
+        b10 += pk * SK1[k] * h0
+        b11 += pk * SK1[k] * h1
+        b20 += pk * SK2[k] * h0
+        b21 += pk * SK2[k] * h1
+        b22 += pk * SK2[k] * h2
+    av[0] = a0
+    av[1] = a1
+    Lbar[:, :] = 0.0
+    Lbar[0, 0] = -b00 - i00
+    Lbar[1, 0] = -b10
+    Lbar[1, 1] = -b11 - i11
+    if q == 3:
+        av[2] = a2
+        Lbar[2, 0] = -b20
+        Lbar[2, 1] = -b21
+        Lbar[2, 2] = -b22 - i22
     chol_adjoint(L, Lbar, q, Hbar, mats[4], mats[5], vecs[0], vecs[1])
     # two fused passes over the rows, written for three terms (zero row / entries for two):
     # m_i = w_i' Hbar w_i and dF/dv* = av - sum_i m_i l3_i w_i (l3 = l'''); then, with
@@ -406,7 +441,7 @@ def _tbar(Zt, s0, gw, q, wj, Tbar):
 # --------------------------------------------------------------------------------------------
 @njit(**_NO_NRT)
 def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt, Zt, starts, nodes, lwn, rules,
-            rule_of, const, work, work_q, work_o, work_s, work_g, zrow, work_d, zbuf, k8, mats, vecs, kq, km, v,
+            rule_of, const, work, work_q, work_o, work_s, work_g, zrow, work_d, zbuf, k8, mats, vecs, km, v,
             lp, modes, gb, Tbar, eta0_all, w_all, lmodes, mode_ok, rows_all, gh):
     """The loop over the groups of :func:`aghq_kernel`, which allocates all of its arrays (numba's
     reference counting off here: its atomic increments and decrements on every view and every
@@ -485,7 +520,7 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
                       work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj])
             logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
                                     pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
-                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, kq, km, k8,
+                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, km, k8,
                                     work_s[:3 * nj].reshape((3, nj)), work_d, zrow[:nj])
         extra = 0.0
         dextra = 0.0
@@ -591,10 +626,9 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         Mmax = max((M + 3) // 4 * 4, _MIN_VEC)
         work_d = np.empty(min(Mmax * maxn, max(_D_CAP, 8 * Mmax)))
         zbuf = np.zeros(3 * Mmax)
-        k8 = np.zeros((13, Mmax))
+        k8 = np.zeros((22, Mmax))
     mats = np.zeros((7, q, q))
     vecs = np.zeros((12, q))
-    kq = np.zeros((3, M, q))
     km = np.zeros((4, max((M + 3) // 4 * 4, _MIN_VEC)))
     v = np.empty(q)
     lp = np.empty(J)
@@ -609,9 +643,9 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         rows_all = np.empty((8, 0))
         gh = np.empty((J, 9))
         work_s = work_g = zrow = work_d = zbuf = np.empty(0)
-        k8 = np.empty((13, 8))
+        k8 = np.empty((22, 8))
     gphi = _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt, Zt, starts, nodes, lwn, rules,
-                   rule_of, const, work, work_q, work_o, work_s, work_g, zrow, work_d, zbuf, k8, mats, vecs, kq, km, v,
+                   rule_of, const, work, work_q, work_o, work_s, work_g, zrow, work_d, zbuf, k8, mats, vecs, km, v,
                    lp, modes, gb, Tbar, eta0_all, w_all, lmodes, mode_ok, rows_all, gh)
     gsd = np.zeros(q)
     gC = np.zeros((q, q))
