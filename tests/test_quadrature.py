@@ -238,6 +238,28 @@ def test_node_pass_product_form_equals_the_log_form():
     np.testing.assert_array_equal(out[True][2], out[False][2])
 
 
+def test_value_pass_product_form_equals_the_log_form():
+    """The draws' value pass (value_q3, f at a rejection proposal) in the product form against the
+    per-row logarithms and scipy, on the rows of the test above (200 rows, trials 0-15, linear
+    predictors up to +-300): equal to 1e-12 relative. Without the renormalisation every 64 rows the
+    product overflows here."""
+    from bayeslmm.paths.quadrature_fused import value_q3
+    rng = np.random.default_rng(6)
+    m = 200
+    n = rng.integers(0, 16, size=m).astype(float)
+    n[:20] = 15.0
+    y = rng.binomial(n.astype(int), 0.4).astype(float)
+    eta0 = rng.normal(0.0, 0.5, size=m)
+    eta0[:5] = [-40.0, 40.0, 300.0, -300.0, 0.0]
+    w = rng.normal(size=(3, m))
+    v = rng.normal(0.0, 0.3, size=3)
+    eta = eta0 + v @ w
+    ref = np.sum(y * eta - n * np.logaddexp(0.0, eta))
+    got = {form: value_q3(0, y, n, eta0, w[0], w[1], w[2], v[0], v[1], v[2], 1.0, 0.0, form) for form in (True, False)}
+    np.testing.assert_allclose(got[False], ref, rtol=1e-12)
+    np.testing.assert_allclose(got[True], ref, rtol=1e-12)
+
+
 def test_binomial_two_terms_large_groups_match_grid():
     """Two terms over binomial-logit groups of 3, 70 and 150 rows (more than one 64-row block of the
     node pass's product form) with trials 1-15, and a group with trials up to 40 (the per-row

@@ -40,7 +40,7 @@ import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
 from .quadrature_families import njit, fam_newton
-from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, node_q3, unit_rows
+from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
 from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, solve_upper_t
 
 __all__ = ["draw_kernel", "T_DF"]
@@ -156,21 +156,21 @@ def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
 
 
 @njit(**_NO_NRT)
-def _fq(fam, y, n, eta0, w, q, vv, phi, lphi, d1):
-    """f(vv) (without constants) for q = 2, 3, by the fused node pass."""
+def _fq(fam, y, n, eta0, w, q, vv, phi, lphi, pow_form):
+    """f(vv) (without constants) for q = 2, 3, by the fused value pass."""
     w2 = w[2] if q == 3 else w[1]
     v2 = vv[2] if q == 3 else 0.0
-    S, _, _, _, _ = node_q3(fam, y, n, eta0, w[0], w[1], w2, vv[0], vv[1], v2, phi, lphi, d1)
+    S = value_q3(fam, y, n, eta0, w[0], w[1], w2, vv[0], vv[1], v2, phi, lphi, pow_form)
     for a in range(q):
         S -= 0.5 * vv[a] * vv[a]
     return S
 
 
 @njit(**_NO_NRT)
-def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, d1, state, max_tries, out):
+def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, pow_form, state, max_tries, out):
     """One exact draw of v (q = 2, 3) by rejection from N(v*, I) (``v`` the mode), into ``out``;
     returns the number of proposals it took, or -1 after ``max_tries`` without an acceptance."""
-    f0 = _fq(fam, y, n, eta0, w, q, v, phi, lphi, d1)
+    f0 = _fq(fam, y, n, eta0, w, q, v, phi, lphi, pow_form)
     for tries in range(1, max_tries + 1):
         zz = 0.0
         for a in range(0, q, 2):
@@ -180,14 +180,14 @@ def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, d1, state, max_tries, out)
             if a + 1 < q:
                 out[a + 1] = v[a + 1] + z2
                 zz += z2 * z2
-        fx = _fq(fam, y, n, eta0, w, q, out, phi, lphi, d1)
+        fx = _fq(fam, y, n, eta0, w, q, out, phi, lphi, pow_form)
         if math.log(_uniform(state)) <= fx - f0 + 0.5 * zz:
             return tries
     return -1
 
 
 @njit(**_NO_NRT)
-def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, d1, state, n_prop, out, props, lw, zbuf, xbuf):
+def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, n_prop, out, props, lw, zbuf, xbuf):
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
     for k in range(n_prop):
@@ -207,7 +207,7 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, d1, state, n_prop, out, pr
         # log t density of the standardised proposal, up to a constant: -(nu + q)/2 log(1 + |z|^2/nu)
         r2 = zz * sc * sc
         lt = -0.5 * (nu + q) * math.log1p(r2 / nu)
-        lw[k] = _fq(fam, y, n, eta0, w, q, props[k], phi, lphi, d1) - lt
+        lw[k] = _fq(fam, y, n, eta0, w, q, props[k], phi, lphi, pow_form) - lt
     mx = -np.inf
     for k in range(n_prop):
         mx = max(mx, lw[k])
@@ -292,16 +292,17 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
             for a in range(q):
                 root_det *= L[a, a]
             used = 0
+            pow_form = fam == BINOMIAL_LOGIT and small_trials(nj_tr)
             if root_det <= 0.5 * n_prop:
-                used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, d1, state, big, vv)
+                used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, pow_form, state, big, vv)
             if used > 0:
                 tries[s, j] = used
             else:
-                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, d1, state, n_prop, vv,
+                ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, n_prop, vv,
                                 props, lw, zbuf, xbuf)
                 used = n_prop + (big if used < 0 else 0)      # plus the rejection tries, if any
                 if ess < min_ess:
-                    ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, d1, state, big, vv,
+                    ess = _draw_sir(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, big, vv,
                                     props, lw, zbuf, xbuf)
                     used += big
                 tries[s, j] = used

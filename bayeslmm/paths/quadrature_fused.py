@@ -15,7 +15,7 @@ from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 from .quadrature_families import njit, LOOP_JIT, probit_row, logistic, vexp
 
 __all__ = ["newton_q1", "node_q1", "mode_q1", "newton_q1_intercept", "node_q1_intercept", "mode_q1_intercept",
-           "exp_rows", "unit_rows", "node_q3", "nodes_rows", "small_trials", "POW_MAX_TRIALS"]
+           "exp_rows", "unit_rows", "value_q3", "nodes_rows", "small_trials", "POW_MAX_TRIALS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,62 +302,6 @@ def mode_q1_intercept(fam, y, A, eta0, w, v, d1, d2, d3, p1, p2):
 
 
 # --------------------------------------------------------------------------------------------
-# Two or three terms: the linear predictor and the sums fused into the row loop (the unused
-# third term gets v2 = 0), so that a node is one vectorised pass over the rows
-# --------------------------------------------------------------------------------------------
-@njit(**LOOP_JIT)
-def node_q3(fam, y, n, eta0, w0, w1, w2, v0, v1, v2, phi, lphi, d1):
-    """(sum_i l_i, sum_i dl_i/dphi, sum_i l'_i w_i (3,)) at eta = eta0 + w'v; l'_i into d1."""
-    m = eta0.shape[0]
-    S = 0.0
-    P = 0.0
-    G0 = 0.0
-    G1 = 0.0
-    G2 = 0.0
-    if fam == BINOMIAL_LOGIT:
-        for i in range(m):
-            eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
-            lp, p, q = logistic(eta)
-            S += y[i] * eta - n[i] * lp
-            d = y[i] * q - (n[i] - y[i]) * p
-            d1[i] = d
-            G0 += d * w0[i]
-            G1 += d * w1[i]
-            G2 += d * w2[i]
-    elif fam == POISSON_LOG:
-        for i in range(m):
-            eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
-            mu = vexp(eta)
-            S += y[i] * eta - mu
-            d = y[i] - mu
-            d1[i] = d
-            G0 += d * w0[i]
-            G1 += d * w1[i]
-            G2 += d * w2[i]
-    elif fam == NEGBINOMIAL_LOG:
-        for i in range(m):
-            eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
-            lp, s, sc = logistic(eta - lphi)
-            a = y[i] + phi
-            S += y[i] * eta - a * lp
-            P += -lp + a * s / phi
-            d = y[i] * sc - phi * s
-            d1[i] = d
-            G0 += d * w0[i]
-            G1 += d * w1[i]
-            G2 += d * w2[i]
-    else:
-        for i in range(m):
-            a0, a1, _, _ = probit_row(y[i], n[i], eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2)
-            S += a0
-            d1[i] = a1
-            G0 += a1 * w0[i]
-            G1 += a1 * w1[i]
-            G2 += a1 * w2[i]
-    return S, P, G0, G1, G2
-
-
-# --------------------------------------------------------------------------------------------
 # Two or three terms: all nodes of a group in one pass over its rows
 # --------------------------------------------------------------------------------------------
 #: largest number of trials a binomial row may have for :func:`nodes_rows`'s product form
@@ -365,6 +309,51 @@ POW_MAX_TRIALS = 15
 #: rows between two renormalisations of the product form's running products: at most
 #: POW_MAX_TRIALS factors of 1 + e <= 2 a row, so 64 rows stay below 2^960
 _POW_BLOCK = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Two or three terms: f at one point (the draws' proposals), the linear predictor fused into the
+# row loop (the unused third term gets v2 = 0)
+# --------------------------------------------------------------------------------------------
+@njit(**LOOP_JIT)
+def value_q3(fam, y, n, eta0, w0, w1, w2, v0, v1, v2, phi, lphi, pow_form):
+    """sum_i l_i at eta = eta0 + w'v (no derivatives: a rejection proposal needs only the value).
+    ``pow_form`` as in :func:`nodes_rows`: binomial-logit rows with small integer trials take the
+    log(1 + e^-|eta|) terms as one logarithm of their product per _POW_BLOCK rows."""
+    m = eta0.shape[0]
+    S = 0.0
+    if fam == BINOMIAL_LOGIT and pow_form:
+        for r0 in range(0, m, _POW_BLOCK):
+            pr = 1.0
+            for i in range(r0, min(m, r0 + _POW_BLOCK)):
+                eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
+                o1 = 1.0 + vexp(-abs(eta))
+                o2 = o1 * o1
+                o4 = o2 * o2
+                nb = int(n[i])
+                pr *= (o1 if (nb & 1) != 0 else 1.0) * (o2 if (nb & 2) != 0 else 1.0) * \
+                    (o4 if (nb & 4) != 0 else 1.0) * (o4 * o4 if (nb & 8) != 0 else 1.0)
+                S += y[i] * eta - n[i] * max(eta, 0.0)
+            S -= math.log(pr)
+    elif fam == BINOMIAL_LOGIT:
+        for i in range(m):
+            eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
+            lp, _, _ = logistic(eta)
+            S += y[i] * eta - n[i] * lp
+    elif fam == POISSON_LOG:
+        for i in range(m):
+            eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
+            S += y[i] * eta - vexp(eta)
+    elif fam == NEGBINOMIAL_LOG:
+        for i in range(m):
+            eta = eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2
+            lp, _, _ = logistic(eta - lphi)
+            S += y[i] * eta - (y[i] + phi) * lp
+    else:
+        for i in range(m):
+            a0, _, _, _ = probit_row(y[i], n[i], eta0[i] + w0[i] * v0 + w1[i] * v1 + w2[i] * v2)
+            S += a0
+    return S
 
 
 @njit(**LOOP_JIT)
