@@ -39,7 +39,7 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import njit, fam_newton
+from .quadrature_families import NO_NRT, njit, fam_newton
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
 from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, solve_upper_t
 
@@ -49,7 +49,7 @@ T_DF = 5
 _NJIT = dict(cache=True, nogil=True, error_model="numpy")
 # numba's reference counting off where nothing is allocated (as quadrature_kernel._groups): its
 # atomic increments on every view and array argument cost more than a small group's rows
-_NO_NRT = dict(_NJIT, _nrt=False)
+_NO_NRT = dict(_NJIT, **NO_NRT)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)

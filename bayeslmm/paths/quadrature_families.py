@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 
 import numba
+import numba.core.cpu
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -60,7 +61,12 @@ _INL = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "
 # logistic is inlined at numba's IR level (LLVM then vectorises the loops it sits in); inlining
 # everything there made a cold compile 5x longer for no further speed
 _INL_IR = dict(_INL, inline="always")
-LOOP_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM, _nrt=False)
+# numba's reference counting off, for functions that allocate nothing: every array view and every
+# array argument of a call otherwise costs an atomic increment and decrement, a quarter of the AGHQ
+# kernel's time on small groups (quadrature_kernel's docstring). A private numba option, so only
+# where this numba has it (without it the code is the same, only slower).
+NO_NRT = {"_nrt": False} if hasattr(numba.core.cpu.CPUTargetOptions, "_nrt") else {}
+LOOP_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM, **NO_NRT)
 
 
 def njit(**options):

@@ -40,7 +40,20 @@ two or three terms all nodes are one pass over the group's rows with the nodes i
 eta*_i + s_i'z_k with s_i = L^-1 w_i, so the loop over the nodes is branch-free and vectorises
 whatever the group's size); on groups of 20 rows this made a likelihood + gradient 3.4 -> 2.8 ms
 (binomial, two terms, 500 groups, 12 nodes), as a call per node and group paid its loop set-up
-and scalar remainder 6,000 times.
+and scalar remainder 6,000 times. The per-node algebra (v_k, the softmax, the adjoints of the
+mode and of L) is likewise written over all nodes at once.
+
+What a group's rows cost is small next to what a call per group costs, so two more rules:
+
+* the modes of the groups of at most 64 rows, and the mode pass there, are found in lockstep
+  across groups (:mod:`bayeslmm.paths.quadrature_lockstep`: one long family pass per Newton
+  evaluation instead of three 20-row calls per group);
+* numba's reference counting is off (``_nrt=False``) in the loop over the groups
+  (:func:`_groups`, called by :func:`aghq_kernel`, which allocates everything) and in every helper
+  it calls: each array view and each array argument of a call otherwise costs an atomic increment
+  and decrement, which perf showed at a quarter of the kernel's time on 500 groups of 20 rows.
+
+Together: 3.3 -> 1.6 ms a likelihood + gradient on that data (docs/bench-glmm.md).
 """
 
 from __future__ import annotations
@@ -50,7 +63,7 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
-from .quadrature_families import njit, fam_mode, nb_phi_part, vexp
+from .quadrature_families import NO_NRT, njit, fam_mode, nb_phi_part, vexp
 from .quadrature_fused import (exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, nodes_rows,
                                small_trials, unit_rows)
 from .quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
@@ -60,7 +73,7 @@ from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_
 __all__ = ["aghq_kernel"]
 
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
-_NO_NRT = dict(_NJIT, _nrt=False)
+_NO_NRT = dict(_NJIT, **NO_NRT)
 # the node pass's loop over the nodes vectorises from 8 nodes on (4 lanes, unrolled twice); a rule
 # with 2-7 nodes is padded with zero-weight nodes to 8, which is faster than its scalar loop
 _MIN_VEC = 8
@@ -518,8 +531,8 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
             else:
                 r8 = (work[nj:2 * nj], work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
                       work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj])
-            logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT, lwn_j,
-                                    pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
+            logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT,
+                                    lwn_j, pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
                                     work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, km, k8,
                                     work_s[:3 * nj].reshape((3, nj)), work_d, zrow[:nj])
         extra = 0.0

@@ -22,14 +22,14 @@ import math
 
 import numpy as np
 
-from .quadrature_families import njit, fam_mode, fam_newton
+from .quadrature_families import NO_NRT, njit, fam_mode, fam_newton
 from .quadrature_mode import MAX_NEWTON, NEWTON_TOL
 
 __all__ = ["LOCKSTEP_MAX_ROWS", "lockstep_plan", "lockstep_modes"]
 
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
 # numba's reference counting off where nothing is allocated (see quadrature_kernel._groups)
-_NO_NRT = dict(_NJIT, _nrt=False)
+_NO_NRT = dict(_NJIT, **NO_NRT)
 
 #: groups with at most this many rows share the lockstep Newton; larger ones are fast on their own
 #: (a group's loops then vectorise) and would leave the ranks beyond the small groups' sizes with

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .quadrature_families import njit, fam_newton
+from .quadrature_families import NO_NRT, njit, fam_newton
 from .quadrature_fused import newton_q1, newton_q1_intercept
 
 __all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower",
@@ -26,7 +26,7 @@ NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one las
                         # quadratic convergence leaves an error ~1e-12 after it
 MAX_NEWTON = 100
 _FM = {"contract", "nsz", "arcp", "reassoc"}
-_NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM, _nrt=False)
+_NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=_FM, **NO_NRT)   # nothing here allocates
 _VEC = _NJIT
 
 
