@@ -381,6 +381,40 @@ def test_value_does_not_depend_on_newton_start():
         np.testing.assert_allclose(other["b"], base["b"], rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("q", [1, 2])
+def test_fixed_newton_start_changes_nothing_but_the_iterations(q):
+    """The fitted model's kernel starts Newton at fixed points u0 (newton_start: the modes at the
+    sketch's centre, in the scale of the terms), converted to v = T^-1 u at each call. Against the
+    cold start: the same log-likelihoods (< 1e-10) and gradient (< 1e-8), also at sd = 0 in a term
+    (T singular: that start falls back to zero) and with a start far out (|v| >= 30: zero too); and
+    at the centre itself the converted start is the mode."""
+    from bayeslmm.paths.quadrature_nodes import newton_start, posterior_sketch
+    from bayeslmm.paths.quadrature_op import DATA_NAMES, newton_v0, op_data, op_kernel
+    iu = DATA_NAMES.index("u0")
+    data, b = make_design("binomial", "logit", q, [1, 4, 12, 30, 80], np.full(q, 0.9), seed=31 + q)
+    sk = posterior_sketch(data, n_draws=6, seed=3)
+    u0 = newton_start(data, sk, 4)
+    J = data.n_groups
+    cold, warm = list(op_data(data, 4).values()), list(op_data(data, 4, u0).values())
+    assert cold[iu].shape == (0, q) and warm[iu].shape == (J, q)
+    far = list(warm)
+    far[iu] = u0 + 1e3
+    b0, sd0, C0, _ = sk["centre"]
+    points = [(sk["b"][s], sk["sd"][s], sk["Cc"][s]) for s in range(3)] + [(b0, sd0, C0)]
+    points.append((b0, np.concatenate([[0.0], sd0[1:]]), C0))
+    for bb, sd, Cc in points:
+        ref = op_kernel(np.array(1), np.ones(J), bb, sd, Cc, np.array(1.0), *cold)
+        for arrays in (warm, far):
+            got = op_kernel(np.array(1), np.ones(J), bb, sd, Cc, np.array(1.0), *arrays)
+            np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-10)
+            for g, r in zip(got[1:], ref[1:]):
+                np.testing.assert_allclose(g, r, rtol=1e-8, atol=1e-8)
+    modes = Q.group_loglik_grad(data, b0, sd0, C0, n_nodes=4)["modes"]
+    np.testing.assert_allclose(newton_v0(u0, sd0, C0, J), modes, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(newton_v0(u0, np.concatenate([[0.0], sd0[1:]]), C0, J), 0.0)
+    np.testing.assert_array_equal(newton_v0(u0[:0], sd0, C0, J), 0.0)
+
+
 @pytest.mark.parametrize("family,link", FAMILIES)
 @pytest.mark.parametrize("q", [2, 3])
 def test_lockstep_modes_equal_each_groups_newton(family, link, q):

@@ -24,34 +24,34 @@ _INT = {"starts", "ictl", "rules", "rule_of"}
 
 @cached_njit(nogil=True, error_model="numpy")
 def aghq_logp_dlogp(x, code, par, logt, fix_idx, M, sd_idx, blocks, cpc_idx, aux_idx, const, grad, w,
-                    y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, qconst):
+                    y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, u0, qconst):
     """Log-density and gradient of the collapsed GLMM at ``x`` (see
     :func:`bayeslmm.paths.collapsed_density.one_factor_logp_dlogp`; the data are :func:`op_data`'s)."""
     g = np.zeros(x.shape[0])
     lp = prior_logp(x, code, par, logt, g) + const
     b, sd, Cc, phi = unpack(x, fix_idx, M, sd_idx, blocks, cpc_idx, aux_idx)
     lpj, gb, gsd, gC, gphi = op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes,
-                                       lwn, rules, rule_of, qconst)
+                                       lwn, rules, rule_of, u0, qconst)
     for j in range(lpj.shape[0]):
         lp += lpj[j]
     pullback(x, g, fix_idx, M, sd_idx, blocks, cpc_idx, aux_idx, sd, Cc, phi, gb, gsd, gC, gphi)
     return lp, g
 
 
-def _arrays(data, n_nodes) -> list[np.ndarray]:
+def _arrays(data, n_nodes, u0=None) -> list[np.ndarray]:
     return [np.array(v, dtype=np.int64 if k in _INT else np.float64, order="C", copy=True)
-            for k, v in op_data(data, n_nodes).items()]
+            for k, v in op_data(data, n_nodes, u0).items()]
 
 
-def quadrature_density(model, data, n_nodes, factor: str, aux: tuple[str, ...]):
+def quadrature_density(model, data, n_nodes, factor: str, aux: tuple[str, ...], u0=None):
     """``point_map_info -> LogpDlogp or None`` for a model of
     :func:`~bayeslmm.paths.quadrature_path.build_quadrature_model` (``aux``: the family's
-    auxiliary names, ``("phi",)`` or none)."""
+    auxiliary names, ``("phi",)`` or none; ``u0`` Newton's start, as the model's)."""
     def make(point_map_info):
         layout = density_layout(model, point_map_info, factor, aux[0] if aux else None, "y_collapsed")
         if layout is None or len(aux) > 1:
             return None
-        arrays = _arrays(data, n_nodes)
+        arrays = _arrays(data, n_nodes, u0)
         return LogpDlogp(aghq_logp_dlogp, layout.args() + (np.array(1), np.ones(len(arrays[-1])), *arrays))
     return make
 

@@ -38,13 +38,44 @@ __all__ = ["AGHQLogLik", "aghq_logp", "op_data", "DATA_NAMES"]
 
 N_PARAMS = 4          # b, sd, C_chol, phi; after (grad, w), before the data arrays
 FIRST = 2
-DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "rules", "rule_of", "const")
+DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "rules", "rule_of", "u0",
+              "const")
+
+
+@njit(cache=True, nogil=True, error_model="numpy")      # sd = 0 gives inf, not an exception
+def newton_v0(u0, sd, Cc, J):
+    """Newton's starts (J, q) in the standardised scale: v = T^-1 u0 (T = diag(sd) Cc, lower
+    triangular, by forward substitution); zero for a group whose start is not finite or has
+    |v| >= 30, and for all when u0 has no rows."""
+    q = sd.shape[0]
+    v0 = np.zeros((J, q))
+    if u0.shape[0] != J:
+        return v0
+    for j in range(J):
+        ok = True
+        for a in range(q):
+            s = u0[j, a]
+            for c in range(a):
+                s -= sd[a] * Cc[a, c] * v0[j, c]
+            v0[j, a] = s / (sd[a] * Cc[a, a])
+            ok &= abs(v0[j, a]) < 30.0
+        if not ok:
+            for a in range(q):
+                v0[j, a] = 0.0
+    return v0
 
 
 @njit(cache=True, nogil=True)
-def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, const):
-    """:func:`aghq_kernel` from a cold start (v0 = 0), without the modes: the Op's five outputs."""
-    v0 = np.zeros((starts.shape[0] - 1, Zt.shape[0]))
+def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, u0,
+              const):
+    """:func:`aghq_kernel` without the modes: the Op's five outputs.
+
+    Newton starts at ``u0`` (J, q), a fixed point in the scale of the terms
+    (:func:`~bayeslmm.paths.quadrature_nodes.newton_start`), converted to the standardised scale
+    v = T^-1 u of these parameters (T = diag(sd) Cc, lower triangular); a start that is not finite
+    there (sd = 0), far out, or absent (u0 with no rows) is zero.
+    """
+    v0 = newton_v0(u0, sd, Cc, starts.shape[0] - 1)
     lp, gb, gsd, gC, gphi, _ = aghq_kernel(grad, w, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl,
                                            nodes, lwn, rules, rule_of, const)
     return lp, gb, gsd, gC, gphi
@@ -104,11 +135,12 @@ _OUT_TYPE = numba.types.Tuple([_F64[1], _F64[1], _F64[1], _F64[2], _F64[0]])
 
 
 @njit(cache=True)
-def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, const):
+def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, u0,
+             const):
     # object mode: see the module docstring (and collapsed_kernel._op_impl for the measured why)
     with numba.objmode(out=_OUT_TYPE):
         out = _call_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules,
-                           rule_of, const)
+                           rule_of, u0, const)
     return out
 
 
@@ -117,7 +149,7 @@ def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, n
 _SOURCE_KEY = int(hashlib.sha256(b"".join(
     (Path(__file__).parent / f).read_bytes()
     for f in ("quadrature_op.py", "quadrature_kernel.py", "quadrature_mode.py", "quadrature_families.py",
-              "quadrature_fused.py"))
+              "quadrature_fused.py", "quadrature_lockstep.py"))
 ).hexdigest()[:15], 16)
 
 
@@ -126,12 +158,16 @@ def _numba_aghq(op, node, **kwargs):
     return (op_kernel if op.linked else _op_impl), _SOURCE_KEY
 
 
-def op_data(data: QuadratureData, n_nodes=None) -> dict[str, np.ndarray]:
+def op_data(data: QuadratureData, n_nodes=None, u0=None) -> dict[str, np.ndarray]:
     """The Op's data arrays by name (:data:`DATA_NAMES`), for ``pytensor.shared`` or constants.
 
     ``n_nodes``: nodes per axis, one number or one per group (J,); default :func:`default_nodes`.
+    ``u0``: Newton's start per group (J, q) in the scale of the terms (:func:`op_kernel`); None
+    starts at zero.
     """
-    return dict(zip(DATA_NAMES, kernel_arrays(data, n_nodes)))
+    arrays = kernel_arrays(data, n_nodes)
+    u0 = np.zeros((0, data.q)) if u0 is None else np.ascontiguousarray(u0, dtype=float).reshape(data.n_groups, data.q)
+    return dict(zip(DATA_NAMES, arrays[:-1] + [u0, arrays[-1]]))
 
 
 def aghq_logp(b, sd, Cc, phi, *data, linked: bool = False):

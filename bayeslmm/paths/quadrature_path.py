@@ -53,21 +53,25 @@ def quadrature_data(design: Design, family: str, link: str | None) -> Quadrature
                    trials=design.trials, offset=design.offset, n_groups=f.n_levels)
 
 
-def choose_nodes(data: QuadratureData, seed: int = 0) -> tuple[int, dict]:
-    """Nodes per axis for ``data`` (see the module docstring); ``(k, {candidate: error SD})``."""
-    from .quadrature_nodes import auto_n_nodes
-    return auto_n_nodes(data, seed=seed)
+def choose_nodes(data: QuadratureData, seed: int = 0, with_start: bool = False):
+    """Nodes per axis for ``data`` (see the module docstring); ``(k, {candidate: error SD})``, and
+    with ``with_start`` Newton's start per group (J, q) from the same sketch
+    (:func:`~bayeslmm.paths.quadrature_nodes.newton_start`) as a third element."""
+    from .quadrature_nodes import auto_n_nodes, newton_start, posterior_sketch
+    sketch = posterior_sketch(data, seed=seed)
+    k, checked = auto_n_nodes(data, seed=seed, sketch=sketch)
+    return (k, checked, newton_start(data, sketch, k)) if with_start else (k, checked)
 
 
 def build_quadrature_model(design: Design, prior_table: PriorTable, family: str, link: str | None,
-                           data: QuadratureData | None = None, n_nodes=None, *, sampler: str = "pymc"
-                           ) -> pm.Model:
+                           data: QuadratureData | None = None, n_nodes=None, *, sampler: str = "pymc",
+                           u0=None) -> pm.Model:
     """The GLMM with its group effects integrated out, as a ``pm.Model`` (names: module docstring).
 
     ``sampler`` (``"pymc"`` or ``"nutpie"``) is the NUTS the model is for: nutpie needs the kernel
     linked into the compiled function (:class:`~bayeslmm.paths.quadrature_op.AGHQLogLik`), PyMC
     calls it through object mode (a cold compile of 7 s instead of 19 s at 100,000 rows, the same
-    cost per call).
+    cost per call). ``u0``: Newton's start per group (:func:`choose_nodes`), else zero.
 
     Examples
     --------
@@ -85,7 +89,7 @@ def build_quadrature_model(design: Design, prior_table: PriorTable, family: str,
     if n_nodes is None:
         n_nodes = choose_nodes(data)[0]
     shared = [pytensor.shared(v, name=f"aghq_{k}", shape=(None,) * np.ndim(v))
-              for k, v in op_data(data, n_nodes).items()]
+              for k, v in op_data(data, n_nodes, u0).items()]
     coords = coords_of(design)
     slope_terms = [t for t in design.fixed_terms if t != "Intercept"]
     if slope_terms:
@@ -140,16 +144,16 @@ def sample_quadrature(design: Design, prior_table: PriorTable, settings: Sampler
     aux_names = get_family(family, link).aux_names
     t0 = time.perf_counter()
     data = quadrature_data(design, family, link)
-    checked = {}
+    checked, u0 = {}, None
     if n_nodes is None:
-        n_nodes, checked = choose_nodes(data, seed=seed)
+        n_nodes, checked, u0 = choose_nodes(data, seed=seed, with_start=True)
     model = build_quadrature_model(design, prior_table, family, link, data=data, n_nodes=n_nodes,
-                                   sampler=settings.sampler)
+                                   sampler=settings.sampler, u0=u0)
     setup_s = time.perf_counter() - t0
     effects = {r_var(f.name) for f in design.factors}
     keep = [v for v in stored_var_names(design, aux_names) if v not in effects and v in model.named_vars]
     from .quadrature_density import quadrature_density
-    density = quadrature_density(model, data, n_nodes, design.factors[0].name, aux_names)
+    density = quadrature_density(model, data, n_nodes, design.factors[0].name, aux_names, u0)
     idata, info = sample(model, settings, var_names=keep, seed=seed, laplace=True, density=density)
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
