@@ -34,7 +34,8 @@ finite differences of the kernel itself (tests/test_quadrature.py).
 
 Rows are sorted by group once (``starts``); the kernel loops per group, so each group's rows stay
 in cache through its Newton iterations and node passes; one term (q = 1) has a scalar path whose
-Newton steps and nodes are each a single vectorised pass over the rows (:func:`_group_q1`). For
+Newton steps and nodes are each a single vectorised pass over the rows
+(:func:`~bayeslmm.paths.quadrature_q1.group_q1`). For
 two or three terms all nodes are one pass over the group's rows with the nodes innermost
 (:func:`~bayeslmm.paths.quadrature_fused.nodes_rows`: node k's linear predictor is
 eta*_i + s_i'z_k with s_i = L^-1 w_i, so the loop over the nodes is branch-free and vectorises
@@ -64,11 +65,10 @@ import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 from .quadrature_families import NO_NRT, njit, fam_mode, nb_phi_part, vexp
-from .quadrature_fused import (exp_rows, mode_q1, mode_q1_intercept, node_q1, node_q1_intercept, nodes_rows,
-                               small_trials, unit_rows)
+from .quadrature_fused import exp_rows, nodes_rows, small_trials, unit_rows
 from .quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
-from .quadrature_mode import (chol, chol_adjoint, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred,
-                              rowsum, solve_lower, solve_upper_t)
+from .quadrature_mode import chol, chol_adjoint, find_mode, grad_hess, linpred, rowsum, solve_lower, solve_upper_t
+from .quadrature_q1 import group_q1
 
 __all__ = ["aghq_kernel"]
 
@@ -324,94 +324,6 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
 
 
 @njit(**_NO_NRT)
-def _group_q1(want_grad, fam, y, n, eta0, w, phi, lphi, nodes, lwn, center, v,
-              d1s, d2s, d3s, p1s, p2s, nd1, acc_e, acc_o, km, A, emax, H, L):
-    """:func:`_group` for one term, with scalars for the 1 x 1 algebra and one fused pass over the
-    rows per node. ``w`` (m,); d/d eta0 is returned in acc_e and d/d w in acc_o. With a random
-    intercept and bernoulli-logit or Poisson rows, ``A`` = e^eta0 and ``emax`` = max |eta0| (else
-    inf) select the exponential-free passes of the families module. ``H``, ``L`` (1, 1) scratch."""
-    nj = eta0.shape[0]
-    M = nodes.shape[0]
-    if not find_mode_q1(fam, y, n, eta0, w, v, phi, lphi, H, L, A, emax):
-        return -np.inf, 0.0, False
-    vs = v[0]
-    if nj > 0 and intercept_ok(emax, w[0], vs):
-        S0, P0, G0, Hs = mode_q1_intercept(fam, y, A, eta0, w[0], vs, d1s, d2s, d3s, p1s, p2s)
-    else:
-        S0, P0, G0, Hs = mode_q1(fam, y, n, eta0, w, vs, phi, lphi, d1s, d2s, d3s, p1s, p2s)
-    h = 1.0 + Hs
-    if not h > 0.0:
-        return -np.inf, 0.0, False
-    Lf = math.sqrt(h)
-    lw, Gk = km[0], km[1]
-    P, SK = km[2], km[3]
-    ref = -np.inf
-    tot = 0.0
-    if want_grad:
-        acc_e[:] = 0.0
-        acc_o[:] = 0.0
-    for k in range(M):
-        sk = nodes[k, 0] / Lf
-        vk = vs + sk
-        SK[k] = sk
-        if k == center:
-            S = S0
-            P[k] = P0
-            Gk[k] = G0 - vk
-            dk = d1s
-        elif nj > 0 and intercept_ok(emax, w[0], vk):
-            S, P[k], gk = node_q1_intercept(fam, y, A, eta0, w[0], vk, nd1)
-            Gk[k] = gk - vk
-            dk = nd1
-        else:
-            S, P[k], gk = node_q1(fam, y, n, eta0, w, vk, phi, lphi, nd1)
-            Gk[k] = gk - vk
-            dk = nd1
-        lw[k] = lwn[k] - 0.5 * vk * vk + S
-        if not abs(lw[k]) < np.inf:
-            return -np.inf, 0.0, False
-        if lw[k] > ref + 30.0:
-            scale = math.exp(ref - lw[k]) if ref > -np.inf else 0.0
-            tot *= scale
-            if want_grad:
-                for i in range(nj):
-                    acc_e[i] *= scale
-                    acc_o[i] *= scale
-            ref = lw[k]
-        wk = math.exp(lw[k] - ref)
-        tot += wk
-        if want_grad:
-            c = wk * vk
-            for i in range(nj):
-                acc_e[i] += wk * dk[i]
-                acc_o[i] += c * dk[i]
-    logL = -math.log(Lf) + ref + math.log(tot)
-    if not want_grad:
-        return logL, 0.0, True
-    itot = 1.0 / tot
-    av = 0.0
-    Lbar = -1.0 / Lf
-    dphi = 0.0
-    for k in range(M):
-        pk = math.exp(lw[k] - ref) * itot
-        dphi += pk * P[k]
-        av += pk * Gk[k]
-        Lbar -= pk * SK[k] * Gk[k] / Lf
-    Hbar = 0.5 * Lbar / Lf
-    s3 = 0.0
-    for i in range(nj):
-        s3 += d3s[i] * w[i] * w[i] * w[i]
-    lam = (av - Hbar * s3) / h
-    for i in range(nj):
-        wi = w[i]
-        coef = -Hbar * wi * wi * d3s[i] + d2s[i] * lam * wi
-        acc_e[i] = acc_e[i] * itot + coef
-        acc_o[i] = acc_o[i] * itot + coef * vs - 2.0 * d2s[i] * Hbar * wi + d1s[i] * lam
-        dphi += -Hbar * wi * wi * p2s[i] + lam * wi * p1s[i]
-    return logL, dphi, True
-
-
-@njit(**_NO_NRT)
 def _tbar(Zt, s0, gw, q, wj, Tbar):
     """Tbar[m, a] += wj sum_i z_im dF/dw_ia over one group's rows (q = 2, 3; gw has 3 rows), one pass."""
     t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = 0.0
@@ -498,7 +410,7 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
             emax = np.inf
             if (fam == BINOMIAL_LOGIT or fam == POISSON_LOG) and unit_rows(Zt[0, s0:s1], trials[s0:s1]):
                 emax = exp_rows(eta0, A)
-            logL, dphi, ok = _group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes_j, lwn_j,
+            logL, dphi, ok = group_q1(want_grad, fam, y[s0:s1], trials[s0:s1], eta0, w[0], ph, lphi, nodes_j, lwn_j,
                                        center, v, work[2 * nj:3 * nj], work[3 * nj:4 * nj], work[4 * nj:5 * nj],
                                        work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj], ge, gw[0], km,
                                        A, emax, mats[0], mats[1])

@@ -149,7 +149,7 @@ def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, n
 _SOURCE_KEY = int(hashlib.sha256(b"".join(
     (Path(__file__).parent / f).read_bytes()
     for f in ("quadrature_op.py", "quadrature_kernel.py", "quadrature_mode.py", "quadrature_families.py",
-              "quadrature_fused.py", "quadrature_lockstep.py"))
+              "quadrature_fused.py", "quadrature_lockstep.py", "quadrature_q1.py"))
 ).hexdigest()[:15], 16)
 
 
