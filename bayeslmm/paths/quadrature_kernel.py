@@ -398,8 +398,9 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
             for i in range(nj):
                 w[0, i] = T[0, 0] * Zt[0, s0 + i]
         else:
-            for i in range(nj):
-                eta0[i] = eta0_all[s0 + i]
+            if not mode_ok[j]:          # (only Newton and the mode pass read eta0)
+                for i in range(nj):
+                    eta0[i] = eta0_all[s0 + i]
             for a in range(q):
                 for i in range(nj):
                     w[a, i] = w_all[a, s0 + i]

@@ -194,6 +194,27 @@ def _solve(H, g, st):
     return max(abs(st[0]), max(abs(st[1]), abs(st[2])))
 
 
+@njit(**_NO_NRT)
+def _after_step(l, big, st, V, VN, ST, state):
+    """Lane l has a new Newton step ``st`` (max |st| = ``big``): failed (nan), done (the step is
+    below NEWTON_TOL and taken, as find_mode) or its next trial point V + st. Returns whether the
+    lane is still trying; a lane that is not keeps VN = V (carried along unchanged)."""
+    if not big < np.inf:
+        state[l] = 2
+    elif big < NEWTON_TOL:
+        for a in range(3):
+            V[a, l] += st[a]
+        state[l] = 1
+    else:
+        for a in range(3):
+            ST[a, l] = st[a]
+            VN[a, l] = V[a, l] + st[a]
+        return True
+    for a in range(3):
+        VN[a, l] = V[a, l]
+    return False
+
+
 @njit(**_NJIT)
 def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, gh):
     """Newton's method for every lane of ``plan`` (:func:`lockstep_plan`) at once, then the mode pass.
@@ -250,20 +271,8 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, 
             vl[a] = V[a, l]
         big = _step(acc, l, vl, g, H, st)
         G2[l] = g[0] * g[0] + g[1] * g[1] + g[2] * g[2]
-        if not big < np.inf:
-            state[l] = 2
-        elif big < NEWTON_TOL:
-            for a in range(3):
-                V[a, l] += st[a]
-            state[l] = 1
-        else:
-            for a in range(3):
-                ST[a, l] = st[a]
-                VN[a, l] = V[a, l] + st[a]
+        if _after_step(l, big, st, V, VN, ST, state):
             active += 1
-        for a in range(3):
-            if state[l] != 0:
-                VN[a, l] = V[a, l]
     while active > 0:
         _evaluate(fam, q, Y, N, E0, W, cnt, off, VN, phi, lphi, ETA, D1, D2, acc)
         for l in range(nl):
@@ -290,20 +299,10 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, 
                 V[a, l] = vl[a]
             big = _step(acc, l, vl, g, H, st)
             G2[l] = gn2
-            if iters[l] >= MAX_NEWTON or not big < np.inf:
-                state[l] = 2
-            elif big < NEWTON_TOL:
-                for a in range(3):
-                    V[a, l] += st[a]
-                state[l] = 1
-            else:
-                for a in range(3):
-                    ST[a, l] = st[a]
-                    VN[a, l] = V[a, l] + st[a]
-                continue
-            active -= 1
-            for a in range(3):
-                VN[a, l] = V[a, l]
+            if iters[l] >= MAX_NEWTON:
+                big = np.nan
+            if not _after_step(l, big, st, V, VN, ST, state):
+                active -= 1
     # the mode pass: everything the node and reverse passes need at each lane's mode
     R8 = np.empty((8, nr))
     _eta_lanes(q, E0, W, cnt, off, V, R8[0])
@@ -317,13 +316,12 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, 
     for l in range(nl):
         j = lanes[l]
         ok[j] = state[l] == 1
-        for a in range(q):
-            modes[j, a] = V[a, l]
         for a in range(3):
-            gh[j, a] = acc[a, l] - V[a, l]
-        gh[j, 3] = 1.0 - acc[3, l]
-        gh[j, 4] = -acc[4, l]
-        gh[j, 5] = 1.0 - acc[5, l]
-        gh[j, 6] = -acc[6, l]
-        gh[j, 7] = -acc[7, l]
-        gh[j, 8] = 1.0 - acc[8, l]
+            vl[a] = V[a, l]
+        _step(acc, l, vl, g, H, st)          # g and H at the mode (the step itself is not needed)
+        for a in range(q):
+            modes[j, a] = vl[a]
+        for a in range(3):
+            gh[j, a] = g[a]
+        for a in range(6):
+            gh[j, 3 + a] = H[a]
