@@ -383,36 +383,55 @@ def test_value_does_not_depend_on_newton_start():
 
 @pytest.mark.parametrize("q", [1, 2])
 def test_fixed_newton_start_changes_nothing_but_the_iterations(q):
-    """The fitted model's kernel starts Newton at fixed points u0 (newton_start: the modes at the
-    sketch's centre, in the scale of the terms), converted to v = T^-1 u at each call. Against the
-    cold start: the same log-likelihoods (< 1e-10) and gradient (< 1e-8), also at sd = 0 in a term
-    (T singular: that start falls back to zero) and with a start far out (|v| >= 30: zero too); and
-    at the centre itself the converted start is the mode."""
+    """The fitted model's kernel starts Newton at u0 + D th (newton_start: the modes at the sketch's
+    centre, in the scale of the terms, and their slopes in the coordinates th of the parameters),
+    converted to v = T^-1 u at each call. Against the cold start: the same log-likelihoods (< 1e-10)
+    and gradient (< 1e-8), with the first-order start, the fixed one (D = 0) and a start far out
+    (|v| >= 30: zero), also at sd = 0 in a term (T singular: that start falls back to zero); at the
+    centre the converted start is the mode; and near it the first-order start is closer to the
+    mode than the fixed one by the square of the distance (a wrong slope would not be)."""
+    from bayeslmm.paths.quadrature_mode import newton_v0, start_coords, start_params
     from bayeslmm.paths.quadrature_nodes import newton_start, posterior_sketch
-    from bayeslmm.paths.quadrature_op import DATA_NAMES, newton_v0, op_data, op_kernel
+    from bayeslmm.paths.quadrature_op import DATA_NAMES, op_data, op_kernel
     iu = DATA_NAMES.index("u0")
     data, b = make_design("binomial", "logit", q, [1, 4, 12, 30, 80], np.full(q, 0.9), seed=31 + q)
     sk = posterior_sketch(data, n_draws=6, seed=3)
     u0 = newton_start(data, sk, 4)
-    J = data.n_groups
-    cold, warm = list(op_data(data, 4).values()), list(op_data(data, 4, u0).values())
-    assert cold[iu].shape == (0, q) and warm[iu].shape == (J, q)
-    far = list(warm)
-    far[iu] = u0 + 1e3
+    fixed = newton_start(data, sk, 4, first_order=False)
+    J, P = data.n_groups, data.p + q + q * (q - 1) // 2 + 1
+    assert u0.shape == (J, q, 1 + P) and np.any(u0[:, :, 1:] != 0) and np.all(fixed[:, :, 1:] == 0)
+    cold = list(op_data(data, 4).values())
+    assert cold[iu].shape == (0, q, 1) and op_data(data, 4, u0[:, :, 0])["u0"].shape == (J, q, 1)
+    starts = []
+    for start in (u0, fixed, u0[:, :, 0] + 1e3):
+        arrays = list(cold)
+        arrays[iu] = op_data(data, 4, start)["u0"]
+        starts.append(arrays)
     b0, sd0, C0, _ = sk["centre"]
     points = [(sk["b"][s], sk["sd"][s], sk["Cc"][s]) for s in range(3)] + [(b0, sd0, C0)]
     points.append((b0, np.concatenate([[0.0], sd0[1:]]), C0))
     for bb, sd, Cc in points:
         ref = op_kernel(np.array(1), np.ones(J), bb, sd, Cc, np.array(1.0), *cold)
-        for arrays in (warm, far):
+        for arrays in starts:
             got = op_kernel(np.array(1), np.ones(J), bb, sd, Cc, np.array(1.0), *arrays)
             np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-10)
             for g, r in zip(got[1:], ref[1:]):
                 np.testing.assert_allclose(g, r, rtol=1e-8, atol=1e-8)
     modes = Q.group_loglik_grad(data, b0, sd0, C0, n_nodes=4)["modes"]
-    np.testing.assert_allclose(newton_v0(u0, sd0, C0, J), modes, rtol=0, atol=1e-10)
-    np.testing.assert_array_equal(newton_v0(u0, np.concatenate([[0.0], sd0[1:]]), C0, J), 0.0)
-    np.testing.assert_array_equal(newton_v0(u0[:0], sd0, C0, J), 0.0)
+    np.testing.assert_allclose(newton_v0(u0, b0, sd0, C0, 1.0, J), modes, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(newton_v0(u0, b0, np.concatenate([[0.0], sd0[1:]]), C0, 1.0, J), 0.0)
+    np.testing.assert_array_equal(newton_v0(u0[:0], b0, sd0, C0, 1.0, J), 0.0)
+    th0 = start_coords(b0, sd0, C0, 1.0)
+    for k, v in zip(range(4), start_params(th0, data.p, q)):
+        np.testing.assert_allclose(v, (b0, sd0, C0, 1.0)[k], rtol=1e-14, atol=1e-15)
+    # a step of 0.05 in every coordinate: the fixed start is off by O(0.05), the first-order one by
+    # O(0.05^2); 5x closer leaves room for the second-order terms' constants
+    th = th0 + 0.05 * np.where(np.arange(P) < P - 1, 1.0, 0.0)
+    bb, sd, Cc, _ = start_params(th, data.p, q)
+    at = Q.group_loglik_grad(data, bb, sd, Cc, n_nodes=4)["modes"]
+    err1 = np.abs(newton_v0(u0, bb, sd, Cc, 1.0, J) - at).max()
+    err0 = np.abs(newton_v0(fixed, bb, sd, Cc, 1.0, J) - at).max()
+    assert err1 < err0 / 5, (err1, err0)
 
 
 @pytest.mark.parametrize("family,link", FAMILIES)
@@ -440,6 +459,16 @@ def test_lockstep_modes_equal_each_groups_newton(family, link, q):
     rows, gh = np.full((8, len(data.y)), np.nan), np.full((J, 9), np.nan)
     lockstep_modes(data.code, q, data.y, data.trials, eta0, w, phi, lphi,
                    lockstep_plan(data.starts, LOCKSTEP_MAX_ROWS), start, modes, ok, rows, gh)
+    # without want_l, the rows of l are not written (the kernel reads them only for one node)
+    rows2 = np.full((8, len(data.y)), np.nan)
+    lockstep_modes(data.code, q, data.y, data.trials, eta0, w, phi, lphi,
+                   lockstep_plan(data.starts, LOCKSTEP_MAX_ROWS), start.copy(), modes.copy(), ok.copy(), rows2,
+                   gh.copy(), False)
+    assert np.isnan(rows2[1]).all()
+    np.testing.assert_array_equal(rows2[[0, 2, 3, 4]], rows[[0, 2, 3, 4]])
+    # the phi-derivatives (rows 5-7) are written only for the negative binomial, zero otherwise
+    written = [0, 1, 2, 3, 4] + ([5, 6, 7] if family == "negbinomial" else [])
+    assert family == "negbinomial" or np.isnan(rows[5:]).all()
     small = (np.diff(data.starts) >= 1) & (np.diff(data.starts) <= LOCKSTEP_MAX_ROWS)
     np.testing.assert_array_equal(ok, small)
     np.testing.assert_array_equal(modes[~small], 7.0)
@@ -455,7 +484,9 @@ def test_lockstep_modes_equal_each_groups_newton(family, link, q):
         # the mode pass: the rows' eta, l, l', l'', l''' and phi-derivatives, g and H at the mode
         ref = [data.offset[s0:s1] + b @ data.Xt[:, s0:s1] + v @ w[:, s0:s1]] + [np.empty(m) for _ in range(7)]
         fam_mode(data.code, data.y[s0:s1], data.trials[s0:s1], ref[0], phi, lphi, *ref[1:])
-        np.testing.assert_allclose(rows[:, s0:s1], np.array(ref), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(rows[written, s0:s1], np.array(ref)[written], rtol=1e-9, atol=1e-12)
+        if family != "negbinomial":
+            np.testing.assert_array_equal(np.array(ref)[5:], 0.0)
         g, H = np.empty(q), np.empty((q, q))
         grad_hess(ref[2], ref[3], np.ascontiguousarray(w[:, s0:s1]), v, q, g, H)
         np.testing.assert_allclose(gh[j, :q], g, rtol=0, atol=1e-10)

@@ -393,11 +393,19 @@ def node_table(data: QuadratureData, n_nodes=None) -> tuple[np.ndarray, np.ndarr
 
 def kernel_arrays(data: QuadratureData, n_nodes=None) -> list[np.ndarray]:
     """The kernel's data arguments after ``v0``: y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn,
-    rules, rule_of, const (``n_nodes`` as in :func:`node_table`)."""
+    rules, rule_of, lplan, lrows, const (``n_nodes`` as in :func:`node_table`; lplan and lrows the
+    lockstep's layout, :func:`~bayeslmm.paths.quadrature_lockstep.lockstep_layout`, for two or
+    three terms, else empty)."""
     nodes, lwn, rules, rule_of = node_table(data, n_nodes)
     ictl = np.array([data.code], dtype=np.int64)
+    if data.q > 1:
+        from .quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_layout
+        lplan, lrows = lockstep_layout(data.starts, data.y, data.trials, data.offset, data.Xt, data.Zt,
+                                       LOCKSTEP_MAX_ROWS)
+    else:
+        lplan, lrows = np.zeros(3, dtype=np.int64), np.zeros((3 + data.p + data.q, 0))
     return [data.y, data.trials, data.offset, data.Xt, data.Zt, data.starts, ictl, nodes, lwn, rules, rule_of,
-            data.const]
+            lplan, lrows, data.const]
 
 
 def _run(data, b, sd, Cc, phi, n_nodes, weights, grad, start):

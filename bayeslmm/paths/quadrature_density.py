@@ -19,19 +19,19 @@ from .quadrature_op import DATA_NAMES, op_data, op_kernel
 
 __all__ = ["aghq_logp_dlogp", "quadrature_density", "compile_density"]
 
-_INT = {"starts", "ictl", "rules", "rule_of"}
+_INT = {"starts", "ictl", "rules", "rule_of", "lplan"}
 
 
 @cached_njit(nogil=True, error_model="numpy")
 def aghq_logp_dlogp(x, code, par, logt, fix_idx, M, sd_idx, blocks, cpc_idx, aux_idx, const, grad, w,
-                    y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, u0, qconst):
+                    y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, lplan, lrows, u0, qconst):
     """Log-density and gradient of the collapsed GLMM at ``x`` (see
     :func:`bayeslmm.paths.collapsed_density.one_factor_logp_dlogp`; the data are :func:`op_data`'s)."""
     g = np.zeros(x.shape[0])
     lp = prior_logp(x, code, par, logt, g) + const
     b, sd, Cc, phi = unpack(x, fix_idx, M, sd_idx, blocks, cpc_idx, aux_idx)
     lpj, gb, gsd, gC, gphi = op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes,
-                                       lwn, rules, rule_of, u0, qconst)
+                                       lwn, rules, rule_of, lplan, lrows, u0, qconst)
     for j in range(lpj.shape[0]):
         lp += lpj[j]
     pullback(x, g, fix_idx, M, sd_idx, blocks, cpc_idx, aux_idx, sd, Cc, phi, gb, gsd, gC, gphi)

@@ -66,7 +66,7 @@ import numpy as np
 from .quadrature import BINOMIAL_LOGIT, NEGBINOMIAL_LOG, POISSON_LOG
 from .quadrature_families import NO_NRT, njit, fam_mode, nb_phi_part, vexp
 from .quadrature_fused import exp_rows, nodes_rows, small_trials, unit_rows
-from .quadrature_lockstep import LOCKSTEP_MAX_ROWS, lockstep_modes, lockstep_plan
+from .quadrature_lockstep import lockstep_core, unpack_plan
 from .quadrature_mode import chol, chol_adjoint, find_mode, grad_hess, linpred, rowsum, solve_lower, solve_upper_t
 from .quadrature_q1 import group_q1
 
@@ -157,7 +157,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     if laplace:
         # one node, at the mode (the Laplace approximation): the mode pass has computed it
         Sk[0] = rowsum(ls)
-        P[0] = rowsum(pls)
+        P[0] = rowsum(pls) if fam == NEGBINOMIAL_LOG else 0.0
         G0[0] = g[0]
         G1[0] = g[1]
         G2[0] = g[2] if q == 3 else 0.0
@@ -287,6 +287,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     h21 = Hbar[2, 1] if q == 3 else 0.0
     h22 = Hbar[2, 2] if q == 3 else 0.0
     mrow = nd1
+    nb = fam == NEGBINOMIAL_LOG         # (the rows' phi-derivatives are zero otherwise)
     vb0 = vb1 = vb2 = 0.0
     for i in range(nj):
         a0, a1, a2 = w0[i], w1[i], w2[i]
@@ -314,7 +315,8 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
         lwi = l0 * a0 + l1 * a1 + l2 * a2
         coef = -m * d3s[i] + d2s[i] * lwi               # multiplies d eta_i* (eta0 and the w'v* part)
         acc_e[i] += coef
-        dphi += -m * p2s[i] + lwi * p1s[i]
+        if nb:
+            dphi += -m * p2s[i] + lwi * p1s[i]
         c2 = -2.0 * d2s[i]
         dd = d1s[i]
         g0[i] = o0[i] + coef * v0_ + c2 * (h00 * a0 + h10 * a1 + h20 * a2) + dd * l0
@@ -479,7 +481,7 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
 
 @njit(**_NJIT)
 def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of,
-                const):
+                lplan, lrows, const):
     """Per-group AGHQ log-likelihoods and the wgt-weighted gradient.
 
     Parameters
@@ -494,6 +496,8 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
     nodes (M, q), lwn (M,): standard-normal product nodes and log W_k + z_k'z_k / 2, the rules one
         after another; rules (R, 3) int64 [first, end, index of the node at z = 0 or -1] of each
         rule in them; rule_of (J,) the rule of each group (groups may use different numbers of nodes).
+    lplan, lrows : the lockstep's plan and its rank-major constant rows
+        (:func:`~bayeslmm.paths.quadrature_lockstep.lockstep_layout`; read for two or three terms).
     const : (J,) data-only log-density constants per group (log binomial coefficients, -log y!).
 
     Returns
@@ -544,8 +548,34 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
         mode_ok = np.zeros(J, dtype=np.bool_)
         rows_all = np.empty((8, n_all))
         gh = np.empty((J, 9))
-        lockstep_modes(fam, q, y, trials, eta0_all, w_all, ph, lphi, lockstep_plan(starts, LOCKSTEP_MAX_ROWS), v0,
-                       lmodes, mode_ok, rows_all, gh)
+        laplace_rule = False
+        for r in range(rules.shape[0]):
+            laplace_rule |= rules[r, 1] - rules[r, 0] == 1
+        # the lockstep's rows are in its rank-major order (lrows: y, n, offset, X, Z), where eta0 and
+        # w are computed again in long loops (cheaper than gathering them)
+        lanes, cnt, off, src = unpack_plan(lplan)
+        nr = src.shape[0]
+        E0 = np.empty(nr)
+        W = np.empty((3, nr))
+        for i in range(nr):
+            E0[i] = lrows[2, i]
+        for k in range(p):
+            bk = b[k]
+            xk = lrows[3 + k]
+            for i in range(nr):
+                E0[i] += xk[i] * bk
+        for a in range(3):
+            Wa = W[a]
+            for i in range(nr):
+                Wa[i] = 0.0
+            if a < q:
+                for m in range(q):
+                    t = T[m, a]
+                    zm = lrows[3 + p + m]
+                    for i in range(nr):
+                        Wa[i] += t * zm[i]
+        lockstep_core(fam, q, lrows[0], lrows[1], E0, W, ph, lphi, lanes, cnt, off, src, v0, lmodes, mode_ok, rows_all,
+                      gh, laplace_rule)
         work_s = np.empty(3 * maxn)
         work_g = np.empty(3 * maxn)
         zrow = np.zeros(maxn)

@@ -22,10 +22,11 @@ import math
 
 import numpy as np
 
+from .quadrature import NEGBINOMIAL_LOG
 from .quadrature_families import NO_NRT, njit, fam_mode, fam_newton
 from .quadrature_mode import MAX_NEWTON, NEWTON_TOL
 
-__all__ = ["LOCKSTEP_MAX_ROWS", "lockstep_plan", "lockstep_modes"]
+__all__ = ["LOCKSTEP_MAX_ROWS", "lockstep_plan", "lockstep_layout", "unpack_plan", "lockstep_modes", "lockstep_core"]
 
 _NJIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp", "reassoc"})
 # numba's reference counting off where nothing is allocated (see quadrature_kernel._groups)
@@ -78,6 +79,47 @@ def lockstep_plan(starts, max_rows):
         for l in range(cnt[r]):
             src[o + l] = starts[lanes[l]] + r
     return lanes, cnt, off, src
+
+
+@njit(**_NJIT)
+def lockstep_layout(starts, y, n, offset, Xt, Zt, max_rows):
+    """The plan of :func:`lockstep_plan` packed into one int64 array, and the rows' constant data in
+    its rank-major order: the kernel's data inputs (made once per data set, not per call: the plan's
+    sort and these strided gathers cost ~0.1 ms a call on 10,000 rows).
+
+    Returns (lplan, lrows): lplan = [L, R, nr, lanes (L), cnt (R), off (R + 1), src (nr)] (read by
+    :func:`unpack_plan`); lrows (3 + p + q, nr) the rank-major rows of y, n, offset, X and Z.
+    """
+    lanes, cnt, off, src = lockstep_plan(starts, max_rows)
+    nl, R, nr = lanes.shape[0], cnt.shape[0], src.shape[0]
+    lplan = np.empty(3 + nl + R + R + 1 + nr, dtype=np.int64)
+    lplan[0] = nl
+    lplan[1] = R
+    lplan[2] = nr
+    lplan[3:3 + nl] = lanes
+    lplan[3 + nl:3 + nl + R] = cnt
+    lplan[3 + nl + R:4 + nl + 2 * R] = off
+    lplan[4 + nl + 2 * R:] = src
+    p, q = Xt.shape[0], Zt.shape[0]
+    lrows = np.empty((3 + p + q, nr))
+    for i in range(nr):
+        s = src[i]
+        lrows[0, i] = y[s]
+        lrows[1, i] = n[s]
+        lrows[2, i] = offset[s]
+        for k in range(p):
+            lrows[3 + k, i] = Xt[k, s]
+        for a in range(q):
+            lrows[3 + p + a, i] = Zt[a, s]
+    return lplan, lrows
+
+
+@njit(**_NJIT)        # (it returns views: reference counting on, unlike the loops here)
+def unpack_plan(lplan):
+    """(lanes, cnt, off, src) of a plan packed by :func:`lockstep_layout` (views)."""
+    nl, R = lplan[0], lplan[1]
+    return (lplan[3:3 + nl], lplan[3 + nl:3 + nl + R], lplan[3 + nl + R:4 + nl + 2 * R],
+            lplan[4 + nl + 2 * R:4 + nl + 2 * R + lplan[2]])
 
 
 @njit(**_NO_NRT)
@@ -216,7 +258,7 @@ def _after_step(l, big, st, V, VN, ST, state):
 
 
 @njit(**_NJIT)
-def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, gh):
+def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, gh, want_l=True):
     """Newton's method for every lane of ``plan`` (:func:`lockstep_plan`) at once, then the mode pass.
 
     ``y``, ``n``, ``eta0`` (rows sorted by group) and ``w`` (q, rows) are the rows' data, linear
@@ -224,14 +266,15 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, 
     each lane's group j, ``modes[j]`` gets the mode and ``ok[j]`` whether Newton converged (other
     groups are left as they are). The mode pass of :func:`~bayeslmm.paths.quadrature_kernel._group`
     is done here too: ``rows`` (8, rows) gets, at the lanes' rows, eta and
-    :func:`~bayeslmm.paths.quadrature_families.fam_mode`'s seven outputs at the mode; ``gh[j]`` (9,)
+    :func:`~bayeslmm.paths.quadrature_families.fam_mode`'s seven outputs at the mode (l only with
+    ``want_l``, the phi-derivatives only for the negative binomial); ``gh[j]`` (9,)
     the gradient of f there (0:3, zero beyond q) and its negative Hessian (3:9, packed 00, 10, 11,
-    20, 21, 22).
+    20, 21, 22). (The rows gathered into the plan's rank-major order here; the kernel has its
+    constant rows in that order already, :func:`lockstep_layout`, and calls :func:`lockstep_core`.)
     """
     lanes, cnt, off, src = plan
-    nl = lanes.shape[0]
     nr = src.shape[0]
-    if nl == 0:
+    if lanes.shape[0] == 0:
         return
     Y = np.empty(nr)
     N = np.empty(nr)
@@ -245,6 +288,17 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, 
     for a in range(q):
         for i in range(nr):
             W[a, i] = w[a, src[i]]
+    lockstep_core(fam, q, Y, N, E0, W, phi, lphi, lanes, cnt, off, src, v0, modes, ok, rows, gh, want_l)
+
+
+@njit(**_NJIT)
+def lockstep_core(fam, q, Y, N, E0, W, phi, lphi, lanes, cnt, off, src, v0, modes, ok, rows, gh, want_l):
+    """:func:`lockstep_modes` on rows already in the plan's rank-major order: ``Y``, ``N``, ``E0``
+    (nr,) and ``W`` (3, nr) (rows beyond q unread)."""
+    nl = lanes.shape[0]
+    nr = src.shape[0]
+    if nl == 0:
+        return
     ETA = np.empty(nr)
     D1 = np.empty(nr)
     D2 = np.empty(nr)
@@ -308,7 +362,12 @@ def lockstep_modes(fam, q, y, n, eta0, w, phi, lphi, plan, v0, modes, ok, rows, 
     _eta_lanes(q, E0, W, cnt, off, V, R8[0])
     fam_mode(fam, Y, N, R8[0], phi, lphi, R8[1], R8[2], R8[3], R8[4], R8[5], R8[6], R8[7])
     _sums_lanes(q, W, cnt, off, R8[2], R8[3], acc)
+    # scattered back to group order: eta and the first three derivatives always; l only where a
+    # rule is the Laplace approximation, the phi-derivatives only for the negative binomial (the
+    # scatter's strided writes cost more than the rest of the mode pass; the kernel reads no other)
     for k in range(8):
+        if (k == 1 and not want_l) or (k >= 5 and fam != NEGBINOMIAL_LOG):
+            continue
         rk = R8[k]
         out = rows[k]
         for i in range(nr):

@@ -20,7 +20,8 @@ from .quadrature_families import NO_NRT, njit, fam_newton
 from .quadrature_fused import newton_q1, newton_q1_intercept
 
 __all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower",
-           "solve_upper_t", "chol_adjoint", "NEWTON_TOL", "MAX_NEWTON"]
+           "solve_upper_t", "chol_adjoint", "NEWTON_TOL", "MAX_NEWTON", "n_start_coords", "start_coords", "start_params",
+           "newton_v0"]
 
 NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one last step is taken:
                         # quadratic convergence leaves an error ~1e-12 after it
@@ -245,3 +246,78 @@ def find_mode(fam, y, n, eta0, w, q, v, phi, lphi, H, L, eta, d1, d2, mats, vecs
                 H[a, c] = Hn[a, c]
         g2 = gn2
     return False
+
+
+# --------------------------------------------------------------------------------------------
+# Newton's start in a fitted model
+# --------------------------------------------------------------------------------------------
+def n_start_coords(p: int, q: int) -> int:
+    """How many coordinates :func:`start_coords` has for p fixed effects and q terms."""
+    return p + q + q * (q - 1) // 2 + 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def start_coords(b, sd, Cc, phi):
+    """The coordinates a fitted model's Newton start is linear in: (b, log sd, the strictly lower
+    entries of Cc by rows, log phi) (:func:`newton_v0`; inverse :func:`start_params`)."""
+    p, q = b.shape[0], sd.shape[0]
+    th = np.empty(p + q + q * (q - 1) // 2 + 1)
+    for k in range(p):
+        th[k] = b[k]
+    for a in range(q):
+        th[p + a] = math.log(sd[a])
+    m = p + q
+    for a in range(q):
+        for c in range(a):
+            th[m] = Cc[a, c]
+            m += 1
+    th[m] = math.log(phi)
+    return th
+
+
+def start_params(th: np.ndarray, p: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(b, sd, Cc, phi) at the coordinates ``th`` of :func:`start_coords` (Cc's diagonal from its
+    rows' unit length; NaN there if a row's entries are too long)."""
+    th = np.asarray(th, dtype=float)
+    b, sd = th[:p].copy(), np.exp(th[p:p + q])
+    Cc = np.zeros((q, q))
+    m = p + q
+    for a in range(q):
+        for c in range(a):
+            Cc[a, c] = th[m]
+            m += 1
+        rest = 1.0 - np.sum(Cc[a, :a] ** 2)
+        Cc[a, a] = np.sqrt(rest) if rest > 0 else np.nan
+    return b, sd, Cc, float(np.exp(th[m]))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")      # sd = 0 gives inf, not an exception
+def newton_v0(u0, b, sd, Cc, phi, J):
+    """Newton's starts (J, q) in the standardised scale at the parameters (b, sd, Cc, phi).
+
+    ``u0`` (J, q, 1 + P) holds each group's start in the scale of the terms as a linear function of
+    the P = :func:`n_start_coords` coordinates th = :func:`start_coords`: u = u0[:, :, 0] +
+    u0[:, :, 1:] th (with one column, a fixed point). It is converted to v = T^-1 u (T = diag(sd) Cc,
+    lower triangular, by forward substitution); zero for a group whose start is not finite or has
+    |v| >= 30, and for all when u0 has no rows.
+    """
+    q = sd.shape[0]
+    v0 = np.zeros((J, q))
+    if u0.shape[0] != J:
+        return v0
+    th = start_coords(b, sd, Cc, phi)
+    P = th.shape[0] if u0.shape[2] == th.shape[0] + 1 else 0
+    for j in range(J):
+        ok = True
+        for a in range(q):
+            s = u0[j, a, 0]
+            for k in range(P):
+                s += u0[j, a, 1 + k] * th[k]
+            for c in range(a):
+                s -= sd[a] * Cc[a, c] * v0[j, c]
+            v0[j, a] = s / (sd[a] * Cc[a, a])
+            ok &= abs(v0[j, a]) < 30.0
+        if not ok:
+            for a in range(q):
+                v0[j, a] = 0.0
+    return v0

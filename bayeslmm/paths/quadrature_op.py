@@ -33,58 +33,37 @@ from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache
 from .quadrature import QuadratureData, kernel_arrays
 from .quadrature_families import njit
 from .quadrature_kernel import aghq_kernel
+from .quadrature_mode import n_start_coords, newton_v0
 
 __all__ = ["AGHQLogLik", "aghq_logp", "op_data", "DATA_NAMES"]
 
 N_PARAMS = 4          # b, sd, C_chol, phi; after (grad, w), before the data arrays
 FIRST = 2
-DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "rules", "rule_of", "u0",
-              "const")
-
-
-@njit(cache=True, nogil=True, error_model="numpy")      # sd = 0 gives inf, not an exception
-def newton_v0(u0, sd, Cc, J):
-    """Newton's starts (J, q) in the standardised scale: v = T^-1 u0 (T = diag(sd) Cc, lower
-    triangular, by forward substitution); zero for a group whose start is not finite or has
-    |v| >= 30, and for all when u0 has no rows."""
-    q = sd.shape[0]
-    v0 = np.zeros((J, q))
-    if u0.shape[0] != J:
-        return v0
-    for j in range(J):
-        ok = True
-        for a in range(q):
-            s = u0[j, a]
-            for c in range(a):
-                s -= sd[a] * Cc[a, c] * v0[j, c]
-            v0[j, a] = s / (sd[a] * Cc[a, a])
-            ok &= abs(v0[j, a]) < 30.0
-        if not ok:
-            for a in range(q):
-                v0[j, a] = 0.0
-    return v0
+DATA_NAMES = ("y", "trials", "offset", "Xt", "Zt", "starts", "ictl", "nodes", "lwn", "rules", "rule_of", "lplan",
+              "lrows", "u0", "const")
 
 
 @njit(cache=True, nogil=True)
-def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, u0,
-              const):
+def op_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, lplan,
+              lrows, u0, const):
     """:func:`aghq_kernel` without the modes: the Op's five outputs.
 
-    Newton starts at ``u0`` (J, q), a fixed point in the scale of the terms
-    (:func:`~bayeslmm.paths.quadrature_nodes.newton_start`), converted to the standardised scale
-    v = T^-1 u of these parameters (T = diag(sd) Cc, lower triangular); a start that is not finite
-    there (sd = 0), far out, or absent (u0 with no rows) is zero.
+    Newton starts at ``u0`` (J, q, 1 + P), each group's start in the scale of the terms as a linear
+    function of the parameters (:func:`~bayeslmm.paths.quadrature_nodes.newton_start`), converted
+    to the standardised scale v = T^-1 u of these parameters (T = diag(sd) Cc, lower triangular) by
+    :func:`~bayeslmm.paths.quadrature_mode.newton_v0`; a start that is not finite there (sd = 0),
+    far out, or absent (u0 with no rows) is zero.
     """
-    v0 = newton_v0(u0, sd, Cc, starts.shape[0] - 1)
+    v0 = newton_v0(u0, b, sd, Cc, phi[()], starts.shape[0] - 1)
     lp, gb, gsd, gC, gphi, _ = aghq_kernel(grad, w, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts, ictl,
-                                           nodes, lwn, rules, rule_of, const)
+                                           nodes, lwn, rules, rule_of, lplan, lrows, const)
     return lp, gb, gsd, gC, gphi
 
 
 class AGHQLogLik(Op):
     """Inputs (grad, w, b, sd, C_chol, phi, *data), outputs (logL (J,), d/db, d/dsd, d/dC_chol, d/dphi).
 
-    ``data`` are the twelve arrays of :func:`op_data` in the order of :data:`DATA_NAMES`.
+    ``data`` are the fifteen arrays of :func:`op_data` in the order of :data:`DATA_NAMES`.
     """
 
     __props__ = ("linked",)
@@ -118,7 +97,7 @@ class AGHQLogLik(Op):
                 + [disconnected_type() for _ in inputs[FIRST + N_PARAMS:]])
 
 
-_INT = (0, 11, 12, 15, 16)        # grad, starts, ictl, rules, rule_of: int64; the rest float64
+_INT = (0, 11, 12, 15, 16, 17)        # grad, starts, ictl, rules, rule_of, lplan: int64; the rest float64
 
 
 def _call_kernel(*args):
@@ -135,12 +114,12 @@ _OUT_TYPE = numba.types.Tuple([_F64[1], _F64[1], _F64[1], _F64[2], _F64[0]])
 
 
 @njit(cache=True)
-def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, u0,
-             const):
+def _op_impl(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules, rule_of, lplan,
+             lrows, u0, const):
     # object mode: see the module docstring (and collapsed_kernel._op_impl for the measured why)
     with numba.objmode(out=_OUT_TYPE):
         out = _call_kernel(grad, w, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, nodes, lwn, rules,
-                           rule_of, u0, const)
+                           rule_of, lplan, lrows, u0, const)
     return out
 
 
@@ -162,11 +141,20 @@ def op_data(data: QuadratureData, n_nodes=None, u0=None) -> dict[str, np.ndarray
     """The Op's data arrays by name (:data:`DATA_NAMES`), for ``pytensor.shared`` or constants.
 
     ``n_nodes``: nodes per axis, one number or one per group (J,); default :func:`default_nodes`.
-    ``u0``: Newton's start per group (J, q) in the scale of the terms (:func:`op_kernel`); None
-    starts at zero.
+    ``u0``: Newton's start per group in the scale of the terms (:func:`op_kernel`): (J, q, 1 + P)
+    from :func:`~bayeslmm.paths.quadrature_nodes.newton_start`, or a fixed (J, q); None starts at zero.
     """
     arrays = kernel_arrays(data, n_nodes)
-    u0 = np.zeros((0, data.q)) if u0 is None else np.ascontiguousarray(u0, dtype=float).reshape(data.n_groups, data.q)
+    J, q = data.n_groups, data.q
+    if u0 is None:
+        u0 = np.zeros((0, q, 1))
+    else:
+        u0 = np.asarray(u0, dtype=float)
+        u0 = u0.reshape(J, q, -1) if u0.ndim == 3 else u0.reshape(J, q, 1)
+        if u0.shape[2] not in (1, 1 + n_start_coords(data.p, q)):
+            raise ValueError(f"u0 must be (J, q), or (J, q, {1 + n_start_coords(data.p, q)}) for a first-order "
+                             f"start, got {u0.shape}")
+        u0 = np.ascontiguousarray(u0)
     return dict(zip(DATA_NAMES, arrays[:-1] + [u0, arrays[-1]]))
 
 
