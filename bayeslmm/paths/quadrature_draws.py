@@ -41,7 +41,8 @@ import numpy as np
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
 from .quadrature_families import NO_NRT, njit, fam_newton
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
-from .quadrature_mode import chol, find_mode, find_mode_q1, grad_hess, intercept_ok, linpred, solve_upper_t
+from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, grad_hess, group_start, intercept_ok, linpred,
+                              solve_upper_t)
 
 __all__ = ["draw_kernel", "T_DF"]
 
@@ -231,12 +232,14 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, n_prop, o
 
 
 @njit(**_NO_NRT)
-def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, seed, n_prop, min_ess, s_first, big,
-              work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state):
+def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, u0, seed, n_prop, min_ess, s_first,
+              big, work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state, th):
     """The loop over draws and groups of :func:`draw_kernel`, which allocates its arrays."""
     for s in range(S):
         ph = phi[s]
         lphi = math.log(ph) if ph > 0 else 0.0
+        if u0.shape[0] == J:
+            coords_into(b[s], sd[s], Cc[s], ph, th)
         for a in range(q):
             for c in range(q):
                 T[a, c] = sd[s, a] * Cc[s, a, c]
@@ -262,8 +265,11 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
                     t = T[m, a]
                     for i in range(nj):
                         w[a, i] += t * Zt[m, s0 + i]
-            for a in range(q):
-                v[a] = 0.0
+            if u0.shape[0] == J:
+                group_start(u0, j, th, sd[s], Cc[s], v)
+            else:
+                for a in range(q):
+                    v[a] = 0.0
             yj = y[s0:s1]
             nj_tr = trials[s0:s1]
             if q == 1:
@@ -315,7 +321,7 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
 
 
 @njit(**_NJIT)
-def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n_prop, min_ess, s_first):
+def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, u0, seed, n_prop, min_ess, s_first):
     """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
 
     ``s_first``: the index of the first of these draws among all the posterior's draws (the random
@@ -323,7 +329,9 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
     into blocks run in parallel threads with the same result).
 
     Data arrays as for :func:`~bayeslmm.paths.quadrature_kernel.aghq_kernel` (rows sorted by group,
-    Xt (p, n), Zt (q, n)). Returns (u, tries, ess), the last two (S, J): the proposals each draw used,
+    Xt (p, n), Zt (q, n)); ``u0`` Newton's start as the fitted model's
+    (:func:`~bayeslmm.paths.quadrature_mode.newton_v0`; no rows: zero). Returns (u, tries, ess), the
+    last two (S, J): the proposals each draw used,
     and the importance weights' ESS where a draw fell back to importance resampling (NaN where the
     draw is exact); tries is NaN where the mode was not found.
     """
@@ -354,7 +362,8 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, seed, n
     props = np.empty((big, q))
     lw = np.empty(big)
     state = np.zeros(1, dtype=np.uint64)
-    _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, seed, n_prop, min_ess, s_first, big,
-              work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state)
+    th = np.empty(p + q + q * (q - 1) // 2 + 1)
+    _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, u0, seed, n_prop, min_ess, s_first,
+              big, work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state, th)
     return u, tries, ess_out
 

@@ -21,7 +21,7 @@ from .quadrature_fused import newton_q1, newton_q1_intercept
 
 __all__ = ["find_mode", "find_mode_q1", "intercept_ok", "linpred", "rowsum", "grad_hess", "chol", "solve_lower",
            "solve_upper_t", "chol_adjoint", "NEWTON_TOL", "MAX_NEWTON", "n_start_coords", "start_coords", "start_params",
-           "newton_v0"]
+           "coords_into", "group_start", "newton_v0"]
 
 NEWTON_TOL = 1e-6       # |Newton step| (standardised scale) below which one last step is taken:
                         # quadratic convergence leaves an error ~1e-12 after it
@@ -256,12 +256,10 @@ def n_start_coords(p: int, q: int) -> int:
     return p + q + q * (q - 1) // 2 + 1
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def start_coords(b, sd, Cc, phi):
-    """The coordinates a fitted model's Newton start is linear in: (b, log sd, the strictly lower
-    entries of Cc by rows, log phi) (:func:`newton_v0`; inverse :func:`start_params`)."""
+@njit(**_NJIT)
+def coords_into(b, sd, Cc, phi, th):
+    """th = :func:`start_coords` (b, sd, Cc, phi), into a given array (nothing allocated)."""
     p, q = b.shape[0], sd.shape[0]
-    th = np.empty(p + q + q * (q - 1) // 2 + 1)
     for k in range(p):
         th[k] = b[k]
     for a in range(q):
@@ -272,6 +270,14 @@ def start_coords(b, sd, Cc, phi):
             th[m] = Cc[a, c]
             m += 1
     th[m] = math.log(phi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def start_coords(b, sd, Cc, phi):
+    """The coordinates a fitted model's Newton start is linear in: (b, log sd, the strictly lower
+    entries of Cc by rows, log phi) (:func:`newton_v0`; inverse :func:`start_params`)."""
+    th = np.empty(b.shape[0] + sd.shape[0] + sd.shape[0] * (sd.shape[0] - 1) // 2 + 1)
+    coords_into(b, sd, Cc, phi, th)
     return th
 
 
@@ -291,6 +297,26 @@ def start_params(th: np.ndarray, p: int, q: int) -> tuple[np.ndarray, np.ndarray
     return b, sd, Cc, float(np.exp(th[m]))
 
 
+@njit(**_NJIT)
+def group_start(u0, j, th, sd, Cc, v):
+    """Group j's start of :func:`newton_v0` into v (q,) (th: :func:`start_coords` at the parameters;
+    u0 with one column: a fixed point); zero if it is not finite or |v| >= 30. Allocates nothing."""
+    q = sd.shape[0]
+    P = th.shape[0] if u0.shape[2] == th.shape[0] + 1 else 0
+    ok = True
+    for a in range(q):
+        s = u0[j, a, 0]
+        for k in range(P):
+            s += u0[j, a, 1 + k] * th[k]
+        for c in range(a):
+            s -= sd[a] * Cc[a, c] * v[c]
+        v[a] = s / (sd[a] * Cc[a, a])
+        ok &= abs(v[a]) < 30.0
+    if not ok:
+        for a in range(q):
+            v[a] = 0.0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")      # sd = 0 gives inf, not an exception
 def newton_v0(u0, b, sd, Cc, phi, J):
     """Newton's starts (J, q) in the standardised scale at the parameters (b, sd, Cc, phi).
@@ -299,25 +325,12 @@ def newton_v0(u0, b, sd, Cc, phi, J):
     the P = :func:`n_start_coords` coordinates th = :func:`start_coords`: u = u0[:, :, 0] +
     u0[:, :, 1:] th (with one column, a fixed point). It is converted to v = T^-1 u (T = diag(sd) Cc,
     lower triangular, by forward substitution); zero for a group whose start is not finite or has
-    |v| >= 30, and for all when u0 has no rows.
+    |v| >= 30, and for all when u0 has no rows (:func:`group_start`).
     """
-    q = sd.shape[0]
-    v0 = np.zeros((J, q))
+    v0 = np.zeros((J, sd.shape[0]))
     if u0.shape[0] != J:
         return v0
     th = start_coords(b, sd, Cc, phi)
-    P = th.shape[0] if u0.shape[2] == th.shape[0] + 1 else 0
     for j in range(J):
-        ok = True
-        for a in range(q):
-            s = u0[j, a, 0]
-            for k in range(P):
-                s += u0[j, a, 1 + k] * th[k]
-            for c in range(a):
-                s -= sd[a] * Cc[a, c] * v0[j, c]
-            v0[j, a] = s / (sd[a] * Cc[a, a])
-            ok &= abs(v0[j, a]) < 30.0
-        if not ok:
-            for a in range(q):
-                v0[j, a] = 0.0
+        group_start(u0, j, th, sd, Cc, v0[j])
     return v0

@@ -115,14 +115,15 @@ def build_quadrature_model(design: Design, prior_table: PriorTable, family: str,
 
 
 def add_quadrature_effects(post: xr.Dataset, design: Design, data: QuadratureData, aux_names: tuple[str, ...],
-                           seed: int) -> tuple[xr.Dataset, dict[str, np.ndarray]]:
+                           seed: int, u0=None) -> tuple[xr.Dataset, dict[str, np.ndarray]]:
     """``post`` plus ``r_{g}`` drawn from the exact conditional per draw; and the draws' diagnostics
     (:func:`~bayeslmm.paths.quadrature.draw_group_effects`: proposals per draw, and the importance
-    weights' ESS where a group fell back to importance resampling)."""
+    weights' ESS where a group fell back to importance resampling). ``u0``: Newton's start, as the
+    model's."""
     f = design.factors[0]
     b, sds, cors, aux = param_draws(post, (f,), aux_names)
     Cc = np.linalg.cholesky(np.asarray(cors[0]))
-    u, diag = draw_group_effects(data, b, sds[0], Cc, aux.get("phi"), seed=seed)
+    u, diag = draw_group_effects(data, b, sds[0], Cc, aux.get("phi"), seed=seed, start=u0)
     if not np.all(np.isfinite(u)):
         raise SpecError("the group effects could not be drawn for some posterior draws (non-finite "
                         "parameters); refit with method='noncentred'")
@@ -158,7 +159,7 @@ def sample_quadrature(design: Design, prior_table: PriorTable, settings: Sampler
     t1 = time.perf_counter()
     post = idata["posterior"].to_dataset()
     post = post[[v for v in keep if v in post.data_vars]]
-    merged, diag = add_quadrature_effects(post, design, data, aux_names, seed)
+    merged, diag = add_quadrature_effects(post, design, data, aux_names, seed, u0)
     merged.attrs = dict(idata["posterior"].attrs)
     tree = xr.DataTree()
     tree["posterior"] = xr.DataTree(merged)
