@@ -86,7 +86,7 @@ _D_CAP = 1 << 20
 # --------------------------------------------------------------------------------------------
 @njit(**_NO_NRT)
 def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_form, v,
-           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, km, k8, sr, dbuf, zrow):
+           eta, ls, d1s, d2s, d3s, pls, p1s, p2s, nd1, acc_e, acc_o, gw, mats, vecs, km, k8, sr, dbuf, dfull, zrow):
     """log L_j (without data constants) and, if want_grad, d/d eta0_i (in acc_e), d/d w_i (gw)
     and d/d phi. ``v`` holds the Newton start on entry and the mode on exit. With ``have_mode``,
     :func:`~bayeslmm.paths.quadrature_lockstep.lockstep_modes` has found the mode (in ``v``) and
@@ -100,7 +100,8 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
     once per call): ``mats`` (7, q, q), ``vecs`` (12, q), ``km`` (4, M), ``k8`` (22, M) (the node
     pass's sums and scratch in rows 0-12, then SK, VK and G per node, the nodes innermost); per row
     ``sr`` (3, m); ``dbuf`` the node pass's row x node scratch (at most _D_CAP
-    numbers: rows are taken in chunks).
+    numbers: rows are taken in chunks), and ``dfull`` the same as an (m, Mp) view where the group
+    is one chunk (made by the caller, once per group size).
     ``zT`` (3, M) are the standard nodes transposed (zero rows beyond q); ``pow_form`` as in
     :func:`~bayeslmm.paths.quadrature_fused.nodes_rows`.
     """
@@ -182,7 +183,8 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
             c1 = min(nj, c0 + ch)
             nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
                        w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, phi, lphi, pow_form,
-                       dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp)), Sk, P, k8[0], k8[1], k8[2], k8[6], k8[7], False)
+                       dfull if nj <= ch else dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp)), Sk, P, k8[0], k8[1], k8[2],
+                       k8[6], k8[7], False)
         for k in range(Mp):
             G0[k] = k8[0, k] - VK0[k]
             G1[k] = k8[1, k] - VK1[k]
@@ -223,7 +225,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
         ch = max(8, _D_CAP // Mp)
         for c0 in range(0, nj, ch):
             c1 = min(nj, c0 + ch)
-            D = dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp))
+            D = dfull if nj <= ch else dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp))
             if nj > ch:                  # this chunk's derivatives again (the sums go to scratch)
                 s0, s1, s2 = sr[0], sr[1], sr[2]
                 w2 = w[2] if q == 3 else s2
@@ -377,6 +379,13 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
     J = starts.shape[0] - 1
     rule_now = -1
     gphi = 0.0
+    # contiguous per-group views of the scratch, the 2-D ones by reshaping a flat slice, remade only
+    # when the group's size (or its rule's node count) changes: numba's reshape is a call into its
+    # C helpers, which cost 3% of the kernel when made for every group
+    nj_v = -1
+    Mj_v = -1
+    w = gw = gw1 = acc_o = sr = work_q[0:0].reshape((q, 0))
+    zT = dfull = zbuf[0:0].reshape((0, 0))
     for j in range(J):
         s0 = starts[j]
         s1 = starts[j + 1]
@@ -384,12 +393,19 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
         r0, r1, center = rules[rule_of[j], 0], rules[rule_of[j], 1], rules[rule_of[j], 2]
         nodes_j = nodes[r0:r1]
         lwn_j = lwn[r0:r1]
-        # contiguous per-group views of the scratch (2-D ones by reshaping a flat slice)
         eta0 = work[0:nj]
         ge = work[11 * nj:12 * nj]
-        w = work_q[0:q * nj].reshape((q, nj))
-        gw = work_q[q * nj:2 * q * nj].reshape((q, nj))
-        acc_o = work_o[:3 * nj].reshape((3, nj))
+        new_size = nj != nj_v
+        if new_size:
+            nj_v = nj
+            w = work_q[0:q * nj].reshape((q, nj))
+            gw1 = work_q[q * nj:2 * q * nj].reshape((q, nj))
+            acc_o = work_o[:3 * nj].reshape((3, nj))
+            if q > 1:
+                gw = work_g[:3 * nj].reshape((3, nj))
+                sr = work_s[:3 * nj].reshape((3, nj))
+        if q == 1:
+            gw = gw1
         if q == 1:
             for i in range(nj):
                 eta0[i] = offset[s0 + i]
@@ -421,7 +437,13 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
             Mj = r1 - r0
             if Mj > 1:
                 Mj = max(_MIN_VEC, (Mj + 3) // 4 * 4)
-            zT = zbuf[:3 * Mj].reshape((3, Mj))
+            if Mj != Mj_v or new_size:
+                if Mj != Mj_v:
+                    zT = zbuf[:3 * Mj].reshape((3, Mj))
+                    rule_now = -1
+                Mj_v = Mj
+                if nj <= max(8, _D_CAP // Mj):
+                    dfull = work_d[:nj * Mj].reshape((nj, Mj))
             if rule_of[j] != rule_now:          # the rule's nodes transposed (rows contiguous, zeros beyond q)
                 rule_now = rule_of[j]
                 zT[:, :] = 0.0
@@ -429,7 +451,6 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
                     for a in range(q):
                         zT[a, k] = nodes_j[k, a]
             pow_form = fam == BINOMIAL_LOGIT and small_trials(trials[s0:s1])
-            gw = work_g[:3 * nj].reshape((3, nj))
             if mode_ok[j]:          # the mode pass done in lockstep: its rows, gradient and -Hessian
                 r8 = (rows_all[0, s0:s1], rows_all[1, s0:s1], rows_all[2, s0:s1], rows_all[3, s0:s1],
                       rows_all[4, s0:s1], rows_all[5, s0:s1], rows_all[6, s0:s1], rows_all[7, s0:s1])
@@ -448,8 +469,8 @@ def _groups(want_grad, fam, q, p, ph, lphi, wgt, b, T, v0, y, trials, offset, Xt
                       work[5 * nj:6 * nj], work[6 * nj:7 * nj], work[7 * nj:8 * nj], work[8 * nj:9 * nj])
             logL, dphi, ok = _group(want_grad, mode_ok[j], fam, y[s0:s1], trials[s0:s1], eta0, w, q, ph, lphi, zT,
                                     lwn_j, pow_form, v, r8[0], r8[1], r8[2], r8[3], r8[4], r8[5], r8[6], r8[7],
-                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, km, k8,
-                                    work_s[:3 * nj].reshape((3, nj)), work_d, zrow[:nj])
+                                    work[9 * nj:10 * nj], ge, acc_o, gw, mats, vecs, km, k8, sr, work_d, dfull,
+                                    zrow[:nj])
         extra = 0.0
         dextra = 0.0
         if fam == NEGBINOMIAL_LOG:
@@ -536,10 +557,14 @@ def aghq_kernel(grad, wgt, b, sd, Cc, phi, v0, y, trials, offset, Xt, Zt, starts
             xk = Xt[k]
             for i in range(n_all):
                 eta0_all[i] += xk[i] * bk
-        w_all = np.zeros((q, n_all))
+        w_all = np.empty((q, n_all))
         for a in range(q):
             wa = w_all[a]
-            for m in range(q):
+            t = T[0, a]
+            z0 = Zt[0]
+            for i in range(n_all):
+                wa[i] = t * z0[i]
+            for m in range(1, q):
                 t = T[m, a]
                 zm = Zt[m]
                 for i in range(n_all):
