@@ -8,7 +8,9 @@ one call over the 10,000 rows (min of 7 x 100, tests/bench data). Here the rows 
 at most :data:`LOCKSTEP_MAX_ROWS` rows are laid out rank-major (row r of every group with more than
 r rows, one after another; the groups sorted by size, largest first, so each rank is a prefix of
 the lanes): one evaluation is one long family pass plus, per rank, loops over the groups ("lanes")
-that vectorise whatever the groups' sizes.
+that vectorise whatever the groups' sizes. The layout is a constant of the data
+(:func:`lockstep_layout`: the plan, and y, n, offset, X and Z in its order), made once and passed to
+the kernel as data, so a call computes eta0 and w in that order with no sort or strided gather.
 
 Each lane follows exactly the iteration of :func:`~bayeslmm.paths.quadrature_mode.find_mode`
 (Newton steps, halved until the gradient norm decreases, stop once a step is below NEWTON_TOL and
