@@ -232,10 +232,26 @@ def fam_newton(fam, y, n, eta, phi, lphi, d1, d2):
 
 
 @njit(**LOOP_JIT)
-def fam_mode(fam, y, n, eta, phi, lphi, l, d1, d2, d3, pl, p1, p2):
-    """l, l', l'', l''', and the phi-derivatives of l, l', l'' of every row (at the mode)."""
+def fam_mode(fam, y, n, eta, phi, lphi, l, d1, d2, d3, pl, p1, p2, want_l=True):
+    """l, l', l'', l''', and the phi-derivatives of l, l', l'' of every row (at the mode).
+    ``want_l=False``: l may be left unwritten (binomial logit then skips its logarithm; the kernel
+    reads l only for the one-node rule)."""
     m = eta.shape[0]
-    if fam == BINOMIAL_LOGIT:
+    if fam == BINOMIAL_LOGIT and not want_l:
+        for i in range(m):
+            e = vexp(-abs(eta[i]))
+            inv = 1.0 / (1.0 + e)
+            pos = eta[i] >= 0.0
+            p = inv if pos else e * inv
+            q = e * inv if pos else inv
+            pq = p * q
+            d1[i] = y[i] * q - (n[i] - y[i]) * p
+            d2[i] = -n[i] * pq
+            d3[i] = -n[i] * pq * (q - p)
+            pl[i] = 0.0
+            p1[i] = 0.0
+            p2[i] = 0.0
+    elif fam == BINOMIAL_LOGIT:
         for i in range(m):
             lp, p, q = logistic(eta[i])
             pq = p * q

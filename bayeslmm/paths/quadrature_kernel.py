@@ -123,7 +123,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
             return -np.inf, 0.0, False
         # the mode pass: everything the gradient needs at v*
         linpred(eta0, w, v, eta)
-        fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s)
+        fam_mode(fam, y, n, eta, phi, lphi, ls, d1s, d2s, d3s, pls, p1s, p2s, M == 1)   # l: one node only
         grad_hess(d1s, d2s, w, v, q, g, H)
     if not chol(H, q, L):
         return -np.inf, 0.0, False

@@ -11,6 +11,8 @@ the lanes): one evaluation is one long family pass plus, per rank, loops over th
 that vectorise whatever the groups' sizes. The layout is a constant of the data
 (:func:`lockstep_layout`: the plan, and y, n, offset, X and Z in its order), made once and passed to
 the kernel as data, so a call computes eta0 and w in that order with no sort or strided gather.
+Once fewer than a quarter of the lanes are still trying a step (with the fitted model's Newton start,
+typically the third evaluation, for ~10% of the groups), an evaluation covers those lanes only.
 
 Each lane follows exactly the iteration of :func:`~bayeslmm.paths.quadrature_mode.find_mode`
 (Newton steps, halved until the gradient norm decreases, stop once a step is below NEWTON_TOL and
@@ -40,6 +42,9 @@ _NO_NRT = dict(_NJIT, **NO_NRT)
 LOCKSTEP_MAX_ROWS = 64
 # step halvings per Newton step before the trial point is taken anyway (as find_mode)
 _HALVINGS = 60
+# a Newton evaluation covers only the lanes still trying a step when they are under 1/_FEW of all
+# (gathering a lane's rows costs a few times what a pass over them in the rank-major layout does)
+_FEW = 4
 
 
 @njit(**_NJIT)
@@ -195,6 +200,56 @@ def _evaluate(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, ETA, D1, D2, acc):
 
 
 @njit(**_NO_NRT)
+def _evaluate_some(fam, q, Y, N, E0, W, cnt, off, vn, phi, lphi, state, acc, buf):
+    """:func:`_evaluate` for the lanes still trying a step (state 0) only, each lane's rows gathered
+    from the rank-major layout into ``buf`` (5, max rows): when few lanes are left, a pass over all
+    rows would cost more than these gathers. Sums in the same order as :func:`_sums_lanes`."""
+    R = cnt.shape[0]
+    eta, yb, nb, d1, d2 = buf[0], buf[1], buf[2], buf[3], buf[4]
+    for l in range(state.shape[0]):
+        if state[l] != 0:
+            continue
+        v0, v1, v2 = vn[0, l], vn[1, l], vn[2, l]
+        m = 0
+        while m < R and cnt[m] > l:
+            i = off[m] + l
+            e = E0[i] + W[0, i] * v0 + W[1, i] * v1
+            if q == 3:
+                e += W[2, i] * v2
+            eta[m] = e
+            yb[m] = Y[i]
+            nb[m] = N[i]
+            m += 1
+        fam_newton(fam, yb[:m], nb[:m], eta[:m], phi, lphi, d1[:m], d2[:m])
+        g0 = g1 = g2 = h00 = h10 = h11 = h20 = h21 = h22 = 0.0
+        for r in range(m):
+            i = off[r] + l
+            a0, a1 = W[0, i], W[1, i]
+            t0 = d2[r] * a0
+            t1 = d2[r] * a1
+            g0 += d1[r] * a0
+            g1 += d1[r] * a1
+            h00 += t0 * a0
+            h10 += t1 * a0
+            h11 += t1 * a1
+            if q == 3:
+                a2 = W[2, i]
+                g2 += d1[r] * a2
+                h20 += d2[r] * a2 * a0
+                h21 += d2[r] * a2 * a1
+                h22 += d2[r] * a2 * a2
+        acc[0, l] = g0
+        acc[1, l] = g1
+        acc[2, l] = g2
+        acc[3, l] = h00
+        acc[4, l] = h10
+        acc[5, l] = h11
+        acc[6, l] = h20
+        acc[7, l] = h21
+        acc[8, l] = h22
+
+
+@njit(**_NO_NRT)
 def _step(acc, l, v, g, H, st):
     """Lane l: g = grad f, H = -Hessian at v (3,) from the sums, and the Newton step H^-1 g into
     st; returns max |step| (nan if H is not positive definite). Unused third terms have zero sums,
@@ -317,6 +372,7 @@ def lockstep_core(fam, q, Y, N, E0, W, phi, lphi, lanes, cnt, off, src, v0, mode
     H = np.empty(6)
     st = np.empty(3)
     vl = np.empty(3)
+    buf = np.empty((5, cnt.shape[0]))
     for l in range(nl):
         for a in range(q):
             V[a, l] = v0[lanes[l], a]
@@ -330,7 +386,10 @@ def lockstep_core(fam, q, Y, N, E0, W, phi, lphi, lanes, cnt, off, src, v0, mode
         if _after_step(l, big, st, V, VN, ST, state):
             active += 1
     while active > 0:
-        _evaluate(fam, q, Y, N, E0, W, cnt, off, VN, phi, lphi, ETA, D1, D2, acc)
+        if active * _FEW < nl:          # few lanes left (the last step of a few groups): those only
+            _evaluate_some(fam, q, Y, N, E0, W, cnt, off, VN, phi, lphi, state, acc, buf)
+        else:
+            _evaluate(fam, q, Y, N, E0, W, cnt, off, VN, phi, lphi, ETA, D1, D2, acc)
         for l in range(nl):
             if state[l] != 0:
                 continue
@@ -362,7 +421,7 @@ def lockstep_core(fam, q, Y, N, E0, W, phi, lphi, lanes, cnt, off, src, v0, mode
     # the mode pass: everything the node and reverse passes need at each lane's mode
     R8 = np.empty((8, nr))
     _eta_lanes(q, E0, W, cnt, off, V, R8[0])
-    fam_mode(fam, Y, N, R8[0], phi, lphi, R8[1], R8[2], R8[3], R8[4], R8[5], R8[6], R8[7])
+    fam_mode(fam, Y, N, R8[0], phi, lphi, R8[1], R8[2], R8[3], R8[4], R8[5], R8[6], R8[7], want_l)
     _sums_lanes(q, W, cnt, off, R8[2], R8[3], acc)
     # scattered back to group order: eta and the first three derivatives always; l only where a
     # rule is the Laplace approximation, the phi-derivatives only for the negative binomial (the
