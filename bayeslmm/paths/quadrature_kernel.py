@@ -234,21 +234,36 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
                 nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
                            w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, phi, lphi, pow_form, D, k8[8], k8[9],
                            k8[10], k8[11], k8[12], k8[6], k8[7])
-            for i in range(c0, c1):
-                Drow = D[i - c0]
-                se = 0.0
-                so0 = 0.0
-                so1 = 0.0
-                so2 = 0.0
-                for k in range(Mp):
-                    se += wk[k] * Drow[k]
-                    so0 += wv0[k] * Drow[k]
-                    so1 += wv1[k] * Drow[k]
-                    so2 += wv2[k] * Drow[k]
-                acc_e[i] = se * itot
-                acc_o[0, i] = so0
-                acc_o[1, i] = so1
-                acc_o[2, i] = so2
+            if q == 3:
+                for i in range(c0, c1):
+                    Drow = D[i - c0]
+                    se = 0.0
+                    so0 = 0.0
+                    so1 = 0.0
+                    so2 = 0.0
+                    for k in range(Mp):
+                        se += wk[k] * Drow[k]
+                        so0 += wv0[k] * Drow[k]
+                        so1 += wv1[k] * Drow[k]
+                        so2 += wv2[k] * Drow[k]
+                    acc_e[i] = se * itot
+                    acc_o[0, i] = so0
+                    acc_o[1, i] = so1
+                    acc_o[2, i] = so2
+            else:                        # two terms: no third sum (wv2 is zero)
+                for i in range(c0, c1):
+                    Drow = D[i - c0]
+                    se = 0.0
+                    so0 = 0.0
+                    so1 = 0.0
+                    for k in range(Mp):
+                        se += wk[k] * Drow[k]
+                        so0 += wv0[k] * Drow[k]
+                        so1 += wv1[k] * Drow[k]
+                    acc_e[i] = se * itot
+                    acc_o[0, i] = so0
+                    acc_o[1, i] = so1
+                    acc_o[2, i] = 0.0
     # av = sum_k pi_k G_k and Lbar = -diag(1/L) - sum_k pi_k tril(SK_k (L^-1 G_k)'), over the
     # nodes at once (h = L^-1 G_k by forward substitution, written out; zero rows beyond q)
     dphi = 0.0

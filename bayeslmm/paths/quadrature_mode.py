@@ -76,7 +76,22 @@ def solve_upper_t(L, q, b, x):
 @njit(**_NJIT)
 def chol_adjoint(L, Lbar, q, Hbar, P, Y, col, out):
     """dF/dH (symmetric) from dF/dL for H = L L': sym(L^-T Phi(L' Lbar) L^-1); P, Y (q, q), col,
-    out (q,) are scratch."""
+    out (q,) are scratch. Two terms written out (a kernel call makes one per group)."""
+    if q == 2:
+        i00 = 1.0 / L[0, 0]
+        i11 = 1.0 / L[1, 1]
+        i10 = -L[1, 0] * i00 * i11                   # L^-1 = [[i00, 0], [i10, i11]]
+        p00 = 0.5 * (L[0, 0] * Lbar[0, 0] + L[1, 0] * Lbar[1, 0])
+        p10 = L[1, 1] * Lbar[1, 0]
+        p11 = 0.5 * L[1, 1] * Lbar[1, 1]
+        x10 = p10 * i00 + p11 * i10                  # X = P L^-1 (X01 = 0)
+        x11 = p11 * i11
+        Hbar[0, 0] = i00 * p00 * i00 + i10 * x10     # M = L^-T X
+        Hbar[1, 1] = i11 * x11
+        off = 0.5 * (i10 * x11 + i11 * x10)
+        Hbar[0, 1] = off
+        Hbar[1, 0] = off
+        return
     for i in range(q):
         for k in range(i + 1):
             v = 0.0
