@@ -225,17 +225,22 @@ def test_node_pass_product_form_equals_the_log_form():
     w = rng.normal(size=(3, m))
     z = rng.normal(size=(3, M))
     assert small_trials(n) and not small_trials(np.append(n, 16.0)) and not small_trials(np.append(n, 2.5))
-    out = {}
-    for form in (True, False):
-        D, Sk, Pk, G, Pr, Ex = np.zeros((m, M)), np.zeros(M), np.zeros(M), np.zeros((3, M)), np.zeros(M), np.zeros(M)
-        nodes_rows(0, y, n, es, s[0], s[1], s[2], w[0], w[1], w[2], z[0], z[1], z[2], M, 1.0, 0.0, form, D, Sk, Pk,
-                   G[0], G[1], G[2], Pr, Ex)
-        out[form] = (Sk, D, G)
-    ref = np.array([np.sum(y * (es + s.T @ z[:, k]) - n * np.logaddexp(0.0, es + s.T @ z[:, k])) for k in range(M)])
-    np.testing.assert_allclose(out[False][0], ref, rtol=1e-12)
-    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-12)
-    np.testing.assert_array_equal(out[True][1], out[False][1])
-    np.testing.assert_array_equal(out[True][2], out[False][2])
+    for q in (3, 2):                # two terms: the third rows zero, and the product form's own loop
+        if q == 2:
+            s[2], w[2], z[2] = 0.0, 0.0, 0.0
+        out = {}
+        for form in (True, False):
+            D, Sk, Pk, G, Pr, Ex = np.zeros((m, M)), np.zeros(M), np.zeros(M), np.zeros((3, M)), np.zeros(M), np.zeros(M)
+            nodes_rows(0, y, n, es, s[0], s[1], s[2], w[0], w[1], w[2], z[0], z[1], z[2], M, q, 1.0, 0.0, form, D, Sk,
+                       Pk, G[0], G[1], G[2], Pr, Ex)
+            out[form] = (Sk, D, G)
+        ref = np.array([np.sum(y * (es + s.T @ z[:, k]) - n * np.logaddexp(0.0, es + s.T @ z[:, k])) for k in range(M)])
+        np.testing.assert_allclose(out[False][0], ref, rtol=1e-12)
+        np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-12)
+        np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-15, atol=1e-300)
+        np.testing.assert_allclose(out[True][2], out[False][2], rtol=1e-13, atol=1e-300)
+        ref_g = np.array([[np.sum(out[False][1][:, k] * w[a]) for k in range(M)] for a in range(3)])
+        np.testing.assert_allclose(out[True][2], ref_g, rtol=1e-10, atol=1e-12)
 
 
 def test_value_pass_product_form_equals_the_log_form():

@@ -446,7 +446,7 @@ def _nodes_logit_pow2(y, n, es, s0, s1, w0, w1, z0, z1, M, D, Sk, G0, G1, Pr, r0
 
 
 @njit(**LOOP_JIT)
-def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, phi, lphi, pow_form, D, Sk, Pk, G0, G1, G2,
+def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, q, phi, lphi, pow_form, D, Sk, Pk, G0, G1, G2,
                Pr, Ex, reset=True):
     """All M nodes of one group in one pass over its rows, the nodes innermost (so they vectorise).
 
@@ -455,7 +455,8 @@ def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, phi, lphi, 
     Sk[k] = sum_i l_ik, Pk[k] = sum_i dl_ik/dphi, G.[k] = sum_i l'_ik w_i, D[i, k] = l'_ik.
     ``pow_form`` (binomial-logit rows whose trials pass :func:`small_trials`) takes the
     log(1 + e^eta) of all rows of a node as one logarithm of a product; Pr and Ex (M,) are its
-    scratch. ``reset=False`` adds to Sk, Pk and G instead (rows taken in chunks).
+    scratch. ``reset=False`` adds to Sk, Pk and G instead (rows taken in chunks). ``q`` the number of
+    terms (two: the third rows are zero, and the product form's loop leaves them out).
     """
     m = es.shape[0]
     if reset:
@@ -466,12 +467,7 @@ def nodes_rows(fam, y, n, es, s0, s1, s2, w0, w1, w2, z0, z1, z2, M, phi, lphi, 
             G1[k] = 0.0
             G2[k] = 0.0
     if fam == BINOMIAL_LOGIT and pow_form:
-        # two terms: the third term's rows are zero (z2, s2, w2), so is G2
-        two = True
-        for k in range(M):
-            two &= z2[k] == 0.0
-        for i in range(m):
-            two &= (s2[i] == 0.0) & (w2[i] == 0.0)
+        two = q == 2           # the third term's rows are zero (z2, s2, w2), so is G2
         for k in range(M):
             Ex[k] = 0.0
         for r0 in range(0, m, _POW_BLOCK):

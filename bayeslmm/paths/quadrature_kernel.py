@@ -184,7 +184,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
         for c0 in range(0, nj, ch):
             c1 = min(nj, c0 + ch)
             nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
-                       w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, phi, lphi, pow_form,
+                       w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, q, phi, lphi, pow_form,
                        dfull if nj <= ch else dbuf[:(c1 - c0) * Mp].reshape((c1 - c0, Mp)), Sk, P, k8[0], k8[1], k8[2],
                        k8[6], k8[7], False)
         for k in range(Mp):
@@ -232,7 +232,7 @@ def _group(want_grad, have_mode, fam, y, n, eta0, w, q, phi, lphi, zT, lwn, pow_
                 s0, s1, s2 = sr[0], sr[1], sr[2]
                 w2 = w[2] if q == 3 else s2
                 nodes_rows(fam, y[c0:c1], n[c0:c1], eta[c0:c1], s0[c0:c1], s1[c0:c1], s2[c0:c1], w[0, c0:c1],
-                           w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, phi, lphi, pow_form, D, k8[8], k8[9],
+                           w[1, c0:c1], w2[c0:c1], z0, z1, z2, Mp, q, phi, lphi, pow_form, D, k8[8], k8[9],
                            k8[10], k8[11], k8[12], k8[6], k8[7])
             if q == 3:
                 for i in range(c0, c1):
