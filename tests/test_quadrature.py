@@ -470,7 +470,8 @@ def test_lockstep_modes_equal_each_groups_newton(family, link, q):
                    lockstep_plan(data.starts, LOCKSTEP_MAX_ROWS), start.copy(), modes.copy(), ok.copy(), rows2,
                    gh.copy(), False)
     assert np.isnan(rows2[1]).all()
-    np.testing.assert_array_equal(rows2[[0, 2, 3, 4]], rows[[0, 2, 3, 4]])
+    # (fam_mode's loop without l computes the sigmoid inline: equal but for the last bit)
+    np.testing.assert_allclose(rows2[[0, 2, 3, 4]], rows[[0, 2, 3, 4]], rtol=1e-14, atol=1e-15)
     # the phi-derivatives (rows 5-7) are written only for the negative binomial, zero otherwise
     written = [0, 1, 2, 3, 4] + ([5, 6, 7] if family == "negbinomial" else [])
     assert family == "negbinomial" or np.isnan(rows[5:]).all()
