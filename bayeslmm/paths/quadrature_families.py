@@ -133,12 +133,20 @@ def vlog1p01(e):
 
 
 @njit(**_INL_IR)
-def logistic(x):
-    """(log(1 + e^x), sigmoid(x), sigmoid(-x)), stable for any x; vectorisable."""
+def sigmoids(x):
+    """(e^-|x|, sigmoid(x), sigmoid(-x)), stable for any x; vectorisable (:func:`logistic` without
+    its logarithm)."""
     e = vexp(-abs(x))
     inv = 1.0 / (1.0 + e)
     pos = x >= 0.0
-    return max(x, 0.0) + vlog1p01(e), inv if pos else e * inv, e * inv if pos else inv
+    return e, inv if pos else e * inv, e * inv if pos else inv
+
+
+@njit(**_INL_IR)
+def logistic(x):
+    """(log(1 + e^x), sigmoid(x), sigmoid(-x)), stable for any x; vectorisable."""
+    e, p, q = sigmoids(x)
+    return max(x, 0.0) + vlog1p01(e), p, q
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -234,16 +242,12 @@ def fam_newton(fam, y, n, eta, phi, lphi, d1, d2):
 @njit(**LOOP_JIT)
 def fam_mode(fam, y, n, eta, phi, lphi, l, d1, d2, d3, pl, p1, p2, want_l=True):
     """l, l', l'', l''', and the phi-derivatives of l, l', l'' of every row (at the mode).
-    ``want_l=False``: l may be left unwritten (binomial logit then skips its logarithm; the kernel
-    reads l only for the one-node rule)."""
+    ``want_l=False``: l may be left unwritten (binomial logit then takes :func:`sigmoids`, without
+    :func:`logistic`'s logarithm; the kernel reads l only for the one-node rule)."""
     m = eta.shape[0]
     if fam == BINOMIAL_LOGIT and not want_l:
         for i in range(m):
-            e = vexp(-abs(eta[i]))
-            inv = 1.0 / (1.0 + e)
-            pos = eta[i] >= 0.0
-            p = inv if pos else e * inv
-            q = e * inv if pos else inv
+            _, p, q = sigmoids(eta[i])
             pq = p * q
             d1[i] = y[i] * q - (n[i] - y[i]) * p
             d2[i] = -n[i] * pq
