@@ -611,29 +611,128 @@ def test_draws_q1_match_brute_force_moments(family, link):
 
 def test_draws_q2_match_grid_moments():
     """Draws for q = 2: means and variances per group within 5 Monte Carlo SEs of the dense-grid
-    moments. The small groups are drawn exactly (rejection from N(v*, I), ESS reported as NaN,
-    one to four proposals per draw: about sqrt(det H)); the 300-row group would need ~26, more
-    than n_proposals / 2 = 16, so it falls back to importance resampling from 32 proposals
-    (resampling bias O(1/n_proposals), far below 5 SEs) with a high ESS of the weights (the t
-    proposal matches the target). Broken once, the envelope at
-    N(v*, 0.5 I) (not an upper bound), the variances of the small groups failed."""
+    moments. Every group is drawn exactly (ESS reported as NaN), the 300-row one too, by rejection
+    from the ball envelope: 1 to 3 proposals a draw, where N(v*, I) needed ~26 for the 300-row group
+    (more than n_proposals / 2 = 16, so it used to fall back to importance resampling). The
+    fallback itself (``max_expected=0`` sends every group there): importance resampling from 32
+    proposals, biased O(1/n_proposals), which is far below 5 SEs where the t proposal matches the
+    target, so its moments are checked on the 300-row group (weights' ESS > 20). Broken once, the
+    rows' curvature floors tripled (B no longer a bound), the small groups' variances failed."""
     rng = np.random.default_rng(40)
     data, b = make_design("binomial", "logit", 2, [1, 4, 12, 300], [0.9, 0.6], seed=41)
     sd, Cc = np.array([0.9, 0.6]), random_corr_chol(2, rng)
     _, means, covs = grid_q2(data, b, sd, Cc, h=0.03, moments=True)
     S = 6000
-    u, diag = Q.draw_group_effects(data, np.tile(b, (S, 1)), np.tile(sd, (S, 1)), np.tile(Cc, (S, 1, 1)),
-                                   seed=2, n_proposals=32)
-    sir = ~np.isnan(diag["ess"])
-    assert not sir[:, [0, 1, 2, 4, 5]].any() and sir[:, 3].all()
-    assert np.median(diag["ess"][:, 3]) > 20 and np.all(diag["proposals"][:, 3] >= 32)
-    assert 1.0 <= np.mean(diag["proposals"][:, [0, 1, 2, 4, 5]]) < 5
+    args = (np.tile(b, (S, 1)), np.tile(sd, (S, 1)), np.tile(Cc, (S, 1, 1)))
+    u, diag = Q.draw_group_effects(data, *args, seed=2, n_proposals=32)
+    assert np.isnan(diag["ess"]).all()
+    assert 1.0 <= np.mean(diag["proposals"]) < 3 and np.mean(diag["proposals"][:, 3]) < 3
+    us, ds = Q.draw_group_effects(data, *args, seed=3, n_proposals=32, max_expected=0.0)
+    assert not np.isnan(ds["ess"]).any() and np.median(ds["ess"][:, 3]) > 20 and np.all(ds["proposals"] >= 32)
+
+    def close(x, j, a):
+        assert abs(x.mean() - means[j, a]) < 5 * np.sqrt(covs[j, a, a] / S), (j, a, x.mean(), means[j, a])
+        se_var = np.sqrt((np.mean((x - x.mean()) ** 4) - x.var() ** 2) / S)
+        assert abs(x.var() - covs[j, a, a]) < 5 * se_var, (j, a, x.var(), covs[j, a, a])
+    for a in range(2):
+        for j in range(data.n_groups):
+            close(u[:, j, a], j, a)
+        close(us[:, 3, a], 3, a)
+
+
+def test_curvature_floor_is_the_least_curvature_over_the_interval():
+    """The draws' envelope rests on curvature_floor: a lower bound of -l''(eta) over [lo, hi] per
+    row. Against -l'' on a 2001-point grid of the interval (numpy and scipy formulas), on random
+    rows and intervals up to eta = +-40: never above the grid's least value (to 1e-12 relative; probit
+    1e-8, the two Mills ratios' agreement where r (x + r) cancels),
+    and equal to it for logit, Poisson and the negative binomial (their bound is exact: the least
+    value is at an end, which the grid holds). Probit bounds each of its two terms at its own end,
+    so it may be lower, but stays positive. Broken once (max for min in the logit's), it fails."""
+    from scipy import special as sp
+
+    from bayeslmm.paths.quadrature_families import curvature_floor
+    rng = np.random.default_rng(71)
+
+    def probit_curv(x):          # -(d/dx)^2 log Phi(x) = r (x + r), r = phi / Phi
+        r = np.exp(stats.norm.logpdf(x) - sp.log_ndtr(x))
+        return r * (x + r)
+    lphi = np.log(PHI)
+    for fam in (0, 1, 2, 3):
+        for _ in range(60):
+            n = float(rng.integers(1, 12))
+            y = float(rng.integers(0, int(n) + 1)) if fam in (0, 1) else float(rng.integers(0, 30))
+            lo = rng.uniform(-40, 10) if fam != 2 else rng.uniform(-20, 5)
+            hi = lo + rng.exponential(3.0)
+            t = np.linspace(lo, hi, 2001)
+            if fam == 0:
+                curv = n * special.expit(t) * special.expit(-t)
+            elif fam == 1:
+                curv = y * probit_curv(t) + (n - y) * probit_curv(-t)
+            elif fam == 2:
+                curv = np.exp(t)
+            else:
+                curv = (y + PHI) * special.expit(t - lphi) * special.expit(lphi - t)
+            got = curvature_floor(fam, y, n, lo, hi, PHI, lphi)
+            # probit: the curvature r (x + r) cancels for x << 0 (r ~ -x), so the two implementations of
+            # the Mills ratio (both ~1e-12) differ by up to ~1e-9 there
+            tol = 1e-8 if fam == 1 else 1e-12
+            assert 0.0 <= got <= curv.min() * (1 + tol), (fam, y, n, lo, hi, got, curv.min())
+            if fam != 1:
+                np.testing.assert_allclose(got, curv.min(), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("family,link", FAMILIES[1:])
+@pytest.mark.parametrize("q", [2, 3])
+def test_ball_envelope_bounds_the_target(family, link, q):
+    """The ball envelope of the two- and three-term draws is an upper bound of the target: at the
+    mode of every group (1 to 200 rows, and the all-zero / all-maximum groups), f(v) - f(v*) computed
+    with scipy's log-pmfs stays below log envelope(y), y = L'(v - v*), at 400 points from the mode
+    out to |y| = 60 (inside and outside the ball, along the axes and at random directions), to
+    1e-9. The bound is also of use: its mass is below N(v*, I)'s for the informative groups. Negative
+    control in the test: the same envelope with B doubled is exceeded somewhere."""
+    from bayeslmm.paths.quadrature_draws import _RHO, _tight_envelope
+    from bayeslmm.paths.quadrature_families import fam_newton
+    rng = np.random.default_rng(72 + q)
+    sd = np.full(q, 0.9)
+    data, b = make_design(family, link, q, [1, 3, 10, 40, 200], sd, seed=73 + q)
+    Cc = random_corr_chol(q, rng)
+    phi = PHI if family == "negbinomial" else 1.0
+    modes = Q.group_loglik_grad(data, b, sd, Cc, phi, n_nodes=3)["modes"]
+    T = np.diag(sd) @ Cc
+    dirs = rng.normal(size=(400, q))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs[:2 * q] = np.vstack([np.eye(q), -np.eye(q)])
+    radii = np.geomspace(0.02, 60.0, 400)
+    rng.shuffle(radii)
+    ys = dirs * radii[:, None]
+    violated_doubled = False
     for j in range(data.n_groups):
-        for a in range(2):
-            x = u[:, j, a]
-            assert abs(x.mean() - means[j, a]) < 5 * np.sqrt(covs[j, a, a] / S), (j, a, x.mean(), means[j, a])
-            se_var = np.sqrt((np.mean((x - x.mean()) ** 4) - x.var() ** 2) / S)
-            assert abs(x.var() - covs[j, a, a]) < 5 * se_var, (j, a, x.var(), covs[j, a, a])
+        s0, s1 = data.starts[j], data.starts[j + 1]
+        eta0, Z = group_parts(data, j, b)
+        w = np.ascontiguousarray((Z @ T).T)
+        v = modes[j]
+        eta = eta0 + v @ w
+        d1, d2 = np.empty(len(eta)), np.empty(len(eta))
+        fam_newton(data.code, data.y[s0:s1], data.trials[s0:s1], eta, phi, np.log(phi), d1, d2)
+        H = np.eye(q) + (w * -d2) @ w.T
+        L = np.linalg.cholesky(H)
+        B, LB = np.empty((q, q)), np.empty((q, q))
+        lm, slope, _ = _tight_envelope(data.code, data.y[s0:s1], data.trials[s0:s1], eta, w, q, L, phi, np.log(phi),
+                                       B, LB, np.empty(q))
+        assert np.isfinite(lm)
+        if s1 - s0 >= 40:
+            assert lm < 0.5 * q * np.log(2 * np.pi) + np.sum(np.log(np.diag(L))), (j, lm)
+        x = np.linalg.solve(L.T, ys.T).T                   # v - v* = L^-T y
+        f = np.array([row_logpmf(data, j, eta0 + (v + xi) @ w, phi) - 0.5 * (v + xi) @ (v + xi) for xi in x])
+        f0 = row_logpmf(data, j, eta, phi) - 0.5 * v @ v
+        r = np.linalg.norm(ys, axis=1)
+        quad = np.einsum("ka,ab,kb->k", ys, B, ys)
+        outer = np.where(r > _RHO, -slope * (r - 0.5 * _RHO), -np.inf)
+        env = np.logaddexp(-0.5 * quad, outer)
+        gap = (f - f0) - env
+        assert np.all(gap <= 1e-9 * (1 + np.abs(f - f0))), (j, gap.max(), r[np.argmax(gap)])
+        violated_doubled |= bool(np.any((f - f0) - np.logaddexp(-quad, outer) > 1e-6))
+    assert violated_doubled
 
 
 def test_draws_are_seeded():

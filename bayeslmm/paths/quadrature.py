@@ -444,17 +444,18 @@ def group_loglik_grad(data: QuadratureData, b, sd, Cc=None, phi=1.0, *, n_nodes=
 # Group effects after sampling
 # --------------------------------------------------------------------------------------------
 def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: int,
-                       n_proposals: int = 64, min_ess: float = 16.0, threads: int | None = None, start=None
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                       n_proposals: int = 64, min_ess: float = 16.0, threads: int | None = None, start=None,
+                       max_expected: float | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One draw of every group's effects u_j from p(u_j | y_j, b, Sigma, phi) per posterior draw.
 
     Parameters
     ----------
     b (S, p), sd (S, q), Cc (S, q, q) or None (identity), phi (S,) or None: S posterior draws.
     seed : the draws are a deterministic function of (seed, draw index, group index).
-    n_proposals, min_ess : the fallback for q >= 2 (see :mod:`bayeslmm.paths.quadrature_draws`):
-        groups whose exact rejection sampler would need more than ``n_proposals / 2`` proposals
-        per draw are drawn by importance resampling from ``n_proposals`` Student-t proposals
+    n_proposals, min_ess, max_expected : the fallback for q >= 2 (see
+        :mod:`bayeslmm.paths.quadrature_draws`): groups whose exact rejection sampler would need
+        more than ``max_expected`` proposals per draw (default ``n_proposals / 2``; 0 sends every
+        group there) are drawn by importance resampling from ``n_proposals`` Student-t proposals
         (redrawn with four times as many when the weights' ESS is below ``min_ess``).
     threads : blocks of draws run in this many threads (default: the number of CPUs).
         The kernel releases the GIL, and each draw's random numbers depend on (seed, draw, group)
@@ -495,7 +496,8 @@ def draw_group_effects(data: QuadratureData, b, sd, Cc=None, phi=None, *, seed: 
 
     def block(lo, hi):
         return draw_kernel(b[lo:hi], sd[lo:hi], Cc[lo:hi], phi[lo:hi], data.y, data.trials, data.offset, data.Xt,
-                           data.Zt, data.starts, ictl, u0, seed, int(n_proposals), float(min_ess), int(lo))
+                           data.Zt, data.starts, ictl, u0, seed, int(n_proposals), float(min_ess), int(lo),
+                           float(0.5 * n_proposals if max_expected is None else max_expected))
     n = max(1, min(S, threads if threads is not None else cpu_count()))
     cuts = np.linspace(0, S, n + 1).astype(int)
     parts = map_in_threads(lambda lohi: block(*lohi), list(zip(cuts[:-1], cuts[1:])), n)

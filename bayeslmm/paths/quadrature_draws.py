@@ -13,14 +13,28 @@ log-concave with -Hessian >= I, which both samplers below use.
   needs a tuning constant. Each draw costs a Newton solve, two tangent evaluations and about 1.1
   proposal evaluations (passes over the group's rows); an inverse CDF on a fine grid would cost
   hundreds of passes for the same exactness.
-* **q = 2, 3: exact rejection sampling from N(v*, I)** where it is cheap. Because every l_i is
-  concave and the gradient of f vanishes at the mode, f(v) <= f(v*) - |v - v*|^2 / 2 for all v
-  (the prior's curvature alone): exp f is bounded by an unnormalised N(v*, I), which is sampled
-  and accepted with probability exp(f(v) - f(v*) + |v - v*|^2 / 2). The acceptance rate is
-  L_j / (e^f(v*) (2 pi)^(q/2)), about 1 / sqrt(det H) (the Laplace approximation): 1/4 to 1/10
-  for groups of tens of binomial rows, but it falls as the group's information grows. So a group
-  whose sqrt(det H) exceeds ``n_proposals / 2`` (or that used ``4 n_proposals`` proposals without
-  an acceptance) is drawn by the fallback below instead; which groups did is reported.
+* **q = 2, 3: exact rejection sampling from a ball envelope.** Because every l_i is concave and
+  the gradient of f vanishes at the mode, f(v) <= f(v*) - |v - v*|^2 / 2 for all v (the prior's
+  curvature alone): an unnormalised N(v*, I) bounds exp f, with acceptance rate about
+  1 / sqrt(det H) (the Laplace approximation's mass over the envelope's: 1/4 to 1/10 for groups of
+  tens of binomial rows, falling as the group's information grows). The data's curvature gives a
+  much tighter bound near the mode. In y = L'(v - v*) (H = L L', the -Hessian at the mode), on the
+  ball |y| <= rho (:data:`_RHO` = 3) each row's linear predictor stays within rho |L^-1 w_i| of
+  its value at the mode, so its curvature -l_i'' is at least c_i, its least value over that
+  interval (:func:`~bayeslmm.paths.quadrature_families.curvature_floor`), and -f'' >= B =
+  L^-1 (I + sum_i c_i w_i w_i') L^-T along every segment from the mode inside the ball. With
+  h(t) = f(v* + L^-T t d) - f(v*) (|d| = 1): h(0) = h'(0) = 0 and h'' <= -d'Bd on [0, rho], so
+  h(t) <= -t^2 d'Bd / 2 there, and beyond rho concavity keeps h below its tangent at rho,
+  h(t) <= -beta0 rho (t - rho/2), beta0 the least eigenvalue of B (a Gershgorin bound for q = 3).
+  The envelope e^(-y'By/2) + [|y| > rho] e^(-beta0 rho (|y| - rho/2)) is a Gaussian plus a radial
+  piece (a uniform direction and a radius rho + s, s from a mixture of q gamma densities), both
+  sampled exactly; acceptance is exp(h(y)) over it. On the bench's binomial slope groups (20 rows)
+  1.5 proposals a draw instead of 7.3, and it does not degrade with the group's information (B
+  tends to H). Whichever of the two envelopes has less mass is used.
+  A group whose expected number of proposals (the envelope's mass over the Laplace
+  approximation's) exceeds ``max_expected`` (default ``n_proposals / 2``), or that used
+  ``4 n_proposals`` proposals without an acceptance, is drawn by the fallback below instead; which
+  groups did is reported.
 * **fallback: sampling importance resampling** from a multivariate Student-t (5 degrees of
   freedom) centred at the mode with scale H^-1/2: ``n_proposals`` proposals, one of them chosen
   with probability proportional to its weight. This is exact only as the number of proposals
@@ -39,7 +53,7 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import NO_NRT, njit, fam_newton
+from .quadrature_families import NO_NRT, njit, curvature_floor, fam_newton
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
 from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, grad_hess, group_start, intercept_ok, linpred,
                               solve_upper_t)
@@ -47,6 +61,9 @@ from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, grad_h
 __all__ = ["draw_kernel", "T_DF"]
 
 T_DF = 5
+_LOG_2PI = math.log(2.0 * math.pi)
+#: the ball envelope's radius in y = L'(v - v*) (the Laplace approximation's scale)
+_RHO = 3.0
 _NJIT = dict(cache=True, nogil=True, error_model="numpy")
 # numba's reference counting off where nothing is allocated (as quadrature_kernel._groups): its
 # atomic increments on every view and array argument cost more than a small group's rows
@@ -188,6 +205,144 @@ def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, pow_form, state, max_tries
 
 
 @njit(**_NO_NRT)
+def _tight_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, s):
+    """The ball envelope (module docstring) of the group whose mode has linear predictor ``eta``
+    and -Hessian L L': B into ``B`` and its Cholesky factor into ``LB`` (``s`` (q,) scratch).
+    Returns (log m, a, log m_G): the envelope's log mass in y = L'(v - v*) relative to e^f(v*), the
+    outer piece's slope a and the Gaussian piece's log mass; log m = inf where it does not apply."""
+    m = eta.shape[0]
+    for a in range(q):                  # L^-1 L^-T, the prior's curvature in y
+        for c in range(a + 1):
+            acc = 0.0
+            for k in range(c + 1):
+                acc += _linv(L, q, a, k) * _linv(L, q, c, k)
+            B[a, c] = acc
+    for i in range(m):
+        r = 0.0
+        for a in range(q):              # s_i = L^-1 w_i (forward substitution)
+            t = w[a, i]
+            for c in range(a):
+                t -= L[a, c] * s[c]
+            s[a] = t / L[a, a]
+            r += s[a] * s[a]
+        r = _RHO * math.sqrt(r)         # |eta_i - eta*_i| <= rho |s_i| in the ball |y| <= rho
+        ci = curvature_floor(fam, y[i], n[i], eta[i] - r, eta[i] + r, phi, lphi)
+        for a in range(q):
+            for c in range(a + 1):
+                B[a, c] += ci * s[a] * s[c]
+    for a in range(q):
+        for c in range(a):
+            B[c, a] = B[a, c]
+    if not chol(B, q, LB):
+        return np.inf, 1.0, np.inf
+    if q == 2:                          # the least eigenvalue of B, or a lower bound (Gershgorin)
+        h = 0.5 * (B[0, 0] - B[1, 1])
+        beta0 = 0.5 * (B[0, 0] + B[1, 1]) - math.sqrt(h * h + B[0, 1] * B[0, 1])
+    else:
+        beta0 = np.inf
+        for a in range(q):
+            r = B[a, a]
+            for c in range(q):
+                if c != a:
+                    r -= abs(B[a, c])
+            beta0 = min(beta0, r)
+    if not beta0 > 0.0:
+        return np.inf, 1.0, np.inf
+    slope = beta0 * _RHO
+    log_mg = 0.5 * q * _LOG_2PI
+    for a in range(q):
+        log_mg -= math.log(LB[a, a])
+    log_mo = (_LOG_2PI if q == 2 else math.log(4.0 * math.pi)) - 0.5 * slope * _RHO + math.log(_radial(q, slope))
+    top = max(log_mg, log_mo)
+    return top + math.log(math.exp(log_mg - top) + math.exp(log_mo - top)), slope, log_mg
+
+
+@njit(**_NO_NRT)
+def _linv(L, q, a, c):
+    """(L^-1)[a, c] of a lower-triangular L with q <= 3."""
+    if c > a:
+        return 0.0
+    if c == a:
+        return 1.0 / L[a, a]
+    if a == c + 1:
+        return -L[a, c] / (L[a, a] * L[c, c])
+    # a = 2, c = 0
+    return (L[2, 1] * L[1, 0] - L[2, 0] * L[1, 1]) / (L[0, 0] * L[1, 1] * L[2, 2])
+
+
+@njit(**_NO_NRT)
+def _radial(q, a):
+    """sum_k C(q-1, k) rho^(q-1-k) k! / a^(k+1): the outer piece's radial mass over e^(-a rho / 2)."""
+    ia = 1.0 / a
+    if q == 2:
+        return _RHO * ia + ia * ia
+    return _RHO * _RHO * ia + 2.0 * _RHO * ia * ia + 2.0 * ia * ia * ia
+
+
+@njit(**_NO_NRT)
+def _draw_tight(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, max_tries, slope, p_gauss, LB,
+                xbuf, zbuf, ybuf, out):
+    """One exact draw of v (q = 2, 3) by rejection from the ball envelope (module docstring; ``LB``,
+    ``slope`` and ``p_gauss`` = m_G / m from :func:`_tight_envelope`), into ``out``; returns the
+    number of proposals it took, or -1 after ``max_tries`` without an acceptance."""
+    f0 = _fq(fam, y, n, eta0, w, q, v, phi, lphi, pow_form)
+    for tries in range(1, max_tries + 1):
+        if _uniform(state) < p_gauss:
+            for a in range(0, q, 2):
+                z1, z2 = _normal_pair(state)
+                zbuf[a] = z1
+                if a + 1 < q:
+                    zbuf[a + 1] = z2
+            solve_upper_t(LB, q, zbuf, ybuf)            # y = LB^-T z ~ N(0, B^-1)
+        else:
+            # a uniform direction and radius rho + s, s from the radial density (s + rho)^(q-1) e^(-a s):
+            # a mixture of Gamma(k + 1, a), k < q, with the weights of _radial's terms
+            zn = 0.0
+            for a in range(0, q, 2):
+                z1, z2 = _normal_pair(state)
+                zbuf[a] = z1
+                zn += z1 * z1
+                if a + 1 < q:
+                    zbuf[a + 1] = z2
+                    zn += z2 * z2
+            ia = 1.0 / slope
+            u = _uniform(state) * _radial(q, slope)
+            k = 0
+            if q == 2:
+                k = 0 if u < _RHO * ia else 1
+            elif u >= _RHO * _RHO * ia:
+                k = 1 if u < _RHO * _RHO * ia + 2.0 * _RHO * ia * ia else 2
+            sr = 0.0
+            for _ in range(k + 1):                      # Gamma(k + 1, a): k + 1 exponentials over a
+                sr -= math.log(_uniform(state))
+            t = (_RHO + sr * ia) / math.sqrt(zn)
+            for a in range(q):
+                ybuf[a] = zbuf[a] * t
+        # log envelope at y: log(e^(-y'By/2) + [|y| > rho] e^(-a (|y| - rho/2)))
+        yy = 0.0
+        qb = 0.0
+        for a in range(q):
+            yy += ybuf[a] * ybuf[a]
+            t = 0.0
+            for c in range(a, q):
+                t += LB[c, a] * ybuf[c]                 # (LB' y)_a
+            qb += t * t
+        le = -0.5 * qb
+        r = math.sqrt(yy)
+        if r > _RHO:
+            lo = -slope * (r - 0.5 * _RHO)
+            top = max(le, lo)
+            le = top + math.log(math.exp(le - top) + math.exp(lo - top))
+        solve_upper_t(L, q, ybuf, xbuf)                 # v = v* + L^-T y
+        for a in range(q):
+            out[a] = v[a] + xbuf[a]
+        fx = _fq(fam, y, n, eta0, w, q, out, phi, lphi, pow_form)
+        if math.log(_uniform(state)) <= fx - f0 - le:
+            return tries
+    return -1
+
+
+@njit(**_NO_NRT)
 def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, n_prop, out, props, lw, zbuf, xbuf):
     """One draw of v (q = 2, 3) by importance resampling from a t(T_DF) proposal; returns the ESS."""
     nu = float(T_DF)
@@ -233,7 +388,8 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, n_prop, o
 
 @njit(**_NO_NRT)
 def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, u0, seed, n_prop, min_ess, s_first,
-              big, work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state, th):
+              max_exp,
+              big, work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state, th, env):
     """The loop over draws and groups of :func:`draw_kernel`, which allocates its arrays."""
     for s in range(S):
         ph = phi[s]
@@ -299,8 +455,18 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
                 root_det *= L[a, a]
             used = 0
             pow_form = fam == BINOMIAL_LOGIT and small_trials(nj_tr)
-            if root_det <= 0.5 * n_prop:
-                used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, pow_form, state, big, vv)
+            # the ball envelope where its mass is below N(v*, I)'s (module docstring); the expected
+            # number of proposals is about the envelope's mass over the Laplace approximation's
+            lm, slope, lmg = _tight_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], zbuf)
+            # in y = L'(v - v*) the Laplace approximation's mass is (2 pi)^(q/2) and N(v*, I)'s that times root_det
+            tight = lm < 0.5 * q * _LOG_2PI + math.log(root_det)
+            expected = math.exp(lm - 0.5 * q * _LOG_2PI) if tight else root_det
+            if expected <= max_exp:
+                if tight:
+                    used = _draw_tight(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, big, slope,
+                                       math.exp(lmg - lm), env[1], xbuf, zbuf, g, vv)
+                else:
+                    used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, pow_form, state, big, vv)
             if used > 0:
                 tries[s, j] = used
             else:
@@ -321,7 +487,8 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
 
 
 @njit(**_NJIT)
-def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, u0, seed, n_prop, min_ess, s_first):
+def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, u0, seed, n_prop, min_ess, s_first,
+                max_exp):
     """Group effects u (S, J, q) for S posterior draws of b (S, p), sd (S, q), Cc (S, q, q), phi (S,).
 
     ``s_first``: the index of the first of these draws among all the posterior's draws (the random
@@ -352,6 +519,7 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, u0, see
     H = np.empty((q, q))
     L = np.empty((q, q))
     mats = np.empty((1, q, q))
+    env = np.empty((2, q, q))
     vecs = np.empty((5, q))
     v = np.zeros(q)
     vv = np.empty(q)
@@ -364,6 +532,7 @@ def draw_kernel(b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, ictl, u0, see
     state = np.zeros(1, dtype=np.uint64)
     th = np.empty(p + q + q * (q - 1) // 2 + 1)
     _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts, u0, seed, n_prop, min_ess, s_first,
-              big, work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state, th)
+              max_exp,
+              big, work, wq, u, tries, ess_out, T, H, L, mats, vecs, v, vv, zbuf, xbuf, g, props, lw, state, th, env)
     return u, tries, ess_out
 

@@ -190,6 +190,26 @@ def probit_row(y, n, eta):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def curvature_floor(fam, y, n, lo, hi, phi, lphi):
+    """A lower bound of -l''(eta) over lo <= eta <= hi for one row (the draws' envelope,
+    :mod:`bayeslmm.paths.quadrature_draws`). Logit and negative binomial: n p (1 - p) is unimodal
+    in eta (largest at p = 1/2), so its least value is at an end; Poisson: e^eta grows; probit:
+    the curvature of y log Phi(eta), y (1 - Var(Z | Z < eta)), falls with eta and that of
+    (n - y) log Phi(-eta) rises, so each term is bounded at its own end."""
+    if fam == BINOMIAL_LOGIT:
+        _, p0, q0 = sigmoids(lo)
+        _, p1, q1 = sigmoids(hi)
+        return n * min(p0 * q0, p1 * q1)
+    if fam == POISSON_LOG:
+        return vexp(lo)
+    if fam == NEGBINOMIAL_LOG:
+        _, p0, q0 = sigmoids(lo - lphi)
+        _, p1, q1 = sigmoids(hi - lphi)
+        return (y + phi) * min(p0 * q0, p1 * q1)
+    return -(probit_row(y, y, hi)[2] + probit_row(0.0, n - y, lo)[2])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def digamma(x):
     """psi(x) for x > 0 (recurrence up to 6, then the asymptotic series; error < 1e-14)."""
     acc = 0.0
