@@ -641,16 +641,17 @@ def test_draws_q2_match_grid_moments():
 
 
 def test_curvature_floor_is_the_least_curvature_over_the_interval():
-    """The draws' envelope rests on curvature_floor: a lower bound of -l''(eta) over [lo, hi] per
+    """The draws' envelope rests on curvature_floors: a lower bound of -l''(eta) over [lo, hi] per
     row. Against -l'' on a 2001-point grid of the interval (numpy and scipy formulas), on random
     rows and intervals up to eta = +-40: never above the grid's least value (to 1e-12 relative; probit
     1e-8, the two Mills ratios' agreement where r (x + r) cancels),
     and equal to it for logit, Poisson and the negative binomial (their bound is exact: the least
     value is at an end, which the grid holds). Probit bounds each of its two terms at its own end,
-    so it may be lower, but stays positive. Broken once (max for min in the logit's), it fails."""
+    so it may be lower, but stays positive. Broken once (the logit's at |eta| - r), it fails, and so does
+    test_ball_envelope_bounds_the_target."""
     from scipy import special as sp
 
-    from bayeslmm.paths.quadrature_families import curvature_floor
+    from bayeslmm.paths.quadrature_families import curvature_floors
     rng = np.random.default_rng(71)
 
     def probit_curv(x):          # -(d/dx)^2 log Phi(x) = r (x + r), r = phi / Phi
@@ -672,7 +673,10 @@ def test_curvature_floor_is_the_least_curvature_over_the_interval():
                 curv = np.exp(t)
             else:
                 curv = (y + PHI) * special.expit(t - lphi) * special.expit(lphi - t)
-            got = curvature_floor(fam, y, n, lo, hi, PHI, lphi)
+            got = np.empty(1)
+            curvature_floors(fam, np.array([y]), np.array([n]), np.array([0.5 * (lo + hi)]), np.array([0.5 * (hi - lo)]),
+                             PHI, lphi, got)
+            got = got[0]
             # probit: the curvature r (x + r) cancels for x << 0 (r ~ -x), so the two implementations of
             # the Mills ratio (both ~1e-12) differ by up to ~1e-9 there
             tol = 1e-8 if fam == 1 else 1e-12
@@ -718,7 +722,7 @@ def test_ball_envelope_bounds_the_target(family, link, q):
         L = np.linalg.cholesky(H)
         B, LB = np.empty((q, q)), np.empty((q, q))
         lm, slope, _ = _tight_envelope(data.code, data.y[s0:s1], data.trials[s0:s1], eta, w, q, L, phi, np.log(phi),
-                                       B, LB, np.empty(q))
+                                       B, LB, np.empty(s1 - s0), np.empty(s1 - s0))
         assert np.isfinite(lm)
         if s1 - s0 >= 40:
             assert lm < 0.5 * q * np.log(2 * np.pi) + np.sum(np.log(np.diag(L))), (j, lm)

@@ -21,7 +21,7 @@ log-concave with -Hessian >= I, which both samplers below use.
   much tighter bound near the mode. In y = L'(v - v*) (H = L L', the -Hessian at the mode), on the
   ball |y| <= rho (:data:`_RHO` = 3) each row's linear predictor stays within rho |L^-1 w_i| of
   its value at the mode, so its curvature -l_i'' is at least c_i, its least value over that
-  interval (:func:`~bayeslmm.paths.quadrature_families.curvature_floor`), and -f'' >= B =
+  interval (:func:`~bayeslmm.paths.quadrature_families.curvature_floors`), and -f'' >= B =
   L^-1 (I + sum_i c_i w_i w_i') L^-T along every segment from the mode inside the ball. With
   h(t) = f(v* + L^-T t d) - f(v*) (|d| = 1): h(0) = h'(0) = 0 and h'' <= -d'Bd on [0, rho], so
   h(t) <= -t^2 d'Bd / 2 there, and beyond rho concavity keeps h below its tangent at rho,
@@ -53,7 +53,7 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import NO_NRT, njit, curvature_floor, fam_newton
+from .quadrature_families import NO_NRT, njit, curvature_floors, fam_newton
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
 from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, grad_hess, group_start, intercept_ok, linpred,
                               solve_upper_t)
@@ -205,11 +205,12 @@ def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, pow_form, state, max_tries
 
 
 @njit(**_NO_NRT)
-def _tight_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, s):
+def _tight_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, R, C):
     """The ball envelope (module docstring) of the group whose mode has linear predictor ``eta``
-    and -Hessian L L': B into ``B`` and its Cholesky factor into ``LB`` (``s`` (q,) scratch).
-    Returns (log m, a, log m_G): the envelope's log mass in y = L'(v - v*) relative to e^f(v*), the
-    outer piece's slope a and the Gaussian piece's log mass; log m = inf where it does not apply."""
+    and -Hessian L L': B into ``B`` and its Cholesky factor into ``LB`` (``R``, ``C`` (m,) scratch:
+    each row's reach and curvature floor). Returns (log m, a, log m_G): the envelope's log mass in
+    y = L'(v - v*) relative to e^f(v*), the outer piece's slope a and the Gaussian piece's log mass;
+    log m = inf where it does not apply."""
     m = eta.shape[0]
     for a in range(q):                  # L^-1 L^-T, the prior's curvature in y
         for c in range(a + 1):
@@ -217,19 +218,53 @@ def _tight_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, s):
             for k in range(c + 1):
                 acc += _linv(L, q, a, k) * _linv(L, q, c, k)
             B[a, c] = acc
-    for i in range(m):
-        r = 0.0
-        for a in range(q):              # s_i = L^-1 w_i (forward substitution)
-            t = w[a, i]
-            for c in range(a):
-                t -= L[a, c] * s[c]
-            s[a] = t / L[a, a]
-            r += s[a] * s[a]
-        r = _RHO * math.sqrt(r)         # |eta_i - eta*_i| <= rho |s_i| in the ball |y| <= rho
-        ci = curvature_floor(fam, y[i], n[i], eta[i] - r, eta[i] + r, phi, lphi)
-        for a in range(q):
-            for c in range(a + 1):
-                B[a, c] += ci * s[a] * s[c]
+    # s_i = L^-1 w_i, written out (forward substitution); in the ball |y| <= rho the linear
+    # predictor moves by at most rho |s_i|
+    i00, i11 = 1.0 / L[0, 0], 1.0 / L[1, 1]
+    l10 = L[1, 0]
+    w0, w1 = w[0], w[1]
+    if q == 2:
+        for i in range(m):
+            s0 = w0[i] * i00
+            s1 = (w1[i] - l10 * s0) * i11
+            R[i] = _RHO * math.sqrt(s0 * s0 + s1 * s1)
+        curvature_floors(fam, y, n, eta, R, phi, lphi, C)
+        b00 = b10 = b11 = 0.0
+        for i in range(m):
+            s0 = w0[i] * i00
+            s1 = (w1[i] - l10 * s0) * i11
+            b00 += C[i] * s0 * s0
+            b10 += C[i] * s1 * s0
+            b11 += C[i] * s1 * s1
+        B[0, 0] += b00
+        B[1, 0] += b10
+        B[1, 1] += b11
+    else:
+        i22, l20, l21 = 1.0 / L[2, 2], L[2, 0], L[2, 1]
+        w2 = w[2]
+        for i in range(m):
+            s0 = w0[i] * i00
+            s1 = (w1[i] - l10 * s0) * i11
+            s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
+            R[i] = _RHO * math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
+        curvature_floors(fam, y, n, eta, R, phi, lphi, C)
+        b00 = b10 = b11 = b20 = b21 = b22 = 0.0
+        for i in range(m):
+            s0 = w0[i] * i00
+            s1 = (w1[i] - l10 * s0) * i11
+            s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
+            b00 += C[i] * s0 * s0
+            b10 += C[i] * s1 * s0
+            b11 += C[i] * s1 * s1
+            b20 += C[i] * s2 * s0
+            b21 += C[i] * s2 * s1
+            b22 += C[i] * s2 * s2
+        B[0, 0] += b00
+        B[1, 0] += b10
+        B[1, 1] += b11
+        B[2, 0] += b20
+        B[2, 1] += b21
+        B[2, 2] += b22
     for a in range(q):
         for c in range(a):
             B[c, a] = B[a, c]
@@ -457,7 +492,7 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
             pow_form = fam == BINOMIAL_LOGIT and small_trials(nj_tr)
             # the ball envelope where its mass is below N(v*, I)'s (module docstring); the expected
             # number of proposals is about the envelope's mass over the Laplace approximation's
-            lm, slope, lmg = _tight_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], zbuf)
+            lm, slope, lmg = _tight_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], d1, d2)
             # in y = L'(v - v*) the Laplace approximation's mass is (2 pi)^(q/2) and N(v*, I)'s that times root_det
             tight = lm < 0.5 * q * _LOG_2PI + math.log(root_det)
             expected = math.exp(lm - 0.5 * q * _LOG_2PI) if tight else root_det

@@ -190,26 +190,6 @@ def probit_row(y, n, eta):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def curvature_floor(fam, y, n, lo, hi, phi, lphi):
-    """A lower bound of -l''(eta) over lo <= eta <= hi for one row (the draws' envelope,
-    :mod:`bayeslmm.paths.quadrature_draws`). Logit and negative binomial: n p (1 - p) is unimodal
-    in eta (largest at p = 1/2), so its least value is at an end; Poisson: e^eta grows; probit:
-    the curvature of y log Phi(eta), y (1 - Var(Z | Z < eta)), falls with eta and that of
-    (n - y) log Phi(-eta) rises, so each term is bounded at its own end."""
-    if fam == BINOMIAL_LOGIT:
-        _, p0, q0 = sigmoids(lo)
-        _, p1, q1 = sigmoids(hi)
-        return n * min(p0 * q0, p1 * q1)
-    if fam == POISSON_LOG:
-        return vexp(lo)
-    if fam == NEGBINOMIAL_LOG:
-        _, p0, q0 = sigmoids(lo - lphi)
-        _, p1, q1 = sigmoids(hi - lphi)
-        return (y + phi) * min(p0 * q0, p1 * q1)
-    return -(probit_row(y, y, hi)[2] + probit_row(0.0, n - y, lo)[2])
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def digamma(x):
     """psi(x) for x > 0 (recurrence up to 6, then the asymptotic series; error < 1e-14)."""
     acc = 0.0
@@ -257,6 +237,31 @@ def fam_newton(fam, y, n, eta, phi, lphi, d1, d2):
             _, a1, a2, _ = probit_row(y[i], n[i], eta[i])
             d1[i] = a1
             d2[i] = a2
+
+
+@njit(**LOOP_JIT)
+def curvature_floors(fam, y, n, eta, r, phi, lphi, c):
+    """c_i, a lower bound of -l''(x) over |x - eta_i| <= r_i, for every row (the draws' envelope,
+    :mod:`bayeslmm.paths.quadrature_draws`). Logit and negative binomial: n p (1 - p) is symmetric
+    about p = 1/2 and falls with |eta| (|eta - log phi|), so its least value is at
+    |eta_i| + r_i; Poisson: e^x grows, so it is e^(eta_i - r_i); probit: the curvature of
+    y log Phi(x), y (1 - Var(Z | Z < x)), falls with x and that of (n - y) log Phi(-x) rises, so
+    each term is bounded at its own end."""
+    m = eta.shape[0]
+    if fam == BINOMIAL_LOGIT:
+        for i in range(m):
+            _, p, q = sigmoids(abs(eta[i]) + r[i])
+            c[i] = n[i] * p * q
+    elif fam == POISSON_LOG:
+        for i in range(m):
+            c[i] = vexp(eta[i] - r[i])
+    elif fam == NEGBINOMIAL_LOG:
+        for i in range(m):
+            _, p, q = sigmoids(abs(eta[i] - lphi) + r[i])
+            c[i] = (y[i] + phi) * p * q
+    else:
+        for i in range(m):
+            c[i] = -(probit_row(y[i], y[i], eta[i] + r[i])[2] + probit_row(0.0, n[i] - y[i], eta[i] - r[i])[2])
 
 
 @njit(**LOOP_JIT)
