@@ -53,9 +53,9 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import NO_NRT, njit, curvature_floors, fam_newton
+from .quadrature_families import NO_NRT, njit, curvature_floors
 from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
-from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, grad_hess, group_start, intercept_ok, linpred,
+from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, group_start, intercept_ok, linpred,
                               solve_upper_t)
 
 __all__ = ["draw_kernel", "T_DF"]
@@ -478,12 +478,10 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
                 continue
             if not find_mode(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, H, L, eta, d1, d2, mats, vecs):
                 continue
-            # the curvature at the mode itself (find_mode's H is that of the last iterate)
+            # L is the Cholesky factor of the -Hessian at Newton's last iterate, < NEWTON_TOL from the
+            # mode: any factor gives the envelopes (they need the mode itself, and its linear predictor)
+            # and the importance proposals their coordinates, so it is not evaluated again at the mode
             linpred(eta0, w, v, eta)
-            fam_newton(fam, yj, nj_tr, eta, ph, lphi, d1, d2)
-            grad_hess(d1, d2, w, v, q, g, H)
-            if not chol(H, q, L):
-                continue
             _seed_state(seed, s_first + s, j, state)
             root_det = 1.0
             for a in range(q):
