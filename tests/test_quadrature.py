@@ -674,8 +674,8 @@ def test_curvature_floor_is_the_least_curvature_over_the_interval():
             else:
                 curv = (y + PHI) * special.expit(t - lphi) * special.expit(lphi - t)
             got = np.empty(1)
-            curvature_floors(fam, np.array([y]), np.array([n]), np.array([0.5 * (lo + hi)]), np.array([0.5 * (hi - lo)]),
-                             PHI, lphi, got)
+            curvature_floors(fam, np.array([y]), np.array([n]), np.array([0.5 * (lo + hi)]),
+                             np.array([0.5 * (hi - lo)]), PHI, lphi, got)
             got = got[0]
             # probit: the curvature r (x + r) cancels for x << 0 (r ~ -x), so the two implementations of
             # the Mills ratio (both ~1e-12) differ by up to ~1e-9 there
@@ -694,7 +694,7 @@ def test_ball_envelope_bounds_the_target(family, link, q):
     out to |y| = 60 (inside and outside the ball, along the axes and at random directions), to
     1e-9. The bound is also of use: its mass is below N(v*, I)'s for the informative groups. Negative
     control in the test: the same envelope with B doubled is exceeded somewhere."""
-    from bayeslmm.paths.quadrature_draws import _RHO, _tight_envelope
+    from bayeslmm.paths.quadrature_envelope import RHO, ball_envelope
     from bayeslmm.paths.quadrature_families import fam_newton
     rng = np.random.default_rng(72 + q)
     sd = np.full(q, 0.9)
@@ -721,7 +721,7 @@ def test_ball_envelope_bounds_the_target(family, link, q):
         H = np.eye(q) + (w * -d2) @ w.T
         L = np.linalg.cholesky(H)
         B, LB = np.empty((q, q)), np.empty((q, q))
-        lm, slope, _ = _tight_envelope(data.code, data.y[s0:s1], data.trials[s0:s1], eta, w, q, L, phi, np.log(phi),
+        lm, slope, _ = ball_envelope(data.code, data.y[s0:s1], data.trials[s0:s1], eta, w, q, L, phi, np.log(phi),
                                        B, LB, np.empty(s1 - s0), np.empty(s1 - s0))
         assert np.isfinite(lm)
         if s1 - s0 >= 40:
@@ -731,7 +731,7 @@ def test_ball_envelope_bounds_the_target(family, link, q):
         f0 = row_logpmf(data, j, eta, phi) - 0.5 * v @ v
         r = np.linalg.norm(ys, axis=1)
         quad = np.einsum("ka,ab,kb->k", ys, B, ys)
-        outer = np.where(r > _RHO, -slope * (r - 0.5 * _RHO), -np.inf)
+        outer = np.where(r > RHO, -slope * (r - 0.5 * RHO), -np.inf)
         env = np.logaddexp(-0.5 * quad, outer)
         gap = (f - f0) - env
         assert np.all(gap <= 1e-9 * (1 + np.abs(f - f0))), (j, gap.max(), r[np.argmax(gap)])
@@ -1062,7 +1062,8 @@ def test_proposal_variates_have_their_distributions():
     scipy by Kolmogorov-Smirnov on 100,000 seeded variates (deterministic; p > 1e-3), and the pair's
     halves uncorrelated (|r| < 4 / sqrt(n), 4 SEs)."""
     from scipy import stats
-    from bayeslmm.paths.quadrature_draws import T_DF, _chi2_tdf, _normal_pair, _seed_state
+    from bayeslmm.paths.quadrature_draws import T_DF, _chi2_tdf
+    from bayeslmm.paths.quadrature_rng import normal_pair as _normal_pair, seed_state as _seed_state
     state = np.zeros(1, dtype=np.uint64)
     _seed_state(11, 0, 0, state)
     n = 100_000

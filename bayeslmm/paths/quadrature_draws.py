@@ -18,19 +18,10 @@ log-concave with -Hessian >= I, which both samplers below use.
   curvature alone): an unnormalised N(v*, I) bounds exp f, with acceptance rate about
   1 / sqrt(det H) (the Laplace approximation's mass over the envelope's: 1/4 to 1/10 for groups of
   tens of binomial rows, falling as the group's information grows). The data's curvature gives a
-  much tighter bound near the mode. In y = L'(v - v*) (H = L L', the -Hessian at the mode), on the
-  ball |y| <= rho (:data:`_RHO` = 3) each row's linear predictor stays within rho |L^-1 w_i| of
-  its value at the mode, so its curvature -l_i'' is at least c_i, its least value over that
-  interval (:func:`~bayeslmm.paths.quadrature_families.curvature_floors`), and -f'' >= B =
-  L^-1 (I + sum_i c_i w_i w_i') L^-T along every segment from the mode inside the ball. With
-  h(t) = f(v* + L^-T t d) - f(v*) (|d| = 1): h(0) = h'(0) = 0 and h'' <= -d'Bd on [0, rho], so
-  h(t) <= -t^2 d'Bd / 2 there, and beyond rho concavity keeps h below its tangent at rho,
-  h(t) <= -beta0 rho (t - rho/2), beta0 the least eigenvalue of B (a Gershgorin bound for q = 3).
-  The envelope e^(-y'By/2) + [|y| > rho] e^(-beta0 rho (|y| - rho/2)) is a Gaussian plus a radial
-  piece (a uniform direction and a radius rho + s, s from a mixture of q gamma densities), both
-  sampled exactly; acceptance is exp(h(y)) over it. On the bench's binomial slope groups (20 rows)
-  1.5 proposals a draw instead of 7.3, and it does not degrade with the group's information (B
-  tends to H). Whichever of the two envelopes has less mass is used.
+  much tighter bound near the mode: the ball envelope of :mod:`bayeslmm.paths.quadrature_envelope`
+  (a Gaussian with the rows' least curvature within a ball around the mode, an exponential radial
+  piece outside it; 1.5 proposals a draw on the bench's binomial slope groups, and it does not
+  degrade with the group's information). Whichever of the two envelopes has less mass is used.
   A group whose expected number of proposals (the envelope's mass over the Laplace
   approximation's) exceeds ``max_expected`` (default ``n_proposals / 2``), or that used
   ``4 n_proposals`` proposals without an acceptance, is drawn by the fallback below instead; which
@@ -42,8 +33,8 @@ log-concave with -Hessian >= I, which both samplers below use.
   size of the weights, (sum w)^2 / sum w^2, is returned for every such group and draw, and a group
   whose ESS falls below ``min_ess`` is redrawn with four times as many proposals (once).
 
-Random numbers come from a counter-based generator (splitmix64) seeded by (seed, draw, group), so
-a draw does not depend on the order the groups or draws are visited in.
+Random numbers come from a counter-based generator (:mod:`bayeslmm.paths.quadrature_rng`) seeded
+by (seed, draw, group), so a draw does not depend on the order the groups or draws are visited in.
 """
 
 from __future__ import annotations
@@ -53,54 +44,21 @@ import math
 import numpy as np
 
 from .quadrature import BINOMIAL_LOGIT, POISSON_LOG
-from .quadrature_families import NO_NRT, njit, curvature_floors
-from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows, value_q3
-from .quadrature_mode import (chol, coords_into, find_mode, find_mode_q1, group_start, intercept_ok, linpred,
-                              solve_upper_t)
+from .quadrature_envelope import ball_envelope, draw_ball, target_q3
+from .quadrature_families import NO_NRT, njit
+from .quadrature_fused import exp_rows, node_q1, node_q1_intercept, small_trials, unit_rows
+from .quadrature_mode import coords_into, find_mode, find_mode_q1, group_start, intercept_ok, linpred, solve_upper_t
+from .quadrature_rng import normal as _normal, normal_pair as _normal_pair, seed_state as _seed_state
+from .quadrature_rng import uniform as _uniform
 
 __all__ = ["draw_kernel", "T_DF"]
 
 T_DF = 5
 _LOG_2PI = math.log(2.0 * math.pi)
-#: the ball envelope's radius in y = L'(v - v*) (the Laplace approximation's scale)
-_RHO = 3.0
 _NJIT = dict(cache=True, nogil=True, error_model="numpy")
 # numba's reference counting off where nothing is allocated (as quadrature_kernel._groups): its
 # atomic increments on every view and array argument cost more than a small group's rows
 _NO_NRT = dict(_NJIT, **NO_NRT)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-@njit(**_NO_NRT)
-def _mix(z):
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(**_NO_NRT)
-def _uniform(state):
-    """A uniform on (0, 1) from the splitmix64 stream in state[0] (advanced)."""
-    state[0] += _GOLD
-    z = _mix(state[0])
-    return ((z >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740994.0)
-
-
-@njit(**_NO_NRT)
-def _normal(state):
-    u1 = _uniform(state)
-    u2 = _uniform(state)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
-@njit(**_NO_NRT)
-def _normal_pair(state):
-    """Two independent standard normals (both halves of one Box-Muller transform)."""
-    r = math.sqrt(-2.0 * math.log(_uniform(state)))
-    t = 2.0 * math.pi * _uniform(state)
-    return r * math.cos(t), r * math.sin(t)
 
 
 _GAMMA_D = T_DF / 2.0 - 1.0 / 3.0
@@ -121,11 +79,6 @@ def _chi2_tdf(state):
         x2 = x * x
         if u < 1.0 - 0.0331 * x2 * x2 or math.log(u) < 0.5 * x2 + _GAMMA_D * (1.0 - v + math.log(v)):
             return 2.0 * _GAMMA_D * v
-
-
-@njit(**_NO_NRT)
-def _seed_state(seed, s, j, state):
-    state[0] = _mix(np.uint64(seed) ^ _mix(np.uint64(s) * _GOLD + np.uint64(j) + np.uint64(1)))
 
 
 @njit(**_NO_NRT)
@@ -174,21 +127,10 @@ def _draw_q1(fam, y, n, eta0, w, v, Lf, phi, lphi, d1, A, emax, state, vv):
 
 
 @njit(**_NO_NRT)
-def _fq(fam, y, n, eta0, w, q, vv, phi, lphi, pow_form):
-    """f(vv) (without constants) for q = 2, 3, by the fused value pass."""
-    w2 = w[2] if q == 3 else w[1]
-    v2 = vv[2] if q == 3 else 0.0
-    S = value_q3(fam, y, n, eta0, w[0], w[1], w2, vv[0], vv[1], v2, phi, lphi, pow_form)
-    for a in range(q):
-        S -= 0.5 * vv[a] * vv[a]
-    return S
-
-
-@njit(**_NO_NRT)
 def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, pow_form, state, max_tries, out):
     """One exact draw of v (q = 2, 3) by rejection from N(v*, I) (``v`` the mode), into ``out``;
     returns the number of proposals it took, or -1 after ``max_tries`` without an acceptance."""
-    f0 = _fq(fam, y, n, eta0, w, q, v, phi, lphi, pow_form)
+    f0 = target_q3(fam, y, n, eta0, w, q, v, phi, lphi, pow_form)
     for tries in range(1, max_tries + 1):
         zz = 0.0
         for a in range(0, q, 2):
@@ -198,181 +140,8 @@ def _draw_reject(fam, y, n, eta0, w, q, v, phi, lphi, pow_form, state, max_tries
             if a + 1 < q:
                 out[a + 1] = v[a + 1] + z2
                 zz += z2 * z2
-        fx = _fq(fam, y, n, eta0, w, q, out, phi, lphi, pow_form)
+        fx = target_q3(fam, y, n, eta0, w, q, out, phi, lphi, pow_form)
         if math.log(_uniform(state)) <= fx - f0 + 0.5 * zz:
-            return tries
-    return -1
-
-
-@njit(**_NO_NRT)
-def _tight_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, R, C):
-    """The ball envelope (module docstring) of the group whose mode has linear predictor ``eta``
-    and -Hessian L L': B into ``B`` and its Cholesky factor into ``LB`` (``R``, ``C`` (m,) scratch:
-    each row's reach and curvature floor). Returns (log m, a, log m_G): the envelope's log mass in
-    y = L'(v - v*) relative to e^f(v*), the outer piece's slope a and the Gaussian piece's log mass;
-    log m = inf where it does not apply."""
-    m = eta.shape[0]
-    for a in range(q):                  # L^-1 L^-T, the prior's curvature in y
-        for c in range(a + 1):
-            acc = 0.0
-            for k in range(c + 1):
-                acc += _linv(L, q, a, k) * _linv(L, q, c, k)
-            B[a, c] = acc
-    # s_i = L^-1 w_i, written out (forward substitution); in the ball |y| <= rho the linear
-    # predictor moves by at most rho |s_i|
-    i00, i11 = 1.0 / L[0, 0], 1.0 / L[1, 1]
-    l10 = L[1, 0]
-    w0, w1 = w[0], w[1]
-    if q == 2:
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            R[i] = _RHO * math.sqrt(s0 * s0 + s1 * s1)
-        curvature_floors(fam, y, n, eta, R, phi, lphi, C)
-        b00 = b10 = b11 = 0.0
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            b00 += C[i] * s0 * s0
-            b10 += C[i] * s1 * s0
-            b11 += C[i] * s1 * s1
-        B[0, 0] += b00
-        B[1, 0] += b10
-        B[1, 1] += b11
-    else:
-        i22, l20, l21 = 1.0 / L[2, 2], L[2, 0], L[2, 1]
-        w2 = w[2]
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
-            R[i] = _RHO * math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
-        curvature_floors(fam, y, n, eta, R, phi, lphi, C)
-        b00 = b10 = b11 = b20 = b21 = b22 = 0.0
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
-            b00 += C[i] * s0 * s0
-            b10 += C[i] * s1 * s0
-            b11 += C[i] * s1 * s1
-            b20 += C[i] * s2 * s0
-            b21 += C[i] * s2 * s1
-            b22 += C[i] * s2 * s2
-        B[0, 0] += b00
-        B[1, 0] += b10
-        B[1, 1] += b11
-        B[2, 0] += b20
-        B[2, 1] += b21
-        B[2, 2] += b22
-    for a in range(q):
-        for c in range(a):
-            B[c, a] = B[a, c]
-    if not chol(B, q, LB):
-        return np.inf, 1.0, np.inf
-    if q == 2:                          # the least eigenvalue of B, or a lower bound (Gershgorin)
-        h = 0.5 * (B[0, 0] - B[1, 1])
-        beta0 = 0.5 * (B[0, 0] + B[1, 1]) - math.sqrt(h * h + B[0, 1] * B[0, 1])
-    else:
-        beta0 = np.inf
-        for a in range(q):
-            r = B[a, a]
-            for c in range(q):
-                if c != a:
-                    r -= abs(B[a, c])
-            beta0 = min(beta0, r)
-    if not beta0 > 0.0:
-        return np.inf, 1.0, np.inf
-    slope = beta0 * _RHO
-    log_mg = 0.5 * q * _LOG_2PI
-    for a in range(q):
-        log_mg -= math.log(LB[a, a])
-    log_mo = (_LOG_2PI if q == 2 else math.log(4.0 * math.pi)) - 0.5 * slope * _RHO + math.log(_radial(q, slope))
-    top = max(log_mg, log_mo)
-    return top + math.log(math.exp(log_mg - top) + math.exp(log_mo - top)), slope, log_mg
-
-
-@njit(**_NO_NRT)
-def _linv(L, q, a, c):
-    """(L^-1)[a, c] of a lower-triangular L with q <= 3."""
-    if c > a:
-        return 0.0
-    if c == a:
-        return 1.0 / L[a, a]
-    if a == c + 1:
-        return -L[a, c] / (L[a, a] * L[c, c])
-    # a = 2, c = 0
-    return (L[2, 1] * L[1, 0] - L[2, 0] * L[1, 1]) / (L[0, 0] * L[1, 1] * L[2, 2])
-
-
-@njit(**_NO_NRT)
-def _radial(q, a):
-    """sum_k C(q-1, k) rho^(q-1-k) k! / a^(k+1): the outer piece's radial mass over e^(-a rho / 2)."""
-    ia = 1.0 / a
-    if q == 2:
-        return _RHO * ia + ia * ia
-    return _RHO * _RHO * ia + 2.0 * _RHO * ia * ia + 2.0 * ia * ia * ia
-
-
-@njit(**_NO_NRT)
-def _draw_tight(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, max_tries, slope, p_gauss, LB,
-                xbuf, zbuf, ybuf, out):
-    """One exact draw of v (q = 2, 3) by rejection from the ball envelope (module docstring; ``LB``,
-    ``slope`` and ``p_gauss`` = m_G / m from :func:`_tight_envelope`), into ``out``; returns the
-    number of proposals it took, or -1 after ``max_tries`` without an acceptance."""
-    f0 = _fq(fam, y, n, eta0, w, q, v, phi, lphi, pow_form)
-    for tries in range(1, max_tries + 1):
-        if _uniform(state) < p_gauss:
-            for a in range(0, q, 2):
-                z1, z2 = _normal_pair(state)
-                zbuf[a] = z1
-                if a + 1 < q:
-                    zbuf[a + 1] = z2
-            solve_upper_t(LB, q, zbuf, ybuf)            # y = LB^-T z ~ N(0, B^-1)
-        else:
-            # a uniform direction and radius rho + s, s from the radial density (s + rho)^(q-1) e^(-a s):
-            # a mixture of Gamma(k + 1, a), k < q, with the weights of _radial's terms
-            zn = 0.0
-            for a in range(0, q, 2):
-                z1, z2 = _normal_pair(state)
-                zbuf[a] = z1
-                zn += z1 * z1
-                if a + 1 < q:
-                    zbuf[a + 1] = z2
-                    zn += z2 * z2
-            ia = 1.0 / slope
-            u = _uniform(state) * _radial(q, slope)
-            k = 0
-            if q == 2:
-                k = 0 if u < _RHO * ia else 1
-            elif u >= _RHO * _RHO * ia:
-                k = 1 if u < _RHO * _RHO * ia + 2.0 * _RHO * ia * ia else 2
-            sr = 0.0
-            for _ in range(k + 1):                      # Gamma(k + 1, a): k + 1 exponentials over a
-                sr -= math.log(_uniform(state))
-            t = (_RHO + sr * ia) / math.sqrt(zn)
-            for a in range(q):
-                ybuf[a] = zbuf[a] * t
-        # log envelope at y: log(e^(-y'By/2) + [|y| > rho] e^(-a (|y| - rho/2)))
-        yy = 0.0
-        qb = 0.0
-        for a in range(q):
-            yy += ybuf[a] * ybuf[a]
-            t = 0.0
-            for c in range(a, q):
-                t += LB[c, a] * ybuf[c]                 # (LB' y)_a
-            qb += t * t
-        le = -0.5 * qb
-        r = math.sqrt(yy)
-        if r > _RHO:
-            lo = -slope * (r - 0.5 * _RHO)
-            top = max(le, lo)
-            le = top + math.log(math.exp(le - top) + math.exp(lo - top))
-        solve_upper_t(L, q, ybuf, xbuf)                 # v = v* + L^-T y
-        for a in range(q):
-            out[a] = v[a] + xbuf[a]
-        fx = _fq(fam, y, n, eta0, w, q, out, phi, lphi, pow_form)
-        if math.log(_uniform(state)) <= fx - f0 - le:
             return tries
     return -1
 
@@ -398,7 +167,7 @@ def _draw_sir(fam, y, n, eta0, w, q, v, L, phi, lphi, pow_form, state, n_prop, o
         # log t density of the standardised proposal, up to a constant: -(nu + q)/2 log(1 + |z|^2/nu)
         r2 = zz * sc * sc
         lt = -0.5 * (nu + q) * math.log1p(r2 / nu)
-        lw[k] = _fq(fam, y, n, eta0, w, q, props[k], phi, lphi, pow_form) - lt
+        lw[k] = target_q3(fam, y, n, eta0, w, q, props[k], phi, lphi, pow_form) - lt
     mx = -np.inf
     for k in range(n_prop):
         mx = max(mx, lw[k])
@@ -490,13 +259,13 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
             pow_form = fam == BINOMIAL_LOGIT and small_trials(nj_tr)
             # the ball envelope where its mass is below N(v*, I)'s (module docstring); the expected
             # number of proposals is about the envelope's mass over the Laplace approximation's
-            lm, slope, lmg = _tight_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], d1, d2)
+            lm, slope, lmg = ball_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], d1, d2)
             # in y = L'(v - v*) the Laplace approximation's mass is (2 pi)^(q/2) and N(v*, I)'s that times root_det
             tight = lm < 0.5 * q * _LOG_2PI + math.log(root_det)
             expected = math.exp(lm - 0.5 * q * _LOG_2PI) if tight else root_det
             if expected <= max_exp:
                 if tight:
-                    used = _draw_tight(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, big, slope,
+                    used = draw_ball(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, big, slope,
                                        math.exp(lmg - lm), env[1], xbuf, zbuf, g, vv)
                 else:
                     used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, pow_form, state, big, vv)
