@@ -39,7 +39,15 @@ def run_python(code: str, *, env: dict | None = None, timeout: float = 600, **po
     if env and "BAYESLMM_CACHE_DIR" in env:
         full_env.pop("NUMBA_CACHE_DIR", None)        # the package's own cache rule, not the user's
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **popen)
+
+
+def _default_sigint() -> None:
+    # a shell without job control starts background commands (pytest among them) with SIGINT
+    # ignored; the child would inherit that, Python would keep it, and the interrupt tests below
+    # could not interrupt it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
