@@ -68,50 +68,36 @@ def ball_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, R, C):
             for k in range(c + 1):
                 acc += _linv(L, q, a, k) * _linv(L, q, c, k)
             B[a, c] = acc
-    # s_i = L^-1 w_i, written out (forward substitution); in the ball |y| <= rho the linear
-    # predictor moves by at most rho |s_i|
+    # s_i = L^-1 w_i, written out (forward substitution; for two terms the third row's factor is
+    # zero, so s2 is); in the ball |y| <= rho the linear predictor moves by at most rho |s_i|
     i00, i11 = 1.0 / L[0, 0], 1.0 / L[1, 1]
     l10 = L[1, 0]
     w0, w1 = w[0], w[1]
-    if q == 2:
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            R[i] = RHO * math.sqrt(s0 * s0 + s1 * s1)
-        curvature_floors(fam, y, n, eta, R, phi, lphi, C)
-        b00 = b10 = b11 = 0.0
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            b00 += C[i] * s0 * s0
-            b10 += C[i] * s1 * s0
-            b11 += C[i] * s1 * s1
-        B[0, 0] += b00
-        B[1, 0] += b10
-        B[1, 1] += b11
-    else:
-        i22, l20, l21 = 1.0 / L[2, 2], L[2, 0], L[2, 1]
-        w2 = w[2]
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
-            R[i] = RHO * math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
-        curvature_floors(fam, y, n, eta, R, phi, lphi, C)
-        b00 = b10 = b11 = b20 = b21 = b22 = 0.0
-        for i in range(m):
-            s0 = w0[i] * i00
-            s1 = (w1[i] - l10 * s0) * i11
-            s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
-            b00 += C[i] * s0 * s0
-            b10 += C[i] * s1 * s0
-            b11 += C[i] * s1 * s1
-            b20 += C[i] * s2 * s0
-            b21 += C[i] * s2 * s1
-            b22 += C[i] * s2 * s2
-        B[0, 0] += b00
-        B[1, 0] += b10
-        B[1, 1] += b11
+    w2 = w[2] if q == 3 else w[1]
+    i22 = 1.0 / L[2, 2] if q == 3 else 0.0
+    l20 = L[2, 0] if q == 3 else 0.0
+    l21 = L[2, 1] if q == 3 else 0.0
+    for i in range(m):
+        s0 = w0[i] * i00
+        s1 = (w1[i] - l10 * s0) * i11
+        s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
+        R[i] = RHO * math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
+    curvature_floors(fam, y, n, eta, R, phi, lphi, C)
+    b00 = b10 = b11 = b20 = b21 = b22 = 0.0
+    for i in range(m):
+        s0 = w0[i] * i00
+        s1 = (w1[i] - l10 * s0) * i11
+        s2 = (w2[i] - l20 * s0 - l21 * s1) * i22
+        b00 += C[i] * s0 * s0
+        b10 += C[i] * s1 * s0
+        b11 += C[i] * s1 * s1
+        b20 += C[i] * s2 * s0
+        b21 += C[i] * s2 * s1
+        b22 += C[i] * s2 * s2
+    B[0, 0] += b00
+    B[1, 0] += b10
+    B[1, 1] += b11
+    if q == 3:
         B[2, 0] += b20
         B[2, 1] += b21
         B[2, 2] += b22
