@@ -266,7 +266,7 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
             if expected <= max_exp:
                 if tight:
                     used = draw_ball(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, big, slope,
-                                       math.exp(lmg - lm), env[1], xbuf, zbuf, g, vv)
+                                     math.exp(lmg - lm), env[1], xbuf, zbuf, g, vv)
                 else:
                     used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, pow_form, state, big, vv)
             if used > 0:
