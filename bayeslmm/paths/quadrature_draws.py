@@ -54,7 +54,6 @@ from .quadrature_rng import uniform as _uniform
 __all__ = ["draw_kernel", "T_DF"]
 
 T_DF = 5
-_LOG_2PI = math.log(2.0 * math.pi)
 _NJIT = dict(cache=True, nogil=True, error_model="numpy")
 # numba's reference counting off where nothing is allocated (as quadrature_kernel._groups): its
 # atomic increments on every view and array argument cost more than a small group's rows
@@ -259,14 +258,14 @@ def _draw_all(fam, S, J, p, q, b, sd, Cc, phi, y, trials, offset, Xt, Zt, starts
             pow_form = fam == BINOMIAL_LOGIT and small_trials(nj_tr)
             # the ball envelope where its mass is below N(v*, I)'s (module docstring); the expected
             # number of proposals is about the envelope's mass over the Laplace approximation's
-            lm, slope, lmg = ball_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], d1, d2)
-            # in y = L'(v - v*) the Laplace approximation's mass is (2 pi)^(q/2) and N(v*, I)'s that times root_det
-            tight = lm < 0.5 * q * _LOG_2PI + math.log(root_det)
-            expected = math.exp(lm - 0.5 * q * _LOG_2PI) if tight else root_det
+            lexp, slope, p_gauss = ball_envelope(fam, yj, nj_tr, eta, w, q, L, ph, lphi, env[0], env[1], d1, d2)
+            # N(v*, I)'s expected number of proposals is root_det
+            tight = lexp < math.log(root_det)
+            expected = math.exp(lexp) if tight else root_det
             if expected <= max_exp:
                 if tight:
                     used = draw_ball(fam, yj, nj_tr, eta0, w, q, v, L, ph, lphi, pow_form, state, big, slope,
-                                     math.exp(lmg - lm), env[1], xbuf, zbuf, g, vv)
+                                     p_gauss, env[1], xbuf, zbuf, g, vv)
                 else:
                     used = _draw_reject(fam, yj, nj_tr, eta0, w, q, v, ph, lphi, pow_form, state, big, vv)
             if used > 0:

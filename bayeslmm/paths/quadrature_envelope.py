@@ -58,9 +58,10 @@ def target_q3(fam, y, n, eta0, w, q, vv, phi, lphi, pow_form):
 def ball_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, R, C):
     """The ball envelope (module docstring) of the group whose mode has linear predictor ``eta``
     and -Hessian L L': B into ``B`` and its Cholesky factor into ``LB`` (``R``, ``C`` (m,) scratch:
-    each row's reach and curvature floor). Returns (log m, a, log m_G): the envelope's log mass in
-    y = L'(v - v*) relative to e^f(v*), the outer piece's slope a and the Gaussian piece's log mass;
-    log m = inf where it does not apply."""
+    each row's reach and curvature floor). Returns (log E, a, p_G): the log of the expected number
+    of proposals a draw (the envelope's mass in y = L'(v - v*) over the Laplace approximation's,
+    (2 pi)^(q/2)), the outer piece's slope a and the Gaussian piece's share of the envelope's mass;
+    log E = inf where it does not apply."""
     m = eta.shape[0]
     for a in range(q):                  # L^-1 L^-T, the prior's curvature in y
         for c in range(a + 1):
@@ -105,7 +106,7 @@ def ball_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, R, C):
         for c in range(a):
             B[c, a] = B[a, c]
     if not chol(B, q, LB):
-        return np.inf, 1.0, np.inf
+        return np.inf, 1.0, 1.0
     if q == 2:                          # the least eigenvalue of B, or a lower bound (Gershgorin)
         h = 0.5 * (B[0, 0] - B[1, 1])
         beta0 = 0.5 * (B[0, 0] + B[1, 1]) - math.sqrt(h * h + B[0, 1] * B[0, 1])
@@ -118,14 +119,15 @@ def ball_envelope(fam, y, n, eta, w, q, L, phi, lphi, B, LB, R, C):
                     r -= abs(B[a, c])
             beta0 = min(beta0, r)
     if not beta0 > 0.0:
-        return np.inf, 1.0, np.inf
+        return np.inf, 1.0, 1.0
     slope = beta0 * RHO
     log_mg = 0.5 * q * _LOG_2PI
     for a in range(q):
         log_mg -= math.log(LB[a, a])
     log_mo = (_LOG_2PI if q == 2 else math.log(4.0 * math.pi)) - 0.5 * slope * RHO + math.log(_radial(q, slope))
     top = max(log_mg, log_mo)
-    return top + math.log(math.exp(log_mg - top) + math.exp(log_mo - top)), slope, log_mg
+    log_m = top + math.log(math.exp(log_mg - top) + math.exp(log_mo - top))
+    return log_m - 0.5 * q * _LOG_2PI, slope, math.exp(log_mg - log_m)
 
 
 @njit(**_NO_NRT)
